@@ -1,0 +1,206 @@
+//! The running agent: `App::start` opens history, binds the API, and spawns
+//! the recorder, one runner per probe and the web server on one task tracker;
+//! `App::reload` swaps the probes for a new config; `App::stop` drains
+//! everything and records a clean stop.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::live::Live;
+use crate::probes::runner::{self, Outcome, RunnerStats};
+use crate::probes::{self, ProbeKind};
+use crate::recorder::{Control, Recorder};
+use crate::sample::now_ms;
+use crate::store::writer::RunInfo;
+use crate::web;
+
+/// Outcomes in flight between probes and the recorder.
+const CHANNEL: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Api(String),
+}
+
+pub struct App {
+    config: Config,
+    data_dir: PathBuf,
+    live: Arc<RwLock<Live>>,
+    stats: Arc<RunnerStats>,
+    tx: Option<SyncSender<Outcome>>,
+    control: SyncSender<Control>,
+    probes_token: CancellationToken,
+    probes: TaskTracker,
+    web_token: CancellationToken,
+    web: TaskTracker,
+    recorder: Option<JoinHandle<()>>,
+}
+
+impl App {
+    /// Starts the agent. Only a failure to bind the API stops it from
+    /// starting; a history file that cannot be opened is retried while the
+    /// probes run.
+    pub async fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+        data_dir: PathBuf,
+    ) -> Result<App, AppError> {
+        let listener = if config.api.enabled {
+            Some(web::bind(&config.api.listen).await.map_err(AppError::Api)?)
+        } else {
+            None
+        };
+        let live = Arc::new(RwLock::new(Live {
+            started_ms: now_ms(),
+            ..Live::default()
+        }));
+        let hostname = config.hostname();
+        let run = RunInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            hostname: hostname.clone(),
+            pid: std::process::id(),
+        };
+        let mut recorder =
+            Recorder::new(data_dir.clone(), config.history.clone(), run, live.clone());
+        match recorder.open() {
+            Ok(()) => tracing::info!(
+                "history in {}",
+                data_dir.join(crate::store::FILE_NAME).display()
+            ),
+            Err(e) => tracing::error!(
+                "history in {} is not available yet: {e}",
+                data_dir.display()
+            ),
+        }
+        let (tx, rx) = sync_channel::<Outcome>(CHANNEL);
+        let (control, control_rx) = sync_channel::<Control>(64);
+        let recorder = std::thread::Builder::new()
+            .name("recorder".into())
+            .spawn(move || recorder.run(rx, control_rx))
+            .expect("spawning the recorder thread");
+
+        let web_token = CancellationToken::new();
+        let web_tracker = TaskTracker::new();
+        if let Some(listener) = listener {
+            let addr = listener.local_addr().ok();
+            let info = Arc::new(web::Info {
+                version: env!("CARGO_PKG_VERSION"),
+                hostname,
+                config_path,
+                data_dir: data_dir.clone(),
+            });
+            web_tracker.spawn(web::serve(listener, info, live.clone(), web_token.clone()));
+            if let Some(a) = addr {
+                tracing::info!("api on http://{a}/");
+            }
+        }
+        let mut app = App {
+            config: config.clone(),
+            data_dir,
+            live,
+            stats: Arc::new(RunnerStats::default()),
+            tx: Some(tx),
+            control,
+            probes_token: CancellationToken::new(),
+            probes: TaskTracker::new(),
+            web_token,
+            web: web_tracker,
+            recorder: Some(recorder),
+        };
+        app.spawn_probes(&config);
+        app.live.write().expect("live lock").ready = true;
+        Ok(app)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn live(&self) -> Arc<RwLock<Live>> {
+        self.live.clone()
+    }
+
+    pub fn stats(&self) -> Arc<RunnerStats> {
+        self.stats.clone()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn spawn_probes(&mut self, config: &Config) {
+        let tx = self.tx.clone().expect("running");
+        for (spec, probe) in probes::build(config) {
+            tracing::info!(probe = %spec.name, kind = spec.kind, interval = ?spec.interval, timeout = ?spec.timeout, "probe started");
+            let (tx, stats, token) = (tx.clone(), self.stats.clone(), self.probes_token.clone());
+            match probe {
+                ProbeKind::Host(p) => self.probes.spawn(runner::run(spec, p, tx, stats, token)),
+                ProbeKind::Tcp(p) => self.probes.spawn(runner::run(spec, p, tx, stats, token)),
+            };
+        }
+    }
+
+    /// Replaces the probes with those of `config`. History and API settings
+    /// take effect at the next start (they own files and sockets); the
+    /// caller validated `config`.
+    pub async fn reload(&mut self, config: Config) {
+        if config.history != self.config.history
+            || config.api != self.config.api
+            || config.agent.data_dir != self.config.agent.data_dir
+        {
+            tracing::warn!("history, api and data_dir changes take effect at the next start");
+        }
+        self.probes_token.cancel();
+        self.probes.close();
+        self.probes.wait().await;
+        let old: Vec<String> = probes::build(&self.config)
+            .into_iter()
+            .map(|(s, _)| s.name)
+            .collect();
+        let new: Vec<String> = probes::build(&config)
+            .into_iter()
+            .map(|(s, _)| s.name)
+            .collect();
+        for name in old.iter().filter(|n| !new.contains(n)) {
+            let _ = self.control.try_send(Control::Forget(name.clone()));
+        }
+        self.probes_token = CancellationToken::new();
+        self.probes = TaskTracker::new();
+        self.spawn_probes(&config);
+        self.config = config;
+        tracing::info!("config reloaded");
+    }
+
+    /// Stops probes and the API, lets the recorder write what is left and
+    /// record a clean stop. Gives up waiting after `grace`.
+    pub async fn stop(mut self, grace: Duration) {
+        self.live.write().expect("live lock").ready = false;
+        self.probes_token.cancel();
+        self.web_token.cancel();
+        self.probes.close();
+        self.web.close();
+        let drained = async {
+            self.probes.wait().await;
+            self.web.wait().await;
+        };
+        if tokio::time::timeout(grace / 2, drained).await.is_err() {
+            tracing::warn!("probes or API did not stop within {:?}", grace / 2);
+        }
+        // The recorder ends when the last sender is gone.
+        self.tx.take();
+        if let Some(handle) = self.recorder.take() {
+            let joined = tokio::task::spawn_blocking(move || handle.join());
+            if tokio::time::timeout(grace / 2, joined).await.is_err() {
+                tracing::warn!("history writer did not finish within {:?}", grace / 2);
+            }
+        }
+    }
+}

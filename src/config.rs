@@ -1,0 +1,644 @@
+//! The typed TOML schema of `agent.toml`, its defaults, and `validate()`,
+//! which collects every problem at once. Nothing here opens a connection or
+//! touches the history file; `App::start` builds the running agent from a
+//! validated `Config`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A parsed and validated configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub agent: AgentConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub history: HistoryConfig,
+    #[serde(default)]
+    pub host: HostConfig,
+    /// `[probe.NAME]` tables: keyed, so names are unique by construction.
+    #[serde(default)]
+    pub probe: BTreeMap<String, ProbeConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Default probe interval.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Where the history file lives; resolved at start when unset.
+    pub data_dir: Option<PathBuf>,
+    /// Name of this host in API output; the system host name when unset.
+    pub hostname: Option<String>,
+    /// Ticks in a row before a worse status is believed.
+    pub failure_threshold: u32,
+    /// Ticks in a row before a better status is believed.
+    pub success_threshold: u32,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            interval: Duration::from_secs(10),
+            data_dir: None,
+            hostname: None,
+            failure_threshold: 3,
+            success_threshold: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub enabled: bool,
+    /// Address the API binds to; loopback by default.
+    pub listen: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            enabled: true,
+            listen: "127.0.0.1:8711".to_string(),
+        }
+    }
+}
+
+/// One RRD tier: buckets of `step`, kept for `span`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    #[serde(with = "humantime_serde")]
+    pub step: Duration,
+    #[serde(with = "humantime_serde")]
+    pub span: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Finest first. Each step divides the next; each span holds at least two
+    /// steps of the next tier (the next tier is rebuilt from it after a crash).
+    pub tiers: Vec<TierConfig>,
+    /// Series beyond this many are not stored (counted and logged once).
+    pub max_series: u32,
+    /// Status-transition events kept, newest first.
+    pub max_events: u32,
+    /// Agent runs remembered (each start of the agent is one).
+    pub max_runs: u32,
+    /// Shortest probe interval the size bound assumes; shorter intervals are
+    /// rejected by validation.
+    #[serde(with = "humantime_serde")]
+    pub min_interval: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        let t = |step: u64, span: u64| TierConfig {
+            step: Duration::from_secs(step),
+            span: Duration::from_secs(span),
+        };
+        const DAY: u64 = 86_400;
+        HistoryConfig {
+            tiers: vec![
+                t(10, DAY),
+                t(60, 7 * DAY),
+                t(3600, 400 * DAY),
+                t(DAY, 3650 * DAY),
+            ],
+            max_series: 500,
+            max_events: 100_000,
+            max_runs: 10_000,
+            min_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A threshold on one metric of a probe. `degraded`/`unhealthy` are levels at
+/// or above which (at or below, with `below = true`) the status applies, once
+/// held for `sustained`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Threshold {
+    /// Filled from the table key when given in config.
+    #[serde(default, skip_serializing)]
+    pub metric: String,
+    pub degraded: f64,
+    #[serde(default)]
+    pub unhealthy: Option<f64>,
+    #[serde(default, with = "humantime_serde")]
+    pub sustained: Duration,
+    #[serde(default)]
+    pub below: bool,
+}
+
+/// Degraded/unhealthy levels for one host resource.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Levels {
+    pub degraded: f64,
+    pub unhealthy: f64,
+    #[serde(default, with = "humantime_serde")]
+    pub sustained: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    pub enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Mount points to watch; empty means every real filesystem.
+    pub disks: Vec<String>,
+    /// Interfaces to watch; empty means every interface but loopback.
+    pub interfaces: Vec<String>,
+    pub cpu: Levels,
+    pub memory: Levels,
+    pub disk: Levels,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            enabled: true,
+            interval: None,
+            timeout: None,
+            disks: Vec::new(),
+            interfaces: Vec::new(),
+            cpu: Levels {
+                degraded: 0.85,
+                unhealthy: 0.95,
+                sustained: Duration::from_secs(300),
+            },
+            memory: Levels {
+                degraded: 0.85,
+                unhealthy: 0.95,
+                sustained: Duration::ZERO,
+            },
+            disk: Levels {
+                degraded: 0.80,
+                unhealthy: 0.90,
+                sustained: Duration::ZERO,
+            },
+        }
+    }
+}
+
+/// Settings every probe kind shares, borrowed from its `[probe.NAME]` table.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeCommon<'a> {
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub failure_threshold: Option<u32>,
+    pub success_threshold: Option<u32>,
+    /// Overrides of the kind's default thresholds, keyed by metric name.
+    pub thresholds: &'a BTreeMap<String, Threshold>,
+}
+
+/// Declares a probe kind's config struct: its own fields plus the settings
+/// every kind shares. serde cannot combine `flatten` with
+/// `deny_unknown_fields`, and a typo in a probe table must be an error, so
+/// the shared fields are spelled into each struct by this macro.
+#[macro_export]
+macro_rules! probe_config {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $f:ident : $t:ty,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, serde::Deserialize, serde::Serialize, PartialEq)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            #[serde(default, with = "humantime_serde")]
+            pub interval: Option<std::time::Duration>,
+            #[serde(default, with = "humantime_serde")]
+            pub timeout: Option<std::time::Duration>,
+            #[serde(default)]
+            pub failure_threshold: Option<u32>,
+            #[serde(default)]
+            pub success_threshold: Option<u32>,
+            #[serde(default)]
+            pub thresholds: std::collections::BTreeMap<String, $crate::config::Threshold>,
+            $($(#[$fm])* pub $f: $t,)*
+        }
+        impl $name {
+            pub fn common(&self) -> $crate::config::ProbeCommon<'_> {
+                $crate::config::ProbeCommon {
+                    interval: self.interval,
+                    timeout: self.timeout,
+                    failure_threshold: self.failure_threshold,
+                    success_threshold: self.success_threshold,
+                    thresholds: &self.thresholds,
+                }
+            }
+        }
+    };
+}
+
+/// `[probe.NAME]` with `kind = "..."`: THE registry of configurable probe
+/// kinds (the host probe is built in and configured under `[host]`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ProbeConfig {
+    Tcp(crate::probes::tcp::TcpConfig),
+}
+
+impl ProbeConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProbeConfig::Tcp(_) => "tcp",
+        }
+    }
+
+    pub fn common(&self) -> ProbeCommon<'_> {
+        match self {
+            ProbeConfig::Tcp(c) => c.common(),
+        }
+    }
+
+    /// The kind's own checks, each with the field it is about.
+    fn validate_kind(&self) -> Vec<(&'static str, String)> {
+        match self {
+            ProbeConfig::Tcp(c) => c.validate(),
+        }
+    }
+}
+
+/// One problem found in a config file, with where it is when known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigIssue {
+    pub file: String,
+    pub line: Option<usize>,
+    pub col: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.col) {
+            (Some(l), Some(c)) => write!(f, "{}:{}:{}: {}", self.file, l, c, self.message),
+            _ => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Every problem of a config file; the whole file is rejected.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub struct ConfigError {
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            issues: vec![ConfigIssue {
+                file: file.clone(),
+                line: None,
+                col: None,
+                message: format!("cannot read config file: {e}"),
+            }],
+        })?;
+        Config::parse(&file, &text)
+    }
+
+    /// Parses and validates config text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, col) = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+            ConfigError {
+                issues: vec![ConfigIssue {
+                    file: file.to_string(),
+                    line,
+                    col,
+                    message: e.message().trim().to_string(),
+                }],
+            }
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            return Ok(config);
+        }
+        let doc = toml::de::DeTable::parse(text).ok();
+        Err(ConfigError {
+            issues: problems
+                .into_iter()
+                .map(|(path, message)| {
+                    let pos = doc
+                        .as_ref()
+                        .and_then(|d| span_of(d.get_ref(), &path))
+                        .map(|start| line_col(text, start));
+                    ConfigIssue {
+                        file: file.to_string(),
+                        line: pos.map(|p| p.0),
+                        col: pos.map(|p| p.1),
+                        message: format!("{}: {}", path.join("."), message),
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    /// Every problem of the config, each with the key path it is about.
+    /// Offline: never touches the network or the history file.
+    pub fn validate(&self) -> Vec<(Vec<String>, String)> {
+        let mut out: Vec<(Vec<String>, String)> = Vec::new();
+        let mut bad = |path: &[&str], msg: String| {
+            out.push((path.iter().map(|s| s.to_string()).collect(), msg));
+        };
+        let min = self.history.min_interval;
+        let interval_ok = |bad: &mut dyn FnMut(&[&str], String), path: &[&str], d: Duration| {
+            if d.is_zero() {
+                bad(path, "interval must be greater than 0".into());
+            } else if d < min {
+                bad(
+                    path,
+                    format!(
+                        "interval {} is shorter than history.min_interval {}",
+                        humantime::format_duration(d),
+                        humantime::format_duration(min)
+                    ),
+                );
+            }
+        };
+        interval_ok(&mut bad, &["agent", "interval"], self.agent.interval);
+        if self.agent.failure_threshold == 0 {
+            bad(&["agent", "failure_threshold"], "must be at least 1".into());
+        }
+        if self.agent.success_threshold == 0 {
+            bad(&["agent", "success_threshold"], "must be at least 1".into());
+        }
+        if let Some(h) = &self.agent.hostname {
+            if h.trim().is_empty() {
+                bad(&["agent", "hostname"], "must not be empty".into());
+            }
+        }
+        if self.api.listen.parse::<SocketAddr>().is_err() {
+            bad(
+                &["api", "listen"],
+                format!(
+                    "`{}` is not an address:port such as 127.0.0.1:8711",
+                    self.api.listen
+                ),
+            );
+        }
+        self.validate_history(&mut bad);
+
+        let h = &self.host;
+        let host_interval = h.interval.unwrap_or(self.agent.interval);
+        if let Some(i) = h.interval {
+            interval_ok(&mut bad, &["host", "interval"], i);
+        }
+        if let Some(t) = h.timeout {
+            timeout_ok(&mut bad, &["host", "timeout"], t, host_interval);
+        }
+        for (name, l) in [("cpu", &h.cpu), ("memory", &h.memory), ("disk", &h.disk)] {
+            for (field, v) in [("degraded", l.degraded), ("unhealthy", l.unhealthy)] {
+                if !(0.0..=1.0).contains(&v) {
+                    bad(
+                        &["host", name, field],
+                        format!("{v} is not a ratio between 0 and 1"),
+                    );
+                }
+            }
+            if l.degraded > l.unhealthy {
+                bad(
+                    &["host", name],
+                    "degraded must not be above unhealthy".into(),
+                );
+            }
+        }
+
+        for (name, p) in &self.probe {
+            let n = name.as_str();
+            if name == "host" || !valid_name(name) {
+                bad(
+                    &["probe", n],
+                    "probe names are 1-64 characters of a-z, 0-9, '-' and '_', and `host` is reserved".into(),
+                );
+            }
+            let p_kind = p;
+            let p = p.common();
+            let interval = p.interval.unwrap_or(self.agent.interval);
+            if let Some(i) = p.interval {
+                interval_ok(&mut bad, &["probe", n, "interval"], i);
+            }
+            if let Some(t) = p.timeout {
+                timeout_ok(&mut bad, &["probe", n, "timeout"], t, interval);
+            }
+            if p.failure_threshold == Some(0) {
+                bad(
+                    &["probe", n, "failure_threshold"],
+                    "must be at least 1".into(),
+                );
+            }
+            if p.success_threshold == Some(0) {
+                bad(
+                    &["probe", n, "success_threshold"],
+                    "must be at least 1".into(),
+                );
+            }
+            for (metric, t) in p.thresholds {
+                if let Some(u) = t.unhealthy {
+                    let wrong = if t.below {
+                        u > t.degraded
+                    } else {
+                        u < t.degraded
+                    };
+                    if wrong {
+                        bad(
+                            &["probe", n, "thresholds", metric],
+                            "unhealthy level is on the healthy side of degraded".into(),
+                        );
+                    }
+                }
+            }
+            for (field, msg) in p_kind.validate_kind() {
+                bad(&["probe", n, field], msg);
+            }
+        }
+        out
+    }
+
+    fn validate_history(&self, bad: &mut dyn FnMut(&[&str], String)) {
+        let tiers = &self.history.tiers;
+        if tiers.is_empty() {
+            bad(&["history", "tiers"], "at least one tier is needed".into());
+        }
+        if tiers.len() > 8 {
+            bad(&["history", "tiers"], "at most 8 tiers".into());
+        }
+        for (i, t) in tiers.iter().enumerate() {
+            let fmt = |d: Duration| humantime::format_duration(d).to_string();
+            if t.step < Duration::from_secs(1) || t.step.subsec_nanos() != 0 {
+                bad(
+                    &["history", "tiers"],
+                    format!("tier {}: step must be whole seconds, at least 1s", i + 1),
+                );
+                continue;
+            }
+            if t.span < t.step * 2 || t.span.as_secs() % t.step.as_secs() != 0 {
+                bad(
+                    &["history", "tiers"],
+                    format!(
+                        "tier {}: span {} must be a multiple of its step {}, at least two steps",
+                        i + 1,
+                        fmt(t.span),
+                        fmt(t.step)
+                    ),
+                );
+            }
+            if let Some(next) = tiers.get(i + 1) {
+                if next.step <= t.step || next.step.as_secs() % t.step.as_secs() != 0 {
+                    bad(
+                        &["history", "tiers"],
+                        format!(
+                            "tier {}: step {} must be a larger multiple of tier {}'s step {}",
+                            i + 2,
+                            fmt(next.step),
+                            i + 1,
+                            fmt(t.step)
+                        ),
+                    );
+                } else if t.span < next.step * 2 + Duration::from_secs(10) {
+                    // The next tier's open buckets are rebuilt from this one
+                    // after a crash: it must still hold them.
+                    bad(
+                        &["history", "tiers"],
+                        format!(
+                            "tier {}: span {} must hold at least two steps of tier {} plus 10s ({})",
+                            i + 1,
+                            fmt(t.span),
+                            i + 2,
+                            fmt(next.step * 2 + Duration::from_secs(10))
+                        ),
+                    );
+                }
+                if next.span < t.span {
+                    bad(
+                        &["history", "tiers"],
+                        format!(
+                            "tier {}: span must not be shorter than tier {}'s",
+                            i + 2,
+                            i + 1
+                        ),
+                    );
+                }
+            }
+        }
+        if self.history.max_series == 0 {
+            bad(&["history", "max_series"], "must be at least 1".into());
+        }
+        if self.history.min_interval < Duration::from_millis(100) {
+            bad(
+                &["history", "min_interval"],
+                "must be at least 100ms".into(),
+            );
+        }
+        if let Some(first) = tiers.first() {
+            if self.history.min_interval > first.step {
+                bad(
+                    &["history", "min_interval"],
+                    "must not be longer than the first tier's step".into(),
+                );
+            }
+        }
+    }
+
+    /// The hostname to report.
+    pub fn hostname(&self) -> String {
+        self.agent
+            .hostname
+            .clone()
+            .or_else(sysinfo::System::host_name)
+            .unwrap_or_else(|| "localhost".to_string())
+    }
+}
+
+fn timeout_ok(
+    bad: &mut dyn FnMut(&[&str], String),
+    path: &[&str],
+    timeout: Duration,
+    interval: Duration,
+) {
+    if timeout.is_zero() {
+        bad(path, "timeout must be greater than 0".into());
+    } else if timeout >= interval {
+        bad(
+            path,
+            format!(
+                "timeout {} must be shorter than the interval {}",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval)
+            ),
+        );
+    }
+}
+
+/// Probe names end up in series keys, file names and URLs: keep them plain.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Start offset of the value (or, failing that, the nearest table) at `path`.
+fn span_of(table: &toml::de::DeTable<'_>, path: &[String]) -> Option<usize> {
+    let (first, rest) = path.split_first()?;
+    let (key, value) = table.get_key_value(first.as_str())?;
+    if rest.is_empty() {
+        return Some(value.span().start);
+    }
+    match value.get_ref() {
+        toml::de::DeValue::Table(t) => span_of(t, rest).or(Some(key.span().start)),
+        _ => Some(value.span().start),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_text_is_the_default_config() {
+        let c = Config::parse("a.toml", "").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.history.tiers.len(), 4);
+        assert_eq!(c.api.listen, "127.0.0.1:8711");
+    }
+}

@@ -1,0 +1,28 @@
+//! upkeep: a per-host health and maintenance agent.
+//!
+//! # Layout
+//! - `config`: the TOML schema, defaults and `validate()` (every problem at once).
+//! - `sample`: series keys, readings, timestamps and statuses shared by all parts.
+//! - `probes`: the `Probe` trait, the registry of kinds, thresholds and flap
+//!   damping; `probes::runner` drives one probe on its schedule; one file per kind.
+//! - `recorder`: the single writer; turns outcomes into live state, events and history.
+//! - `store`: the SQLite history file: writer, read-only reader, RRD tiers and the
+//!   size bound that follows from the config.
+//! - `live`: in-memory state: probe health, rings of recent values.
+//! - `analysis`: pure functions: trend, forecast with confidence, uptime with coverage.
+//! - `report`: the read commands of the CLI (series, query, uptime, trend) over a `Reader`.
+//! - `web`: the local HTTP server.
+//! - `app`: starts, reloads and stops the whole agent.
+//! - `paths`: where config and data live when not given.
+
+pub mod analysis;
+pub mod app;
+pub mod config;
+pub mod live;
+pub mod paths;
+pub mod probes;
+pub mod recorder;
+pub mod report;
+pub mod sample;
+pub mod store;
+pub mod web;

@@ -1,0 +1,342 @@
+//! The `upkeep` command: runs the agent and answers questions from its
+//! history file. The only place that decides exit codes: 0 ok, 1 runtime
+//! failure, 2 usage, 78 invalid config (EX_CONFIG).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+
+use upkeep::app::App;
+use upkeep::config::Config;
+use upkeep::report::{self, Format, ReportError};
+use upkeep::sample::{self, now_ms};
+use upkeep::store::{self, Reader};
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_CONFIG: u8 = 78;
+/// SIGTERM/SIGINT: everything flushed and the process gone within this.
+const STOP_GRACE: Duration = Duration::from_secs(4);
+
+#[derive(Parser)]
+#[command(
+    name = "upkeep",
+    version,
+    about = "Per-host health and maintenance agent"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct Where {
+    /// Config file (default: $UPKEEP_CONFIG, else /etc/upkeep/agent.toml if present, else built-in defaults).
+    #[arg(long, short = 'c', value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Directory of the history file (default: agent.data_dir, $STATE_DIRECTORY, /var/lib/upkeep for root, else ~/.local/state/upkeep).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent in the foreground.
+    Run {
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Validate a config file and print the largest size its history file can reach.
+    CheckConfig {
+        /// Config file (default as for `run`).
+        path: Option<PathBuf>,
+    },
+    /// List the series keys in the history file.
+    Series {
+        /// Only keys starting with this.
+        prefix: Option<String>,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Print one series over a time range; the tier is chosen automatically.
+    Query {
+        /// Series key, as listed by `upkeep series`.
+        key: String,
+        /// Start: a duration ago (24h) or an RFC 3339 time.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// End: `now`, a duration ago, or an RFC 3339 time.
+        #[arg(long, default_value = "now")]
+        until: String,
+        /// Bucket width (default: the finest the chosen tier gives within --max-points).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        step: Option<Duration>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// Most points in the answer; the step is widened to fit.
+        #[arg(long, default_value_t = 20_000)]
+        max_points: usize,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Uptime and coverage of one probe or all, over a window ending now.
+    Uptime {
+        probe: Option<String>,
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        window: Duration,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Trend of a series over a window, with a forecast for ratios or a --threshold.
+    Trend {
+        key: String,
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        window: Duration,
+        /// Value to forecast the arrival at (default 1.0 for ratios).
+        #[arg(long)]
+        threshold: Option<f64>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        #[command(flatten)]
+        at: Where,
+    },
+}
+
+enum Failure {
+    Config(String),
+    Usage(String),
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = !matches!(cli.command, Command::Run { .. });
+    init_logging(quiet);
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(msg)) => {
+            eprintln!("{msg}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::Usage(msg)) => {
+            eprintln!("upkeep: {msg}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("upkeep: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn init_logging(quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("UPKEEP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// The config to use and the file it came from (none: built-in defaults).
+fn load_config(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), Failure> {
+    let path = path
+        .map(Path::to_path_buf)
+        .or_else(upkeep::paths::default_config);
+    match &path {
+        Some(p) => Config::load(p)
+            .map(|c| (c, path.clone()))
+            .map_err(|e| Failure::Config(e.to_string())),
+        None => Ok((Config::default(), None)),
+    }
+}
+
+fn open_reader(at: &Where) -> Result<Reader, Failure> {
+    let (config, _) = load_config(at.config.as_deref())?;
+    let dir = upkeep::paths::data_dir(at.data_dir.as_deref(), config.agent.data_dir.as_deref());
+    Reader::open(&dir).map_err(|e| Failure::Runtime(e.into()))
+}
+
+fn report_err(e: ReportError) -> Failure {
+    match e {
+        ReportError::Usage(m) => Failure::Usage(m),
+        other => Failure::Runtime(other.into()),
+    }
+}
+
+fn dispatch(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Run { at } => run(at),
+        Command::CheckConfig { path } => check_config(path.as_deref()),
+        Command::Series { prefix, at } => {
+            let reader = open_reader(&at)?;
+            print!(
+                "{}",
+                report::series(&reader, prefix.as_deref()).map_err(report_err)?
+            );
+            Ok(())
+        }
+        Command::Query {
+            key,
+            since,
+            until,
+            step,
+            format,
+            max_points,
+            at,
+        } => {
+            let now = now_ms();
+            let since = report::parse_time(&since, now)
+                .map_err(|e| Failure::Usage(format!("--since: {e}")))?;
+            let until = report::parse_time(&until, now)
+                .map_err(|e| Failure::Usage(format!("--until: {e}")))?;
+            if step.is_some_and(|s| s.is_zero()) {
+                return Err(Failure::Usage("--step must be greater than 0".into()));
+            }
+            let reader = open_reader(&at)?;
+            let step = step.map(sample::ms);
+            print!(
+                "{}",
+                report::query(&reader, &key, since, until, step, now, format, max_points)
+                    .map_err(report_err)?
+            );
+            Ok(())
+        }
+        Command::Uptime {
+            probe,
+            window,
+            format,
+            at,
+        } => {
+            let reader = open_reader(&at)?;
+            print!(
+                "{}",
+                report::uptime(
+                    &reader,
+                    probe.as_deref(),
+                    sample::ms(window),
+                    now_ms(),
+                    format
+                )
+                .map_err(report_err)?
+            );
+            Ok(())
+        }
+        Command::Trend {
+            key,
+            window,
+            threshold,
+            format,
+            at,
+        } => {
+            let reader = open_reader(&at)?;
+            print!(
+                "{}",
+                report::trend(
+                    &reader,
+                    &key,
+                    sample::ms(window),
+                    threshold,
+                    now_ms(),
+                    format
+                )
+                .map_err(report_err)?
+            );
+            Ok(())
+        }
+    }
+}
+
+fn check_config(path: Option<&Path>) -> Result<(), Failure> {
+    let (config, source) = load_config(path)?;
+    let bound = store::tiers::size_bound(&config.history);
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    match &source {
+        Some(p) => println!("{}: ok", p.display()),
+        None => println!("no config file: built-in defaults are valid"),
+    }
+    println!(
+        "probes: host{}",
+        config
+            .probe
+            .keys()
+            .map(|k| format!(", {k}"))
+            .collect::<String>()
+    );
+    println!(
+        "history file bound: {} bytes ({:.1} MiB) for at most {} series",
+        bound.total,
+        mib(bound.total),
+        config.history.max_series
+    );
+    for (table, bytes) in &bound.tiers {
+        println!("  {table}: {:.1} MiB", mib(*bytes));
+    }
+    println!(
+        "  journal {:.1} MiB, series {:.1} MiB, events {:.1} MiB, runs {:.1} MiB, schema {:.1} MiB",
+        mib(bound.journal),
+        mib(bound.series),
+        mib(bound.events),
+        mib(bound.runs),
+        mib(bound.fixed)
+    );
+    println!(
+        "  plus the write-ahead log, truncated to {:.0} MiB after each checkpoint",
+        mib(store::WAL_LIMIT_BYTES)
+    );
+    Ok(())
+}
+
+fn run(at: Where) -> Result<(), Failure> {
+    let (config, source) = load_config(at.config.as_deref())?;
+    let data_dir =
+        upkeep::paths::data_dir(at.data_dir.as_deref(), config.agent.data_dir.as_deref());
+    match &source {
+        Some(p) => tracing::info!("config {}", p.display()),
+        None => tracing::info!(
+            "no config file: running on built-in defaults (host probe, history, API on loopback)"
+        ),
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let mut app = App::start(config, source.clone(), data_dir).await.map_err(|e| Failure::Runtime(e.into()))?;
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => match &source {
+                    Some(p) => match Config::load(p) {
+                        Ok(c) => app.reload(c).await,
+                        Err(e) => tracing::error!("config reload rejected, the running config stays:\n{e}"),
+                    },
+                    None => tracing::warn!("SIGHUP: no config file to reload"),
+                },
+            }
+        }
+        tracing::info!("stopping");
+        app.stop(STOP_GRACE).await;
+        tracing::info!("stopped");
+        Ok::<(), Failure>(())
+    })
+}

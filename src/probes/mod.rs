@@ -1,0 +1,346 @@
+//! Probes: the `Probe` trait every kind implements, the registry of kinds
+//! (`ProbeKind`, built from config), and the assessment of readings into a
+//! status with thresholds and flap damping. The runner that drives a probe on
+//! its schedule lives in `runner.rs`.
+
+pub mod host;
+pub mod runner;
+pub mod tcp;
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::config::{Config, ProbeConfig, Threshold};
+use crate::sample::{Reading, Status};
+
+/// Why one probe tick produced no readings. The text names the subject and
+/// never contains a secret.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum ProbeError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A probe keeps state across ticks (`&mut self`): a long-lived handle, a
+/// client, previous counters for rates. The runner owns name, interval,
+/// timeout, thresholds and the clock.
+pub trait Probe: Send + 'static {
+    fn sample(&mut self) -> impl Future<Output = Result<Vec<Reading>, ProbeError>> + Send;
+}
+
+/// The configured probes of an agent, each ready to be handed to a runner.
+/// One variant per kind: THE registry of probe kinds.
+pub enum ProbeKind {
+    Host(host::HostProbe),
+    Tcp(tcp::TcpProbe),
+}
+
+/// Everything the runner needs to drive one probe, apart from the probe.
+#[derive(Debug, Clone)]
+pub struct ProbeSpec {
+    pub name: String,
+    pub kind: &'static str,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub thresholds: Vec<Threshold>,
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
+}
+
+/// Builds every configured probe. Building never connects to anything: a
+/// probe opens its connections on its first tick.
+pub fn build(config: &Config) -> Vec<(ProbeSpec, ProbeKind)> {
+    let mut out = Vec::new();
+    if config.host.enabled {
+        let h = &config.host;
+        let spec = ProbeSpec {
+            name: "host".to_string(),
+            kind: "host",
+            interval: h.interval.unwrap_or(config.agent.interval),
+            timeout: h
+                .timeout
+                .unwrap_or_else(|| default_timeout(h.interval.unwrap_or(config.agent.interval))),
+            thresholds: host::thresholds(h),
+            failure_threshold: config.agent.failure_threshold,
+            success_threshold: config.agent.success_threshold,
+        };
+        out.push((spec, ProbeKind::Host(host::HostProbe::new(h))));
+    }
+    for (name, p) in &config.probe {
+        let (probe, defaults) = match p {
+            ProbeConfig::Tcp(c) => (
+                ProbeKind::Tcp(tcp::TcpProbe::new(c)),
+                tcp::default_thresholds(),
+            ),
+        };
+        let kind = p.kind();
+        let p = p.common();
+        let interval = p.interval.unwrap_or(config.agent.interval);
+        let mut thresholds = defaults;
+        for (metric, t) in p.thresholds {
+            thresholds.retain(|d| &d.metric != metric);
+            let mut t = t.clone();
+            t.metric = metric.clone();
+            thresholds.push(t);
+        }
+        let spec = ProbeSpec {
+            name: name.clone(),
+            kind,
+            interval,
+            timeout: p.timeout.unwrap_or_else(|| default_timeout(interval)),
+            thresholds,
+            failure_threshold: p
+                .failure_threshold
+                .unwrap_or(config.agent.failure_threshold),
+            success_threshold: p
+                .success_threshold
+                .unwrap_or(config.agent.success_threshold),
+        };
+        out.push((spec, probe));
+    }
+    out
+}
+
+/// Half the interval, at most 10 s: a probe must give up well before its next
+/// tick is due.
+pub fn default_timeout(interval: Duration) -> Duration {
+    (interval / 2).min(Duration::from_secs(10))
+}
+
+/// Evaluates thresholds on one tick's readings, remembering for how long each
+/// threshold has been breached so that `sustained` can be honoured.
+#[derive(Debug, Default)]
+pub struct Assessor {
+    /// Per threshold index and series labels: since when the reading has been
+    /// at or beyond the degraded / unhealthy level.
+    breached: std::collections::HashMap<(usize, Vec<(String, String)>), (Option<i64>, Option<i64>)>,
+}
+
+impl Assessor {
+    /// The instantaneous status of one tick and, when not healthy, why.
+    pub fn assess(
+        &mut self,
+        thresholds: &[Threshold],
+        readings: &[Reading],
+        now: i64,
+    ) -> (Status, Option<String>) {
+        let mut worst = Status::Healthy;
+        let mut reason = None;
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in thresholds.iter().enumerate() {
+            for r in readings.iter().filter(|r| r.metric == t.metric) {
+                let key = (i, r.labels.clone());
+                seen.insert(key.clone());
+                let entry = self.breached.entry(key).or_insert((None, None));
+                let over = |level: f64| {
+                    if t.below {
+                        r.value <= level
+                    } else {
+                        r.value >= level
+                    }
+                };
+                let sustained = crate::sample::ms(t.sustained);
+                entry.0 = if over(t.degraded) {
+                    entry.0.or(Some(now))
+                } else {
+                    None
+                };
+                entry.1 = if t.unhealthy.is_some_and(over) {
+                    entry.1.or(Some(now))
+                } else {
+                    None
+                };
+                let held = |since: Option<i64>| since.is_some_and(|s| now - s >= sustained);
+                let status = if held(entry.1) {
+                    Status::Unhealthy
+                } else if held(entry.0) {
+                    Status::Degraded
+                } else {
+                    Status::Healthy
+                };
+                if status > worst {
+                    worst = status;
+                    let level = if status == Status::Unhealthy {
+                        t.unhealthy.unwrap_or(t.degraded)
+                    } else {
+                        t.degraded
+                    };
+                    let label = if r.labels.is_empty() {
+                        String::new()
+                    } else {
+                        let l: Vec<String> =
+                            r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        format!("{{{}}}", l.join(","))
+                    };
+                    reason = Some(format!(
+                        "{}{} is {} ({} {}{})",
+                        r.metric,
+                        label,
+                        fmt_value(r.value),
+                        if t.below {
+                            "at or below"
+                        } else {
+                            "at or above"
+                        },
+                        fmt_value(level),
+                        if t.sustained.is_zero() {
+                            String::new()
+                        } else {
+                            format!(" for {}", humantime::format_duration(t.sustained))
+                        }
+                    ));
+                }
+            }
+        }
+        // A series that disappeared (a disk unmounted) forgets its breach.
+        self.breached.retain(|k, _| seen.contains(k));
+        (worst, reason)
+    }
+}
+
+fn fmt_value(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// Flap damping: a status becomes the probe's status only after it has been
+/// seen `failure_threshold` ticks in a row (for a worse status) or
+/// `success_threshold` ticks in a row (for a better one).
+#[derive(Debug, Clone)]
+pub struct Damper {
+    pub current: Status,
+    candidate: Status,
+    streak: u32,
+}
+
+impl Default for Damper {
+    fn default() -> Self {
+        Damper {
+            current: Status::Unknown,
+            candidate: Status::Unknown,
+            streak: 0,
+        }
+    }
+}
+
+impl Damper {
+    /// Feeds one tick's instantaneous status; returns the probe's status after it.
+    pub fn step(&mut self, raw: Status, failure_threshold: u32, success_threshold: u32) -> Status {
+        if self.current == Status::Unknown {
+            // Nothing to protect yet: the first outcome of a run is believed.
+            self.current = raw;
+            self.streak = 0;
+            return self.current;
+        }
+        if raw == self.current {
+            self.streak = 0;
+            return self.current;
+        }
+        if raw == self.candidate {
+            self.streak += 1;
+        } else {
+            self.candidate = raw;
+            self.streak = 1;
+        }
+        let needed = if raw > self.current {
+            failure_threshold
+        } else {
+            success_threshold
+        };
+        if self.streak >= needed.max(1) {
+            self.current = raw;
+            self.streak = 0;
+        }
+        self.current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::Unit;
+
+    fn t(metric: &str, degraded: f64, unhealthy: f64, sustained: u64) -> Threshold {
+        Threshold {
+            metric: metric.into(),
+            degraded,
+            unhealthy: Some(unhealthy),
+            sustained: Duration::from_secs(sustained),
+            below: false,
+        }
+    }
+
+    #[test]
+    fn one_blip_does_not_flap() {
+        let mut d = Damper::default();
+        assert_eq!(d.step(Status::Healthy, 3, 2), Status::Healthy);
+        assert_eq!(d.step(Status::Unhealthy, 3, 2), Status::Healthy);
+        assert_eq!(d.step(Status::Healthy, 3, 2), Status::Healthy);
+        assert_eq!(d.step(Status::Unhealthy, 3, 2), Status::Healthy);
+        assert_eq!(d.step(Status::Unhealthy, 3, 2), Status::Healthy);
+        assert_eq!(d.step(Status::Unhealthy, 3, 2), Status::Unhealthy);
+        assert_eq!(d.step(Status::Healthy, 3, 2), Status::Unhealthy);
+        assert_eq!(d.step(Status::Healthy, 3, 2), Status::Healthy);
+    }
+
+    #[test]
+    fn sustained_threshold_waits() {
+        let th = vec![t("cpu_used_ratio", 0.85, 0.95, 300)];
+        let mut a = Assessor::default();
+        let r = |v| vec![Reading::new("cpu_used_ratio", v, Unit::Ratio)];
+        assert_eq!(a.assess(&th, &r(0.99), 0).0, Status::Healthy);
+        assert_eq!(a.assess(&th, &r(0.99), 299_000).0, Status::Healthy);
+        let (s, why) = a.assess(&th, &r(0.99), 300_000);
+        assert_eq!(s, Status::Unhealthy);
+        assert!(
+            why.unwrap()
+                .contains("cpu_used_ratio is 0.990 (at or above 0.950 for 5m)")
+        );
+        // Dropping below resets the clock.
+        assert_eq!(a.assess(&th, &r(0.5), 301_000).0, Status::Healthy);
+        assert_eq!(a.assess(&th, &r(0.99), 302_000).0, Status::Healthy);
+    }
+
+    #[test]
+    fn worst_labelled_reading_wins() {
+        let th = vec![t("disk_used_ratio", 0.8, 0.9, 0)];
+        let mut a = Assessor::default();
+        let rs = vec![
+            Reading::new("disk_used_ratio", 0.5, Unit::Ratio).with_label("mount", "/"),
+            Reading::new("disk_used_ratio", 0.85, Unit::Ratio).with_label("mount", "/var"),
+        ];
+        let (s, why) = a.assess(&th, &rs, 0);
+        assert_eq!(s, Status::Degraded);
+        assert!(
+            why.unwrap()
+                .starts_with("disk_used_ratio{mount=/var} is 0.850")
+        );
+    }
+
+    #[test]
+    fn below_thresholds_for_falling_metrics() {
+        let th = vec![Threshold {
+            metric: "free".into(),
+            degraded: 10.0,
+            unhealthy: Some(5.0),
+            sustained: Duration::ZERO,
+            below: true,
+        }];
+        let mut a = Assessor::default();
+        assert_eq!(
+            a.assess(&th, &[Reading::new("free", 4.0, Unit::Count)], 0)
+                .0,
+            Status::Unhealthy
+        );
+        assert_eq!(
+            a.assess(&th, &[Reading::new("free", 50.0, Unit::Count)], 0)
+                .0,
+            Status::Healthy
+        );
+    }
+}

@@ -1,0 +1,272 @@
+//! The recorder: the only writer of history. It runs on its own thread,
+//! consumes probe outcomes, updates the live state (rings, health), turns
+//! status changes into events, and writes each batch in one transaction.
+//!
+//! When the history file cannot be written (data dir not writable, disk
+//! full), probes and the live window go on; samples wait in a bounded buffer
+//! and writes resume by themselves once the file accepts them again.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::config::HistoryConfig;
+use crate::live::{Live, ProbeState};
+use crate::probes::runner::Outcome;
+use crate::sample::{SeriesKey, Status, Ts, Unit, now_ms};
+use crate::store::writer::{RunInfo, Sample, Writer};
+use crate::store::{Event, StoreError};
+
+/// Samples held while the history file refuses writes; beyond this the
+/// oldest are dropped (and counted).
+pub const MAX_PENDING: usize = 200_000;
+/// Outcomes written per transaction at most.
+const MAX_BATCH: usize = 512;
+/// How often a failed history file is retried.
+const RETRY_EVERY: Duration = Duration::from_secs(5);
+
+struct Pending {
+    key: SeriesKey,
+    unit: Unit,
+    ts: Ts,
+    value: f64,
+}
+
+/// Messages other than outcomes.
+pub enum Control {
+    /// A probe left the config (reload): forget its live state.
+    Forget(String),
+}
+
+pub struct Recorder {
+    data_dir: PathBuf,
+    history: HistoryConfig,
+    run: RunInfo,
+    live: Arc<RwLock<Live>>,
+    writer: Option<Writer>,
+    pending: VecDeque<Pending>,
+    events: Vec<Event>,
+    last_attempt: Option<Instant>,
+    failing: bool,
+}
+
+impl Recorder {
+    pub fn new(
+        data_dir: PathBuf,
+        history: HistoryConfig,
+        run: RunInfo,
+        live: Arc<RwLock<Live>>,
+    ) -> Recorder {
+        Recorder {
+            data_dir,
+            history,
+            run,
+            live,
+            writer: None,
+            pending: VecDeque::new(),
+            events: Vec::new(),
+            last_attempt: None,
+            failing: false,
+        }
+    }
+
+    /// Opens the history file now (so that the caller can report where the
+    /// data lives); on failure the recorder keeps retrying in the background.
+    pub fn open(&mut self) -> Result<(), StoreError> {
+        self.last_attempt = Some(Instant::now());
+        match Writer::open(&self.data_dir, &self.history, now_ms(), &self.run) {
+            Ok((w, _events)) => {
+                self.writer = Some(w);
+                self.set_store_ok();
+                Ok(())
+            }
+            Err(e) => {
+                self.set_store_err(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Consumes outcomes until every sender is gone, then writes what is left
+    /// and marks the run as cleanly stopped.
+    pub fn run(mut self, rx: Receiver<Outcome>, control: Receiver<Control>) {
+        loop {
+            let mut batch = Vec::new();
+            let closed = match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(o) => {
+                    batch.push(o);
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(o) => batch.push(o),
+                            Err(_) => break,
+                        }
+                    }
+                    false
+                }
+                Err(RecvTimeoutError::Timeout) => false,
+                Err(RecvTimeoutError::Disconnected) => true,
+            };
+            while let Ok(Control::Forget(name)) = control.try_recv() {
+                self.live.write().expect("live lock").probes.remove(&name);
+            }
+            self.absorb(batch);
+            self.write(now_ms());
+            if closed {
+                break;
+            }
+        }
+        self.write(now_ms());
+        if let Some(w) = self.writer.as_mut() {
+            if let Err(e) = w.end_run(now_ms()) {
+                tracing::error!("recording the clean stop: {e}");
+            }
+        }
+    }
+
+    /// Live state, events and pending samples from a batch of outcomes.
+    fn absorb(&mut self, batch: Vec<Outcome>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut live = self.live.write().expect("live lock");
+        for o in batch {
+            let previous = live
+                .probes
+                .get(&o.probe)
+                .map_or(Status::Unknown, |p| p.status);
+            if previous != o.status {
+                let msg = match &o.reason {
+                    Some(r) => format!("{} is {}: {r}", o.probe, o.status),
+                    None => format!("{} is {}", o.probe, o.status),
+                };
+                // Health is logged on transitions, not on every failure.
+                match o.status {
+                    Status::Healthy => tracing::info!("{msg}"),
+                    _ => tracing::warn!("{msg}"),
+                }
+                self.events.push(Event {
+                    ts_ms: o.ts,
+                    probe: Some(o.probe.clone()),
+                    kind: "status".into(),
+                    from_status: Some(previous.as_str().into()),
+                    to_status: Some(o.status.as_str().into()),
+                    message: msg,
+                });
+            }
+            let since = match live.probes.get(&o.probe) {
+                Some(p) if p.status == o.status => p.since_ms,
+                _ => o.ts,
+            };
+            live.probes.insert(
+                o.probe.clone(),
+                ProbeState {
+                    kind: o.kind,
+                    status: o.status,
+                    since_ms: since,
+                    reason: o.reason.clone(),
+                    last_ts_ms: o.ts,
+                    last_took_ms: o.took.as_secs_f64() * 1000.0,
+                    last_error: o.error.clone(),
+                },
+            );
+            for r in o.readings {
+                let key = r.key(&o.probe);
+                live.push(key.to_string(), r.unit, o.ts, r.value);
+                self.pending.push_back(Pending {
+                    key,
+                    unit: r.unit,
+                    ts: o.ts,
+                    value: r.value,
+                });
+            }
+        }
+        let over = self.pending.len().saturating_sub(MAX_PENDING);
+        if over > 0 {
+            self.pending.drain(..over);
+            live.store.dropped_samples += over as u64;
+        }
+        live.store.pending_samples = self.pending.len();
+    }
+
+    /// Writes pending samples and events; on failure keeps them for later.
+    fn write(&mut self, now: Ts) {
+        if self.writer.is_none() {
+            if self.last_attempt.is_some_and(|t| t.elapsed() < RETRY_EVERY) {
+                return;
+            }
+            if self.open().is_err() {
+                return;
+            }
+            tracing::info!("history file open again at {}", self.data_dir.display());
+        }
+        if self.failing && self.last_attempt.is_some_and(|t| t.elapsed() < RETRY_EVERY) {
+            return;
+        }
+        let writer = self.writer.as_mut().expect("opened above");
+        self.last_attempt = Some(Instant::now());
+        let result = (|| {
+            let mut samples = Vec::with_capacity(self.pending.len());
+            for p in &self.pending {
+                if let Some(id) = writer.series_id(&p.key, p.unit, now)? {
+                    samples.push(Sample {
+                        series: id,
+                        ts: p.ts,
+                        value: p.value,
+                    });
+                }
+            }
+            writer.write(&samples, &self.events, now)
+        })();
+        match result {
+            Ok(stats) => {
+                if self.failing {
+                    tracing::info!("history writes resumed");
+                    self.failing = false;
+                }
+                self.pending.clear();
+                self.events.clear();
+                let size = writer.file_size();
+                let refused = writer.refused_series();
+                let mut live = self.live.write().expect("live lock");
+                live.store.samples_written += stats.samples as u64;
+                live.store.file_bytes = size;
+                live.store.refused_series = refused;
+                live.store.pending_samples = 0;
+                live.store.open = true;
+                live.store.last_error = None;
+            }
+            Err(e) => {
+                if !self.failing {
+                    tracing::error!(
+                        "history writes failing, keeping samples in memory and retrying: {e}"
+                    );
+                    self.failing = true;
+                }
+                if e.is_corrupt() {
+                    // Reopening moves a corrupt file aside and starts afresh.
+                    self.writer = None;
+                }
+                let mut live = self.live.write().expect("live lock");
+                live.store.write_errors += 1;
+                live.store.last_error = Some(e.to_string());
+            }
+        }
+    }
+
+    fn set_store_ok(&self) {
+        let mut live = self.live.write().expect("live lock");
+        live.store.open = true;
+        live.store.last_error = None;
+        live.store.bound_bytes = crate::store::tiers::size_bound(&self.history).total;
+    }
+
+    fn set_store_err(&self, e: &StoreError) {
+        tracing::error!("cannot open history: {e}; probes go on, retrying every {RETRY_EVERY:?}");
+        let mut live = self.live.write().expect("live lock");
+        live.store.open = false;
+        live.store.last_error = Some(e.to_string());
+        live.store.bound_bytes = crate::store::tiers::size_bound(&self.history).total;
+    }
+}

@@ -1,0 +1,343 @@
+//! The read commands of the CLI — `series`, `query`, `uptime`, `trend` —
+//! rendered from a read-only `Reader`. Kept out of `main.rs` so that they can
+//! be tested on a real history file without a process in between.
+
+use std::fmt::Write as _;
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::analysis::{self, Forecast, ForecastInput, Point as APoint};
+use crate::sample::Ts;
+use crate::store::StoreError;
+use crate::store::reader::{QueryAnswer, Reader};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Usage(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+/// `now`, a duration ago (`24h`, `90m`), or an RFC 3339 time
+/// (`2026-11-28T10:00:00Z`; without a zone, UTC).
+pub fn parse_time(s: &str, now: Ts) -> Result<Ts, String> {
+    let s = s.trim();
+    if s == "now" {
+        return Ok(now);
+    }
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(now - crate::sample::ms(d));
+    }
+    let t = humantime::parse_rfc3339_weak(s).map_err(|_| {
+        format!("`{s}` is neither a duration such as 24h nor a time such as 2026-11-28T10:00:00Z")
+    })?;
+    Ok(t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Ts)
+        .unwrap_or(0))
+}
+
+pub fn rfc3339(ts: Ts) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ts.max(0) as u64))
+        .to_string()
+}
+
+fn human(ms: i64) -> String {
+    humantime::format_duration(Duration::from_secs((ms.max(0) / 1000) as u64)).to_string()
+}
+
+/// Every series key, optionally only those starting with `prefix`.
+pub fn series(reader: &Reader, prefix: Option<&str>) -> Result<String, ReportError> {
+    let mut out = String::new();
+    for s in reader.series()? {
+        if prefix.is_none_or(|p| s.key.starts_with(p)) {
+            let _ = writeln!(out, "{}\t{}", s.key, s.unit);
+        }
+    }
+    Ok(out)
+}
+
+/// One series over a range.
+pub fn query(
+    reader: &Reader,
+    key: &str,
+    since: Ts,
+    until: Ts,
+    step_ms: Option<i64>,
+    now: Ts,
+    format: Format,
+    max_points: usize,
+) -> Result<String, ReportError> {
+    if until <= since {
+        return Err(ReportError::Usage(format!(
+            "--until ({}) must be after --since ({})",
+            rfc3339(until),
+            rfc3339(since)
+        )));
+    }
+    let answer = reader
+        .query(key, since, until, step_ms, now, max_points)?
+        .ok_or_else(|| {
+            ReportError::NotFound(format!(
+                "no series `{key}` in the history file (`upkeep series` lists them)"
+            ))
+        })?;
+    Ok(render_query(&answer, format))
+}
+
+fn render_query(a: &QueryAnswer, format: Format) -> String {
+    let mut out = String::new();
+    match format {
+        Format::Json => {
+            out = serde_json::to_string_pretty(a).expect("serializable");
+            out.push('\n');
+        }
+        Format::Csv => {
+            out.push_str("time,ts_ms,avg,min,max,count,last\n");
+            for p in &a.points {
+                let _ = writeln!(
+                    out,
+                    "{},{},{},{},{},{},{}",
+                    rfc3339(p.ts_ms),
+                    p.ts_ms,
+                    p.avg,
+                    p.min,
+                    p.max,
+                    p.count,
+                    p.last
+                );
+            }
+        }
+        Format::Table => {
+            let _ = writeln!(
+                out,
+                "# {} ({}) from {}, step {}, {} points",
+                a.series.key,
+                a.series.unit,
+                a.tier,
+                human(a.step_ms),
+                a.points.len()
+            );
+            let _ = writeln!(
+                out,
+                "{:<22} {:>14} {:>14} {:>14} {:>7} {:>14}",
+                "time", "avg", "min", "max", "count", "last"
+            );
+            for p in &a.points {
+                let _ = writeln!(
+                    out,
+                    "{:<22} {:>14} {:>14} {:>14} {:>7} {:>14}",
+                    rfc3339(p.ts_ms),
+                    num(p.avg),
+                    num(p.min),
+                    num(p.max),
+                    p.count,
+                    num(p.last)
+                );
+            }
+        }
+    }
+    out
+}
+
+fn num(v: f64) -> String {
+    if v.abs() >= 1e6 || (v != 0.0 && v.abs() < 1e-3) {
+        format!("{v:.4e}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+/// Uptime of one probe or every probe over the window ending now.
+pub fn uptime(
+    reader: &Reader,
+    probe: Option<&str>,
+    window_ms: i64,
+    now: Ts,
+    format: Format,
+) -> Result<String, ReportError> {
+    let since = now - window_ms;
+    let probes = match probe {
+        Some(p) => vec![p.to_string()],
+        None => reader.probes()?,
+    };
+    let runs = reader.runs(since, now)?;
+    let run_ids: Vec<i64> = runs.iter().map(|(id, _)| *id).collect();
+    let intervals: Vec<_> = runs.iter().map(|(_, i)| *i).collect();
+    let mut rows = Vec::new();
+    for p in &probes {
+        let transitions = reader.transitions(p, &run_ids)?;
+        if probe.is_some() && transitions.is_empty() && !reader.probes()?.contains(p) {
+            return Err(ReportError::NotFound(format!(
+                "no probe `{p}` has recorded a status"
+            )));
+        }
+        rows.push((
+            p.clone(),
+            analysis::uptime(&intervals, &transitions, since, now),
+        ));
+    }
+    let mut out = String::new();
+    match format {
+        Format::Json => {
+            let v: Vec<_> = rows
+                .iter()
+                .map(|(p, u)| serde_json::json!({"probe": p, "uptime": u}))
+                .collect();
+            out = serde_json::to_string_pretty(&v).expect("serializable");
+            out.push('\n');
+        }
+        Format::Csv => {
+            out.push_str("probe,uptime_ratio,coverage_ratio,healthy_ms,degraded_ms,unhealthy_ms,observed_ms\n");
+            for (p, u) in &rows {
+                let up = u.uptime_ratio.map_or(String::new(), |r| r.to_string());
+                let _ = writeln!(
+                    out,
+                    "{p},{up},{},{},{},{},{}",
+                    u.coverage_ratio, u.healthy_ms, u.degraded_ms, u.unhealthy_ms, u.observed_ms
+                );
+            }
+        }
+        Format::Table => {
+            let _ = writeln!(out, "# window {} ending {}", human(window_ms), rfc3339(now));
+            let _ = writeln!(
+                out,
+                "{:<24} {:>10} {:>10} {:>14} {:>14} {:>14}",
+                "probe", "uptime", "coverage", "healthy", "degraded", "unhealthy"
+            );
+            for (p, u) in &rows {
+                let up = u
+                    .uptime_ratio
+                    .map_or("no data".to_string(), |r| format!("{:.3}%", r * 100.0));
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:>10} {:>9.1}% {:>14} {:>14} {:>14}",
+                    p,
+                    up,
+                    u.coverage_ratio * 100.0,
+                    human(u.healthy_ms),
+                    human(u.degraded_ms),
+                    human(u.unhealthy_ms)
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Trend of one series over the window ending now, and for ratios (or with
+/// a threshold) a forecast of when it reaches the threshold.
+pub fn trend(
+    reader: &Reader,
+    key: &str,
+    window_ms: i64,
+    threshold: Option<f64>,
+    now: Ts,
+    format: Format,
+) -> Result<String, ReportError> {
+    let answer = reader
+        .query(key, now - window_ms, now, None, now, 500)?
+        .ok_or_else(|| {
+            ReportError::NotFound(format!(
+                "no series `{key}` in the history file (`upkeep series` lists them)"
+            ))
+        })?;
+    let points: Vec<APoint> = answer
+        .points
+        .iter()
+        .map(|p| APoint {
+            ts: p.ts_ms,
+            value: p.avg,
+        })
+        .collect();
+    let trend = analysis::trend(&points);
+    let threshold = threshold.or((answer.series.unit == "ratio").then_some(1.0));
+    let forecast =
+        threshold.map(|t| analysis::forecast(&points, ForecastInput { threshold: t, now }));
+    let mut out = String::new();
+    if format == Format::Json {
+        let v = serde_json::json!({"key": key, "window_ms": window_ms, "tier": answer.tier, "step_ms": answer.step_ms,
+            "points": points.len(), "trend": trend, "threshold": threshold, "forecast": forecast});
+        out = serde_json::to_string_pretty(&v).expect("serializable");
+        out.push('\n');
+        return Ok(out);
+    }
+    let _ = writeln!(
+        out,
+        "{key} over {} ({} points from {})",
+        human(window_ms),
+        points.len(),
+        answer.tier
+    );
+    match &trend {
+        Some(t) => {
+            let _ = writeln!(
+                out,
+                "trend: {} (slope {}/day, change over window {}, r² {:.2})",
+                serde_json::to_value(t.class)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                num(t.slope_per_day),
+                num(t.change_over_window),
+                t.r_squared
+            );
+            let _ = writeln!(out, "rule: {}", t.rule);
+        }
+        None => {
+            let _ = writeln!(out, "trend: insufficient data ({} points)", points.len());
+        }
+    }
+    if let (Some(th), Some(f)) = (threshold, &forecast) {
+        let line = match f {
+            Forecast::Reaches {
+                eta_seconds,
+                eta_low_seconds,
+                eta_high_seconds,
+                ..
+            } => format!(
+                "reaches {} in {} (range {} to {})",
+                num(th),
+                human((eta_seconds * 1000.0) as i64),
+                human((eta_low_seconds * 1000.0) as i64),
+                eta_high_seconds.map_or("unbounded".to_string(), |h| human((h * 1000.0) as i64))
+            ),
+            Forecast::Reached { value } => {
+                format!("already at {} (threshold {})", num(*value), num(th))
+            }
+            Forecast::NotApproaching { .. } => format!("not approaching {}", num(th)),
+            Forecast::InsufficientSignal { reason } => reason.clone(),
+        };
+        let _ = writeln!(out, "forecast: {line}");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_as_durations_or_rfc3339() {
+        let now = 1_800_000_000_000;
+        assert_eq!(parse_time("now", now), Ok(now));
+        assert_eq!(parse_time("24h", now), Ok(now - 86_400_000));
+        assert_eq!(
+            parse_time("2026-11-28T10:00:00Z", now),
+            Ok(1_796_292_000_000)
+        );
+        assert!(
+            parse_time("yesterday-ish", now)
+                .unwrap_err()
+                .contains("`yesterday-ish`")
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! Tier definitions: bucket alignment, consolidation (`Agg`), the choice of a
+//! tier for a query, and the size bound of the history file that follows from
+//! the config.
+
+use crate::config::HistoryConfig;
+use crate::sample::Ts;
+
+/// One RRD tier: buckets of `step_ms` kept for `span_ms`, in table `table`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tier {
+    pub step_ms: i64,
+    pub span_ms: i64,
+    pub table: String,
+}
+
+impl Tier {
+    pub fn new(step_ms: i64, span_ms: i64) -> Tier {
+        Tier {
+            step_ms,
+            span_ms,
+            table: format!("tier_{}s", step_ms / 1000),
+        }
+    }
+
+    /// Start of the bucket holding `ts`. Buckets are aligned to the unix
+    /// epoch, so the buckets of every series line up.
+    pub fn bucket(&self, ts: Ts) -> Ts {
+        ts.div_euclid(self.step_ms) * self.step_ms
+    }
+
+    /// Buckets a series may hold in this tier.
+    pub fn capacity(&self) -> i64 {
+        self.span_ms / self.step_ms
+    }
+}
+
+pub fn from_config(history: &HistoryConfig) -> Vec<Tier> {
+    history
+        .tiers
+        .iter()
+        .map(|t| Tier::new(t.step.as_millis() as i64, t.span.as_millis() as i64))
+        .collect()
+}
+
+/// Consolidated values of one bucket: what every tier row keeps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Agg {
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    pub count: i64,
+    pub last: f64,
+    /// Time of `last`, so that merging out of order keeps the newest.
+    pub last_ts: Ts,
+}
+
+impl Agg {
+    pub fn one(ts: Ts, value: f64) -> Agg {
+        Agg {
+            sum: value,
+            min: value,
+            max: value,
+            count: 1,
+            last: value,
+            last_ts: ts,
+        }
+    }
+
+    /// A stored row, as an aggregate whose newest value is at `last_ts`.
+    pub fn from_row(avg: f64, min: f64, max: f64, count: i64, last: f64, last_ts: Ts) -> Agg {
+        Agg {
+            sum: avg * count as f64,
+            min,
+            max,
+            count,
+            last,
+            last_ts,
+        }
+    }
+
+    pub fn avg(&self) -> f64 {
+        self.sum / self.count as f64
+    }
+
+    pub fn merge(&mut self, other: &Agg) {
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        self.count += other.count;
+        if other.last_ts >= self.last_ts {
+            self.last = other.last;
+            self.last_ts = other.last_ts;
+        }
+    }
+}
+
+/// Which tier serves a query for `[since, until]` at about `step_ms`
+/// resolution, given the time `now`: among the tiers whose span reaches back
+/// to `since`, the coarsest whose step is not coarser than asked; if every
+/// covering tier is coarser, the finest of them; if none reaches back that
+/// far, the one that reaches back furthest.
+pub fn choose(tiers: &[Tier], since: Ts, now: Ts, step_ms: i64) -> usize {
+    let covering: Vec<usize> = (0..tiers.len())
+        .filter(|&i| now - tiers[i].span_ms <= since)
+        .collect();
+    if covering.is_empty() {
+        return tiers
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, t)| t.span_ms)
+            .map_or(0, |(i, _)| i);
+    }
+    covering
+        .iter()
+        .copied()
+        .filter(|&i| tiers[i].step_ms <= step_ms)
+        .max_by_key(|&i| tiers[i].step_ms)
+        .unwrap_or_else(|| {
+            *covering
+                .iter()
+                .min_by_key(|&&i| tiers[i].step_ms)
+                .expect("covering is not empty")
+        })
+}
+
+/// Worst-case bytes of one tier row on disk: cell pointer (2), payload length
+/// (≤ 2), record header (8), series id (≤ 4), bucket (≤ 8), avg/min/max/last
+/// (4 × 8), count (≤ 8): 64, rounded up.
+pub const ROW_BYTES: u64 = 72;
+/// B-tree pages are assumed no less than half full; SQLite's balancing keeps
+/// them fuller, so this over-estimates.
+pub const FILL_FACTOR: u64 = 2;
+pub const PAGE_SIZE: u64 = 4096;
+/// Longest series key accepted (longer keys are refused at registration).
+pub const MAX_KEY_BYTES: u64 = 256;
+/// Longest event message stored (longer ones are cut).
+pub const MAX_MESSAGE_BYTES: u64 = 512;
+/// A tier is trimmed at least this often (and at least once per step).
+pub const TRIM_EVERY_MS: i64 = 60_000;
+/// Buckets stay open this long past their end, so that a sample from a probe
+/// that took a while still lands in memory rather than on the slow path.
+pub const FLUSH_GRACE_MS: i64 = 5_000;
+
+/// `a / b` rounded up, for positive `a` and `b`.
+pub fn ceil_div(a: i64, b: i64) -> i64 {
+    (a + b - 1) / b
+}
+
+/// The largest size the history file can reach under a config, by part.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SizeBound {
+    pub tiers: Vec<(String, u64)>,
+    pub journal: u64,
+    pub series: u64,
+    pub events: u64,
+    pub runs: u64,
+    pub fixed: u64,
+    pub total: u64,
+}
+
+/// Rows a series can hold in a tier between two trims.
+pub fn rows_bound(tier: &Tier) -> u64 {
+    let between_trims = ceil_div(TRIM_EVERY_MS.max(tier.step_ms), tier.step_ms);
+    (tier.capacity() + between_trims + 2) as u64
+}
+
+pub fn size_bound(history: &HistoryConfig) -> SizeBound {
+    let tiers = from_config(history);
+    let pages = |bytes: u64| (bytes * FILL_FACTOR).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let series_n = history.max_series as u64;
+    let tier_bytes: Vec<(String, u64)> = tiers
+        .iter()
+        .map(|t| (t.table.clone(), pages(series_n * rows_bound(t) * ROW_BYTES)))
+        .collect();
+    // The journal holds the samples of buckets not yet flushed to the first
+    // tier: at most a step plus the grace, at the shortest interval, plus
+    // one row header per timestamp.
+    let first = tiers.first().map_or(10_000, |t| t.step_ms);
+    let min_interval = (history.min_interval.as_millis() as i64).max(1);
+    let stamps = ((2 * first + FLUSH_GRACE_MS) / min_interval + 2) as u64;
+    let journal = pages(stamps * (series_n * 12 + 32));
+    // Key text twice (table and unique index), plus probe, metric, labels.
+    let series = pages(series_n * (MAX_KEY_BYTES * 4 + 64));
+    let events = pages(history.max_events as u64 * (MAX_MESSAGE_BYTES + 3 * 64 + 64));
+    let runs = pages(history.max_runs as u64 * 160);
+    // Schema, meta, tiers list, and one root page per table and index.
+    let fixed = 64 * PAGE_SIZE;
+    let total =
+        tier_bytes.iter().map(|(_, b)| b).sum::<u64>() + journal + series + events + runs + fixed;
+    SizeBound {
+        tiers: tier_bytes,
+        journal,
+        series,
+        events,
+        runs,
+        fixed,
+        total,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_tiers() -> Vec<Tier> {
+        from_config(&HistoryConfig::default())
+    }
+
+    #[test]
+    fn buckets_align_to_epoch_even_before_it() {
+        let t = Tier::new(10_000, 86_400_000);
+        assert_eq!(t.bucket(12_345), 10_000);
+        assert_eq!(t.bucket(-1), -10_000);
+        assert_eq!(t.table, "tier_10s");
+        assert_eq!(t.capacity(), 8640);
+    }
+
+    #[test]
+    fn choose_picks_covering_tier_near_requested_step() {
+        let t = default_tiers();
+        let now = 1_000_000_000_000;
+        let h = 3_600_000;
+        // Last hour at 10s: the 10s tier.
+        assert_eq!(choose(&t, now - h, now, 10_000), 0);
+        // Seven days at 1m: the 1m tier (the 10s tier does not reach back).
+        assert_eq!(choose(&t, now - 7 * 24 * h, now, 60_000), 1);
+        // A day at 1h: the 1h tier, though finer ones cover it.
+        assert_eq!(choose(&t, now - 24 * h, now, h), 2);
+        // A day at 1s: nothing that fine, the finest covering tier.
+        assert_eq!(choose(&t, now - 24 * h, now, 1000), 0);
+        // Twenty years: nothing covers, the longest span.
+        assert_eq!(choose(&t, now - 20 * 365 * 24 * h, now, h), 3);
+    }
+
+    #[test]
+    fn merge_keeps_newest_last_and_exact_stats() {
+        let mut a = Agg::one(10, 1.0);
+        a.merge(&Agg::one(30, 3.0));
+        a.merge(&Agg::one(20, 2.0));
+        assert_eq!(a.count, 3);
+        assert_eq!(a.avg(), 2.0);
+        assert_eq!((a.min, a.max, a.last), (1.0, 3.0, 3.0));
+    }
+
+    #[test]
+    fn bound_grows_with_series_and_tiers() {
+        let mut h = HistoryConfig::default();
+        let b = size_bound(&h);
+        assert_eq!(b.tiers.len(), 4);
+        assert!(b.total > b.tiers.iter().map(|t| t.1).sum::<u64>());
+        h.max_series *= 2;
+        assert!(size_bound(&h).total > b.total);
+    }
+}
