@@ -392,10 +392,13 @@ impl Config {
         if self.agent.success_threshold == 0 {
             bad(&["agent", "success_threshold"], "must be at least 1".into());
         }
-        if let Some(h) = &self.agent.hostname {
-            if h.trim().is_empty() {
-                bad(&["agent", "hostname"], "must not be empty".into());
-            }
+        if self
+            .agent
+            .hostname
+            .as_ref()
+            .is_some_and(|h| h.trim().is_empty())
+        {
+            bad(&["agent", "hostname"], "must not be empty".into());
         }
         if self.api.listen.parse::<SocketAddr>().is_err() {
             bad(
@@ -559,13 +562,14 @@ impl Config {
                 "must be at least 100ms".into(),
             );
         }
-        if let Some(first) = tiers.first() {
-            if self.history.min_interval > first.step {
-                bad(
-                    &["history", "min_interval"],
-                    "must not be longer than the first tier's step".into(),
-                );
-            }
+        if tiers
+            .first()
+            .is_some_and(|first| self.history.min_interval > first.step)
+        {
+            bad(
+                &["history", "min_interval"],
+                "must not be longer than the first tier's step".into(),
+            );
         }
     }
 

@@ -209,10 +209,16 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             }
             let reader = open_reader(&at)?;
             let step = step.map(sample::ms);
+            let q = report::QuerySpec {
+                key: &key,
+                since,
+                until,
+                step_ms: step,
+                max_points,
+            };
             print!(
                 "{}",
-                report::query(&reader, &key, since, until, step, now, format, max_points)
-                    .map_err(report_err)?
+                report::query(&reader, q, now, format).map_err(report_err)?
             );
             Ok(())
         }

@@ -118,10 +118,8 @@ impl Recorder {
             }
         }
         self.write(now_ms());
-        if let Some(w) = self.writer.as_mut() {
-            if let Err(e) = w.end_run(now_ms()) {
-                tracing::error!("recording the clean stop: {e}");
-            }
+        if let Some(Err(e)) = self.writer.as_mut().map(|w| w.end_run(now_ms())) {
+            tracing::error!("recording the clean stop: {e}");
         }
     }
 

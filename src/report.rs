@@ -65,17 +65,30 @@ pub fn series(reader: &Reader, prefix: Option<&str>) -> Result<String, ReportErr
     Ok(out)
 }
 
+/// What `upkeep query` asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct QuerySpec<'a> {
+    pub key: &'a str,
+    pub since: Ts,
+    pub until: Ts,
+    pub step_ms: Option<i64>,
+    pub max_points: usize,
+}
+
 /// One series over a range.
 pub fn query(
     reader: &Reader,
-    key: &str,
-    since: Ts,
-    until: Ts,
-    step_ms: Option<i64>,
+    q: QuerySpec<'_>,
     now: Ts,
     format: Format,
-    max_points: usize,
 ) -> Result<String, ReportError> {
+    let QuerySpec {
+        key,
+        since,
+        until,
+        step_ms,
+        max_points,
+    } = q;
     if until <= since {
         return Err(ReportError::Usage(format!(
             "--until ({}) must be after --since ({})",

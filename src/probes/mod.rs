@@ -109,13 +109,16 @@ pub fn default_timeout(interval: Duration) -> Duration {
     (interval / 2).min(Duration::from_secs(10))
 }
 
+/// A threshold (by index) and the labels of one reading it applies to.
+type BreachKey = (usize, Vec<(String, String)>);
+
 /// Evaluates thresholds on one tick's readings, remembering for how long each
 /// threshold has been breached so that `sustained` can be honoured.
 #[derive(Debug, Default)]
 pub struct Assessor {
     /// Per threshold index and series labels: since when the reading has been
     /// at or beyond the degraded / unhealthy level.
-    breached: std::collections::HashMap<(usize, Vec<(String, String)>), (Option<i64>, Option<i64>)>,
+    breached: std::collections::HashMap<BreachKey, (Option<i64>, Option<i64>)>,
 }
 
 impl Assessor {

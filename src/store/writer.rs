@@ -154,7 +154,7 @@ impl Writer {
                 .map_err(&err)?
         };
         let tx = self.conn.transaction().map_err(&err)?;
-        for (table, _) in &existing {
+        for table in existing.keys() {
             if !self.tiers.iter().any(|t| &t.table == table) {
                 tx.execute_batch(&format!("DROP TABLE IF EXISTS \"{table}\""))
                     .map_err(&err)?;

@@ -1,0 +1,10 @@
+//! Integration tests: one binary, one module per area. Every test makes its
+//! own temporary data dir; nothing is shared between tests.
+
+mod util;
+
+mod cli;
+mod lifecycle;
+mod runner;
+mod store_faults;
+mod store_history;
