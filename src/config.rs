@@ -344,23 +344,23 @@ impl Config {
             return Ok(config);
         }
         let doc = toml::de::DeTable::parse(text).ok();
-        Err(ConfigError {
-            issues: problems
-                .into_iter()
-                .map(|(path, message)| {
-                    let pos = doc
-                        .as_ref()
-                        .and_then(|d| span_of(d.get_ref(), &path))
-                        .map(|start| line_col(text, start));
-                    ConfigIssue {
-                        file: file.to_string(),
-                        line: pos.map(|p| p.0),
-                        col: pos.map(|p| p.1),
-                        message: format!("{}: {}", path.join("."), message),
-                    }
-                })
-                .collect(),
-        })
+        let mut issues: Vec<ConfigIssue> = problems
+            .into_iter()
+            .map(|(path, message)| {
+                let pos = doc
+                    .as_ref()
+                    .and_then(|d| span_of(d.get_ref(), &path))
+                    .map(|start| line_col(text, start));
+                ConfigIssue {
+                    file: file.to_string(),
+                    line: pos.map(|p| p.0),
+                    col: pos.map(|p| p.1),
+                    message: format!("{}: {}", path.join("."), message),
+                }
+            })
+            .collect();
+        issues.sort_by_key(|i| (i.line, i.col));
+        Err(ConfigError { issues })
     }
 
     /// Every problem of the config, each with the key path it is about.
@@ -626,7 +626,11 @@ fn span_of(table: &toml::de::DeTable<'_>, path: &[String]) -> Option<usize> {
     let (first, rest) = path.split_first()?;
     let (key, value) = table.get_key_value(first.as_str())?;
     if rest.is_empty() {
-        return Some(value.span().start);
+        // A table is pointed at by its name, a value by itself.
+        return Some(match value.get_ref() {
+            toml::de::DeValue::Table(_) => key.span().start,
+            _ => value.span().start,
+        });
     }
     match value.get_ref() {
         toml::de::DeValue::Table(t) => span_of(t, rest).or(Some(key.span().start)),

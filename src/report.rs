@@ -317,8 +317,7 @@ pub fn trend(
                 eta_high_seconds,
                 ..
             } => format!(
-                "reaches {} in {} (range {} to {})",
-                num(th),
+                "reaches {th} in {} (range {} to {})",
                 human((eta_seconds * 1000.0) as i64),
                 human((eta_low_seconds * 1000.0) as i64),
                 eta_high_seconds.map_or("unbounded".to_string(), |h| human((h * 1000.0) as i64))

@@ -1,1 +1,336 @@
-//! placeholder until written
+//! The command line: bad config is rejected with FILE:LINE:COL and exit 78
+//! before anything starts; usage errors exit 2; the read commands answer from
+//! a history file whether or not the agent runs.
+
+use std::path::Path;
+
+use upkeep::config::{Config, HistoryConfig};
+use upkeep::sample::{SeriesKey, Unit};
+use upkeep::store::Event;
+use upkeep::store::writer::Sample;
+
+use crate::util::{stderr, stdout, temp_dir, temp_writer, upkeep, write_file};
+
+/// `check-config` and `run` both reject `text`; returns stderr.
+fn rejected(text: &str) -> String {
+    let dir = temp_dir();
+    let cfg = write_file(dir.path(), "agent.toml", text);
+    let check = upkeep(&["check-config", cfg.to_str().unwrap()]);
+    assert_eq!(
+        check.status.code(),
+        Some(78),
+        "check-config accepted:\n{text}"
+    );
+    let data = dir.path().join("data");
+    let run = upkeep(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        run.status.code(),
+        Some(78),
+        "run accepted:\n{text}\n{}",
+        stderr(&run)
+    );
+    assert!(!data.exists(), "nothing may start on a bad config");
+    let err = stderr(&check);
+    assert_eq!(err, stderr(&run), "run and check-config report alike");
+    err.replace(cfg.to_str().unwrap(), "FILE")
+}
+
+#[test]
+fn a_typoed_key_names_its_line_and_column() {
+    let err = rejected("[agent]\ninterval = \"10s\"\nintervl = \"5s\"\n");
+    assert!(
+        err.starts_with("FILE:3:1: unknown field `intervl`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_typo_inside_a_probe_table_is_an_error_not_ignored() {
+    let err =
+        rejected("[probe.db]\nkind = \"tcp\"\naddress = \"127.0.0.1:5432\"\nadress = \"x\"\n");
+    assert!(err.starts_with("FILE:1:1: unknown field `adress`"), "{err}");
+}
+
+#[test]
+fn a_wrong_type_names_the_value() {
+    let err = rejected("[agent]\nfailure_threshold = \"three\"\n");
+    assert!(
+        err.starts_with("FILE:2:21: invalid type: string \"three\", expected u32"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_duration_names_the_value() {
+    let err = rejected("[agent]\ninterval = \"10 parsecs\"\n");
+    assert!(
+        err.starts_with("FILE:2:12: invalid value: string \"10 parsecs\", expected a duration"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_interval_of_zero_is_rejected() {
+    let err = rejected("[agent]\ninterval = \"0s\"\n");
+    assert_eq!(
+        err.trim(),
+        "FILE:2:12: agent.interval: interval must be greater than 0"
+    );
+}
+
+#[test]
+fn a_timeout_not_below_the_interval_is_rejected() {
+    let err = rejected(
+        "[probe.db]\nkind = \"tcp\"\naddress = \"127.0.0.1:5432\"\ninterval = \"5s\"\ntimeout = \"5s\"\n",
+    );
+    assert_eq!(
+        err.trim(),
+        "FILE:5:11: probe.db.timeout: timeout 5s must be shorter than the interval 5s"
+    );
+}
+
+#[test]
+fn duplicate_probe_names_are_rejected() {
+    let err = rejected(
+        "[probe.db]\nkind = \"tcp\"\naddress = \"a:1\"\n\n[probe.db]\nkind = \"tcp\"\naddress = \"b:1\"\n",
+    );
+    assert!(err.starts_with("FILE:5:8: duplicate key"), "{err}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once_in_file_order() {
+    let err = rejected(
+        "[agent]\ninterval = \"0s\"\n\n[api]\nlisten = \"localhost\"\n\n[host.cpu]\ndegraded = 0.9\nunhealthy = 1.5\n\n[probe.Bad]\nkind = \"tcp\"\naddress = \"nowhere\"\n",
+    );
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "FILE:2:12: agent.interval: interval must be greater than 0",
+            "FILE:5:10: api.listen: `localhost` is not an address:port such as 127.0.0.1:8711",
+            "FILE:9:13: host.cpu.unhealthy: 1.5 is not a ratio between 0 and 1",
+            "FILE:11:8: probe.Bad: probe names are 1-64 characters of a-z, 0-9, '-' and '_', and `host` is reserved",
+            "FILE:13:11: probe.Bad.address: `nowhere` is not host:port",
+        ]
+    );
+}
+
+#[test]
+fn an_unreadable_config_file_is_an_invalid_config() {
+    let dir = temp_dir();
+    for path in [dir.path().join("missing.toml"), dir.path().to_path_buf()] {
+        let o = upkeep(&["check-config", path.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(78));
+        assert!(
+            stderr(&o).starts_with(&format!("{}: cannot read config file: ", path.display())),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn check_config_prints_the_history_bound() {
+    let o = upkeep(&["check-config", "agent.toml.example"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let bound = upkeep::store::tiers::size_bound(
+        &Config::load(Path::new("agent.toml.example"))
+            .unwrap()
+            .history,
+    );
+    assert!(
+        out.contains(&format!("history file bound: {} bytes", bound.total)),
+        "{out}"
+    );
+    for t in ["tier_10s", "tier_60s", "tier_3600s", "tier_86400s"] {
+        assert!(out.contains(t), "{out}");
+    }
+}
+
+/// Every option of the config schema, with its default, appears in the
+/// example, and the example is a valid config.
+#[test]
+fn the_example_config_documents_every_option() {
+    let text = std::fs::read_to_string("agent.toml.example").unwrap();
+    Config::parse("agent.toml.example", &text).expect("the example is valid");
+    let defaults = toml::Value::try_from(Config::default()).unwrap();
+    let mut missing = Vec::new();
+    fn walk(v: &toml::Value, path: &str, text: &str, missing: &mut Vec<String>) {
+        if let toml::Value::Table(t) = v {
+            for (k, v) in t {
+                if !text.contains(&format!("{k} ="))
+                    && !text.contains(&format!("[{path}{k}]"))
+                    && !text.contains(&format!("[{path}{k}."))
+                {
+                    missing.push(format!("{path}{k}"));
+                }
+                walk(v, &format!("{path}{k}."), text, missing);
+            }
+        }
+    }
+    walk(&defaults, "", &text, &mut missing);
+    assert!(
+        missing.is_empty(),
+        "agent.toml.example does not mention: {missing:?}"
+    );
+    for kind in ["tcp"] {
+        assert!(
+            text.contains(&format!("kind = \"{kind}\"")),
+            "probe kind {kind} has no example"
+        );
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["frobnicate"][..],
+        &["query"],
+        &[
+            "query",
+            "host.load1",
+            "--since",
+            "last tuesday",
+            "--data-dir",
+            ".",
+        ],
+        &["query", "host.load1", "--step", "0s", "--data-dir", "."],
+        &["query", "host.load1", "--format", "xml"],
+        &["uptime", "--window", "forever"],
+    ] {
+        let o = upkeep(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+}
+
+/// A history file written in-process, as the agent would: one series per
+/// metric, one probe with a status history.
+fn history_with_data(dir: &Path, now: i64) {
+    let h = HistoryConfig::default();
+    let mut w = temp_writer(dir, &h, now - 3_600_000);
+    let key = SeriesKey::new("host", "disk_used_ratio", &[("mount", "/")]);
+    let id = w.series_id(&key, Unit::Ratio, now).unwrap().unwrap();
+    let start = now - 3_600_000;
+    let mut ev = vec![Event {
+        ts_ms: start,
+        probe: Some("host".into()),
+        kind: "status".into(),
+        from_status: Some("unknown".into()),
+        to_status: Some("healthy".into()),
+        message: "host is healthy".into(),
+    }];
+    for i in 0..360 {
+        let ts = start + i * 10_000;
+        let s = Sample {
+            series: id,
+            ts,
+            value: 0.5 + i as f64 * 0.001,
+        };
+        w.write(&[s], &ev, ts).unwrap();
+        ev.clear();
+    }
+    w.end_run(now).unwrap();
+}
+
+#[test]
+fn read_commands_answer_from_a_stopped_agents_history() {
+    let dir = temp_dir();
+    let now = upkeep::sample::now_ms();
+    history_with_data(dir.path(), now);
+    let d = dir.path().to_str().unwrap();
+
+    let o = upkeep(&["series", "--data-dir", d]);
+    assert_eq!(stdout(&o), "host.disk_used_ratio{mount=\"/\"}\tratio\n");
+
+    let o = upkeep(&[
+        "query",
+        "host.disk_used_ratio{mount=\"/\"}",
+        "--since",
+        "2h",
+        "--step",
+        "10m",
+        "--format",
+        "csv",
+        "--data-dir",
+        d,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let csv = stdout(&o);
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    let total: i64 = rows
+        .iter()
+        .map(|r| r.split(',').nth(5).unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(total, 360, "every sample counted once:\n{csv}");
+    assert!((6..=8).contains(&rows.len()), "an hour at 10m:\n{csv}");
+
+    let o = upkeep(&[
+        "query",
+        "host.disk_used_ratio{mount=\"/\"}",
+        "--since",
+        "2h",
+        "--format",
+        "json",
+        "--data-dir",
+        d,
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["tier"], "tier_10s");
+    assert_eq!(v["points"].as_array().unwrap().len(), 360);
+
+    let o = upkeep(&["uptime", "--data-dir", d, "--format", "csv"]);
+    let out = stdout(&o);
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split(',').collect();
+    assert_eq!(row[0], "host");
+    assert_eq!(row[1], "1", "healthy all the time it was observed: {out}");
+    let coverage: f64 = row[2].parse().unwrap();
+    assert!(
+        (0.03..0.06).contains(&coverage),
+        "observed one hour of 24: {out}"
+    );
+
+    let o = upkeep(&[
+        "trend",
+        "host.disk_used_ratio{mount=\"/\"}",
+        "--window",
+        "2h",
+        "--data-dir",
+        d,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("trend: increasing"), "{out}");
+    assert!(out.contains("forecast: reaches 1 in"), "{out}");
+}
+
+#[test]
+fn read_commands_name_what_is_missing() {
+    let dir = temp_dir();
+    let d = dir.path().to_str().unwrap();
+    let o = upkeep(&["series", "--data-dir", d]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no history file here"),
+        "{}",
+        stderr(&o)
+    );
+
+    history_with_data(dir.path(), upkeep::sample::now_ms());
+    let o = upkeep(&["query", "host.nope", "--data-dir", d]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no series `host.nope`"),
+        "{}",
+        stderr(&o)
+    );
+    let o = upkeep(&["uptime", "nope", "--data-dir", d]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no probe `nope`"), "{}", stderr(&o));
+}
