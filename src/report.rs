@@ -323,9 +323,9 @@ pub fn trend(
                 eta_high_seconds.map_or("unbounded".to_string(), |h| human((h * 1000.0) as i64))
             ),
             Forecast::Reached { value } => {
-                format!("already at {} (threshold {})", num(*value), num(th))
+                format!("already at {} (threshold {th})", num(*value))
             }
-            Forecast::NotApproaching { .. } => format!("not approaching {}", num(th)),
+            Forecast::NotApproaching { .. } => format!("not approaching {th}"),
             Forecast::InsufficientSignal { reason } => reason.clone(),
         };
         let _ = writeln!(out, "forecast: {line}");

@@ -214,10 +214,10 @@ fn usage_errors_exit_2() {
 /// metric, one probe with a status history.
 fn history_with_data(dir: &Path, now: i64) {
     let h = HistoryConfig::default();
-    let mut w = temp_writer(dir, &h, now - 3_600_000);
+    let mut w = temp_writer(dir, &h, now - 7_200_000);
     let key = SeriesKey::new("host", "disk_used_ratio", &[("mount", "/")]);
     let id = w.series_id(&key, Unit::Ratio, now).unwrap().unwrap();
-    let start = now - 3_600_000;
+    let start = now - 7_200_000;
     let mut ev = vec![Event {
         ts_ms: start,
         probe: Some("host".into()),
@@ -226,12 +226,12 @@ fn history_with_data(dir: &Path, now: i64) {
         to_status: Some("healthy".into()),
         message: "host is healthy".into(),
     }];
-    for i in 0..360 {
+    for i in 0..720 {
         let ts = start + i * 10_000;
         let s = Sample {
             series: id,
             ts,
-            value: 0.5 + i as f64 * 0.001,
+            value: 0.5 + i as f64 * 0.0002,
         };
         w.write(&[s], &ev, ts).unwrap();
         ev.clear();
@@ -253,7 +253,7 @@ fn read_commands_answer_from_a_stopped_agents_history() {
         "query",
         "host.disk_used_ratio{mount=\"/\"}",
         "--since",
-        "2h",
+        "3h",
         "--step",
         "10m",
         "--format",
@@ -268,14 +268,14 @@ fn read_commands_answer_from_a_stopped_agents_history() {
         .iter()
         .map(|r| r.split(',').nth(5).unwrap().parse::<i64>().unwrap())
         .sum();
-    assert_eq!(total, 360, "every sample counted once:\n{csv}");
-    assert!((6..=8).contains(&rows.len()), "an hour at 10m:\n{csv}");
+    assert_eq!(total, 720, "every sample counted once:\n{csv}");
+    assert!((12..=13).contains(&rows.len()), "two hours at 10m:\n{csv}");
 
     let o = upkeep(&[
         "query",
         "host.disk_used_ratio{mount=\"/\"}",
         "--since",
-        "2h",
+        "3h",
         "--format",
         "json",
         "--data-dir",
@@ -283,7 +283,7 @@ fn read_commands_answer_from_a_stopped_agents_history() {
     ]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["tier"], "tier_10s");
-    assert_eq!(v["points"].as_array().unwrap().len(), 360);
+    assert_eq!(v["points"].as_array().unwrap().len(), 720);
 
     let o = upkeep(&["uptime", "--data-dir", d, "--format", "csv"]);
     let out = stdout(&o);
@@ -292,15 +292,15 @@ fn read_commands_answer_from_a_stopped_agents_history() {
     assert_eq!(row[1], "1", "healthy all the time it was observed: {out}");
     let coverage: f64 = row[2].parse().unwrap();
     assert!(
-        (0.03..0.06).contains(&coverage),
-        "observed one hour of 24: {out}"
+        (0.07..0.1).contains(&coverage),
+        "observed two hours of 24: {out}"
     );
 
     let o = upkeep(&[
         "trend",
         "host.disk_used_ratio{mount=\"/\"}",
         "--window",
-        "2h",
+        "3h",
         "--data-dir",
         d,
     ]);
