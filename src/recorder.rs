@@ -261,8 +261,11 @@ impl Recorder {
     }
 
     fn set_store_err(&self, e: &StoreError) {
-        tracing::error!("cannot open history: {e}; probes go on, retrying every {RETRY_EVERY:?}");
         let mut live = self.live.write().expect("live lock");
+        // Logged once per outage, not on every retry.
+        if live.store.open || live.store.last_error.is_none() {
+            tracing::error!("cannot open history: {e}; probes go on, retrying every {RETRY_EVERY:?}");
+        }
         live.store.open = false;
         live.store.last_error = Some(e.to_string());
         live.store.bound_bytes = crate::store::tiers::size_bound(&self.history).total;
