@@ -22,6 +22,9 @@ use crate::store::{Event, StoreError};
 /// Samples held while the history file refuses writes; beyond this the
 /// oldest are dropped (and counted).
 pub const MAX_PENDING: usize = 200_000;
+/// Events held while the history file refuses writes; beyond this the oldest
+/// are dropped.
+pub const MAX_PENDING_EVENTS: usize = 10_000;
 /// Outcomes written per transaction at most.
 const MAX_BATCH: usize = 512;
 /// How often a failed history file is retried.
@@ -117,7 +120,17 @@ impl Recorder {
                 break;
             }
         }
+        // The last chance to write: try now, whenever the last attempt was.
+        self.last_attempt = None;
+        self.failing = false;
         self.write(now_ms());
+        if !self.pending.is_empty() {
+            let lost = self.pending.len();
+            tracing::error!(
+                "stopping with {lost} samples that history did not accept; they are lost"
+            );
+            self.live.write().expect("live lock").store.dropped_samples += lost as u64;
+        }
         if let Some(Err(e)) = self.writer.as_mut().map(|w| w.end_run(now_ms())) {
             tracing::error!("recording the clean stop: {e}");
         }
@@ -180,6 +193,8 @@ impl Recorder {
                 });
             }
         }
+        let over_events = self.events.len().saturating_sub(MAX_PENDING_EVENTS);
+        self.events.drain(..over_events);
         let over = self.pending.len().saturating_sub(MAX_PENDING);
         if over > 0 {
             self.pending.drain(..over);
@@ -242,6 +257,11 @@ impl Recorder {
                     );
                     self.failing = true;
                 }
+                if e.is_full() {
+                    // A write-ahead log that grew onto a full disk is given
+                    // back once it is copied into the main file.
+                    writer.checkpoint();
+                }
                 if e.is_corrupt() {
                     // Reopening moves a corrupt file aside and starts afresh.
                     self.writer = None;
@@ -264,7 +284,9 @@ impl Recorder {
         let mut live = self.live.write().expect("live lock");
         // Logged once per outage, not on every retry.
         if live.store.open || live.store.last_error.is_none() {
-            tracing::error!("cannot open history: {e}; probes go on, retrying every {RETRY_EVERY:?}");
+            tracing::error!(
+                "cannot open history: {e}; probes go on, retrying every {RETRY_EVERY:?}"
+            );
         }
         live.store.open = false;
         live.store.last_error = Some(e.to_string());

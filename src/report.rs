@@ -344,7 +344,7 @@ mod tests {
         assert_eq!(parse_time("24h", now), Ok(now - 86_400_000));
         assert_eq!(
             parse_time("2026-11-28T10:00:00Z", now),
-            Ok(1_796_292_000_000)
+            Ok(1_795_860_000_000)
         );
         assert!(
             parse_time("yesterday-ish", now)

@@ -1,1 +1,839 @@
-//! placeholder until written
+//! The history store as a spec: every committed sample is counted exactly
+//! once in every tier, survives a crash of the writer, is visible to readers
+//! before its bucket is written, and the file stays within the size bound
+//! that follows from the config, whatever the wall clock does. Time is
+//! simulated: each test passes `now` (unix ms) to every call.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use upkeep::config::HistoryConfig;
+use upkeep::sample::{SeriesKey, Ts, Unit};
+use upkeep::store::reader::Point;
+use upkeep::store::tiers::{self, Tier};
+use upkeep::store::writer::{Sample, WriteStats, Writer};
+use upkeep::store::{Event, Reader};
+
+use crate::util::*;
+
+const SEC: Ts = 1000;
+const MIN: Ts = 60 * SEC;
+const HOUR: Ts = 60 * MIN;
+const DAY: Ts = 24 * HOUR;
+
+/// 2023-11-14T22:15:23Z: aligned to no tier step, so first buckets are partial.
+const T0: Ts = 1_700_000_123_000;
+/// The first day boundary after `T0` (`T0` + 6277 s): every tier closes a
+/// bucket there.
+const DAY_END: Ts = 1_700_006_400_000;
+
+/// Tiers shaped like the defaults, with spans long enough that retention
+/// never removes what a test wrote.
+fn roomy() -> HistoryConfig {
+    history_with_tiers(&[
+        (10, 3 * 86_400),
+        (60, 7 * 86_400),
+        (3_600, 30 * 86_400),
+        (86_400, 400 * 86_400),
+    ])
+}
+
+fn key(s: usize) -> SeriesKey {
+    SeriesKey::new(&format!("svc{s}"), "value", &[])
+}
+
+/// Value of series `s` at `ts`: varies within every bucket, so that avg, min,
+/// max and last all differ; the same `(s, ts)` always gives the same value.
+fn value(s: usize, ts: Ts) -> f64 {
+    ((ts / SEC * 7 + s as i64 * 13) % 101) as f64 + s as f64 / 4.0
+}
+
+/// A writer fed one sample per series per tick, with `now` = the tick, and
+/// the log of every sample it committed: the ground truth of the tests.
+struct Feed {
+    dir: PathBuf,
+    history: HistoryConfig,
+    writer: Option<Writer>,
+    ids: Vec<i64>,
+    log: Vec<(usize, Ts, f64)>,
+    /// Whether `last` is checked: once the clock stepped back, samples of a
+    /// bucket arrive out of time order (`last` then has its own test).
+    check_last: bool,
+}
+
+impl Feed {
+    fn open(dir: &Path, history: &HistoryConfig, series: usize, now: Ts) -> Feed {
+        let mut writer = temp_writer(dir, history, now);
+        let ids = (0..series)
+            .map(|s| {
+                writer
+                    .series_id(&key(s), Unit::Count, now)
+                    .expect("registering a series")
+                    .expect("below max_series")
+            })
+            .collect();
+        Feed {
+            dir: dir.to_path_buf(),
+            history: history.clone(),
+            writer: Some(writer),
+            ids,
+            log: Vec::new(),
+            check_last: true,
+        }
+    }
+
+    fn writer(&mut self) -> &mut Writer {
+        self.writer.as_mut().expect("the writer is open")
+    }
+
+    /// One sample per series at `ts`, written with `now = ts`.
+    fn tick(&mut self, ts: Ts) -> WriteStats {
+        let samples: Vec<Sample> = (0..self.ids.len())
+            .map(|s| Sample {
+                series: self.ids[s],
+                ts,
+                value: value(s, ts),
+            })
+            .collect();
+        let stats = self
+            .writer()
+            .write(&samples, &[], ts)
+            .unwrap_or_else(|e| panic!("writing the batch at {ts}: {e}"));
+        self.log
+            .extend((0..self.ids.len()).map(|s| (s, ts, value(s, ts))));
+        stats
+    }
+
+    /// A tick every second over `[from, until)`; the stats summed.
+    fn run(&mut self, from: Ts, until: Ts) -> WriteStats {
+        let mut sum = WriteStats::default();
+        for ts in (from..until).step_by(SEC as usize) {
+            let s = self.tick(ts);
+            sum.samples += s.samples;
+            sum.late_samples += s.late_samples;
+            sum.rows_flushed += s.rows_flushed;
+        }
+        sum
+    }
+
+    /// Drops the writer without `end_run`: to the file, a killed agent.
+    fn crash(&mut self) {
+        self.writer = None;
+    }
+
+    fn reopen(&mut self, now: Ts) {
+        assert!(self.writer.is_none(), "crash before reopening");
+        self.writer = Some(temp_writer(&self.dir, &self.history, now));
+    }
+
+    /// Writes no samples at `now`, so every bucket that closed is written.
+    fn idle(&mut self, now: Ts) {
+        self.writer()
+            .write(&[], &[], now)
+            .expect("writing an empty batch");
+    }
+
+    fn count(&self, s: usize) -> i64 {
+        self.log.iter().filter(|l| l.0 == s).count() as i64
+    }
+
+    fn span(&self) -> (Ts, Ts) {
+        let min = self.log.iter().map(|l| l.1).min().expect("samples logged");
+        let max = self.log.iter().map(|l| l.1).max().expect("samples logged");
+        (min, max + 1)
+    }
+
+    /// Per bucket of `tier`, what series `s` must read there according to
+    /// the log.
+    fn expected(&self, tier: &Tier, s: usize) -> BTreeMap<Ts, Bucket> {
+        let mut out: BTreeMap<Ts, Bucket> = BTreeMap::new();
+        let mut sorted: Vec<_> = self.log.iter().filter(|l| l.0 == s).collect();
+        sorted.sort_by_key(|l| l.1);
+        for &(_, ts, v) in sorted {
+            let b = out.entry(tier.bucket(ts)).or_insert(Bucket {
+                count: 0,
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+                sum: 0.0,
+                last: v,
+            });
+            b.count += 1;
+            b.min = b.min.min(v);
+            b.max = b.max.max(v);
+            b.sum += v;
+            b.last = v;
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    count: i64,
+    min: f64,
+    max: f64,
+    sum: f64,
+    last: f64,
+}
+
+/// Compares buckets read back with the log: count, min, max and last exactly,
+/// avg to 1e-9 relative (a higher tier re-derives sums from stored averages).
+fn assert_buckets_match(
+    what: &str,
+    got: &[(Ts, Point)],
+    want: &BTreeMap<Ts, Bucket>,
+    check_last: bool,
+) {
+    let got_keys: Vec<(Ts, i64)> = got.iter().map(|(b, p)| (*b, p.count)).collect();
+    let want_keys: Vec<(Ts, i64)> = want.iter().map(|(b, e)| (*b, e.count)).collect();
+    assert_eq!(got_keys, want_keys, "{what}: buckets and counts");
+    for (b, p) in got {
+        let e = &want[b];
+        let avg = e.sum / e.count as f64;
+        assert_eq!(
+            (p.min, p.max),
+            (e.min, e.max),
+            "{what}: min, max of bucket {b}"
+        );
+        if check_last {
+            assert_eq!(p.last, e.last, "{what}: last of bucket {b}");
+        }
+        assert!(
+            (p.avg - avg).abs() <= 1e-9 * avg.abs().max(1.0),
+            "{what}: avg of bucket {b} is {}, the samples average {avg}",
+            p.avg
+        );
+    }
+}
+
+/// Every tier, read through a `Reader` (written rows plus the buckets
+/// rebuilt from lower tiers and the journal), matches the log bucket by
+/// bucket: each committed sample is there once.
+fn assert_every_tier_reads_the_log(feed: &Feed, now: Ts) {
+    let reader = Reader::open(&feed.dir).expect("opening a reader");
+    let (since, until) = feed.span();
+    for tier in tiers::from_config(&feed.history) {
+        for s in 0..feed.ids.len() {
+            let points = tier_points(
+                &reader,
+                &key(s).to_string(),
+                tier.step_ms,
+                since,
+                until,
+                now,
+            );
+            let got: Vec<(Ts, Point)> = points.into_iter().map(|p| (p.ts_ms, p)).collect();
+            assert_buckets_match(
+                &format!("{} via reader, series {s}", tier.table),
+                &got,
+                &feed.expected(&tier, s),
+                feed.check_last,
+            );
+        }
+    }
+}
+
+/// Every tier table, once every bucket is written, holds the log exactly:
+/// the same rows, each sample counted once, and the journal is empty.
+fn assert_every_tier_table_holds_the_log(feed: &Feed) {
+    let conn = history_sql(&feed.dir);
+    for tier in tiers::from_config(&feed.history) {
+        for (s, id) in feed.ids.iter().enumerate() {
+            let mut st = conn
+                .prepare(&format!(
+                    "SELECT bucket_ms, avg, min, max, count, last FROM \"{}\" WHERE series = ?1 ORDER BY bucket_ms",
+                    tier.table
+                ))
+                .expect("preparing");
+            let got: Vec<(Ts, Point)> = st
+                .query_map([id], |r| {
+                    let ts_ms: Ts = r.get(0)?;
+                    Ok((
+                        ts_ms,
+                        Point {
+                            ts_ms,
+                            avg: r.get(1)?,
+                            min: r.get(2)?,
+                            max: r.get(3)?,
+                            count: r.get(4)?,
+                            last: r.get(5)?,
+                        },
+                    ))
+                })
+                .expect("reading a tier")
+                .collect::<Result<_, _>>()
+                .expect("reading a tier");
+            assert_buckets_match(
+                &format!("{} table, series {s}", tier.table),
+                &got,
+                &feed.expected(&tier, s),
+                feed.check_last,
+            );
+        }
+    }
+    assert_eq!(
+        journal_samples(&conn),
+        0,
+        "journal after every bucket closed"
+    );
+}
+
+/// Watermarks of every tier, finest first.
+fn watermarks(dir: &Path) -> Vec<Ts> {
+    Reader::open(dir)
+        .expect("opening a reader")
+        .tiers()
+        .expect("reading tiers")
+        .iter()
+        .map(|t| t.watermark_ms)
+        .collect()
+}
+
+#[test]
+fn every_committed_sample_is_counted_exactly_once_in_every_tier() {
+    let dir = temp_dir();
+    let history = roomy();
+    let mut feed = Feed::open(dir.path(), &history, 3, T0);
+    let end = T0 + 2 * HOUR;
+    feed.run(T0, end);
+    assert_eq!(feed.count(0), 7_200);
+
+    // Buckets still open in every tier: the reader accounts for them too.
+    assert_every_tier_reads_the_log(&feed, end - SEC);
+
+    // A day later every bucket of every tier is written.
+    let later = DAY_END + DAY + 5 * SEC;
+    feed.idle(later);
+    assert_eq!(watermarks(dir.path()), vec![DAY_END + DAY; 4]);
+    let conn = history_sql(dir.path());
+    for tier in tiers::from_config(&history) {
+        assert_eq!(
+            tier_rows_count(&conn, &tier.table),
+            3 * 7_200,
+            "{}: samples counted",
+            tier.table
+        );
+    }
+    // The two hours straddle a day boundary: 6277 s before it, 923 s after.
+    let days: Vec<(Ts, i64)> = conn
+        .prepare("SELECT bucket_ms, count FROM tier_86400s WHERE series = ?1 ORDER BY bucket_ms")
+        .unwrap()
+        .query_map([feed.ids[0]], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(days, vec![(DAY_END - DAY, 6_277), (DAY_END, 923)]);
+    assert_every_tier_table_holds_the_log(&feed);
+    assert_every_tier_reads_the_log(&feed, later);
+}
+
+#[test]
+fn crash_recovery_neither_loses_nor_double_counts_samples() {
+    let dir = temp_dir();
+    let history = roomy();
+    let mut feed = Feed::open(dir.path(), &history, 3, T0);
+
+    // Killed in the middle of buckets of every tier; back 7 s later.
+    let crash_mid = T0 + 1_234 * SEC;
+    feed.run(T0, crash_mid + SEC);
+    feed.crash();
+    feed.reopen(crash_mid + 7 * SEC);
+    assert_every_tier_reads_the_log(&feed, crash_mid + 7 * SEC);
+
+    // Killed right after the write that closed a bucket of every tier at
+    // once (the day boundary); back a second later.
+    let crash_after_flush = DAY_END + 5 * SEC;
+    feed.run(crash_mid + 7 * SEC, crash_after_flush + SEC);
+    assert_eq!(
+        watermarks(dir.path()),
+        vec![DAY_END; 4],
+        "the last write before the crash closed every tier's bucket"
+    );
+    feed.crash();
+    feed.reopen(crash_after_flush + SEC);
+    assert_every_tier_reads_the_log(&feed, crash_after_flush + SEC);
+
+    // Killed one second before the hour's bucket would have been written;
+    // back a minute later, when it is due.
+    let crash_before_flush = DAY_END + HOUR + 4 * SEC;
+    feed.run(crash_after_flush + SEC, crash_before_flush + SEC);
+    assert_eq!(
+        watermarks(dir.path())[2],
+        DAY_END,
+        "the hour's bucket is still open at the crash"
+    );
+    feed.crash();
+    let back = crash_before_flush + 65 * SEC;
+    feed.reopen(back);
+    assert_eq!(watermarks(dir.path())[2], DAY_END + HOUR);
+    assert_every_tier_reads_the_log(&feed, back);
+
+    let end = DAY_END + 2 * HOUR;
+    feed.run(back, end);
+    assert_every_tier_reads_the_log(&feed, end);
+    let later = DAY_END + DAY + 5 * SEC;
+    feed.idle(later);
+    feed.writer().end_run(later).expect("clean stop");
+    assert_every_tier_table_holds_the_log(&feed);
+    assert_eq!(integrity(dir.path()), "ok");
+
+    // Each killed run reads as unclean, seen last at its last write.
+    let conn = history_sql(dir.path());
+    let runs: Vec<(i64, Ts, Option<Ts>)> = conn
+        .prepare("SELECT id, last_seen_ms, stopped_ms FROM agent_runs ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        runs,
+        vec![
+            (1, crash_mid, None),
+            (2, crash_after_flush, None),
+            (3, crash_before_flush, None),
+            (4, later, Some(later)),
+        ]
+    );
+    let reader = Reader::open(dir.path()).unwrap();
+    let events = reader.events(None, 0, Ts::MAX, 1_000).unwrap();
+    for (run, last_seen) in [
+        (1, crash_mid),
+        (2, crash_after_flush),
+        (3, crash_before_flush),
+    ] {
+        let text = format!("agent run {run} ended without a clean stop");
+        assert!(
+            events
+                .iter()
+                .any(|e| e.kind == "agent" && e.ts_ms == last_seen && e.message.contains(&text)),
+            "no event \"{text}\" at {last_seen} in {events:#?}"
+        );
+    }
+}
+
+#[test]
+fn an_unclean_stop_is_reported_once_however_often_the_agent_restarts() {
+    let dir = temp_dir();
+    let history = roomy();
+    let mut feed = Feed::open(dir.path(), &history, 1, T0);
+    feed.run(T0, T0 + MIN);
+    feed.crash();
+    // Run 2 reports run 1 and stops cleanly; runs 3 and 4 have nothing to report.
+    let mut now = T0 + 2 * MIN;
+    for _ in 2..=4 {
+        feed.reopen(now);
+        feed.run(now, now + MIN);
+        feed.writer().end_run(now + MIN).expect("clean stop");
+        feed.crash();
+        now += 2 * MIN;
+    }
+    let events = Reader::open(dir.path())
+        .unwrap()
+        .events(None, 0, Ts::MAX, 1_000)
+        .unwrap();
+    let reports: Vec<(i64, Option<i64>)> = events
+        .iter()
+        .filter(|e| e.message.contains("ended without a clean stop"))
+        .map(|e| (e.ts_ms, e.run_id))
+        .collect();
+    assert_eq!(
+        reports,
+        vec![(T0 + MIN - SEC, Some(2))],
+        "the unclean stop of run 1 is reported by run 2 only"
+    );
+}
+
+#[test]
+fn a_query_sees_samples_whose_buckets_are_not_written_yet() {
+    let dir = temp_dir();
+    let history = HistoryConfig::default();
+    // 1_700_002_800_000 is an hour boundary; start ten minutes into the hour.
+    let hour = 1_700_002_800_000;
+    let start = hour + 10 * MIN;
+    let mut feed = Feed::open(dir.path(), &history, 2, start);
+    let reader = Reader::open(dir.path()).expect("a reader beside the writer");
+    let key0 = key(0).to_string();
+
+    // While the hour fills, just before and just after a minute's bucket is
+    // written, and later, the hour's bucket holds every sample.
+    let mut ts = start;
+    for (until, minute_mark) in [
+        (5 * MIN + 5 * SEC, start + 4 * MIN),
+        (5 * MIN + 6 * SEC, start + 5 * MIN),
+        (17 * MIN + 6 * SEC, start + 17 * MIN),
+        (30 * MIN, start + 29 * MIN),
+    ] {
+        feed.run(ts, start + until);
+        ts = start + until;
+        assert_eq!(watermarks(dir.path())[1], minute_mark);
+        let points = tier_points(&reader, &key0, HOUR, start, ts, ts - SEC);
+        assert_eq!(
+            points
+                .iter()
+                .map(|p| (p.ts_ms, p.count))
+                .collect::<Vec<_>>(),
+            vec![(hour, feed.count(0))],
+            "the current hour after {} s",
+            until / SEC
+        );
+    }
+    assert_eq!(feed.count(0), 1_800);
+
+    // Nothing is written to the hour and day tiers yet: their answers are
+    // rebuilt from the minute and 10 s tiers and the journal.
+    let conn = history_sql(dir.path());
+    assert_eq!(tier_rows_count(&conn, "tier_3600s"), 0);
+    assert_eq!(tier_rows_count(&conn, "tier_86400s"), 0);
+    assert!(
+        journal_samples(&conn) > 0,
+        "the newest samples are in the journal"
+    );
+    let now = start + 30 * MIN - SEC;
+    let minutes = tier_points(&reader, &key0, MIN, start, start + 30 * MIN, now);
+    assert_eq!(
+        minutes.iter().map(|p| p.count).collect::<Vec<_>>(),
+        vec![60; 30]
+    );
+    let tens = tier_points(&reader, &key0, 10 * SEC, start, start + 30 * MIN, now);
+    assert_eq!(
+        tens.iter().map(|p| p.count).collect::<Vec<_>>(),
+        vec![10; 180]
+    );
+    assert_every_tier_reads_the_log(&feed, now);
+}
+
+/// Rows of the series with the most rows in a tier table.
+fn most_rows_of_one_series(conn: &rusqlite::Connection, table: &str) -> u64 {
+    conn.query_row(
+        &format!(
+            "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM \"{table}\" GROUP BY series)"
+        ),
+        [],
+        |r| r.get(0),
+    )
+    .expect("counting rows per series")
+}
+
+#[test]
+fn the_history_file_never_exceeds_its_size_bound() {
+    let dir = temp_dir();
+    let mut history = history_with_tiers(&[(1, 40), (10, 300), (60, 1_800)]);
+    history.max_series = 20;
+    history.max_events = 20;
+    history.max_runs = 5;
+    assert_valid_history(&history);
+    let bound = tiers::size_bound(&history);
+    let tier_list = tiers::from_config(&history);
+    let db = dir.path().join(upkeep::store::FILE_NAME);
+    let wal = dir.path().join(format!("{}-wal", upkeep::store::FILE_NAME));
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+
+    // Largest figures seen: file, write-ahead log, rows of one series per tier.
+    let peak = std::cell::RefCell::new((0, 0, vec![0; tier_list.len()]));
+    let report = || {
+        let conn = history_sql(dir.path());
+        let mut parts: Vec<(String, i64)> = conn
+            .prepare("SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY name")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        parts.retain(|p| p.1 > 4096);
+        let free: i64 = conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .unwrap();
+        let (file, log, rows) = peak.borrow().clone();
+        eprintln!(
+            "history size: file {} bytes now, {file} at most; bound {} bytes; wal {} bytes now, {log} at most",
+            size(&db),
+            bound.total,
+            size(&wal),
+        );
+        eprintln!("  bound by part: {bound:?}");
+        eprintln!("  in use now (dbstat, tables over one page): {parts:?}; free pages: {free}");
+        for (t, rows) in tier_list.iter().zip(rows) {
+            eprintln!(
+                "  {}: at most {rows} rows of one series, bound {}",
+                t.table,
+                tiers::rows_bound(t)
+            );
+        }
+    };
+    let check = |phase: &str| {
+        let conn = history_sql(dir.path());
+        let bytes = size(&db);
+        let rows: Vec<u64> = tier_list
+            .iter()
+            .map(|t| most_rows_of_one_series(&conn, &t.table))
+            .collect();
+        {
+            let mut p = peak.borrow_mut();
+            p.0 = p.0.max(bytes);
+            p.1 = p.1.max(size(&wal));
+            for (most, now) in p.2.iter_mut().zip(&rows) {
+                *most = (*most).max(*now);
+            }
+        }
+        let rows_ok = tier_list
+            .iter()
+            .zip(&rows)
+            .all(|(t, &n)| n <= tiers::rows_bound(t));
+        if bytes > bound.total || !rows_ok {
+            report();
+        }
+        assert!(
+            bytes <= bound.total,
+            "{phase}: history file is {bytes} bytes, bound {}",
+            bound.total
+        );
+        assert!(rows_ok, "{phase}: rows of one series per tier {rows:?}");
+    };
+
+    // 20 series at 1 s, each at its own offset in the second (probes tick
+    // at jittered moments), so the journal has a row per sample.
+    let mut now = T0;
+    let mut writer = temp_writer(dir.path(), &history, now);
+    let ids: Vec<i64> = (0..20)
+        .map(|s| {
+            writer
+                .series_id(&key(s), Unit::Count, now)
+                .unwrap()
+                .unwrap()
+        })
+        .collect();
+    let tick = |writer: &mut Writer, now: Ts, events: &[Event]| {
+        let samples: Vec<Sample> = ids
+            .iter()
+            .enumerate()
+            .map(|(s, &id)| Sample {
+                series: id,
+                ts: now - 1_000 + 37 * s as Ts,
+                value: value(s, now),
+            })
+            .collect();
+        writer
+            .write(&samples, events, now)
+            .expect("writing a batch");
+    };
+
+    // Every tier filled past capacity: four times the longest span.
+    for i in 0..4 * 1_800 {
+        now += SEC;
+        tick(&mut writer, now, &[]);
+        if i % 97 == 0 {
+            check("tiers filling");
+        }
+    }
+    check("every tier past capacity");
+
+    // Series beyond max_series are refused, not stored.
+    for s in 20..45 {
+        assert_eq!(writer.series_id(&key(s), Unit::Count, now).unwrap(), None);
+    }
+    assert_eq!(writer.refused_series(), 25);
+    check("series beyond max_series");
+
+    // Restarts beyond max_runs.
+    drop(writer);
+    for _ in 0..3 * history.max_runs {
+        now += 10 * SEC;
+        let mut w = temp_writer(dir.path(), &history, now);
+        for _ in 0..5 {
+            now += SEC;
+            tick(&mut w, now, &[]);
+        }
+    }
+    check("restarts beyond max_runs");
+
+    // Events beyond max_events: a steady stream of the longest messages
+    // (cut to 512 bytes), three a second for ten minutes.
+    let mut writer = temp_writer(dir.path(), &history, now);
+    let message = "e".repeat(600);
+    let event = |now: Ts| Event {
+        ts_ms: now,
+        probe: Some("svc0".into()),
+        kind: "status".into(),
+        from_status: Some("healthy".into()),
+        to_status: Some("unhealthy".into()),
+        message: message.clone(),
+    };
+    for i in 0..600 {
+        now += SEC;
+        tick(&mut writer, now, &[event(now), event(now), event(now)]);
+        if i % 53 == 0 {
+            check("events streaming");
+        }
+    }
+    check("a stream of events beyond max_events");
+
+    // A burst in one batch, as a recorder writes the events it kept while
+    // the file refused writes; two minutes later retention has run.
+    now += SEC;
+    let burst: Vec<Event> = (0..100 * history.max_events).map(|_| event(now)).collect();
+    tick(&mut writer, now, &burst);
+    for _ in 0..120 {
+        now += SEC;
+        tick(&mut writer, now, &[]);
+    }
+    check("a burst of 100 x max_events events, two minutes later");
+    report();
+}
+
+#[test]
+fn a_wall_clock_stepped_back_an_hour_keeps_history_consistent() {
+    let dir = temp_dir();
+    let history = roomy();
+    let mut feed = Feed::open(dir.path(), &history, 3, T0);
+    let t = T0 + 90 * MIN;
+    feed.run(T0, t);
+    feed.check_last = false;
+
+    // The clock steps back an hour and runs on for half an hour, with a
+    // restart in the middle: every sample lands in buckets already written.
+    let back = t - HOUR;
+    let stats = feed.run(back, back + 15 * MIN);
+    assert_eq!(
+        (stats.samples, stats.late_samples),
+        (3 * 900, 3 * 900),
+        "every sample behind the watermark is merged into written buckets"
+    );
+    feed.crash();
+    feed.reopen(back + 15 * MIN);
+    let stats = feed.run(back + 15 * MIN, back + 30 * MIN);
+    assert_eq!(stats.late_samples, 3 * 900);
+    assert_eq!(integrity(dir.path()), "ok");
+    assert_every_tier_reads_the_log(&feed, back + 30 * MIN);
+    // The half hour seen twice reads as twice the samples, not as a gap.
+    let reader = Reader::open(dir.path()).unwrap();
+    let twice = tier_points(
+        &reader,
+        &key(0).to_string(),
+        MIN,
+        T0 + 31 * MIN + 37 * SEC,
+        T0 + 59 * MIN + 37 * SEC,
+        back + 30 * MIN,
+    );
+    assert_eq!(
+        twice.iter().map(|p| p.count).collect::<Vec<_>>(),
+        vec![120; 28]
+    );
+
+    // The clock comes back: samples go the ordinary way again.
+    let forward = t + 30 * MIN;
+    let stats = feed.run(forward, forward + 30 * MIN);
+    assert_eq!(stats.late_samples, 0);
+    assert_eq!(integrity(dir.path()), "ok");
+    assert_every_tier_reads_the_log(&feed, forward + 30 * MIN);
+    feed.idle(DAY_END + DAY + 5 * SEC);
+    assert_every_tier_table_holds_the_log(&feed);
+    assert_eq!(integrity(dir.path()), "ok");
+}
+
+#[test]
+fn series_beyond_max_series_are_refused_and_counted() {
+    let dir = temp_dir();
+    let history = HistoryConfig {
+        max_series: 3,
+        ..HistoryConfig::default()
+    };
+    let mut writer = temp_writer(dir.path(), &history, T0);
+    let long = SeriesKey::new("svc", &"x".repeat(300), &[]);
+    assert_eq!(writer.series_id(&long, Unit::Count, T0).unwrap(), None);
+    assert_eq!(
+        writer.refused_series(),
+        1,
+        "a key over 256 bytes is refused"
+    );
+    let ids: Vec<Option<i64>> = (0..5)
+        .map(|s| writer.series_id(&key(s), Unit::Count, T0).unwrap())
+        .collect();
+    assert!(ids[..3].iter().all(Option::is_some), "{ids:?}");
+    assert_eq!(&ids[3..], &[None, None]);
+    assert_eq!(writer.refused_series(), 3);
+    // Series already stored keep their id at the limit.
+    assert_eq!(writer.series_id(&key(1), Unit::Count, T0).unwrap(), ids[1]);
+    assert_eq!(writer.refused_series(), 3);
+
+    // The limit holds across a restart.
+    drop(writer);
+    let mut writer = temp_writer(dir.path(), &history, T0 + MIN);
+    assert_eq!(
+        writer.series_id(&key(7), Unit::Count, T0 + MIN).unwrap(),
+        None
+    );
+    assert_eq!(
+        writer.series_id(&key(2), Unit::Count, T0 + MIN).unwrap(),
+        ids[2]
+    );
+    assert_eq!(writer.refused_series(), 1);
+    let stored: i64 = history_sql(dir.path())
+        .query_row("SELECT count(*) FROM series", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, 3);
+}
+
+#[test]
+fn a_refused_series_is_counted_once_however_often_it_reports() {
+    // history.max_series: "Series beyond this many are not stored (counted
+    // and logged once)". The recorder asks for the id of every pending
+    // sample on every write, so a refused series asks once per sample.
+    let dir = temp_dir();
+    let history = HistoryConfig {
+        max_series: 1,
+        ..HistoryConfig::default()
+    };
+    let mut writer = temp_writer(dir.path(), &history, T0);
+    assert!(
+        writer
+            .series_id(&key(0), Unit::Count, T0)
+            .unwrap()
+            .is_some()
+    );
+    for i in 0..10 {
+        for s in 1..=2 {
+            assert_eq!(
+                writer
+                    .series_id(&key(s), Unit::Count, T0 + i * SEC)
+                    .unwrap(),
+                None
+            );
+        }
+    }
+    assert_eq!(
+        writer.refused_series(),
+        2,
+        "two series refused, ten times each"
+    );
+}
+
+#[test]
+fn last_is_the_value_with_the_newest_timestamp_even_when_it_arrives_first() {
+    // `Agg::last_ts` exists "so that merging out of order keeps the newest":
+    // the in-memory accumulators and the reader follow the timestamps, so
+    // the tier rows must too, or `last` depends on when a bucket was written.
+    let dir = temp_dir();
+    let history = roomy();
+    let mut feed = Feed::open(dir.path(), &history, 1, T0);
+    feed.run(T0, T0 + 2 * MIN);
+    // The clock steps back 39 s: the bucket [T0 + 77 s, T0 + 87 s) of the
+    // 10 s tier is written already and gets a sample older than its last.
+    let early = T0 + 80 * SEC;
+    assert_ne!(value(0, early), value(0, T0 + 86 * SEC));
+    feed.tick(early);
+    let conn = history_sql(dir.path());
+    let (count, last): (i64, f64) = conn
+        .query_row(
+            "SELECT count, last FROM tier_10s WHERE series = ?1 AND bucket_ms = ?2",
+            rusqlite::params![feed.ids[0], T0 + 77 * SEC],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(count, 11);
+    assert_eq!(
+        last,
+        value(0, T0 + 86 * SEC),
+        "last of the bucket is the value at its newest time, T0 + 86 s"
+    );
+}

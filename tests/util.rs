@@ -59,3 +59,112 @@ pub fn temp_writer(dir: &Path, history: &HistoryConfig, now: i64) -> Writer {
         .expect("opening history")
         .0
 }
+
+// History store helpers (store_history, store_faults).
+
+/// A history config with `tiers` as (step, span) in seconds and the other
+/// limits at their defaults; fails the test when the config is not valid,
+/// so a test never relies on a config the agent would refuse.
+pub fn history_with_tiers(tiers: &[(u64, u64)]) -> HistoryConfig {
+    let history = HistoryConfig {
+        tiers: tiers
+            .iter()
+            .map(|&(step, span)| upkeep::config::TierConfig {
+                step: std::time::Duration::from_secs(step),
+                span: std::time::Duration::from_secs(span),
+            })
+            .collect(),
+        ..HistoryConfig::default()
+    };
+    assert_valid_history(&history);
+    history
+}
+
+/// Fails the test when `history` would be rejected by `upkeep check-config`.
+pub fn assert_valid_history(history: &HistoryConfig) {
+    let config = upkeep::config::Config {
+        history: history.clone(),
+        ..upkeep::config::Config::default()
+    };
+    let problems = config.validate();
+    assert!(
+        problems.is_empty(),
+        "test history config is invalid: {problems:?}"
+    );
+}
+
+/// A read-only SQL connection to `dir/history.db`, usable beside a writer.
+pub fn history_sql(dir: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        dir.join(upkeep::store::FILE_NAME),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("opening history.db read-only")
+}
+
+/// `PRAGMA integrity_check` of `dir/history.db`: "ok" when the file is sound.
+pub fn integrity(dir: &Path) -> String {
+    let conn = history_sql(dir);
+    let rows: Vec<String> = conn
+        .prepare("PRAGMA integrity_check")
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+        .expect("running integrity_check");
+    rows.join("; ")
+}
+
+/// Sum of `count` over every row of a tier table.
+pub fn tier_rows_count(conn: &rusqlite::Connection, table: &str) -> i64 {
+    conn.query_row(
+        &format!("SELECT coalesce(sum(count), 0) FROM \"{table}\""),
+        [],
+        |r| r.get(0),
+    )
+    .expect("summing a tier table")
+}
+
+/// Samples waiting in the journal (12 bytes per sample in each blob).
+pub fn journal_samples(conn: &rusqlite::Connection) -> i64 {
+    conn.query_row(
+        "SELECT coalesce(sum(length(data)), 0) / 12 FROM journal",
+        [],
+        |r| r.get(0),
+    )
+    .expect("counting journal samples")
+}
+
+/// The points a reader answers for `key` over `[since, until)` from the tier
+/// of step `step_ms`; fails the test when another tier answered.
+pub fn tier_points(
+    reader: &upkeep::store::Reader,
+    key: &str,
+    step_ms: i64,
+    since: i64,
+    until: i64,
+    now: i64,
+) -> Vec<upkeep::store::reader::Point> {
+    let answer = reader
+        .query(key, since, until, Some(step_ms), now, 10_000_000)
+        .expect("querying history")
+        .unwrap_or_else(|| panic!("series {key} is not in history"));
+    assert_eq!(
+        (answer.step_ms, answer.tier.as_str()),
+        (step_ms, format!("tier_{}s", step_ms / 1000).as_str()),
+        "query for {key} was answered from another tier"
+    );
+    answer.points
+}
+
+/// Sum of the counts of `tier_points`: the samples the tier accounts for.
+pub fn tier_count(
+    reader: &upkeep::store::Reader,
+    key: &str,
+    step_ms: i64,
+    since: i64,
+    until: i64,
+    now: i64,
+) -> i64 {
+    tier_points(reader, key, step_ms, since, until, now)
+        .iter()
+        .map(|p| p.count)
+        .sum()
+}

@@ -38,6 +38,9 @@ pub enum StoreError {
     },
     #[error("history file {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// Written by a newer upkeep: left untouched, never moved aside.
+    #[error("history file {path}: {message}")]
+    Newer { path: PathBuf, message: String },
     #[error("data dir {path}: {source}")]
     Io {
         path: PathBuf,
@@ -137,7 +140,7 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(&err)?;
     if version > SCHEMA_VERSION {
-        return Err(StoreError::Invalid {
+        return Err(StoreError::Newer {
             path: path.to_path_buf(),
             message: format!(
                 "schema version {version} is newer than this upkeep understands ({SCHEMA_VERSION}); refusing to touch it"
@@ -209,7 +212,12 @@ pub(crate) fn move_aside(path: &Path, now: crate::sample::Ts) -> Result<PathBuf,
     )
     .to_string()
     .replace(':', "-");
-    let aside = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
+    let mut aside = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
+    let mut n = 1;
+    while aside.exists() {
+        n += 1;
+        aside = PathBuf::from(format!("{}.corrupt-{stamp}-{n}", path.display()));
+    }
     for suffix in ["", "-wal", "-shm"] {
         let from = PathBuf::from(format!("{}{suffix}", path.display()));
         if from.exists() {

@@ -225,7 +225,7 @@ impl Reader {
         let written_until = until.min(marks[k]);
         if from < written_until {
             let sql = format!(
-                "SELECT bucket_ms, avg, min, max, count, last FROM \"{}\"
+                "SELECT bucket_ms, avg, min, max, count, last, last_ms FROM \"{}\"
                  WHERE series = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3 ORDER BY bucket_ms",
                 t.table
             );
@@ -241,7 +241,7 @@ impl Reader {
                     r.get(3).map_err(self.err())?,
                     r.get(4).map_err(self.err())?,
                     r.get(5).map_err(self.err())?,
-                    b,
+                    r.get(6).map_err(self.err())?,
                 );
                 out.insert(b, agg);
             }

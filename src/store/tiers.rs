@@ -124,9 +124,9 @@ pub fn choose(tiers: &[Tier], since: Ts, now: Ts, step_ms: i64) -> usize {
 }
 
 /// Worst-case bytes of one tier row on disk: cell pointer (2), payload length
-/// (≤ 2), record header (8), series id (≤ 4), bucket (≤ 8), avg/min/max/last
-/// (4 × 8), count (≤ 8): 64, rounded up.
-pub const ROW_BYTES: u64 = 72;
+/// (≤ 2), record header (9), series id (≤ 4), bucket (≤ 8), avg/min/max/last
+/// (4 × 8), count (≤ 8), last_ms (≤ 8): 73, rounded up.
+pub const ROW_BYTES: u64 = 80;
 /// B-tree pages are assumed no less than half full; SQLite's balancing keeps
 /// them fuller, so this over-estimates.
 pub const FILL_FACTOR: u64 = 2;
@@ -181,7 +181,8 @@ pub fn size_bound(history: &HistoryConfig) -> SizeBound {
     let journal = pages(stamps * (series_n * 12 + 32));
     // Key text twice (table and unique index), plus probe, metric, labels.
     let series = pages(series_n * (MAX_KEY_BYTES * 4 + 64));
-    let events = pages(history.max_events as u64 * (MAX_MESSAGE_BYTES + 3 * 64 + 64));
+    // A batch inserts up to max_events before trimming to max_events.
+    let events = pages(2 * history.max_events as u64 * (MAX_MESSAGE_BYTES + 3 * 64 + 64));
     let runs = pages(history.max_runs as u64 * 160);
     // Schema, meta, tiers list, and one root page per table and index.
     let fixed = 64 * PAGE_SIZE;

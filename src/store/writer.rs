@@ -23,6 +23,9 @@ use super::{Event, FILE_NAME, StoreError, migrate, move_aside, open_rw, sql_err}
 use crate::config::HistoryConfig;
 use crate::sample::{SeriesKey, Ts, Unit};
 
+/// Refused series keys remembered for counting; beyond this, no more counted.
+const REFUSED_REMEMBERED: usize = 10_000;
+
 /// One value of one registered series.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
@@ -63,6 +66,8 @@ pub struct Writer {
     next_trim: Vec<Ts>,
     run_id: i64,
     refused_series: u64,
+    /// Keys refused so far, so each is counted once (bounded).
+    refused: std::collections::HashSet<String>,
 }
 
 impl Writer {
@@ -108,6 +113,7 @@ impl Writer {
             next_trim: Vec::new(),
             run_id: 0,
             refused_series: 0,
+            refused: std::collections::HashSet::new(),
         };
         events.extend(w.sync_tiers(now)?);
         w.load_series()?;
@@ -172,7 +178,7 @@ impl Writer {
                     series    INTEGER NOT NULL,
                     bucket_ms INTEGER NOT NULL,
                     avg REAL NOT NULL, min REAL NOT NULL, max REAL NOT NULL,
-                    count INTEGER NOT NULL, last REAL NOT NULL,
+                    count INTEGER NOT NULL, last REAL NOT NULL, last_ms INTEGER NOT NULL,
                     PRIMARY KEY (series, bucket_ms)
                 ) WITHOUT ROWID",
                 t.table
@@ -264,7 +270,7 @@ impl Writer {
                 continue;
             }
             let sql = format!(
-                "SELECT bucket_ms, avg, min, max, count, last FROM \"{}\" WHERE series = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3",
+                "SELECT bucket_ms, avg, min, max, count, last, last_ms FROM \"{}\" WHERE series = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3",
                 self.tiers[k - 1].table
             );
             let mut st = self.conn.prepare(&sql).map_err(&err)?;
@@ -278,7 +284,7 @@ impl Writer {
                         r.get(3).map_err(&err)?,
                         r.get(4).map_err(&err)?,
                         r.get(5).map_err(&err)?,
-                        bucket,
+                        r.get(6).map_err(&err)?,
                     );
                     add(&mut self.acc[k], self.tiers[k].bucket(bucket), id, &agg);
                 }
@@ -293,7 +299,11 @@ impl Writer {
         let unclean: Vec<(i64, Ts)> = {
             let mut st = self
                 .conn
-                .prepare("SELECT id, last_seen_ms FROM agent_runs WHERE stopped_ms IS NULL")
+                // Each start reports its predecessor only, so a crash is told once.
+                .prepare(
+                    "SELECT id, last_seen_ms FROM agent_runs
+                     WHERE stopped_ms IS NULL AND id = (SELECT max(id) FROM agent_runs)",
+                )
                 .map_err(&err)?;
             st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
                 .map_err(&err)?
@@ -348,10 +358,12 @@ impl Writer {
             return Ok(Some(id));
         }
         if self.series.len() >= self.max_series || text.len() as u64 > MAX_KEY_BYTES {
-            if self.refused_series == 0 {
-                tracing::warn!(series = %text, max_series = self.max_series, "series not stored: history.max_series reached or key longer than {MAX_KEY_BYTES} bytes");
+            if self.refused.len() < REFUSED_REMEMBERED && self.refused.insert(text.clone()) {
+                if self.refused_series == 0 {
+                    tracing::warn!(series = %text, max_series = self.max_series, "series not stored: history.max_series reached or key longer than {MAX_KEY_BYTES} bytes");
+                }
+                self.refused_series += 1;
             }
-            self.refused_series += 1;
             return Ok(None);
         }
         self.conn
@@ -450,7 +462,10 @@ impl Writer {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .map_err(&err)?;
-        for e in events {
+        // Events beyond the cap would be trimmed at once: only the newest are
+        // inserted, so the file never holds more than twice the cap.
+        let keep = events.len().saturating_sub(self.max_events as usize);
+        for e in &events[keep..] {
             let message = truncate(&e.message, MAX_MESSAGE_BYTES as usize);
             st.execute(params![
                 e.ts_ms,
@@ -464,6 +479,14 @@ impl Writer {
             .map_err(&err)?;
         }
         drop(st);
+        if !events.is_empty() {
+            // Trimmed in the same transaction: a burst never outgrows the bound.
+            self.conn
+                .prepare_cached("DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?1")
+                .map_err(&err)?
+                .execute([self.max_events])
+                .map_err(&err)?;
+        }
         if self.run_id != 0 {
             self.conn
                 .prepare_cached(
@@ -590,6 +613,14 @@ impl Writer {
         Ok(())
     }
 
+    /// Copies the write-ahead log into the main file and truncates it; used
+    /// when the disk is full. Failure is expected then and ignored.
+    pub fn checkpoint(&self) {
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
+
     /// Bytes the history file takes now (pages in use and free).
     pub fn file_size(&self) -> u64 {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
@@ -648,13 +679,14 @@ fn upsert(
     a: &Agg,
 ) -> Result<(), StoreError> {
     let sql = format!(
-        "INSERT INTO \"{table}\" (series, bucket_ms, avg, min, max, count, last) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        "INSERT INTO \"{table}\" (series, bucket_ms, avg, min, max, count, last, last_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (series, bucket_ms) DO UPDATE SET
            avg = (avg * count + excluded.avg * excluded.count) / (count + excluded.count),
            min = min(min, excluded.min),
            max = max(max, excluded.max),
            count = count + excluded.count,
-           last = excluded.last"
+           last = CASE WHEN excluded.last_ms >= last_ms THEN excluded.last ELSE last END,
+           last_ms = max(last_ms, excluded.last_ms)"
     );
     conn.prepare_cached(&sql)
         .map_err(sql_err(path))?
@@ -665,7 +697,8 @@ fn upsert(
             a.min,
             a.max,
             a.count,
-            a.last
+            a.last,
+            a.last_ts
         ])
         .map_err(sql_err(path))?;
     Ok(())
