@@ -252,6 +252,9 @@ pub enum ProbeConfig {
 }
 
 impl ProbeConfig {
+    /// Every kind's `kind = "..."` name (checked against serde in a test).
+    pub const KINDS: &'static [&'static str] = &["tcp"];
+
     pub fn kind(&self) -> &'static str {
         match self {
             ProbeConfig::Tcp(_) => "tcp",
@@ -641,6 +644,28 @@ fn span_of(table: &toml::de::DeTable<'_>, path: &[String]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_listed_kind_is_known_and_no_other() {
+        for kind in ProbeConfig::KINDS {
+            let err = Config::parse("t", &format!("[probe.p]\nkind = \"{kind}\"\n")).unwrap_err();
+            assert!(
+                !err.to_string().contains("unknown variant"),
+                "{kind}: {err}"
+            );
+        }
+        let err = Config::parse("t", "[probe.p]\nkind = \"nope\"\n")
+            .unwrap_err()
+            .to_string();
+        // serde lists every variant it knows: exactly the listed kinds.
+        let known = err
+            .rsplit("expected ")
+            .next()
+            .unwrap()
+            .trim_start_matches("one of ");
+        let known: Vec<&str> = known.split(", ").map(|k| k.trim_matches('`')).collect();
+        assert_eq!(known, ProbeConfig::KINDS, "{err}");
+    }
 
     #[test]
     fn empty_text_is_the_default_config() {

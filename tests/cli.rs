@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use upkeep::config::{Config, HistoryConfig};
+use upkeep::config::{Config, HistoryConfig, ProbeConfig};
 use upkeep::sample::{SeriesKey, Unit};
 use upkeep::store::Event;
 use upkeep::store::writer::Sample;
@@ -180,7 +180,7 @@ fn the_example_config_documents_every_option() {
         missing.is_empty(),
         "agent.toml.example does not mention: {missing:?}"
     );
-    for kind in ["tcp"] {
+    for kind in ProbeConfig::KINDS {
         assert!(
             text.contains(&format!("kind = \"{kind}\"")),
             "probe kind {kind} has no example"
