@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::live::Live;
 use crate::probes::runner::{self, Outcome, RunnerStats};
-use crate::probes::{self, ProbeKind};
+use crate::probes::{self, BuildContext};
 use crate::recorder::{Control, Recorder};
 use crate::sample::now_ms;
 use crate::store::writer::RunInfo;
@@ -138,13 +138,14 @@ impl App {
 
     fn spawn_probes(&mut self, config: &Config) {
         let tx = self.tx.clone().expect("running");
-        for (spec, probe) in probes::build(config) {
+        let ctx = BuildContext {
+            data_dir: self.data_dir.clone(),
+        };
+        for (spec, probe) in probes::build(config, &ctx) {
             tracing::info!(probe = %spec.name, kind = spec.kind, interval = ?spec.interval, timeout = ?spec.timeout, "probe started");
             let (tx, stats, token) = (tx.clone(), self.stats.clone(), self.probes_token.clone());
-            match probe {
-                ProbeKind::Host(p) => self.probes.spawn(runner::run(spec, p, tx, stats, token)),
-                ProbeKind::Tcp(p) => self.probes.spawn(runner::run(spec, p, tx, stats, token)),
-            };
+            self.probes
+                .spawn(runner::run(spec, probe, tx, stats, token));
         }
     }
 
@@ -161,14 +162,8 @@ impl App {
         self.probes_token.cancel();
         self.probes.close();
         self.probes.wait().await;
-        let old: Vec<String> = probes::build(&self.config)
-            .into_iter()
-            .map(|(s, _)| s.name)
-            .collect();
-        let new: Vec<String> = probes::build(&config)
-            .into_iter()
-            .map(|(s, _)| s.name)
-            .collect();
+        let old = probes::names(&self.config);
+        let new = probes::names(&config);
         for name in old.iter().filter(|n| !new.contains(n)) {
             let _ = self.control.try_send(Control::Forget(name.clone()));
         }

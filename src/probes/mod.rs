@@ -8,6 +8,8 @@ pub mod runner;
 pub mod tcp;
 
 use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::time::Duration;
 
 use crate::config::{Config, ProbeConfig, Threshold};
@@ -30,11 +32,37 @@ pub trait Probe: Send + 'static {
     fn sample(&mut self) -> impl Future<Output = Result<Vec<Reading>, ProbeError>> + Send;
 }
 
-/// The configured probes of an agent, each ready to be handed to a runner.
-/// One variant per kind: THE registry of probe kinds.
-pub enum ProbeKind {
-    Host(host::HostProbe),
-    Tcp(tcp::TcpProbe),
+/// The object-safe form of `Probe`, so that probes of every kind can be held
+/// and driven alike. Every `Probe` is one.
+pub trait DynProbe: Send {
+    fn sample_boxed(
+        &mut self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Reading>, ProbeError>> + Send + '_>>;
+}
+
+impl<P: Probe> DynProbe for P {
+    fn sample_boxed(
+        &mut self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Reading>, ProbeError>> + Send + '_>> {
+        Box::pin(self.sample())
+    }
+}
+
+/// A probe of any kind, as built from config.
+pub type AnyProbe = Box<dyn DynProbe>;
+
+impl Probe for AnyProbe {
+    fn sample(&mut self) -> impl Future<Output = Result<Vec<Reading>, ProbeError>> + Send {
+        self.sample_boxed()
+    }
+}
+
+/// What building a probe may need besides its own config.
+#[derive(Debug, Clone, Default)]
+pub struct BuildContext {
+    /// The agent's data dir: probes that keep state across restarts (a log
+    /// tail's offset) keep it here.
+    pub data_dir: PathBuf,
 }
 
 /// Everything the runner needs to drive one probe, apart from the probe.
@@ -51,7 +79,7 @@ pub struct ProbeSpec {
 
 /// Builds every configured probe. Building never connects to anything: a
 /// probe opens its connections on its first tick.
-pub fn build(config: &Config) -> Vec<(ProbeSpec, ProbeKind)> {
+pub fn build(config: &Config, ctx: &BuildContext) -> Vec<(ProbeSpec, AnyProbe)> {
     let mut out = Vec::new();
     if config.host.enabled {
         let h = &config.host;
@@ -66,15 +94,14 @@ pub fn build(config: &Config) -> Vec<(ProbeSpec, ProbeKind)> {
             failure_threshold: config.agent.failure_threshold,
             success_threshold: config.agent.success_threshold,
         };
-        out.push((spec, ProbeKind::Host(host::HostProbe::new(h))));
+        out.push((spec, Box::new(host::HostProbe::new(h)) as AnyProbe));
     }
     for (name, p) in &config.probe {
-        let (probe, defaults) = match p {
-            ProbeConfig::Tcp(c) => (
-                ProbeKind::Tcp(tcp::TcpProbe::new(c)),
-                tcp::default_thresholds(),
-            ),
+        // THE registry: one arm per kind.
+        let (probe, defaults): (AnyProbe, _) = match p {
+            ProbeConfig::Tcp(c) => (Box::new(tcp::TcpProbe::new(c)), tcp::default_thresholds()),
         };
+        let _ = ctx;
         let kind = p.kind();
         let p = p.common();
         let interval = p.interval.unwrap_or(config.agent.interval);
@@ -101,6 +128,14 @@ pub fn build(config: &Config) -> Vec<(ProbeSpec, ProbeKind)> {
         out.push((spec, probe));
     }
     out
+}
+
+/// Names of the probes a config defines, without building them.
+pub fn names(config: &Config) -> Vec<String> {
+    let host = config.host.enabled.then(|| "host".to_string());
+    host.into_iter()
+        .chain(config.probe.keys().cloned())
+        .collect()
 }
 
 /// Half the interval, at most 10 s: a probe must give up well before its next
