@@ -14,6 +14,7 @@
 //! - `web`: the local HTTP server.
 //! - `app`: starts, reloads and stops the whole agent.
 //! - `paths`: where config and data live when not given.
+//! - `secret`: passwords read from files, never printed.
 
 pub mod analysis;
 pub mod app;
@@ -24,5 +25,6 @@ pub mod probes;
 pub mod recorder;
 pub mod report;
 pub mod sample;
+pub mod secret;
 pub mod store;
 pub mod web;
