@@ -53,7 +53,10 @@ pub type AnyProbe = Box<dyn DynProbe>;
 
 impl Probe for AnyProbe {
     fn sample(&mut self) -> impl Future<Output = Result<Vec<Reading>, ProbeError>> + Send {
-        self.sample_boxed()
+        // The probe inside the box: a box of probes is itself a `DynProbe`
+        // (through the blanket impl), so `self.sample_boxed()` would call
+        // this very function and recurse until the stack overflows.
+        (**self).sample_boxed()
     }
 }
 
@@ -358,6 +361,18 @@ mod tests {
             why.unwrap()
                 .starts_with("disk_used_ratio{mount=/var} is 0.850")
         );
+    }
+
+    #[tokio::test]
+    async fn a_boxed_probe_samples_the_probe_inside() {
+        struct One;
+        impl Probe for One {
+            async fn sample(&mut self) -> Result<Vec<Reading>, ProbeError> {
+                Ok(vec![Reading::new("one", 1.0, Unit::Count)])
+            }
+        }
+        let mut p: AnyProbe = Box::new(One);
+        assert_eq!(p.sample().await.unwrap()[0].metric, "one");
     }
 
     #[test]
