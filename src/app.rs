@@ -4,6 +4,7 @@
 //! everything and records a clean stop.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
@@ -42,6 +43,7 @@ pub struct App {
     web_token: CancellationToken,
     web: TaskTracker,
     recorder: Option<JoinHandle<()>>,
+    recorder_heartbeat: Arc<AtomicU64>,
 }
 
 impl App {
@@ -80,6 +82,7 @@ impl App {
                 data_dir.display()
             ),
         }
+        let recorder_heartbeat = recorder.heartbeat.clone();
         let (tx, rx) = sync_channel::<Outcome>(CHANNEL);
         let (control, control_rx) = sync_channel::<Control>(64);
         let recorder = std::thread::Builder::new()
@@ -114,6 +117,7 @@ impl App {
             web_token,
             web: web_tracker,
             recorder: Some(recorder),
+            recorder_heartbeat,
         };
         app.spawn_probes(&config);
         app.live.write().expect("live lock").ready = true;
@@ -130,6 +134,14 @@ impl App {
 
     pub fn stats(&self) -> Arc<RunnerStats> {
         self.stats.clone()
+    }
+
+    /// Progress of the runners and the recorder, for the systemd watchdog.
+    pub fn progress(&self) -> crate::systemd::Progress {
+        crate::systemd::Progress {
+            runners: self.stats.clone(),
+            recorder: self.recorder_heartbeat.clone(),
+        }
     }
 
     pub fn config(&self) -> &Config {

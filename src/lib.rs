@@ -14,6 +14,7 @@
 //! - `web`: the local HTTP server.
 //! - `app`: starts, reloads and stops the whole agent.
 //! - `paths`: where config and data live when not given.
+//! - `systemd`: READY/STOPPING notifications and a watchdog fed by probe and recorder progress.
 //! - `secret`: passwords read from files, never printed.
 
 pub mod analysis;
@@ -27,4 +28,5 @@ pub mod report;
 pub mod sample;
 pub mod secret;
 pub mod store;
+pub mod systemd;
 pub mod web;

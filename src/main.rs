@@ -15,6 +15,7 @@ use upkeep::config::Config;
 use upkeep::report::{self, Format, ReportError};
 use upkeep::sample::{self, now_ms};
 use upkeep::store::{self, Reader};
+use upkeep::systemd::Notifier;
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -325,6 +326,8 @@ fn run(at: Where) -> Result<(), Failure> {
         .context("starting the runtime")?;
     rt.block_on(async move {
         let mut app = App::start(config, source.clone(), data_dir).await.map_err(|e| Failure::Runtime(e.into()))?;
+        // The API is bound: READY=1 follows once history is open.
+        let systemd = Notifier::start(app.live(), app.progress(), app.config());
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -334,7 +337,10 @@ fn run(at: Where) -> Result<(), Failure> {
                 _ = int.recv() => break,
                 _ = hup.recv() => match &source {
                     Some(p) => match Config::load(p) {
-                        Ok(c) => app.reload(c).await,
+                        Ok(c) => {
+                            app.reload(c).await;
+                            systemd.reconfigured(app.config());
+                        }
                         Err(e) => tracing::error!("config reload rejected, the running config stays:\n{e}"),
                     },
                     None => tracing::warn!("SIGHUP: no config file to reload"),
@@ -342,6 +348,7 @@ fn run(at: Where) -> Result<(), Failure> {
             }
         }
         tracing::info!("stopping");
+        systemd.stopping();
         app.stop(STOP_GRACE).await;
         tracing::info!("stopped");
         Ok::<(), Failure>(())

@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -53,6 +54,9 @@ pub struct Recorder {
     events: Vec<Event>,
     last_attempt: Option<Instant>,
     failing: bool,
+    /// Grows with every loop (at least once a second): the systemd watchdog
+    /// is fed only while it does.
+    pub heartbeat: Arc<AtomicU64>,
 }
 
 impl Recorder {
@@ -72,6 +76,7 @@ impl Recorder {
             events: Vec::new(),
             last_attempt: None,
             failing: false,
+            heartbeat: Arc::default(),
         }
     }
 
@@ -96,6 +101,7 @@ impl Recorder {
     /// and marks the run as cleanly stopped.
     pub fn run(mut self, rx: Receiver<Outcome>, control: Receiver<Control>) {
         loop {
+            self.heartbeat.fetch_add(1, Ordering::Relaxed);
             let mut batch = Vec::new();
             let closed = match rx.recv_timeout(Duration::from_secs(1)) {
                 Ok(o) => {

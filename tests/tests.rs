@@ -8,3 +8,4 @@ mod lifecycle;
 mod runner;
 mod store_faults;
 mod store_history;
+mod systemd;
