@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 
 use upkeep::app::App;
@@ -23,11 +23,23 @@ const EXIT_CONFIG: u8 = 78;
 /// SIGTERM/SIGINT: everything flushed and the process gone within this.
 const STOP_GRACE: Duration = Duration::from_secs(4);
 
+/// The rest of `--help` and of the man page.
+const MORE_HELP: &str = "\
+Files: /etc/upkeep/agent.toml (config; check it with `upkeep check-config`), \
+/var/lib/upkeep/history.db (history), /etc/default/upkeep (environment of the systemd unit).
+
+Environment: UPKEEP_CONFIG (config path), UPKEEP_LOG (log level), STATE_DIRECTORY (data dir).
+
+Signals (run): SIGTERM and SIGINT stop cleanly, SIGHUP reloads the config.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage, 78 invalid config.";
+
 #[derive(Parser)]
 #[command(
     name = "upkeep",
     version,
-    about = "Per-host health and maintenance agent"
+    about = "Per-host health and maintenance agent",
+    after_long_help = MORE_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -107,6 +119,12 @@ enum Command {
         #[command(flatten)]
         at: Where,
     },
+    /// Write the man pages (upkeep.1, upkeep-SUBCOMMAND.1) into DIR (packaging).
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
+    /// Write bash, zsh and fish completions into DIR (packaging).
+    #[command(hide = true)]
+    GenerateCompletions { dir: PathBuf },
 }
 
 enum Failure {
@@ -184,6 +202,19 @@ fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
         Command::Run { at } => run(at),
         Command::CheckConfig { path } => check_config(path.as_deref()),
+        Command::GenerateMan { dir } => {
+            clap_mangen::generate_to(public_command(), &dir)
+                .with_context(|| format!("writing man pages to {}", dir.display()))?;
+            Ok(())
+        }
+        Command::GenerateCompletions { dir } => {
+            use clap_complete::Shell;
+            for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+                clap_complete::generate_to(shell, &mut public_command(), "upkeep", &dir)
+                    .with_context(|| format!("writing {shell} completions to {}", dir.display()))?;
+            }
+            Ok(())
+        }
         Command::Series { prefix, at } => {
             let reader = open_reader(&at)?;
             print!(
@@ -267,6 +298,23 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// The CLI as operators see it, for the man pages and completions: without
+/// the hidden packaging commands (clap_complete would offer them).
+fn public_command() -> clap::Command {
+    let full = Cli::command();
+    let shown: Vec<clap::Command> = full
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .cloned()
+        .collect();
+    clap::Command::new("upkeep")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(full.get_about().cloned().unwrap_or_default())
+        .after_long_help(MORE_HELP)
+        .subcommand_required(true)
+        .subcommands(shown)
 }
 
 fn check_config(path: Option<&Path>) -> Result<(), Failure> {
