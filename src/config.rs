@@ -249,21 +249,24 @@ macro_rules! probe_config {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ProbeConfig {
     Tcp(crate::probes::tcp::TcpConfig),
+    Http(crate::probes::http::HttpConfig),
 }
 
 impl ProbeConfig {
     /// Every kind's `kind = "..."` name (checked against serde in a test).
-    pub const KINDS: &'static [&'static str] = &["tcp"];
+    pub const KINDS: &'static [&'static str] = &["tcp", "http"];
 
     pub fn kind(&self) -> &'static str {
         match self {
             ProbeConfig::Tcp(_) => "tcp",
+            ProbeConfig::Http(_) => "http",
         }
     }
 
     pub fn common(&self) -> ProbeCommon<'_> {
         match self {
             ProbeConfig::Tcp(c) => c.common(),
+            ProbeConfig::Http(c) => c.common(),
         }
     }
 
@@ -271,6 +274,7 @@ impl ProbeConfig {
     fn validate_kind(&self) -> Vec<(&'static str, String)> {
         match self {
             ProbeConfig::Tcp(c) => c.validate(),
+            ProbeConfig::Http(c) => c.validate(),
         }
     }
 }
@@ -663,7 +667,12 @@ mod tests {
             .next()
             .unwrap()
             .trim_start_matches("one of ");
-        let known: Vec<&str> = known.split(", ").map(|k| k.trim_matches('`')).collect();
+        // "one of `a`, `b`, `c`", or "`a` or `b`" for two.
+        let known: Vec<&str> = known
+            .split(", ")
+            .flat_map(|k| k.split(" or "))
+            .map(|k| k.trim_matches('`'))
+            .collect();
         assert_eq!(known, ProbeConfig::KINDS, "{err}");
     }
 

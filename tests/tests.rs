@@ -5,6 +5,7 @@ mod util;
 
 mod cli;
 mod lifecycle;
+mod probe_http;
 mod runner;
 mod store_faults;
 mod store_history;

@@ -4,6 +4,7 @@
 //! its schedule lives in `runner.rs`.
 
 pub mod host;
+pub mod http;
 pub mod runner;
 pub mod tcp;
 
@@ -103,6 +104,10 @@ pub fn build(config: &Config, ctx: &BuildContext) -> Vec<(ProbeSpec, AnyProbe)> 
         // THE registry: one arm per kind.
         let (probe, defaults): (AnyProbe, _) = match p {
             ProbeConfig::Tcp(c) => (Box::new(tcp::TcpProbe::new(c)), tcp::default_thresholds()),
+            ProbeConfig::Http(c) => (
+                Box::new(http::HttpProbe::new(c)),
+                http::default_thresholds(),
+            ),
         };
         let _ = ctx;
         let kind = p.kind();
