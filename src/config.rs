@@ -250,16 +250,18 @@ macro_rules! probe_config {
 pub enum ProbeConfig {
     Tcp(crate::probes::tcp::TcpConfig),
     Http(crate::probes::http::HttpConfig),
+    Worker(crate::probes::worker::WorkerConfig),
 }
 
 impl ProbeConfig {
     /// Every kind's `kind = "..."` name (checked against serde in a test).
-    pub const KINDS: &'static [&'static str] = &["tcp", "http"];
+    pub const KINDS: &'static [&'static str] = &["tcp", "http", "worker"];
 
     pub fn kind(&self) -> &'static str {
         match self {
             ProbeConfig::Tcp(_) => "tcp",
             ProbeConfig::Http(_) => "http",
+            ProbeConfig::Worker(_) => "worker",
         }
     }
 
@@ -267,6 +269,7 @@ impl ProbeConfig {
         match self {
             ProbeConfig::Tcp(c) => c.common(),
             ProbeConfig::Http(c) => c.common(),
+            ProbeConfig::Worker(c) => c.common(),
         }
     }
 
@@ -275,6 +278,7 @@ impl ProbeConfig {
         match self {
             ProbeConfig::Tcp(c) => c.validate(),
             ProbeConfig::Http(c) => c.validate(),
+            ProbeConfig::Worker(c) => c.validate(),
         }
     }
 }

@@ -6,6 +6,7 @@ mod util;
 mod cli;
 mod lifecycle;
 mod probe_http;
+mod probe_worker;
 mod runner;
 mod store_faults;
 mod store_history;

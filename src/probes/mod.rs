@@ -7,6 +7,7 @@ pub mod host;
 pub mod http;
 pub mod runner;
 pub mod tcp;
+pub mod worker;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -108,6 +109,7 @@ pub fn build(config: &Config, ctx: &BuildContext) -> Vec<(ProbeSpec, AnyProbe)> 
                 Box::new(http::HttpProbe::new(c)),
                 http::default_thresholds(),
             ),
+            ProbeConfig::Worker(c) => (Box::new(worker::WorkerProbe::new(c)), Vec::new()),
         };
         let _ = ctx;
         let kind = p.kind();

@@ -1,0 +1,313 @@
+//! `kind = "worker"`: is a background worker running, what does it use, and
+//! is it still doing its job (a heartbeat)? Built by `probes::build`.
+//!
+//! Processes are found by scanning /proc for `name` (comm) or
+//! `cmdline_contains`, or read from `pidfile`. The scan is ours, not
+//! sysinfo's: sysinfo reads a process's name once, when first seen, and a
+//! process seen between fork and exec would keep its parent's name for good.
+//! One long-lived sysinfo `System` then refreshes only the matched pids, and
+//! only CPU and memory, on the blocking pool (as the host probe does).
+//!
+//! Too few processes, or a stale or missing heartbeat, fails the tick with
+//! the reason ("no process named `margin-monitor` (need 1)", "heartbeat 95s
+//! old (max 60s)"): the runner records it unhealthy, and that tick's readings
+//! are not kept (the runner keeps none for a failed tick).
+
+mod heartbeat;
+mod scan;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System, ThreadKind};
+
+use super::{Probe, ProbeError};
+use crate::probe_config;
+use crate::sample::{Reading, Unit};
+
+pub use scan::Selector;
+
+fn one() -> u32 {
+    1
+}
+
+probe_config! {
+    /// `[probe.NAME] kind = "worker"`.
+    pub struct WorkerConfig {
+        /// A file holding the worker's pid.
+        #[serde(default)]
+        pub pidfile: Option<PathBuf>,
+        /// The exact process name (comm, as `ps -o comm` shows it).
+        #[serde(default)]
+        pub name: Option<String>,
+        /// A substring of the full command line.
+        #[serde(default)]
+        pub cmdline_contains: Option<String>,
+        #[serde(default = "one")]
+        pub min_count: u32,
+        /// A file the worker touches: its mtime is the heartbeat.
+        #[serde(default)]
+        pub heartbeat_file: Option<PathBuf>,
+        /// `redis://host:port/db`, without a password.
+        #[serde(default)]
+        pub heartbeat_redis_url: Option<String>,
+        /// A key holding the last beat as unix seconds.
+        #[serde(default)]
+        pub heartbeat_key: Option<String>,
+        #[serde(default)]
+        pub heartbeat_redis_password_file: Option<PathBuf>,
+        /// How old the heartbeat may be.
+        #[serde(default, with = "humantime_serde")]
+        pub max_age: Option<Duration>,
+    }
+}
+
+impl WorkerConfig {
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let given: Vec<&'static str> = [
+            ("pidfile", self.pidfile.is_some()),
+            ("name", self.name.is_some()),
+            ("cmdline_contains", self.cmdline_contains.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(f, set)| set.then_some(f))
+        .collect();
+        match given.as_slice() {
+            [] => out.push((
+                "kind",
+                "set one of pidfile, name or cmdline_contains".into(),
+            )),
+            [_] => {}
+            [_, more @ ..] => out.push((more[0], format!("set only one of {}", given.join(", ")))),
+        }
+        if let Some(n) = &self.name
+            && (n.is_empty() || n.contains('/'))
+        {
+            out.push(("name", "a process name is not empty and has no '/'".into()));
+        }
+        if self.cmdline_contains.as_deref() == Some("") {
+            out.push(("cmdline_contains", "must not be empty".into()));
+        }
+        if self.min_count == 0 {
+            out.push(("min_count", "must be at least 1".into()));
+        }
+        out.extend(heartbeat::validate(self));
+        out
+    }
+
+    fn selector(&self) -> Option<Selector> {
+        let c = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+        match (&self.pidfile, c(&self.name), c(&self.cmdline_contains)) {
+            (Some(p), None, None) => Some(Selector::Pidfile(p.clone())),
+            (None, Some(n), None) => Some(Selector::Name(n)),
+            (None, None, Some(s)) => Some(Selector::Cmdline(s)),
+            _ => None,
+        }
+    }
+}
+
+pub struct WorkerProbe {
+    /// `None` when the config was not validated (fails every tick).
+    selector: Option<Selector>,
+    min_count: u32,
+    heartbeat: Option<heartbeat::Heartbeat>,
+    /// `None` before the first tick and after a tick that never came back.
+    state: Option<Box<State>>,
+}
+
+impl WorkerProbe {
+    /// Never connects and never reads a file: both happen on a tick.
+    pub fn new(config: &WorkerConfig) -> WorkerProbe {
+        WorkerProbe {
+            selector: config.selector(),
+            min_count: config.min_count.max(1),
+            heartbeat: heartbeat::Heartbeat::new(config),
+            state: None,
+        }
+    }
+}
+
+impl Probe for WorkerProbe {
+    async fn sample(&mut self) -> Result<Vec<Reading>, ProbeError> {
+        let selector = self.selector.clone().ok_or_else(|| {
+            ProbeError::Failed("set one of pidfile, name or cmdline_contains".into())
+        })?;
+        let min_count = self.min_count;
+        let state = self.state.take();
+        let file_beat = self.heartbeat.as_ref().and_then(|h| h.file());
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut state = state.unwrap_or_default();
+            let mut tick = state.tick(&selector, min_count);
+            if let Some((path, max_age)) = file_beat {
+                tick.beat(heartbeat::file_age(&path), max_age);
+            }
+            (state, tick)
+        })
+        .await;
+        let mut tick = match joined {
+            Ok((state, tick)) => {
+                self.state = Some(state);
+                tick
+            }
+            Err(e) => return Err(ProbeError::Failed(format!("process scan failed: {e}"))),
+        };
+        if let Some(h) = self.heartbeat.as_mut()
+            && let Some(age) = h.redis_age().await
+        {
+            tick.beat(age, h.max_age);
+        }
+        if tick.problems.is_empty() {
+            Ok(tick.readings)
+        } else {
+            Err(ProbeError::Failed(tick.problems.join("; ")))
+        }
+    }
+}
+
+/// What one tick measured and what is wrong.
+struct Tick {
+    readings: Vec<Reading>,
+    problems: Vec<String>,
+}
+
+impl Tick {
+    fn beat(&mut self, age: Result<f64, String>, max_age: Duration) {
+        match age {
+            Ok(age) => {
+                self.readings
+                    .push(Reading::new("heartbeat_age_seconds", age, Unit::Seconds));
+                if age > max_age.as_secs_f64() {
+                    self.problems.push(format!(
+                        "heartbeat {}s old (max {}s)",
+                        age.floor(),
+                        max_age.as_secs_f64()
+                    ));
+                }
+            }
+            Err(e) => self.problems.push(e),
+        }
+    }
+}
+
+/// The long-lived sysinfo handle and the processes matched last tick, with
+/// their start times (a pid reused by a new process is a new process).
+#[derive(Default)]
+struct State {
+    system: System,
+    prev: HashMap<Pid, u64>,
+}
+
+impl State {
+    fn tick(&mut self, selector: &Selector, min_count: u32) -> Tick {
+        let mut problems = Vec::new();
+        let pids = match selector.find(std::process::id()) {
+            Ok(pids) => pids,
+            Err(e) => {
+                problems.push(e);
+                Vec::new()
+            }
+        };
+        // Last tick's pids too, so that the dead among them are dropped.
+        let mut refresh = pids.clone();
+        refresh.extend(self.prev.keys().filter(|p| !pids.contains(p)));
+        self.system.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&refresh),
+            true,
+            ProcessRefreshKind::nothing()
+                .with_cpu()
+                .with_memory()
+                .without_tasks(),
+        );
+        let alive: Vec<&sysinfo::Process> = pids
+            .iter()
+            .filter_map(|pid| self.system.process(*pid))
+            .filter(|p| !matches!(p.status(), ProcessStatus::Zombie | ProcessStatus::Dead))
+            .filter(|p| p.thread_kind() != Some(ThreadKind::Kernel))
+            .collect();
+        let count = alive.len() as u32;
+        if problems.is_empty() && count < min_count {
+            problems.push(selector.too_few(count, min_count));
+        }
+        let mut readings = vec![
+            Reading::new("processes", f64::from(count), Unit::Count),
+            Reading::new(
+                "rss_bytes",
+                alive.iter().map(|p| p.memory() as f64).sum(),
+                Unit::Bytes,
+            ),
+        ];
+        // CPU use is a difference between two reads: only when every process
+        // was already seen last tick (never a zero for one just started).
+        let seen_before = |p: &&sysinfo::Process| self.prev.get(&p.pid()) == Some(&p.start_time());
+        if !alive.is_empty() && alive.iter().all(seen_before) {
+            let cpu: f64 = alive.iter().map(|p| f64::from(p.cpu_usage()) / 100.0).sum();
+            readings.push(Reading::new("cpu_ratio", cpu, Unit::Ratio));
+        }
+        self.prev = alive.iter().map(|p| (p.pid(), p.start_time())).collect();
+        Tick { readings, problems }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn problems(body: &str) -> String {
+        let text = format!("[probe.w]\nkind = \"worker\"\n{body}");
+        match Config::parse("t.toml", &text) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn exactly_one_way_to_find_the_worker() {
+        assert_eq!(problems("name = \"margin-monitor\""), "");
+        assert!(problems("").contains("set one of pidfile, name or cmdline_contains"));
+        let both = problems("name = \"a\"\ncmdline_contains = \"b\"");
+        assert!(
+            both.contains(
+                "t.toml:4:20: probe.w.cmdline_contains: set only one of name, cmdline_contains"
+            ),
+            "{both}"
+        );
+        assert!(problems("name = \"bin/a\"").contains("has no '/'"));
+        assert!(problems("name = \"a\"\nmin_count = 0").contains("at least 1"));
+    }
+
+    #[test]
+    fn a_heartbeat_is_one_source_with_a_max_age() {
+        let ok = "name = \"a\"\nheartbeat_file = \"/run/a.beat\"\nmax_age = \"1m\"";
+        assert_eq!(problems(ok), "");
+        let cases = [
+            (
+                "heartbeat_file = \"/run/a.beat\"",
+                "a heartbeat needs max_age",
+            ),
+            (
+                "max_age = \"1m\"",
+                "needs heartbeat_file or heartbeat_redis_url",
+            ),
+            (
+                "heartbeat_redis_url = \"redis://127.0.0.1/\"\nmax_age = \"1m\"",
+                "heartbeat_redis_url needs a key",
+            ),
+            ("heartbeat_key = \"k\"", "needs heartbeat_redis_url"),
+            (
+                "heartbeat_redis_url = \"redis://:pw@127.0.0.1/\"\nheartbeat_key = \"k\"\nmax_age = \"1m\"",
+                "holds a password",
+            ),
+            (
+                "heartbeat_file = \"/a\"\nheartbeat_redis_url = \"redis://127.0.0.1/\"\nheartbeat_key = \"k\"\nmax_age = \"1m\"",
+                "not both",
+            ),
+        ];
+        for (body, want) in cases {
+            let got = problems(&format!("name = \"a\"\n{body}"));
+            assert!(got.contains(want), "{body}: {got}");
+            assert!(!got.contains(":pw@"), "{got}");
+        }
+    }
+}
