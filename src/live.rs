@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use circular_buffer::HeapCircularBuffer;
 use serde::Serialize;
 
-use crate::sample::{Status, Ts, Unit};
+use crate::sample::{SeriesKey, Status, Ts, Unit};
 
 /// Recent values kept in memory per series: an hour at a 5 s interval.
 pub const RING_LEN: usize = 720;
@@ -43,6 +43,7 @@ pub struct StoreHealth {
 }
 
 pub struct SeriesRing {
+    pub key: SeriesKey,
     pub unit: Unit,
     pub values: Ring,
 }
@@ -57,12 +58,67 @@ pub struct Live {
 }
 
 impl Live {
-    pub fn push(&mut self, key: String, unit: Unit, ts: Ts, value: f64) {
-        let ring = self.rings.entry(key).or_insert_with(|| SeriesRing {
-            unit,
-            values: Ring::with_capacity(RING_LEN),
-        });
+    pub fn push(&mut self, key: &SeriesKey, unit: Unit, ts: Ts, value: f64) {
+        let ring = self
+            .rings
+            .entry(key.to_string())
+            .or_insert_with(|| SeriesRing {
+                key: key.clone(),
+                unit,
+                values: Ring::with_capacity(RING_LEN),
+            });
         ring.values.push_back((ts, value));
+    }
+
+    /// When the probe last reported, if it has.
+    fn last_tick(&self, probe: &str) -> Option<Ts> {
+        self.probes.get(probe).map(|p| p.last_ts_ms)
+    }
+
+    /// The values of every series of one probe from its last tick (a series
+    /// that tick did not report is left out, never shown stale).
+    pub fn latest_of(&self, probe: &str) -> Vec<(&SeriesKey, f64)> {
+        let tick = self.last_tick(probe);
+        let mut out: Vec<(&SeriesKey, f64)> = self
+            .rings
+            .values()
+            .filter(|r| r.key.probe == probe)
+            .filter_map(|r| {
+                r.values
+                    .back()
+                    .filter(|(ts, _)| Some(*ts) == tick)
+                    .map(|&(_, v)| (&r.key, v))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(b.0));
+        out
+    }
+
+    /// The value of one series from its probe's last tick.
+    pub fn latest(&self, probe: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let key = SeriesKey::new(probe, metric, labels).to_string();
+        let tick = self.last_tick(probe);
+        self.rings
+            .get(&key)?
+            .values
+            .back()
+            .filter(|(ts, _)| Some(*ts) == tick)
+            .map(|&(_, v)| v)
+    }
+
+    /// Values of one series (no labels) since `since`, oldest first.
+    pub fn since(&self, probe: &str, metric: &str, since: Ts) -> Vec<(Ts, f64)> {
+        let key = SeriesKey::new(probe, metric, &[]).to_string();
+        self.rings
+            .get(&key)
+            .map(|r| {
+                r.values
+                    .iter()
+                    .filter(|(ts, _)| *ts >= since)
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Recent values of one series, oldest first.
@@ -82,11 +138,36 @@ mod tests {
     fn ring_keeps_only_the_recent_window() {
         let mut live = Live::default();
         for i in 0..(RING_LEN as i64 + 10) {
-            live.push("host.load1".into(), Unit::None, i, i as f64);
+            live.push(
+                &SeriesKey::new("host", "load1", &[]),
+                Unit::None,
+                i,
+                i as f64,
+            );
         }
         let recent = live.recent("host.load1");
         assert_eq!(recent.len(), RING_LEN);
         assert_eq!(recent[0], (10, 10.0));
         assert!(live.recent("nope").is_empty());
+        // Nothing is "latest" until the probe has a last tick to match.
+        assert_eq!(live.latest("host", "load1", &[]), None);
+        live.probes.insert(
+            "host".into(),
+            ProbeState {
+                kind: "host",
+                status: Status::Healthy,
+                since_ms: 0,
+                reason: None,
+                last_ts_ms: RING_LEN as i64 + 9,
+                last_took_ms: 1.0,
+                last_error: None,
+            },
+        );
+        assert_eq!(
+            live.latest("host", "load1", &[]),
+            Some((RING_LEN as i64 + 9) as f64)
+        );
+        assert_eq!(live.latest_of("host").len(), 1);
+        assert_eq!(live.since("host", "load1", RING_LEN as i64 + 8).len(), 2);
     }
 }

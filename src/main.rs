@@ -68,6 +68,14 @@ enum Command {
         /// Config file (default as for `run`).
         path: Option<PathBuf>,
     },
+    /// Health of every probe from the running agent; exits 1 when any is unhealthy.
+    Status {
+        /// Print the health document (the seed's SystemHealthMetrics shape).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: Where,
+    },
     /// List the series keys in the history file.
     Series {
         /// Only keys starting with this.
@@ -128,6 +136,8 @@ enum Command {
 }
 
 enum Failure {
+    /// `upkeep status`: a probe is unhealthy (already printed).
+    Unhealthy,
     Config(String),
     Usage(String),
     Runtime(anyhow::Error),
@@ -145,6 +155,7 @@ fn main() -> ExitCode {
     init_logging(quiet);
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Unhealthy) => ExitCode::from(EXIT_RUNTIME),
         Err(Failure::Config(msg)) => {
             eprintln!("{msg}");
             ExitCode::from(EXIT_CONFIG)
@@ -202,6 +213,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
         Command::Run { at } => run(at),
         Command::CheckConfig { path } => check_config(path.as_deref()),
+        Command::Status { json, at } => status(json, &at),
         Command::GenerateMan { dir } => {
             clap_mangen::generate_to(public_command(), &dir)
                 .with_context(|| format!("writing man pages to {}", dir.display()))?;
@@ -315,6 +327,29 @@ fn public_command() -> clap::Command {
         .after_long_help(MORE_HELP)
         .subcommand_required(true)
         .subcommands(shown)
+}
+
+fn status(json: bool, at: &Where) -> Result<(), Failure> {
+    let (config, _) = load_config(at.config.as_deref())?;
+    let get = |path: &str| report::agent_get(&config.api.listen, path).map_err(report_err);
+    let health = get("/api/v1/health")?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&health).context("the agent's health document is not JSON")?;
+    let probes: serde_json::Value = serde_json::from_str(&get("/api/v1/probes")?)
+        .context("the agent's probe list is not JSON")?;
+    let (table, unhealthy) = report::status_table(&probes, &doc, now_ms());
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).context("printing the health document")?
+        );
+    } else {
+        print!("{table}");
+    }
+    if unhealthy {
+        return Err(Failure::Unhealthy);
+    }
+    Ok(())
 }
 
 fn check_config(path: Option<&Path>) -> Result<(), Failure> {

@@ -190,7 +190,7 @@ impl Recorder {
             );
             for r in o.readings {
                 let key = r.key(&o.probe);
-                live.push(key.to_string(), r.unit, o.ts, r.value);
+                live.push(&key, r.unit, o.ts, r.value);
                 self.pending.push_back(Pending {
                     key,
                     unit: r.unit,

@@ -333,6 +333,83 @@ pub fn trend(
     Ok(out)
 }
 
+/// GETs `path` from the running agent's API at `listen` (a wildcard address
+/// is reached on loopback). Plain HTTP/1.1 over a socket: the agent's own
+/// API on this host, nothing else.
+pub fn agent_get(listen: &str, path: &str) -> Result<String, ReportError> {
+    use std::io::{Read, Write};
+    let mut addr: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|e| ReportError::Usage(format!("api.listen `{listen}`: {e}")))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let unreachable = |e: std::io::Error| {
+        ReportError::NotFound(format!(
+            "the agent's API at {addr} does not answer ({e}); is `upkeep run` running?"
+        ))
+    };
+    let timeout = Duration::from_secs(5);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(unreachable)?;
+    s.set_read_timeout(Some(timeout)).map_err(unreachable)?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\nConnection: close\r\n\r\n").map_err(unreachable)?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(unreachable)?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let code = head.split(' ').nth(1).unwrap_or("");
+    if code != "200" {
+        return Err(ReportError::NotFound(format!(
+            "the agent's API at {addr} answered {path} with status {code}"
+        )));
+    }
+    // The API never sends chunked bodies for these routes (warp sets a length).
+    Ok(body.to_string())
+}
+
+/// The `upkeep status` table: one row per probe (probe, status, latency,
+/// since, reason); also says whether any probe is unhealthy.
+pub fn status_table(
+    probes: &serde_json::Value,
+    health: &serde_json::Value,
+    now: Ts,
+) -> (String, bool) {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<24} {:<10} {:>10} {:>12}  reason",
+        "probe", "status", "latency", "since"
+    );
+    let mut unhealthy = false;
+    let services = &health["services"];
+    let empty = serde_json::Map::new();
+    for (name, p) in probes["probes"].as_object().unwrap_or(&empty) {
+        let status = p["status"].as_str().unwrap_or("unknown");
+        unhealthy |= status == "unhealthy";
+        let service = services.get(name).or_else(|| {
+            services["workers"]
+                .as_array()
+                .and_then(|w| w.iter().find(|s| s["name"] == name.as_str()))
+        });
+        let latency_ms = service
+            .and_then(|s| s["response_time"].as_f64())
+            .or(p["last_took_ms"].as_f64());
+        let latency = latency_ms.map_or("-".to_string(), |ms| format!("{ms:.1} ms"));
+        let since = p["since_ms"]
+            .as_i64()
+            .map_or("-".to_string(), |s| human(now - s));
+        let reason = p["reason"].as_str().unwrap_or("");
+        let _ = writeln!(
+            out,
+            "{name:<24} {status:<10} {latency:>10} {since:>12}  {reason}"
+        );
+    }
+    (out, unhealthy)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -325,3 +325,137 @@ fn read_commands_work_while_the_agent_writes() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     drop(agent);
 }
+
+#[test]
+fn the_health_document_has_the_seed_shape_with_measured_values() {
+    let dir = temp_dir();
+    let port = free_port();
+    let db = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = free_port();
+    let log = dir.path().join("access.log");
+    std::fs::write(&log, "").unwrap();
+    let cfg = config(
+        dir.path(),
+        port,
+        &format!(
+            "\n[probe.database]\nkind = \"tcp\"\naddress = \"{}\"\n\n[probe.gone]\nkind = \"tcp\"\naddress = \"127.0.0.1:{dead}\"\nfailure_threshold = 1\n\n[probe.web]\nkind = \"access_log\"\npaths = [{:?}]\n",
+            db.local_addr().unwrap(),
+            log.display().to_string()
+        ),
+    );
+    let data = dir.path().join("data");
+    let agent = Agent::start(Some(&cfg), &data, port);
+    let line = |status: u16, secs: f64| {
+        format!(
+            "127.0.0.1 - - [28/Nov/2026:10:00:01 +0000] \"GET / HTTP/1.1\" {status} 10 \"-\" \"t\" {secs}\n"
+        )
+    };
+    wait_for("the access log probe", || {
+        probe_names(port).contains(&"web".to_string())
+    });
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut text = String::new();
+    for i in 0..20 {
+        text.push_str(&line(if i < 5 { 500 } else { 200 }, 0.050));
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    wait_for("the requests to be counted", || {
+        let (_, body) = get(port, "/api/v1/health").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["performance"]["error_rate"].is_number()
+    });
+    let (code, body) = get(port, "/api/v1/health").unwrap();
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for key in ["timestamp", "services", "resources", "performance"] {
+        assert!(!v[key].is_null(), "{key} missing: {body}");
+    }
+    let db = &v["services"]["database"];
+    assert_eq!(db["name"], "database");
+    assert_eq!(db["status"], "healthy");
+    assert!(db["response_time"].as_f64().unwrap() < 1000.0);
+    assert!(db["last_check"].as_str().unwrap().ends_with('Z'));
+    let gone = &v["services"]["gone"];
+    assert_eq!(gone["status"], "unhealthy");
+    assert!(
+        gone["response_time"].is_null(),
+        "a failed check has no response time: {gone}"
+    );
+    assert!(
+        gone["details"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("connect to 127.0.0.1:"),
+        "{gone}"
+    );
+    assert_eq!(v["services"]["workers"], serde_json::json!([]));
+    // 5 of 20 requests were 5xx.
+    assert_eq!(
+        v["performance"]["error_rate"].as_f64(),
+        Some(25.0),
+        "{}",
+        v["performance"]
+    );
+    assert!((v["performance"]["response_time"].as_f64().unwrap() - 50.0).abs() < 1.0);
+
+    // Resources are this host's own figures.
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let total_kib: f64 = meminfo
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mem = &v["resources"]["memory"];
+    assert!(
+        (mem["max"].as_f64().unwrap() - total_kib * 1024.0).abs() < total_kib * 1024.0 * 0.01,
+        "{mem}"
+    );
+    let pct = mem["percentage"].as_f64().unwrap();
+    assert!(pct > 0.0 && pct < 100.0);
+    for r in ["cpu", "disk"] {
+        let u = &v["resources"][r];
+        for k in ["current", "max", "percentage"] {
+            assert!(u[k].is_number(), "resources.{r}.{k}: {u}");
+        }
+        assert!(u.get("trend").is_some());
+    }
+    for k in ["bytes_in", "bytes_out", "packets_in", "packets_out"] {
+        assert!(v["resources"]["network"].get(k).is_some(), "network.{k}");
+    }
+    assert!(v["performance"].get("uptime").is_some());
+
+    // `upkeep status` says the same and fails because `gone` is unhealthy.
+    let o = upkeep(&["status", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let table = stdout(&o);
+    for name in ["database", "gone", "host", "web"] {
+        assert!(
+            table.lines().any(|l| l.starts_with(name)),
+            "{name} missing:\n{table}"
+        );
+    }
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("gone") && l.contains("unhealthy") && l.contains("connect to")),
+        "{table}"
+    );
+    let o = upkeep(&["status", "--json", "--config", cfg.to_str().unwrap()]);
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(doc["services"]["database"]["status"], "healthy");
+    drop(agent);
+
+    // With the agent gone, status names what it could not reach.
+    let o = upkeep(&["status", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("does not answer"), "{}", stderr(&o));
+}

@@ -17,6 +17,8 @@ use warp::{Filter, Rejection, Reply};
 use crate::live::Live;
 use crate::sample::Ts;
 
+pub mod health;
+
 /// What `/api/v1/info` reports besides the live state.
 #[derive(Debug, Clone, Serialize)]
 pub struct Info {
@@ -68,27 +70,45 @@ pub fn routes(
         let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
         warp::reply::with_status(warp::reply::json(&body), code)
     });
-    let l = live.clone();
+    let (l, info_for_route) = (live.clone(), info.clone());
     let info_route = warp::path!("api" / "v1" / "info")
         .and(warp::get())
         .map(move || {
             let live = l.read().expect("live lock");
             warp::reply::json(&InfoBody {
-                info: &info,
+                info: &info_for_route,
                 started_at: rfc3339(live.started_ms),
                 history_bytes: live.store.file_bytes,
                 history_bound_bytes: live.store.bound_bytes,
                 history: &live.store,
             })
         });
-    let l = live;
+    let l = live.clone();
     let probes = warp::path!("api" / "v1" / "probes")
         .and(warp::get())
         .map(move || {
             let live = l.read().expect("live lock");
             warp::reply::json(&serde_json::json!({ "probes": &live.probes }))
         });
-    healthy.or(ready).or(info_route).or(probes).recover(recover)
+    let (l, i) = (live, info);
+    let health = warp::path!("api" / "v1" / "health")
+        .and(warp::get())
+        .map(move || {
+            // History gives trends and uptime; the live state everything else.
+            let reader = crate::store::Reader::open(&i.data_dir).ok();
+            let live = l.read().expect("live lock");
+            warp::reply::json(&health::document(
+                &live,
+                reader.as_ref(),
+                crate::sample::now_ms(),
+            ))
+        });
+    healthy
+        .or(ready)
+        .or(info_route)
+        .or(probes)
+        .or(health)
+        .recover(recover)
 }
 
 async fn recover(r: Rejection) -> Result<impl Reply, Infallible> {

@@ -35,19 +35,19 @@ pub struct Position {
     pub fingerprint: Option<(u64, u32)>,
 }
 
-struct Open {
+struct OpenFile {
     file: File,
     pos: Position,
     /// A line read without its newline yet.
     carry: Vec<u8>,
 }
 
-impl Open {
-    fn open(path: &Path, offset: u64) -> io::Result<Open> {
+impl OpenFile {
+    fn at(path: &Path, offset: u64) -> io::Result<OpenFile> {
         let mut file = File::open(path)?;
         let meta = file.metadata()?;
         file.seek(SeekFrom::Start(offset))?;
-        Ok(Open {
+        Ok(OpenFile {
             file,
             pos: Position {
                 dev: meta.dev(),
@@ -101,7 +101,10 @@ fn after_last_line(path: &Path, len: u64) -> io::Result<u64> {
     let from = len.saturating_sub(64 * 1024);
     let mut tail = vec![0u8; (len - from) as usize];
     let n = read_at(&file, &mut tail, from)?;
-    Ok(tail[..n].iter().rposition(|&b| b == b'\n').map_or(len, |p| from + p as u64 + 1))
+    Ok(tail[..n]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(len, |p| from + p as u64 + 1))
 }
 
 fn fingerprint_of(file: &File) -> io::Result<Option<(u64, u32)>> {
@@ -127,12 +130,16 @@ fn read_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
 }
 
 fn fnv(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &c| (h ^ c as u64).wrapping_mul(0x100_0000_01b3))
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &c| {
+        (h ^ c as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Does `file` start with the bytes that `fp` was taken from?
 fn matches(file: &File, fp: Option<(u64, u32)>) -> io::Result<bool> {
-    let Some((hash, len)) = fp else { return Ok(false) };
+    let Some((hash, len)) = fp else {
+        return Ok(false);
+    };
     let mut head = vec![0u8; len as usize];
     Ok(read_at(file, &mut head, 0)? == len as usize && fnv(&head) == hash)
 }
@@ -152,15 +159,20 @@ pub struct Tail {
     path: PathBuf,
     rotated: PathBuf,
     start_at: StartAt,
-    current: Option<Open>,
+    current: Option<OpenFile>,
     /// The previous file after a rename, read until it stays quiet.
-    draining: Option<Open>,
+    draining: Option<OpenFile>,
     /// Position from the state file, used when the file is first opened.
     saved: Option<Position>,
 }
 
 impl Tail {
-    pub fn new(path: PathBuf, rotated_suffix: &str, start_at: StartAt, saved: Option<Position>) -> Tail {
+    pub fn new(
+        path: PathBuf,
+        rotated_suffix: &str,
+        start_at: StartAt,
+        saved: Option<Position>,
+    ) -> Tail {
         let rotated = PathBuf::from(format!("{}{rotated_suffix}", path.display()));
         Tail {
             path,
@@ -186,10 +198,10 @@ impl Tail {
     /// (between a rename and the writer creating the new file); other I/O
     /// errors are.
     pub fn poll(&mut self, line: &mut dyn FnMut(&[u8])) -> io::Result<()> {
-        if let Some(old) = self.draining.as_mut() {
-            if old.read_lines(line)? == 0 {
-                self.draining = None;
-            }
+        if let Some(old) = self.draining.as_mut()
+            && old.read_lines(line)? == 0
+        {
+            self.draining = None;
         }
         let meta = match std::fs::metadata(&self.path) {
             Ok(m) => m,
@@ -207,7 +219,8 @@ impl Tail {
             Some(cur) if cur.pos.dev == meta.dev() && cur.pos.ino == meta.ino() => {
                 // Shorter than what was read, or a different head: truncated
                 // (and perhaps written past the old offset already).
-                let rewritten = cur.pos.fingerprint.is_some() && !matches(&cur.file, cur.pos.fingerprint)?;
+                let rewritten =
+                    cur.pos.fingerprint.is_some() && !matches(&cur.file, cur.pos.fingerprint)?;
                 if meta.len() < cur.pos.offset || rewritten {
                     self.truncated(line)?;
                 }
@@ -217,7 +230,7 @@ impl Tail {
                 let mut old = self.current.take().expect("matched Some");
                 old.read_lines(line)?;
                 self.draining = Some(old);
-                self.current = Some(Open::open(&self.path, 0)?);
+                self.current = Some(OpenFile::at(&self.path, 0)?);
             }
         }
         if let Some(cur) = self.current.as_mut() {
@@ -226,10 +239,14 @@ impl Tail {
         Ok(())
     }
 
-    fn first_open(&mut self, meta: &std::fs::Metadata, line: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+    fn first_open(
+        &mut self,
+        meta: &std::fs::Metadata,
+        line: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<()> {
         match self.saved.take() {
             Some(s) if s.dev == meta.dev() && s.ino == meta.ino() => {
-                let mut cur = Open::open(&self.path, s.offset.min(meta.len()))?;
+                let mut cur = OpenFile::at(&self.path, s.offset.min(meta.len()))?;
                 cur.pos.fingerprint = s.fingerprint;
                 if meta.len() < s.offset {
                     // Truncated while the agent was down.
@@ -241,21 +258,23 @@ impl Tail {
             Some(s) => {
                 // Rotated while the agent was down: finish the old file from
                 // its rotated name when it is still there.
-                if let Ok(rmeta) = std::fs::metadata(&self.rotated) {
-                    if rmeta.dev() == s.dev && rmeta.ino() == s.ino && rmeta.len() >= s.offset {
-                        let mut old = Open::open(&self.rotated, s.offset)?;
-                        old.pos.fingerprint = s.fingerprint;
-                        old.read_lines(line)?;
-                    }
+                if let Ok(rmeta) = std::fs::metadata(&self.rotated)
+                    && rmeta.dev() == s.dev
+                    && rmeta.ino() == s.ino
+                    && rmeta.len() >= s.offset
+                {
+                    let mut old = OpenFile::at(&self.rotated, s.offset)?;
+                    old.pos.fingerprint = s.fingerprint;
+                    old.read_lines(line)?;
                 }
-                self.current = Some(Open::open(&self.path, 0)?);
+                self.current = Some(OpenFile::at(&self.path, 0)?);
             }
             None => {
                 let at = match self.start_at {
                     StartAt::End => after_last_line(&self.path, meta.len())?,
                     StartAt::Beginning => 0,
                 };
-                self.current = Some(Open::open(&self.path, at)?);
+                self.current = Some(OpenFile::at(&self.path, at)?);
             }
         }
         Ok(())
@@ -269,11 +288,11 @@ impl Tail {
         if let Ok(copy) = File::open(&self.rotated) {
             let len = copy.metadata()?.len();
             if len >= offset && matches(&copy, fp)? {
-                let mut old = Open::open(&self.rotated, offset)?;
+                let mut old = OpenFile::at(&self.rotated, offset)?;
                 old.read_lines(line)?;
             }
         }
-        self.current = Some(Open::open(&self.path, 0)?);
+        self.current = Some(OpenFile::at(&self.path, 0)?);
         Ok(())
     }
 }
