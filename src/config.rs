@@ -251,17 +251,19 @@ pub enum ProbeConfig {
     Tcp(crate::probes::tcp::TcpConfig),
     Http(crate::probes::http::HttpConfig),
     Worker(crate::probes::worker::WorkerConfig),
+    Postgres(crate::probes::postgres::PostgresConfig),
 }
 
 impl ProbeConfig {
     /// Every kind's `kind = "..."` name (checked against serde in a test).
-    pub const KINDS: &'static [&'static str] = &["tcp", "http", "worker"];
+    pub const KINDS: &'static [&'static str] = &["tcp", "http", "worker", "postgres"];
 
     pub fn kind(&self) -> &'static str {
         match self {
             ProbeConfig::Tcp(_) => "tcp",
             ProbeConfig::Http(_) => "http",
             ProbeConfig::Worker(_) => "worker",
+            ProbeConfig::Postgres(_) => "postgres",
         }
     }
 
@@ -270,6 +272,7 @@ impl ProbeConfig {
             ProbeConfig::Tcp(c) => c.common(),
             ProbeConfig::Http(c) => c.common(),
             ProbeConfig::Worker(c) => c.common(),
+            ProbeConfig::Postgres(c) => c.common(),
         }
     }
 
@@ -279,6 +282,7 @@ impl ProbeConfig {
             ProbeConfig::Tcp(c) => c.validate(),
             ProbeConfig::Http(c) => c.validate(),
             ProbeConfig::Worker(c) => c.validate(),
+            ProbeConfig::Postgres(c) => c.validate(),
         }
     }
 }

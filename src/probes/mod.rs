@@ -5,6 +5,7 @@
 
 pub mod host;
 pub mod http;
+pub mod postgres;
 pub mod runner;
 pub mod tcp;
 pub mod worker;
@@ -102,6 +103,10 @@ pub fn build(config: &Config, ctx: &BuildContext) -> Vec<(ProbeSpec, AnyProbe)> 
         out.push((spec, Box::new(host::HostProbe::new(h)) as AnyProbe));
     }
     for (name, p) in &config.probe {
+        // The tick's timeout: a probe that bounds its own statements needs it.
+        let common = p.common();
+        let interval = common.interval.unwrap_or(config.agent.interval);
+        let timeout = common.timeout.unwrap_or_else(|| default_timeout(interval));
         // THE registry: one arm per kind.
         let (probe, defaults): (AnyProbe, _) = match p {
             ProbeConfig::Tcp(c) => (Box::new(tcp::TcpProbe::new(c)), tcp::default_thresholds()),
@@ -110,11 +115,14 @@ pub fn build(config: &Config, ctx: &BuildContext) -> Vec<(ProbeSpec, AnyProbe)> 
                 http::default_thresholds(),
             ),
             ProbeConfig::Worker(c) => (Box::new(worker::WorkerProbe::new(c)), Vec::new()),
+            ProbeConfig::Postgres(c) => (
+                Box::new(postgres::PostgresProbe::new(c, timeout)),
+                postgres::default_thresholds(),
+            ),
         };
         let _ = ctx;
         let kind = p.kind();
         let p = p.common();
-        let interval = p.interval.unwrap_or(config.agent.interval);
         let mut thresholds = defaults;
         for (metric, t) in p.thresholds {
             thresholds.retain(|d| &d.metric != metric);
@@ -126,7 +134,7 @@ pub fn build(config: &Config, ctx: &BuildContext) -> Vec<(ProbeSpec, AnyProbe)> 
             name: name.clone(),
             kind,
             interval,
-            timeout: p.timeout.unwrap_or_else(|| default_timeout(interval)),
+            timeout,
             thresholds,
             failure_threshold: p
                 .failure_threshold
