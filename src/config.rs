@@ -252,11 +252,12 @@ pub enum ProbeConfig {
     Http(crate::probes::http::HttpConfig),
     Worker(crate::probes::worker::WorkerConfig),
     Postgres(crate::probes::postgres::PostgresConfig),
+    Redis(crate::probes::redis::RedisConfig),
 }
 
 impl ProbeConfig {
     /// Every kind's `kind = "..."` name (checked against serde in a test).
-    pub const KINDS: &'static [&'static str] = &["tcp", "http", "worker", "postgres"];
+    pub const KINDS: &'static [&'static str] = &["tcp", "http", "worker", "postgres", "redis"];
 
     pub fn kind(&self) -> &'static str {
         match self {
@@ -264,6 +265,7 @@ impl ProbeConfig {
             ProbeConfig::Http(_) => "http",
             ProbeConfig::Worker(_) => "worker",
             ProbeConfig::Postgres(_) => "postgres",
+            ProbeConfig::Redis(_) => "redis",
         }
     }
 
@@ -273,6 +275,7 @@ impl ProbeConfig {
             ProbeConfig::Http(c) => c.common(),
             ProbeConfig::Worker(c) => c.common(),
             ProbeConfig::Postgres(c) => c.common(),
+            ProbeConfig::Redis(c) => c.common(),
         }
     }
 
@@ -283,6 +286,7 @@ impl ProbeConfig {
             ProbeConfig::Http(c) => c.validate(),
             ProbeConfig::Worker(c) => c.validate(),
             ProbeConfig::Postgres(c) => c.validate(),
+            ProbeConfig::Redis(c) => c.validate(),
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod host;
 pub mod http;
 pub mod postgres;
+pub mod redis;
 pub mod runner;
 pub mod tcp;
 pub mod worker;
@@ -118,6 +119,10 @@ pub fn build(config: &Config, ctx: &BuildContext) -> Vec<(ProbeSpec, AnyProbe)> 
             ProbeConfig::Postgres(c) => (
                 Box::new(postgres::PostgresProbe::new(c, timeout)),
                 postgres::default_thresholds(),
+            ),
+            ProbeConfig::Redis(c) => (
+                Box::new(redis::RedisProbe::new(c, timeout)),
+                redis::default_thresholds(),
             ),
         };
         let _ = ctx;
