@@ -6,6 +6,8 @@ mod util;
 mod cli;
 mod lifecycle;
 mod probe_http;
+mod probe_postgres;
+mod probe_redis;
 mod probe_worker;
 mod runner;
 mod store_faults;
