@@ -251,19 +251,22 @@ pub enum ProbeConfig {
     Tcp(crate::probes::tcp::TcpConfig),
     Http(crate::probes::http::HttpConfig),
     Worker(crate::probes::worker::WorkerConfig),
+    AccessLog(crate::probes::access_log::AccessLogConfig),
     Postgres(crate::probes::postgres::PostgresConfig),
     Redis(crate::probes::redis::RedisConfig),
 }
 
 impl ProbeConfig {
     /// Every kind's `kind = "..."` name (checked against serde in a test).
-    pub const KINDS: &'static [&'static str] = &["tcp", "http", "worker", "postgres", "redis"];
+    pub const KINDS: &'static [&'static str] =
+        &["tcp", "http", "worker", "access_log", "postgres", "redis"];
 
     pub fn kind(&self) -> &'static str {
         match self {
             ProbeConfig::Tcp(_) => "tcp",
             ProbeConfig::Http(_) => "http",
             ProbeConfig::Worker(_) => "worker",
+            ProbeConfig::AccessLog(_) => "access_log",
             ProbeConfig::Postgres(_) => "postgres",
             ProbeConfig::Redis(_) => "redis",
         }
@@ -274,6 +277,7 @@ impl ProbeConfig {
             ProbeConfig::Tcp(c) => c.common(),
             ProbeConfig::Http(c) => c.common(),
             ProbeConfig::Worker(c) => c.common(),
+            ProbeConfig::AccessLog(c) => c.common(),
             ProbeConfig::Postgres(c) => c.common(),
             ProbeConfig::Redis(c) => c.common(),
         }
@@ -285,6 +289,7 @@ impl ProbeConfig {
             ProbeConfig::Tcp(c) => c.validate(),
             ProbeConfig::Http(c) => c.validate(),
             ProbeConfig::Worker(c) => c.validate(),
+            ProbeConfig::AccessLog(c) => c.validate(),
             ProbeConfig::Postgres(c) => c.validate(),
             ProbeConfig::Redis(c) => c.validate(),
         }

@@ -47,7 +47,8 @@ pub fn resolve(path: &Path) -> PathBuf {
 /// never its content.
 pub fn read(path: &Path) -> Result<Secret, String> {
     let path = resolve(path);
-    let meta = std::fs::metadata(&path).map_err(|e| format!("password file {}: {e}", path.display()))?;
+    let meta =
+        std::fs::metadata(&path).map_err(|e| format!("password file {}: {e}", path.display()))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o137 != 0 {
         return Err(format!(
@@ -55,7 +56,8 @@ pub fn read(path: &Path) -> Result<Secret, String> {
             path.display()
         ));
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("password file {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("password file {}: {e}", path.display()))?;
     let line = text.lines().next().unwrap_or("");
     if line.is_empty() {
         return Err(format!("password file {}: empty", path.display()));
@@ -82,7 +84,10 @@ mod tests {
         std::fs::write(&p, "canary-pw\nsecond line\n").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = read(&p).unwrap_err();
-        assert!(err.contains("mode 0644") && !err.contains("canary-pw"), "{err}");
+        assert!(
+            err.contains("mode 0644") && !err.contains("canary-pw"),
+            "{err}"
+        );
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
         assert_eq!(read(&p).unwrap().expose(), "canary-pw");
         let err = read(&dir.path().join("missing")).unwrap_err();

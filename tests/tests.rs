@@ -5,6 +5,7 @@ mod util;
 
 mod cli;
 mod lifecycle;
+mod probe_access_log;
 mod probe_http;
 mod probe_postgres;
 mod probe_redis;

@@ -3,6 +3,7 @@
 //! status with thresholds and flap damping. The runner that drives a probe on
 //! its schedule lives in `runner.rs`.
 
+pub mod access_log;
 pub mod host;
 pub mod http;
 pub mod postgres;
@@ -116,6 +117,10 @@ pub fn build(config: &Config, ctx: &BuildContext) -> Vec<(ProbeSpec, AnyProbe)> 
                 http::default_thresholds(),
             ),
             ProbeConfig::Worker(c) => (Box::new(worker::WorkerProbe::new(c)), Vec::new()),
+            ProbeConfig::AccessLog(c) => (
+                Box::new(access_log::AccessLogProbe::new(name, c, ctx)),
+                access_log::default_thresholds(),
+            ),
             ProbeConfig::Postgres(c) => (
                 Box::new(postgres::PostgresProbe::new(c, timeout)),
                 postgres::default_thresholds(),
@@ -125,7 +130,6 @@ pub fn build(config: &Config, ctx: &BuildContext) -> Vec<(ProbeSpec, AnyProbe)> 
                 redis::default_thresholds(),
             ),
         };
-        let _ = ctx;
         let kind = p.kind();
         let p = p.common();
         let mut thresholds = defaults;

@@ -75,11 +75,17 @@ impl AccessLogConfig {
         }
         for p in &self.paths {
             if !p.is_absolute() {
-                out.push(("paths", format!("`{}` is not an absolute path", p.display())));
+                out.push((
+                    "paths",
+                    format!("`{}` is not an absolute path", p.display()),
+                ));
             }
         }
         if self.rotated_suffix.is_empty() || self.rotated_suffix.contains('/') {
-            out.push(("rotated_suffix", "must be a non-empty file name suffix such as \".1\"".to_string()));
+            out.push((
+                "rotated_suffix",
+                "must be a non-empty file name suffix such as \".1\"".to_string(),
+            ));
         }
         out
     }
@@ -95,7 +101,10 @@ pub fn default_thresholds() -> Vec<Threshold> {
         sustained: Duration::ZERO,
         below: false,
     };
-    vec![t("status_5xx_ratio", 0.05, 0.2), t("latency_p95_seconds", 0.5, 2.0)]
+    vec![
+        t("status_5xx_ratio", 0.05, 0.2),
+        t("latency_p95_seconds", 0.5, 2.0),
+    ]
 }
 
 /// Counts of one tick.
@@ -117,7 +126,8 @@ impl Counts {
             status_5xx: 0,
             malformed: 0,
             // 1 µs to 1 h at 3 significant digits.
-            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("valid histogram bounds"),
         }
     }
 
@@ -145,15 +155,31 @@ impl Counts {
             Reading::new("malformed_lines", self.malformed as f64, Unit::Count),
         ];
         if let Some(e) = elapsed.filter(|e| !e.is_zero()) {
-            out.push(Reading::new("requests_per_second", self.requests as f64 / e.as_secs_f64(), Unit::PerSecond));
+            out.push(Reading::new(
+                "requests_per_second",
+                self.requests as f64 / e.as_secs_f64(),
+                Unit::PerSecond,
+            ));
         }
         if self.requests > 0 {
             let n = self.requests as f64;
-            out.push(Reading::new("status_5xx_ratio", self.status_5xx as f64 / n, Unit::Ratio));
-            out.push(Reading::new("status_4xx_ratio", self.status_4xx as f64 / n, Unit::Ratio));
+            out.push(Reading::new(
+                "status_5xx_ratio",
+                self.status_5xx as f64 / n,
+                Unit::Ratio,
+            ));
+            out.push(Reading::new(
+                "status_4xx_ratio",
+                self.status_4xx as f64 / n,
+                Unit::Ratio,
+            ));
         }
         if !self.latency_us.is_empty() {
-            for (q, name) in [(0.5, "latency_p50_seconds"), (0.95, "latency_p95_seconds"), (0.99, "latency_p99_seconds")] {
+            for (q, name) in [
+                (0.5, "latency_p50_seconds"),
+                (0.95, "latency_p95_seconds"),
+                (0.99, "latency_p99_seconds"),
+            ] {
                 let us = self.latency_us.value_at_quantile(q);
                 out.push(Reading::new(name, us as f64 / 1e6, Unit::Seconds));
             }
@@ -192,14 +218,24 @@ impl AccessLogProbe {
             .config
             .paths
             .iter()
-            .map(|p| Tail::new(p.clone(), &self.config.rotated_suffix, self.config.start_at, saved.get(p).copied()))
+            .map(|p| {
+                Tail::new(
+                    p.clone(),
+                    &self.config.rotated_suffix,
+                    self.config.start_at,
+                    saved.get(p).copied(),
+                )
+            })
             .collect();
         State { tails, last: None }
     }
 }
 
 fn save(file: &PathBuf, tails: &[Tail]) -> std::io::Result<()> {
-    let map: BTreeMap<&std::path::Path, Position> = tails.iter().filter_map(|t| Some((t.path(), t.position()?))).collect();
+    let map: BTreeMap<&std::path::Path, Position> = tails
+        .iter()
+        .filter_map(|t| Some((t.path(), t.position()?)))
+        .collect();
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -223,7 +259,9 @@ impl Probe for AccessLogProbe {
                 let mut line = |l: &[u8]| {
                     counts.add(match cfg.format {
                         LogFormat::Combined => parse::combined(l, cfg.time_unit),
-                        LogFormat::Json => parse::json(l, &cfg.status_field, &cfg.time_field, cfg.time_unit),
+                        LogFormat::Json => {
+                            parse::json(l, &cfg.status_field, &cfg.time_field, cfg.time_unit)
+                        }
                     })
                 };
                 if let Err(e) = t.poll(&mut line) {
@@ -231,7 +269,10 @@ impl Probe for AccessLogProbe {
                 }
             }
             if let Err(e) = save(&state_file, &state.tails) {
-                errors.push(format!("saving read positions to {}: {e}", state_file.display()));
+                errors.push(format!(
+                    "saving read positions to {}: {e}",
+                    state_file.display()
+                ));
             }
             let now = Instant::now();
             let elapsed = state.last.map(|l| now - l);
@@ -239,7 +280,8 @@ impl Probe for AccessLogProbe {
             (state, counts, elapsed, errors)
         })
         .await;
-        let (state, counts, elapsed, errors) = joined.map_err(|e| ProbeError::Failed(format!("access log: reading failed: {e}")))?;
+        let (state, counts, elapsed, errors) =
+            joined.map_err(|e| ProbeError::Failed(format!("access log: reading failed: {e}")))?;
         self.state = Some(state);
         if !errors.is_empty() {
             return Err(ProbeError::Failed(errors.join("; ")));

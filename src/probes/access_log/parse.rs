@@ -92,7 +92,9 @@ pub fn json(line: &[u8], status_field: &str, time_field: &str, unit: TimeUnit) -
     if !(100.0..=599.0).contains(&status) || status.fract() != 0.0 {
         return None;
     }
-    let seconds = num(time_field).filter(|t| t.is_finite() && *t >= 0.0).map(|t| unit.to_seconds(t));
+    let seconds = num(time_field)
+        .filter(|t| t.is_finite() && *t >= 0.0)
+        .map(|t| unit.to_seconds(t));
     Some(Line {
         status: status as u16,
         seconds,
@@ -100,7 +102,10 @@ pub fn json(line: &[u8], status_field: &str, time_field: &str, unit: TimeUnit) -
 }
 
 fn memchr(b: u8, s: &[u8], from: usize) -> Option<usize> {
-    s.get(from..)?.iter().position(|&c| c == b).map(|p| p + from)
+    s.get(from..)?
+        .iter()
+        .position(|&c| c == b)
+        .map(|p| p + from)
 }
 
 fn skip_spaces(s: &[u8], mut i: usize) -> usize {
@@ -156,21 +161,42 @@ mod tests {
 
     #[test]
     fn combined_with_request_time() {
-        assert_eq!(combined(NGINX.as_bytes(), TimeUnit::S), Some(Line { status: 200, seconds: Some(0.023) }));
+        assert_eq!(
+            combined(NGINX.as_bytes(), TimeUnit::S),
+            Some(Line {
+                status: 200,
+                seconds: Some(0.023)
+            })
+        );
     }
 
     #[test]
     fn combined_without_request_time_and_common_format() {
         let l = r#"::1 - alice [28/Nov/2026:10:00:01 +0000] "POST /login HTTP/2.0" 503 - "-" "curl/8.0""#;
-        assert_eq!(combined(l.as_bytes(), TimeUnit::S), Some(Line { status: 503, seconds: None }));
+        assert_eq!(
+            combined(l.as_bytes(), TimeUnit::S),
+            Some(Line {
+                status: 503,
+                seconds: None
+            })
+        );
         let common = r#"10.0.0.1 - - [28/Nov/2026:10:00:01 +0000] "GET / HTTP/1.0" 404 0"#;
-        assert_eq!(combined(common.as_bytes(), TimeUnit::S).unwrap().status, 404);
+        assert_eq!(
+            combined(common.as_bytes(), TimeUnit::S).unwrap().status,
+            404
+        );
     }
 
     #[test]
     fn apache_microseconds_and_escaped_quotes() {
         let l = r#"1.2.3.4 - - [28/Nov/2026:10:00:01 +0000] "GET /a\"b HTTP/1.1" 200 10 "-" "agent \"x\"" 1500"#;
-        assert_eq!(combined(l.as_bytes(), TimeUnit::Us), Some(Line { status: 200, seconds: Some(0.0015) }));
+        assert_eq!(
+            combined(l.as_bytes(), TimeUnit::Us),
+            Some(Line {
+                status: 200,
+                seconds: Some(0.0015)
+            })
+        );
     }
 
     #[test]
@@ -190,8 +216,20 @@ mod tests {
     #[test]
     fn json_lines_with_configured_fields() {
         let l = br#"{"ts":"2026-11-28T10:00:01Z","code":"502","dur_ms":120.5}"#;
-        assert_eq!(json(l, "code", "dur_ms", TimeUnit::Ms), Some(Line { status: 502, seconds: Some(0.1205) }));
-        assert_eq!(json(br#"{"code":200}"#, "code", "dur_ms", TimeUnit::Ms), Some(Line { status: 200, seconds: None }));
+        assert_eq!(
+            json(l, "code", "dur_ms", TimeUnit::Ms),
+            Some(Line {
+                status: 502,
+                seconds: Some(0.1205)
+            })
+        );
+        assert_eq!(
+            json(br#"{"code":200}"#, "code", "dur_ms", TimeUnit::Ms),
+            Some(Line {
+                status: 200,
+                seconds: None
+            })
+        );
         assert_eq!(json(br#"{"status":200}"#, "code", "t", TimeUnit::S), None);
         assert_eq!(json(b"not json", "code", "t", TimeUnit::S), None);
     }
