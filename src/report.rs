@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::analysis::{self, Forecast, ForecastInput, Point as APoint};
+use crate::analysis::{self, Forecast, ForecastInput};
 use crate::sample::Ts;
 use crate::store::StoreError;
 use crate::store::reader::{QueryAnswer, Reader};
@@ -263,14 +263,7 @@ pub fn trend(
                 "no series `{key}` in the history file (`upkeep series` lists them)"
             ))
         })?;
-    let points: Vec<APoint> = answer
-        .points
-        .iter()
-        .map(|p| APoint {
-            ts: p.ts_ms,
-            value: p.avg,
-        })
-        .collect();
+    let points = answer.averages();
     let trend = analysis::trend(&points);
     let threshold = threshold.or((answer.series.unit == "ratio").then_some(1.0));
     let forecast =

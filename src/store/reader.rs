@@ -56,6 +56,19 @@ pub struct QueryAnswer {
     pub points: Vec<Point>,
 }
 
+impl QueryAnswer {
+    /// The bucket averages, as points for trend and forecast.
+    pub fn averages(&self) -> Vec<crate::analysis::Point> {
+        self.points
+            .iter()
+            .map(|p| crate::analysis::Point {
+                ts: p.ts_ms,
+                value: p.avg,
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EventRow {
     pub id: i64,

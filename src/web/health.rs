@@ -13,7 +13,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::analysis::{self, Forecast, ForecastInput, Point as APoint, TrendClass};
+use crate::analysis::{self, Forecast, ForecastInput, TrendClass};
 use crate::live::Live;
 use crate::report::rfc3339;
 use crate::sample::{Status, Ts};
@@ -88,14 +88,7 @@ fn trend_of(reader: Option<&Reader>, key: &str, now: Ts) -> Option<TrendClass> {
     let a = reader?
         .query(key, now - DAY_MS, now, None, now, 500)
         .ok()??;
-    let pts: Vec<APoint> = a
-        .points
-        .iter()
-        .map(|p| APoint {
-            ts: p.ts_ms,
-            value: p.avg,
-        })
-        .collect();
+    let pts = a.averages();
     analysis::trend(&pts).map(|t| t.class)
 }
 
@@ -234,14 +227,7 @@ fn disk_forecast(reader: Option<&Reader>, key: &str, now: Ts) -> Option<f64> {
     let a = reader?
         .query(key, now - 7 * DAY_MS, now, None, now, 1000)
         .ok()??;
-    let pts: Vec<APoint> = a
-        .points
-        .iter()
-        .map(|p| APoint {
-            ts: p.ts_ms,
-            value: p.avg,
-        })
-        .collect();
+    let pts = a.averages();
     match analysis::forecast(
         &pts,
         ForecastInput {
