@@ -207,6 +207,32 @@ async fn a_worker_by_command_line_substring() {
     );
 }
 
+#[tokio::test]
+async fn a_busy_worker_reads_about_one_core() {
+    // A shell spinning on one core; the marker is in its command line.
+    let marker = unique("upkeep-spin-");
+    let script = format!("while :; do :; done # {marker}");
+    let child = Command::new("sh").args(["-c", &script]).spawn().unwrap();
+    struct Reap(Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _spin = Reap(child);
+    let mut p = probe(&format!("cmdline_contains = \"{marker}\""));
+    tick(&mut p).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let rs = tick(&mut p).await.unwrap();
+    let cpu = value(&rs, "cpu_ratio").unwrap();
+    // One core at most; on a busy 2-core machine it may get less of one.
+    assert!(
+        cpu > 0.25 && cpu < 1.05,
+        "a spinning shell used {cpu} of a core"
+    );
+}
+
 /// Outcomes of the runner until one satisfies `done` (that one included),
 /// failing the test after `within`.
 fn until(

@@ -18,7 +18,7 @@ mod scan;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System, ThreadKind};
 
@@ -92,6 +92,8 @@ impl WorkerConfig {
         }
         if self.min_count == 0 {
             out.push(("min_count", "must be at least 1".into()));
+        } else if self.min_count > 1 && self.pidfile.is_some() {
+            out.push(("min_count", "a pidfile names one process: must be 1".into()));
         }
         out.extend(heartbeat::validate(self));
         out
@@ -191,12 +193,14 @@ impl Tick {
     }
 }
 
-/// The long-lived sysinfo handle and the processes matched last tick, with
-/// their start times (a pid reused by a new process is a new process).
+/// The long-lived sysinfo handle and the processes matched last tick: per
+/// pid its start time (a pid reused by a new process is a new process) and
+/// CPU time used so far (ms), read at `prev_at`.
 #[derive(Default)]
 struct State {
     system: System,
-    prev: HashMap<Pid, u64>,
+    prev: HashMap<Pid, (u64, u64)>,
+    prev_at: Option<Instant>,
 }
 
 impl State {
@@ -238,14 +242,36 @@ impl State {
                 Unit::Bytes,
             ),
         ];
-        // CPU use is a difference between two reads: only when every process
-        // was already seen last tick (never a zero for one just started).
-        let seen_before = |p: &&sysinfo::Process| self.prev.get(&p.pid()) == Some(&p.start_time());
-        if !alive.is_empty() && alive.iter().all(seen_before) {
-            let cpu: f64 = alive.iter().map(|p| f64::from(p.cpu_usage()) / 100.0).sum();
-            readings.push(Reading::new("cpu_ratio", cpu, Unit::Ratio));
+        // CPU time used between two reads over the wall time between them,
+        // only when every process was already there at the last read (a new
+        // one has no "before"). Not sysinfo's cpu_usage(): it stays 0 for a
+        // process that had used no CPU time yet at the previous read.
+        let now = Instant::now();
+        let used_ms = |p: &&sysinfo::Process| match self.prev.get(&p.pid()) {
+            Some(&(start, before)) if start == p.start_time() => {
+                Some(p.accumulated_cpu_time().saturating_sub(before))
+            }
+            _ => None,
+        };
+        let used: Option<u64> = alive.iter().map(used_ms).sum();
+        let wall_ms = self
+            .prev_at
+            .map(|at| now.duration_since(at).as_secs_f64() * 1e3);
+        if let (Some(used), Some(wall_ms)) = (used, wall_ms)
+            && !alive.is_empty()
+            && wall_ms > 0.0
+        {
+            readings.push(Reading::new(
+                "cpu_ratio",
+                used as f64 / wall_ms,
+                Unit::Ratio,
+            ));
         }
-        self.prev = alive.iter().map(|p| (p.pid(), p.start_time())).collect();
+        self.prev = alive
+            .iter()
+            .map(|p| (p.pid(), (p.start_time(), p.accumulated_cpu_time())))
+            .collect();
+        self.prev_at = Some(now);
         Tick { readings, problems }
     }
 }
@@ -275,6 +301,8 @@ mod tests {
         );
         assert!(problems("name = \"bin/a\"").contains("has no '/'"));
         assert!(problems("name = \"a\"\nmin_count = 0").contains("at least 1"));
+        let pid2 = problems("pidfile = \"/run/a.pid\"\nmin_count = 2");
+        assert!(pid2.contains("a pidfile names one process"), "{pid2}");
     }
 
     #[test]
