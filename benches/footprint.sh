@@ -10,6 +10,7 @@
 #   DURATION=30 WARMUP=5 benches/footprint.sh  # a quick run
 #   SAMPLE_EVERY=2 benches/footprint.sh        # RSS sampled every 2 s (default 5)
 #   PREFILL=1 benches/footprint.sh             # steady state: history at full retention
+#   INTERVAL=10s CONFIG_APPEND=probes.toml benches/footprint.sh  # other probes too
 #
 # PREFILL=1 runs the agent for a few seconds so that it registers its series,
 # fills every tier of its history to full capacity (`cargo bench --bench query
@@ -34,13 +35,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat >"$work/agent.toml" <<'EOF'
+cat >"$work/agent.toml" <<EOF
 [agent]
-interval = "1s"
+interval = "${INTERVAL:-1s}"
 
 [api]
-listen = "127.0.0.1:0"
+listen = "${LISTEN:-127.0.0.1:0}"
 EOF
+# More probes (benches/footprint-all-kinds.sh uses this).
+if [ -n "${CONFIG_APPEND:-}" ]; then cat "$CONFIG_APPEND" >>"$work/agent.toml"; fi
 
 if [ "${PREFILL:-0}" = 1 ]; then
     "$BIN" run --config "$work/agent.toml" --data-dir "$work/data" 2>"$work/prefill.log" &
@@ -108,7 +111,7 @@ rss_med=$(echo "$sorted" | awk '{ a[NR] = $1 } END {
 rss_max=$(echo "$sorted" | tail -1 | awk '{ printf "%.2f", $1 / 1024 }')
 db_mib=$(awk -v b="$(stat -c %s "$work/data/history.db" 2>/dev/null || echo 0)" 'BEGIN { printf "%.1f", b / 1048576 }')
 
-echo "footprint: host probes at 1 s$([ "${PREFILL:-0}" = 1 ] && echo ", history prefilled to full retention"), $series series, ${WARMUP} s warm-up, window ${elapsed_s} s, ${#rss[@]} RSS samples, history file ${db_mib} MiB"
+echo "footprint: probes at ${INTERVAL:-1s}$([ -n "${CONFIG_APPEND:-}" ] && echo " (host and $(grep -c "^kind" "$CONFIG_APPEND") configured)" || echo " (host)")$([ "${PREFILL:-0}" = 1 ] && echo ", history prefilled to full retention"), $series series, ${WARMUP} s warm-up, window ${elapsed_s} s, ${#rss[@]} RSS samples, history file ${db_mib} MiB"
 echo "cpu: ${cpu_s} s of CPU = ${cpu_pct} % of one core (CLK_TCK $hz); target 0.25 %: $(awk -v p="$cpu_pct" 'BEGIN { printf "%.2f", p / 0.25 }')x"
 echo "rss: median ${rss_med} MiB, max ${rss_max} MiB; target 10 MiB: $(awk -v r="$rss_med" 'BEGIN { printf "%.2f", r / 10 }')x"
 if [ "$code" -ne 0 ]; then
