@@ -115,18 +115,27 @@ fn render_query(a: &QueryAnswer, format: Format) -> String {
         }
         Format::Csv => {
             out.push_str("time,ts_ms,avg,min,max,count,last\n");
+            out.reserve(a.points.len() * 80);
+            let mut f = ryu::Buffer::new();
+            let mut i = itoa::Buffer::new();
             for p in &a.points {
-                let _ = writeln!(
+                let _ = write!(
                     out,
-                    "{},{},{},{},{},{},{}",
-                    rfc3339(p.ts_ms),
-                    p.ts_ms,
-                    p.avg,
-                    p.min,
-                    p.max,
-                    p.count,
-                    p.last
+                    "{},",
+                    humantime::format_rfc3339_seconds(
+                        UNIX_EPOCH + Duration::from_millis(p.ts_ms.max(0) as u64)
+                    )
                 );
+                out.push_str(i.format(p.ts_ms));
+                for v in [p.avg, p.min, p.max] {
+                    out.push(',');
+                    push_f64(&mut out, &mut f, &mut i, v);
+                }
+                out.push(',');
+                out.push_str(i.format(p.count));
+                out.push(',');
+                push_f64(&mut out, &mut f, &mut i, p.last);
+                out.push('\n');
             }
         }
         Format::Table => {
@@ -401,6 +410,16 @@ pub fn status_table(
         );
     }
     (out, unhealthy)
+}
+
+/// `v` as `{}` would print it, faster: integral values as integers, others
+/// in the shortest form that reads back exactly.
+fn push_f64(out: &mut String, f: &mut ryu::Buffer, i: &mut itoa::Buffer, v: f64) {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        out.push_str(i.format(v as i64));
+    } else {
+        out.push_str(f.format(v));
+    }
 }
 
 #[cfg(test)]

@@ -194,10 +194,10 @@ impl Reader {
         let marks: Vec<Ts> = infos.iter().map(|i| i.watermark_ms).collect();
         let from = tiers[k].bucket(since);
         let buckets = self.read_tier(&tiers, &marks, k, series.id, from, until)?;
-        let mut out: BTreeMap<Ts, Agg> = BTreeMap::new();
+        // Buckets come sorted: consecutive ones share a step bucket.
+        let mut out: Vec<(Ts, Agg)> = Vec::with_capacity(buckets.len());
         for (b, agg) in buckets {
-            let sb = b.div_euclid(step) * step;
-            out.entry(sb).and_modify(|a| a.merge(&agg)).or_insert(agg);
+            merge_sorted(&mut out, b.div_euclid(step) * step, agg);
         }
         drop(tx);
         let points = out
@@ -232,9 +232,10 @@ impl Reader {
         series: i64,
         from: Ts,
         until: Ts,
-    ) -> Result<BTreeMap<Ts, Agg>, StoreError> {
+    ) -> Result<Vec<(Ts, Agg)>, StoreError> {
         let t = &tiers[k];
-        let mut out = BTreeMap::new();
+        let err = self.err();
+        let mut out = Vec::new();
         let written_until = until.min(marks[k]);
         if from < written_until {
             let sql = format!(
@@ -242,21 +243,22 @@ impl Reader {
                  WHERE series = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3 ORDER BY bucket_ms",
                 t.table
             );
-            let mut st = self.conn.prepare_cached(&sql).map_err(self.err())?;
+            let mut st = self.conn.prepare_cached(&sql).map_err(&err)?;
+            out.reserve(((written_until - from) / t.step_ms).clamp(0, 1 << 20) as usize + 1);
             let mut rows = st
                 .query(params![series, from, written_until])
-                .map_err(self.err())?;
-            while let Some(r) = rows.next().map_err(self.err())? {
-                let b: Ts = r.get(0).map_err(self.err())?;
+                .map_err(&err)?;
+            while let Some(r) = rows.next().map_err(&err)? {
+                let b: Ts = r.get(0).map_err(&err)?;
                 let agg = Agg::from_row(
-                    r.get(1).map_err(self.err())?,
-                    r.get(2).map_err(self.err())?,
-                    r.get(3).map_err(self.err())?,
-                    r.get(4).map_err(self.err())?,
-                    r.get(5).map_err(self.err())?,
-                    r.get(6).map_err(self.err())?,
+                    r.get(1).map_err(&err)?,
+                    r.get(2).map_err(&err)?,
+                    r.get(3).map_err(&err)?,
+                    r.get(4).map_err(&err)?,
+                    r.get(5).map_err(&err)?,
+                    r.get(6).map_err(&err)?,
                 );
-                out.insert(b, agg);
+                out.push((b, agg));
             }
         }
         if until > marks[k] {
@@ -267,20 +269,13 @@ impl Reader {
                 self.read_tier(tiers, marks, k - 1, series, lower_from, until)?
             };
             for (b, agg) in lower {
-                out.entry(t.bucket(b))
-                    .and_modify(|a: &mut Agg| a.merge(&agg))
-                    .or_insert(agg);
+                merge_sorted(&mut out, t.bucket(b), agg);
             }
         }
         Ok(out)
     }
 
-    fn read_journal(
-        &self,
-        series: i64,
-        from: Ts,
-        until: Ts,
-    ) -> Result<BTreeMap<Ts, Agg>, StoreError> {
+    fn read_journal(&self, series: i64, from: Ts, until: Ts) -> Result<Vec<(Ts, Agg)>, StoreError> {
         let mut out = BTreeMap::new();
         let mut st = self
             .conn
@@ -299,7 +294,7 @@ impl Reader {
                 }
             }
         }
-        Ok(out)
+        Ok(out.into_iter().collect())
     }
 
     /// Events, newest first, optionally of one probe, at most `limit`.
@@ -406,4 +401,17 @@ fn series_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SeriesInfo> {
         labels: r.get(4)?,
         unit: r.get(5)?,
     })
+}
+
+/// Adds `agg` at `bucket` to `out`, kept sorted by bucket; appending (the
+/// usual case) is O(1).
+fn merge_sorted(out: &mut Vec<(Ts, Agg)>, bucket: Ts, agg: Agg) {
+    match out.last_mut() {
+        Some((last, a)) if *last == bucket => a.merge(&agg),
+        Some((last, _)) if *last > bucket => match out.binary_search_by_key(&bucket, |(b, _)| *b) {
+            Ok(i) => out[i].1.merge(&agg),
+            Err(i) => out.insert(i, (bucket, agg)),
+        },
+        _ => out.push((bucket, agg)),
+    }
 }
