@@ -172,16 +172,29 @@ fi
 step "install: dpkg -i on this machine"
 tmp=$(mktemp -d)
 agent_pid=
+saved=()
 cleanup() {
     if [ -n "$agent_pid" ]; then kill -KILL "$agent_pid" 2>/dev/null || true; fi
     if dpkg-query -W -f='${Status}' upkeep 2>/dev/null | grep -q 'installed\|config-files'; then
         dpkg --purge upkeep >/dev/null 2>&1 || true
     fi
+    for d in "${saved[@]}"; do
+        if [ ! -e "$d" ]; then mv "$tmp/saved${d//\//_}" "$d"; fi
+    done
     rm -rf "$tmp"
 }
 trap cleanup EXIT
-# A clean machine: no package and no user left by an earlier run.
+# A clean machine: no package and no user left by an earlier run. What an
+# agent run by hand left in these places (as root it keeps its history in
+# /var/lib/upkeep) is moved aside, and put back at the end.
 if dpkg-query -W upkeep >/dev/null 2>&1; then dpkg --purge upkeep >/dev/null; fi
+for d in /etc/upkeep /var/lib/upkeep; do
+    if [ -e "$d" ]; then
+        mv "$d" "$tmp/saved${d//\//_}"
+        saved+=("$d")
+        echo "moved $d aside for the test; it is put back at the end"
+    fi
+done
 if getent passwd upkeep >/dev/null; then userdel upkeep; fi
 if getent group upkeep >/dev/null; then groupdel upkeep; fi
 
