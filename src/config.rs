@@ -141,6 +141,28 @@ pub struct Threshold {
     pub below: bool,
 }
 
+impl Threshold {
+    /// Degraded at or above `degraded`, unhealthy at or above `unhealthy`,
+    /// at once: the shape of most kinds' defaults.
+    pub fn above(metric: &str, degraded: f64, unhealthy: f64) -> Threshold {
+        Threshold {
+            metric: metric.into(),
+            degraded,
+            unhealthy: Some(unhealthy),
+            sustained: Duration::ZERO,
+            below: false,
+        }
+    }
+
+    /// The same for a metric whose danger is falling (days to expiry).
+    pub fn below(metric: &str, degraded: f64, unhealthy: f64) -> Threshold {
+        Threshold {
+            below: true,
+            ..Threshold::above(metric, degraded, unhealthy)
+        }
+    }
+}
+
 /// Degraded/unhealthy levels for one host resource.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]

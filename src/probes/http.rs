@@ -12,7 +12,7 @@ mod wire;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -146,16 +146,9 @@ fn parse_url(text: &str) -> Result<Url, String> {
 /// degraded, above 2 s unhealthy; a certificate expiring within 14 days is
 /// degraded, within 3 days unhealthy.
 pub fn default_thresholds() -> Vec<Threshold> {
-    let t = |metric: &str, degraded, unhealthy, below| Threshold {
-        metric: metric.into(),
-        degraded,
-        unhealthy: Some(unhealthy),
-        sustained: Duration::ZERO,
-        below,
-    };
     vec![
-        t("response_seconds", 0.5, 2.0, false),
-        t("tls_cert_expiry_days", 14.0, 3.0, true),
+        Threshold::above("response_seconds", 0.5, 2.0),
+        Threshold::below("tls_cert_expiry_days", 14.0, 3.0),
     ]
 }
 

@@ -127,16 +127,9 @@ impl PostgresConfig {
 /// Query latency as the seed judged it: degraded from 1 s, unhealthy from
 /// 3 s; connections degraded at 80 % of `max_connections`, unhealthy at 95 %.
 pub fn default_thresholds() -> Vec<Threshold> {
-    let t = |metric: &str, degraded, unhealthy| Threshold {
-        metric: metric.into(),
-        degraded,
-        unhealthy: Some(unhealthy),
-        sustained: Duration::ZERO,
-        below: false,
-    };
     vec![
-        t("query_seconds", 1.0, 3.0),
-        t("connections_used_ratio", 0.8, 0.95),
+        Threshold::above("query_seconds", 1.0, 3.0),
+        Threshold::above("connections_used_ratio", 0.8, 0.95),
     ]
 }
 

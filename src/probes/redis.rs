@@ -86,16 +86,9 @@ impl RedisConfig {
 /// PING latency as the seed judged it: degraded from 100 ms, unhealthy from
 /// 500 ms; memory degraded at 85 % of `maxmemory`, unhealthy at 95 %.
 pub fn default_thresholds() -> Vec<Threshold> {
-    let t = |metric: &str, degraded, unhealthy| Threshold {
-        metric: metric.into(),
-        degraded,
-        unhealthy: Some(unhealthy),
-        sustained: Duration::ZERO,
-        below: false,
-    };
     vec![
-        t("ping_seconds", 0.1, 0.5),
-        t("memory_used_ratio", 0.85, 0.95),
+        Threshold::above("ping_seconds", 0.1, 0.5),
+        Threshold::above("memory_used_ratio", 0.85, 0.95),
     ]
 }
 

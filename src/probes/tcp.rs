@@ -1,7 +1,7 @@
 //! `kind = "tcp"`: can a TCP connection be opened to an address, and how
 //! long does it take? The simplest service check (a port that answers).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::net::TcpStream;
 
@@ -31,13 +31,7 @@ impl TcpConfig {
 
 /// Connect latency above 1 s is degraded, above 3 s unhealthy.
 pub fn default_thresholds() -> Vec<Threshold> {
-    vec![Threshold {
-        metric: "connect_seconds".into(),
-        degraded: 1.0,
-        unhealthy: Some(3.0),
-        sustained: Duration::ZERO,
-        below: false,
-    }]
+    vec![Threshold::above("connect_seconds", 1.0, 3.0)]
 }
 
 pub struct TcpProbe {

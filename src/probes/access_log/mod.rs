@@ -94,16 +94,9 @@ impl AccessLogConfig {
 /// 5xx above 5 % is degraded (the seed's error-rate limit), above 20 %
 /// unhealthy; p95 latency above 0.5 s degraded, above 2 s unhealthy.
 pub fn default_thresholds() -> Vec<Threshold> {
-    let t = |metric: &str, degraded: f64, unhealthy: f64| Threshold {
-        metric: metric.into(),
-        degraded,
-        unhealthy: Some(unhealthy),
-        sustained: Duration::ZERO,
-        below: false,
-    };
     vec![
-        t("status_5xx_ratio", 0.05, 0.2),
-        t("latency_p95_seconds", 0.5, 2.0),
+        Threshold::above("status_5xx_ratio", 0.05, 0.2),
+        Threshold::above("latency_p95_seconds", 0.5, 2.0),
     ]
 }
 
