@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use upkeep::config::{Config, ProbeConfig};
 use upkeep::probes::http::HttpProbe;
 use upkeep::probes::runner::{Outcome, RunnerStats, run};
-use upkeep::probes::{AnyProbe, BuildContext, Probe, ProbeError, ProbeSpec};
+use upkeep::probes::{AnyProbe, BuildContext, ProbeSpec};
 use upkeep::sample::{Reading, Status};
 use warp::Filter;
 use warp::http::StatusCode;
@@ -30,19 +30,7 @@ pub(crate) fn probe(url: &str, options: &str) -> HttpProbe {
     }
 }
 
-/// One tick, failing the test rather than hanging it.
-pub(crate) async fn tick(p: &mut HttpProbe) -> Result<Vec<Reading>, ProbeError> {
-    tokio::time::timeout(Duration::from_secs(10), p.sample())
-        .await
-        .expect("the probe hung for 10 s")
-}
-
-pub(crate) fn failed(r: Result<Vec<Reading>, ProbeError>) -> String {
-    match r {
-        Err(ProbeError::Failed(why)) => why,
-        other => panic!("expected a failure, got {other:?}"),
-    }
-}
+pub(crate) use crate::util::{failed, tick};
 
 pub(crate) fn value(rs: &[Reading], metric: &str) -> f64 {
     let found: Vec<_> = rs.iter().filter(|r| r.metric == metric).collect();

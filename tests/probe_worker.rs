@@ -12,9 +12,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 use upkeep::config::{Config, ProbeConfig};
+use upkeep::probes::BuildContext;
 use upkeep::probes::runner::{Outcome, RunnerStats, run};
 use upkeep::probes::worker::WorkerProbe;
-use upkeep::probes::{BuildContext, Probe, ProbeError};
 use upkeep::sample::{Reading, Status};
 
 mod redis_heartbeat;
@@ -88,18 +88,7 @@ pub(crate) fn probe(options: &str) -> WorkerProbe {
     }
 }
 
-pub(crate) async fn tick(p: &mut WorkerProbe) -> Result<Vec<Reading>, ProbeError> {
-    tokio::time::timeout(Duration::from_secs(10), p.sample())
-        .await
-        .expect("the probe hung for 10 s")
-}
-
-pub(crate) fn failed(r: Result<Vec<Reading>, ProbeError>) -> String {
-    match r {
-        Err(ProbeError::Failed(why)) => why,
-        other => panic!("expected a failure, got {other:?}"),
-    }
-}
+pub(crate) use crate::util::{failed, tick};
 
 pub(crate) fn value(rs: &[Reading], metric: &str) -> Option<f64> {
     let found: Vec<_> = rs.iter().filter(|r| r.metric == metric).collect();

@@ -168,3 +168,20 @@ pub fn tier_count(
         .map(|p| p.count)
         .sum()
 }
+
+/// One probe tick, failing the test rather than hanging it.
+pub async fn tick<P: upkeep::probes::Probe>(
+    p: &mut P,
+) -> Result<Vec<upkeep::sample::Reading>, upkeep::probes::ProbeError> {
+    tokio::time::timeout(std::time::Duration::from_secs(10), p.sample())
+        .await
+        .expect("the probe hung for 10 s")
+}
+
+/// The reason of a failed tick; any other outcome fails the test.
+pub fn failed(r: Result<Vec<upkeep::sample::Reading>, upkeep::probes::ProbeError>) -> String {
+    match r {
+        Err(upkeep::probes::ProbeError::Failed(why)) => why,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
