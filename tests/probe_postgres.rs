@@ -243,7 +243,7 @@ async fn a_terminated_session_is_replaced_by_a_new_one() {
 async fn a_wrong_port_is_unhealthy_naming_the_endpoint() {
     let port = free_port();
     let p = probe(&format!("host=127.0.0.1 port={port} dbname=postgres"), "");
-    let reason = failing_beside_a_healthy_probe(p, 250).await;
+    let reason = failing_beside_a_healthy_probe(p, SERVER_FAULT_MS).await;
     assert!(
         reason.starts_with(&format!(
             "db: postgres 127.0.0.1:{port}/postgres: error connecting to server: "
@@ -259,8 +259,11 @@ async fn an_unknown_role_is_refused_by_the_server() {
     // is how the server refuses a login here.
     let role = unique("upkeep_nobody");
     let c = config(&format!("conninfo = \"{SERVER}\"\nuser = \"{role}\""));
-    let reason =
-        failing_beside_a_healthy_probe(PostgresProbe::new(&c, Duration::from_secs(1)), 250).await;
+    let reason = failing_beside_a_healthy_probe(
+        PostgresProbe::new(&c, Duration::from_secs(1)),
+        SERVER_FAULT_MS,
+    )
+    .await;
     assert_eq!(
         reason,
         format!("db: postgres 127.0.0.1:5432/postgres: role \"{role}\" does not exist")
@@ -271,7 +274,7 @@ async fn an_unknown_role_is_refused_by_the_server() {
 async fn an_unknown_database_is_refused_by_the_server() {
     let db = unique("upkeep_nodb");
     let p = probe(&format!("host=127.0.0.1 port=5432 dbname={db}"), "");
-    let reason = failing_beside_a_healthy_probe(p, 250).await;
+    let reason = failing_beside_a_healthy_probe(p, SERVER_FAULT_MS).await;
     assert_eq!(
         reason,
         format!("db: postgres 127.0.0.1:5432/{db}: database \"{db}\" does not exist")
@@ -281,7 +284,7 @@ async fn an_unknown_database_is_refused_by_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_name_that_does_not_resolve_is_unhealthy() {
     let p = probe("host=nonexistent.invalid port=5432 dbname=postgres", "");
-    let reason = failing_beside_a_healthy_probe(p, 250).await;
+    let reason = failing_beside_a_healthy_probe(p, SERVER_FAULT_MS).await;
     assert!(
         reason.starts_with(
             "db: postgres nonexistent.invalid:5432/postgres: error connecting to server: "
@@ -466,11 +469,18 @@ pub(crate) fn with_captured_logs<T, F: Future<Output = T>>(f: impl FnOnce() -> F
     (logs, out)
 }
 
-/// Runs `failing` (as probe `db`, ticking every 300 ms with a tick timeout
-/// of `timeout_ms`) through the runner beside a healthy tcp probe ticking
-/// every 100 ms. Asserts every outcome of `db` is unhealthy with no
-/// readings, within its timeout, and that the healthy probe kept its
-/// cadence; returns `db`'s reason.
+/// Runs `failing` (as probe `db`, with a tick timeout of `timeout_ms` and an
+/// interval a little longer) through the runner beside a healthy tcp probe
+/// ticking every 100 ms, for six of `db`'s intervals. Asserts every outcome
+/// of `db` is unhealthy with no readings, within its timeout, and that the
+/// healthy probe kept its cadence; returns `db`'s reason.
+///
+/// A fault the server or the OS names (refused, unknown role, no such host)
+/// is tested with a generous timeout: on a loaded machine a refused connect
+/// can take longer than a short one, and the reason must not become a
+/// timeout by accident. `SERVER_FAULT_MS` is that timeout.
+pub(crate) const SERVER_FAULT_MS: u64 = 1500;
+
 pub(crate) async fn failing_beside_a_healthy_probe<P: Probe>(
     failing: P,
     timeout_ms: u64,
@@ -493,8 +503,9 @@ pub(crate) async fn failing_beside_a_healthy_probe<P: Probe>(
     let (tx, rx) = sync_channel(1024);
     let stats = Arc::new(RunnerStats::default());
     let stop = CancellationToken::new();
+    let interval_ms = (timeout_ms + 50).max(300);
     tokio::spawn(run(
-        spec("db", 300, timeout_ms),
+        spec("db", interval_ms, timeout_ms),
         failing,
         tx.clone(),
         stats.clone(),
@@ -508,7 +519,7 @@ pub(crate) async fn failing_beside_a_healthy_probe<P: Probe>(
         stop.clone(),
     ));
     let outcomes: Vec<Outcome> = tokio::task::spawn_blocking(move || {
-        let end = Instant::now() + Duration::from_millis(1800);
+        let end = Instant::now() + Duration::from_millis(6 * interval_ms);
         let mut out = Vec::new();
         while let Some(left) = end.checked_duration_since(Instant::now()) {
             out.extend(rx.recv_timeout(left).ok());

@@ -13,8 +13,8 @@ use upkeep::probes::Probe;
 use upkeep::probes::redis::{RedisConfig, RedisProbe, parse_info};
 
 use crate::probe_postgres::{
-    failing_beside_a_healthy_probe, free_port, labelled, password_file, silent_listener, unique,
-    value, with_captured_logs,
+    SERVER_FAULT_MS, failing_beside_a_healthy_probe, free_port, labelled, password_file,
+    silent_listener, unique, value, with_captured_logs,
 };
 
 fn config(toml: &str) -> RedisConfig {
@@ -485,7 +485,7 @@ async fn auth_with_a_password_file_works_and_a_wrong_password_is_unhealthy() {
         &own.url(),
         &format!("password_file = \"{}\"", bad.display()),
     );
-    let reason = failing_beside_a_healthy_probe(wrong, 250).await;
+    let reason = failing_beside_a_healthy_probe(wrong, SERVER_FAULT_MS).await;
     assert!(
         reason.starts_with(&format!("db: redis 127.0.0.1:{}: ", own.port)),
         "{reason}"
@@ -508,9 +508,11 @@ async fn auth_with_a_password_file_works_and_a_wrong_password_is_unhealthy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_port_is_unhealthy_naming_the_endpoint() {
     let port = free_port();
-    let reason =
-        failing_beside_a_healthy_probe(probe(&format!("redis://127.0.0.1:{port}/0"), ""), 250)
-            .await;
+    let reason = failing_beside_a_healthy_probe(
+        probe(&format!("redis://127.0.0.1:{port}/0"), ""),
+        SERVER_FAULT_MS,
+    )
+    .await;
     assert!(
         reason.starts_with(&format!("db: redis 127.0.0.1:{port}: ")),
         "{reason}"
@@ -520,8 +522,11 @@ async fn a_wrong_port_is_unhealthy_naming_the_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_name_that_does_not_resolve_is_unhealthy() {
-    let reason =
-        failing_beside_a_healthy_probe(probe("redis://nonexistent.invalid:6379/0", ""), 250).await;
+    let reason = failing_beside_a_healthy_probe(
+        probe("redis://nonexistent.invalid:6379/0", ""),
+        SERVER_FAULT_MS,
+    )
+    .await;
     assert!(
         reason.starts_with("db: redis nonexistent.invalid:6379: "),
         "{reason}"
