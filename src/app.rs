@@ -14,13 +14,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::live::Live;
+use crate::live::{Live, ProbeMeta, Reload};
 use crate::probes::runner::{self, Outcome, RunnerStats};
 use crate::probes::{self, BuildContext};
 use crate::recorder::{Control, Recorder};
 use crate::sample::now_ms;
 use crate::store::writer::RunInfo;
 use crate::web;
+
+/// A reload asked for over the API, answered once the reload is done.
+pub type ReloadReply = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 /// Outcomes in flight between probes and the recorder.
 const CHANNEL: usize = 1024;
@@ -44,6 +47,7 @@ pub struct App {
     web: TaskTracker,
     recorder: Option<JoinHandle<()>>,
     recorder_heartbeat: Arc<AtomicU64>,
+    reload_requests: Option<tokio::sync::mpsc::Receiver<ReloadReply>>,
 }
 
 impl App {
@@ -56,7 +60,17 @@ impl App {
         data_dir: PathBuf,
     ) -> Result<App, AppError> {
         let listener = if config.api.enabled {
-            Some(web::bind(&config.api.listen).await.map_err(AppError::Api)?)
+            let token = match &config.api.token_file {
+                Some(p) => Some(
+                    crate::secret::read(p)
+                        .map_err(|e| AppError::Api(format!("api.token_file: {e}")))?,
+                ),
+                None => None,
+            };
+            Some((
+                web::bind(&config.api.listen).await.map_err(AppError::Api)?,
+                token,
+            ))
         } else {
             None
         };
@@ -92,15 +106,24 @@ impl App {
 
         let web_token = CancellationToken::new();
         let web_tracker = TaskTracker::new();
-        if let Some(listener) = listener {
+        let stats = Arc::new(RunnerStats::default());
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel::<ReloadReply>(4);
+        if let Some((listener, token)) = listener {
             let addr = listener.local_addr().ok();
-            let info = Arc::new(web::Info {
-                version: env!("CARGO_PKG_VERSION"),
-                hostname,
-                config_path,
-                data_dir: data_dir.clone(),
-            });
-            web_tracker.spawn(web::serve(listener, info, live.clone(), web_token.clone()));
+            let shared = Arc::new(web::Shared::new(
+                web::Info {
+                    version: env!("CARGO_PKG_VERSION"),
+                    hostname,
+                    config_path,
+                    data_dir: data_dir.clone(),
+                },
+                live.clone(),
+                stats.clone(),
+                &config.api,
+                token,
+                Some(reload_tx),
+            ));
+            web_tracker.spawn(web::serve(listener, shared, web_token.clone()));
             if let Some(a) = addr {
                 tracing::info!("api on http://{a}/");
             }
@@ -109,7 +132,7 @@ impl App {
             config: config.clone(),
             data_dir,
             live,
-            stats: Arc::new(RunnerStats::default()),
+            stats,
             tx: Some(tx),
             control,
             probes_token: CancellationToken::new(),
@@ -118,6 +141,7 @@ impl App {
             web: web_tracker,
             recorder: Some(recorder),
             recorder_heartbeat,
+            reload_requests: Some(reload_rx),
         };
         app.spawn_probes(&config);
         app.live.write().expect("live lock").ready = true;
@@ -144,6 +168,23 @@ impl App {
         }
     }
 
+    /// Reloads asked for over the API; the caller answers each.
+    pub fn take_reload_requests(&mut self) -> Option<tokio::sync::mpsc::Receiver<ReloadReply>> {
+        self.reload_requests.take()
+    }
+
+    /// Notes the outcome of a reload for the API and `/metrics`.
+    pub fn record_reload(&self, result: &Result<(), String>) {
+        self.live.write().expect("live lock").last_reload = Some(Reload {
+            ts_ms: now_ms(),
+            ok: result.is_ok(),
+            message: match result {
+                Ok(()) => "config reloaded".to_string(),
+                Err(e) => e.clone(),
+            },
+        });
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -153,7 +194,19 @@ impl App {
         let ctx = BuildContext {
             data_dir: self.data_dir.clone(),
         };
-        for (spec, probe) in probes::build(config, &ctx) {
+        let built = probes::build(config, &ctx);
+        let mut configured: Vec<ProbeMeta> = built
+            .iter()
+            .map(|(spec, _)| ProbeMeta {
+                name: spec.name.clone(),
+                kind: spec.kind,
+                interval_ms: spec.interval.as_millis() as u64,
+                timeout_ms: spec.timeout.as_millis() as u64,
+            })
+            .collect();
+        configured.sort_by(|a, b| a.name.cmp(&b.name));
+        self.live.write().expect("live lock").configured = configured;
+        for (spec, probe) in built {
             tracing::info!(probe = %spec.name, kind = spec.kind, interval = ?spec.interval, timeout = ?spec.timeout, "probe started");
             let (tx, stats, token) = (tx.clone(), self.stats.clone(), self.probes_token.clone());
             self.probes

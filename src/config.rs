@@ -62,6 +62,14 @@ pub struct ApiConfig {
     pub enabled: bool,
     /// Address the API binds to; loopback by default.
     pub listen: String,
+    /// File holding the bearer token of the mutating routes (first line,
+    /// mode 0640 or stricter). Unset: those routes are disabled. Required
+    /// when `listen` is not a loopback address.
+    pub token_file: Option<PathBuf>,
+    /// Host names, besides localhost, 127.0.0.1, [::1] and the listen
+    /// address, that requests may name in their Host header (a guard
+    /// against DNS rebinding).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -69,6 +77,8 @@ impl Default for ApiConfig {
         ApiConfig {
             enabled: true,
             listen: "127.0.0.1:8711".to_string(),
+            token_file: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -446,14 +456,35 @@ impl Config {
         {
             bad(&["agent", "hostname"], "must not be empty".into());
         }
-        if self.api.listen.parse::<SocketAddr>().is_err() {
-            bad(
+        match self.api.listen.parse::<SocketAddr>() {
+            Err(_) => bad(
                 &["api", "listen"],
                 format!(
                     "`{}` is not an address:port such as 127.0.0.1:8711",
                     self.api.listen
                 ),
-            );
+            ),
+            Ok(a) if self.api.enabled && !a.ip().is_loopback() && self.api.token_file.is_none() => {
+                bad(
+                    &["api", "listen"],
+                    format!(
+                        "{a} is not a loopback address: set api.token_file too, or listen on 127.0.0.1"
+                    ),
+                )
+            }
+            Ok(_) => {}
+        }
+        for h in &self.api.allowed_hosts {
+            let ok = !h.is_empty()
+                && h.len() <= 253
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+            if !ok {
+                bad(
+                    &["api", "allowed_hosts"],
+                    format!("`{h}` is not a host name"),
+                );
+            }
         }
         self.validate_history(&mut bad);
 

@@ -42,6 +42,23 @@ pub struct StoreHealth {
     pub bound_bytes: u64,
 }
 
+/// A probe as configured (it may not have ticked yet).
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeMeta {
+    pub name: String,
+    pub kind: &'static str,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+}
+
+/// The outcome of the latest config reload (SIGHUP or the API).
+#[derive(Debug, Clone, Serialize)]
+pub struct Reload {
+    pub ts_ms: Ts,
+    pub ok: bool,
+    pub message: String,
+}
+
 pub struct SeriesRing {
     pub key: SeriesKey,
     pub unit: Unit,
@@ -55,6 +72,9 @@ pub struct Live {
     pub rings: HashMap<String, SeriesRing>,
     pub store: StoreHealth,
     pub ready: bool,
+    /// The probes of the running config, in name order.
+    pub configured: Vec<ProbeMeta>,
+    pub last_reload: Option<Reload>,
 }
 
 impl Live {

@@ -392,6 +392,32 @@ fn check_config(path: Option<&Path>) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Reloads the config file into the running agent; on any error the
+/// running config stays. The outcome is logged and kept for the API.
+async fn reload(app: &mut App, source: Option<&Path>, systemd: &Notifier) -> Result<(), String> {
+    let result = match source {
+        Some(p) => match Config::load(p) {
+            Ok(c) => {
+                app.reload(c).await;
+                systemd.reconfigured(app.config());
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("config reload rejected, the running config stays:\n{e}");
+                Err(format!(
+                    "config reload rejected, the running config stays: {e}"
+                ))
+            }
+        },
+        None => {
+            tracing::warn!("reload: no config file to reload");
+            Err("no config file to reload: the agent runs on built-in defaults".to_string())
+        }
+    };
+    app.record_reload(&result);
+    result
+}
+
 fn run(at: Where) -> Result<(), Failure> {
     let (config, source) = load_config(at.config.as_deref())?;
     let data_dir =
@@ -408,26 +434,31 @@ fn run(at: Where) -> Result<(), Failure> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(async move {
-        let mut app = App::start(config, source.clone(), data_dir).await.map_err(|e| Failure::Runtime(e.into()))?;
+        let mut app = App::start(config, source.clone(), data_dir)
+            .await
+            .map_err(|e| Failure::Runtime(e.into()))?;
         // The API is bound: READY=1 follows once history is open.
         let systemd = Notifier::start(app.live(), app.progress(), app.config());
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let mut api_reloads = app.take_reload_requests();
+        let api_reload =
+            async |r: &mut Option<tokio::sync::mpsc::Receiver<upkeep::app::ReloadReply>>| match r {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            };
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => match &source {
-                    Some(p) => match Config::load(p) {
-                        Ok(c) => {
-                            app.reload(c).await;
-                            systemd.reconfigured(app.config());
-                        }
-                        Err(e) => tracing::error!("config reload rejected, the running config stays:\n{e}"),
-                    },
-                    None => tracing::warn!("SIGHUP: no config file to reload"),
-                },
+                _ = hup.recv() => {
+                    let _ = reload(&mut app, source.as_deref(), &systemd).await;
+                }
+                Some(reply) = api_reload(&mut api_reloads) => {
+                    let result = reload(&mut app, source.as_deref(), &systemd).await;
+                    let _ = reply.send(result);
+                }
             }
         }
         tracing::info!("stopping");

@@ -387,21 +387,23 @@ pub fn status_table(
     );
     let mut unhealthy = false;
     let services = &health["services"];
-    let empty = serde_json::Map::new();
-    for (name, p) in probes["probes"].as_object().unwrap_or(&empty) {
+    let empty = Vec::new();
+    for p in probes["probes"].as_array().unwrap_or(&empty) {
+        let name = p["name"].as_str().unwrap_or("?");
         let status = p["status"].as_str().unwrap_or("unknown");
         unhealthy |= status == "unhealthy";
         let service = services.get(name).or_else(|| {
             services["workers"]
                 .as_array()
-                .and_then(|w| w.iter().find(|s| s["name"] == name.as_str()))
+                .and_then(|w| w.iter().find(|s| s["name"] == name))
         });
         let latency_ms = service
             .and_then(|s| s["response_time"].as_f64())
-            .or(p["last_took_ms"].as_f64());
+            .or(p["last"]["took_seconds"].as_f64().map(|s| s * 1000.0));
         let latency = latency_ms.map_or("-".to_string(), |ms| format!("{ms:.1} ms"));
-        let since = p["since_ms"]
-            .as_i64()
+        let since = p["status_since"]
+            .as_str()
+            .and_then(|s| parse_time(s, now).ok())
             .map_or("-".to_string(), |s| human(now - s));
         let reason = p["reason"].as_str().unwrap_or("");
         let _ = writeln!(

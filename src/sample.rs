@@ -131,11 +131,75 @@ impl SeriesKey {
         s
     }
 
+    /// Parses what [`labels_text`](Self::labels_text) wrote; `None` when
+    /// `text` is not in that form.
+    pub fn parse_labels(text: &str) -> Option<Vec<(String, String)>> {
+        if text.is_empty() {
+            return Some(Vec::new());
+        }
+        let mut rest = text
+            .strip_prefix('{')?
+            .strip_suffix('}')?
+            .chars()
+            .peekable();
+        let mut out = Vec::new();
+        loop {
+            let mut name = String::new();
+            for c in rest.by_ref() {
+                if c == '=' {
+                    break;
+                }
+                name.push(c);
+            }
+            if name.is_empty() || rest.next()? != '"' {
+                return None;
+            }
+            let mut value = String::new();
+            loop {
+                match rest.next()? {
+                    '"' => break,
+                    '\\' => value.push(match rest.next()? {
+                        'n' => '\n',
+                        c => c,
+                    }),
+                    c => value.push(c),
+                }
+            }
+            out.push((name, value));
+            match rest.next() {
+                None => return Some(out),
+                Some(',') => {}
+                Some(_) => return None,
+            }
+        }
+    }
+
     pub fn label(&self, name: &str) -> Option<&str> {
         self.labels
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::SeriesKey;
+
+    #[test]
+    fn labels_text_parses_back() {
+        for labels in [
+            vec![],
+            vec![("mount", "/")],
+            vec![("a", "x\"y"), ("b", "back\\slash\nline"), ("c", "=,{}")],
+        ] {
+            let key = SeriesKey::new("p", "m", &labels);
+            let back = SeriesKey::parse_labels(&key.labels_text()).unwrap();
+            assert_eq!(back, key.labels, "{}", key.labels_text());
+        }
+        assert_eq!(SeriesKey::parse_labels("{a=b}"), None);
+        assert_eq!(SeriesKey::parse_labels("{a=\"b\"x}"), None);
+        assert_eq!(SeriesKey::parse_labels("a=\"b\""), None);
     }
 }
 

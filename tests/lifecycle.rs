@@ -118,7 +118,12 @@ fn config(dir: &Path, port: u16, extra: &str) -> std::path::PathBuf {
 fn probe_names(port: u16) -> Vec<String> {
     let (_, body) = get(port, "/api/v1/probes").expect("probes route");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["probes"].as_object().unwrap().keys().cloned().collect()
+    v["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
@@ -225,8 +230,9 @@ fn sighup_reloads_and_a_bad_config_keeps_the_old_one() {
     );
     let (_, body) = get(port, "/api/v1/probes").unwrap();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["probes"]["svc"]["kind"], "tcp", "{body}");
-    assert_eq!(v["probes"]["svc"]["status"], "healthy", "{body}");
+    assert_eq!(v["probes"][1]["name"], "svc", "{body}");
+    assert_eq!(v["probes"][1]["kind"], "tcp", "{body}");
+    assert_eq!(v["probes"][1]["status"], "healthy", "{body}");
 
     agent.signal(libc::SIGTERM);
     let (code, _, err) = agent.wait_exit(Duration::from_secs(10));
