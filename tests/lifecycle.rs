@@ -3,109 +3,12 @@
 //! the new one is bad), refuses a taken port, and answers read commands while
 //! it runs.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::util::{bin, stderr, stdout, temp_dir, upkeep, write_file};
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Agent {
-    child: Child,
-    port: u16,
-}
-
-impl Agent {
-    fn start(config: Option<&Path>, data_dir: &Path, port: u16) -> Agent {
-        let mut cmd = Command::new(bin());
-        cmd.arg("run").arg("--data-dir").arg(data_dir);
-        if let Some(c) = config {
-            cmd.arg("--config").arg(c);
-        }
-        let child = cmd
-            .env_remove("UPKEEP_CONFIG")
-            .env_remove("STATE_DIRECTORY")
-            .env("UPKEEP_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting the agent");
-        let agent = Agent { child, port };
-        agent.wait_ready();
-        agent
-    }
-
-    fn wait_ready(&self) {
-        let end = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < end {
-            if let Some((200, _)) = get(self.port, "/-/ready") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the agent was not ready on port {} within 10 s", self.port);
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on a pid we spawned and have not reaped.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
-    }
-
-    /// Waits for exit; returns exit code, time taken and stderr.
-    fn wait_exit(mut self, limit: Duration) -> (Option<i32>, Duration, String) {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let mut err = String::new();
-                self.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err)
-                    .unwrap();
-                return (status.code(), start.elapsed(), err);
-            }
-            if start.elapsed() > limit {
-                let _ = self.child.kill();
-                panic!("the agent did not exit within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// GET over a plain socket: (status code, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let code = resp.split(' ').nth(1)?.parse().ok()?;
-    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    Some((code, body))
-}
+use crate::util::{Agent, free_port, get, stderr, stdout, temp_dir, upkeep, wait_for, write_file};
 
 fn config(dir: &Path, port: u16, extra: &str) -> std::path::PathBuf {
     write_file(
@@ -124,17 +27,6 @@ fn probe_names(port: u16) -> Vec<String> {
         .iter()
         .map(|p| p["name"].as_str().unwrap().to_string())
         .collect()
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < end {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[test]

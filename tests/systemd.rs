@@ -3,33 +3,14 @@
 //! WATCHDOG=1 keeps coming while the agent makes progress, STOPPING=1 comes
 //! on SIGTERM, and the agent still exits 0.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{bin, temp_dir, write_file};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::util::{bin, free_port, get, temp_dir, write_file};
 
 fn ready_code(port: u16) -> Option<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /-/ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    resp.split(' ').nth(1)?.parse().ok()
+    get(port, "/-/ready").map(|(code, _)| code)
 }
 
 /// The next notification, as its lines; fails the test after `limit`.

@@ -1,8 +1,11 @@
 //! Small helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use upkeep::config::HistoryConfig;
 use upkeep::store::writer::{RunInfo, Writer};
@@ -184,4 +187,169 @@ pub fn failed(r: Result<Vec<upkeep::sample::Reading>, upkeep::probes::ProbeError
         Err(upkeep::probes::ProbeError::Failed(why)) => why,
         other => panic!("expected a failure, got {other:?}"),
     }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Agent {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Agent {
+    pub fn start(config: Option<&Path>, data_dir: &Path, port: u16) -> Agent {
+        let mut cmd = Command::new(bin());
+        cmd.arg("run").arg("--data-dir").arg(data_dir);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let child = cmd
+            .env_remove("UPKEEP_CONFIG")
+            .env_remove("STATE_DIRECTORY")
+            .env("UPKEEP_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the agent");
+        let agent = Agent { child, port };
+        agent.wait_ready();
+        agent
+    }
+
+    pub fn wait_ready(&self) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Some((200, _)) = get(self.port, "/-/ready") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the agent was not ready on port {} within 10 s", self.port);
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a pid we spawned and have not reaped.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    /// Waits for exit; returns exit code, time taken and stderr.
+    pub fn wait_exit(mut self, limit: Duration) -> (Option<i32>, Duration, String) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                return (status.code(), start.elapsed(), err);
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("the agent did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET over a plain socket: (status code, body).
+pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let r = request(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+    )?;
+    Some((r.code, r.body))
+}
+
+/// An answer read off a socket.
+#[derive(Debug)]
+pub struct Answer {
+    pub code: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `head` (request line and headers, ending in a blank line; a
+/// `Connection: close` is added) and any body after it, exactly as given,
+/// and reads the whole answer. `None` when nothing answers.
+pub fn request(port: u16, raw: &str) -> Option<Answer> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let raw = raw.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+    s.write_all(raw.as_bytes()).ok()?;
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes).ok()?;
+    let resp = String::from_utf8_lossy(&bytes);
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let code = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect::<Vec<_>>();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Some(Answer {
+        code,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Polls `cond` every 100 ms for up to 10 s.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
 }

@@ -64,6 +64,8 @@ pub struct Shared {
     reloads: Option<tokio::sync::mpsc::Sender<ReloadReply>>,
     /// The health document, served again for a second.
     health_cache: std::sync::Mutex<api::Cached>,
+    /// The rendered status page, served again for a second.
+    pub page_cache: std::sync::Mutex<api::Cached>,
 }
 
 pub type State = Arc<Shared>;
@@ -98,6 +100,7 @@ impl Shared {
             allowed_hosts,
             reloads,
             health_cache: Default::default(),
+            page_cache: Default::default(),
         }
     }
 
