@@ -301,7 +301,7 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
         };
         warp::reply::with_status(warp::reply::json(&body), code).into_response()
     });
-    gate(state.clone())
+    let routed = gate(state.clone())
         .and(
             healthy
                 .or(ready)
@@ -314,8 +314,26 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
         )
         .unify()
         .recover(recover)
-        .unify()
-        .map(secure)
+        .unify();
+    warp::path::full()
+        .and(routed)
+        .map(|path: warp::path::FullPath, mut r: Response| {
+            if r.status() == StatusCode::METHOD_NOT_ALLOWED {
+                r.headers_mut().insert(
+                    "allow",
+                    HeaderValue::from_static(allowed_methods(path.as_str())),
+                );
+            }
+            secure(r)
+        })
+}
+
+/// The methods a path answers, for the `Allow` header of a 405.
+fn allowed_methods(path: &str) -> &'static str {
+    match path {
+        "/api/v1/reload" => "POST",
+        _ => "GET",
+    }
 }
 
 async fn recover(r: Rejection) -> Result<Response, Infallible> {
