@@ -42,6 +42,20 @@ fn rejected(text: &str) -> String {
 }
 
 #[test]
+fn a_non_loopback_listen_without_a_token_file_is_refused() {
+    let err = rejected("[api]\nlisten = \"0.0.0.0:8711\"\n");
+    assert_eq!(
+        err.trim(),
+        "FILE:2:10: api.listen: 0.0.0.0:8711 is not a loopback address: set api.token_file too, or listen on 127.0.0.1"
+    );
+    let err = rejected("[api]\nallowed_hosts = [\"ok.example\", \"bad host/\"]\n");
+    assert!(
+        err.contains("api.allowed_hosts: `bad host/` is not a host name"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_typoed_key_names_its_line_and_column() {
     let err = rejected("[agent]\ninterval = \"10s\"\nintervl = \"5s\"\n");
     assert!(

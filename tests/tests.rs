@@ -14,3 +14,4 @@ mod runner;
 mod store_faults;
 mod store_history;
 mod systemd;
+mod web_api;

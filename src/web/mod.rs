@@ -227,8 +227,12 @@ pub async fn blocking<T: Send + 'static>(
     })
 }
 
+/// A time in the API: RFC 3339, UTC, to the millisecond.
 pub fn rfc3339(ts: Ts) -> String {
-    crate::report::rfc3339(ts)
+    humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ts.max(0) as u64),
+    )
+    .to_string()
 }
 
 /// Rejections of the gate, turned into answers by [`recover`].
