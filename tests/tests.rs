@@ -15,3 +15,5 @@ mod store_faults;
 mod store_history;
 mod systemd;
 mod web_api;
+mod web_metrics;
+mod web_page;

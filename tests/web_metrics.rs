@@ -1,0 +1,317 @@
+//! `/metrics`: the running agent's probes, statuses and own health in
+//! Prometheus text format, accepted by `promtool check metrics` with no lint
+//! problem, hostile label values included; only GET and HEAD are served.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, RwLock};
+
+use tokio_util::sync::CancellationToken;
+use upkeep::config::ApiConfig;
+use upkeep::live::{Live, ProbeMeta, ProbeState};
+use upkeep::probes::runner::RunnerStats;
+use upkeep::sample::{SeriesKey, Status, Unit};
+use upkeep::web::metrics::{TEXT_FORMAT, render};
+use upkeep::web::{Info, Shared};
+
+use crate::util::{Agent, free_port, get, request, temp_dir, wait_for, write_file};
+
+/// Runs `promtool check metrics` on `text`; fails the test on any problem.
+fn promtool_check(text: &str) {
+    let mut child = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("promtool is not on PATH: run the tests with ./test.sh, which installs it")
+        }
+        Err(e) => panic!("running promtool: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {}\n{said}\non:\n{text}",
+        out.status
+    );
+}
+
+/// The value of the sample written exactly as `series` (name and labels).
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().expect("a sample value"))
+}
+
+fn metrics(port: u16) -> String {
+    let (code, body) = get(port, "/metrics").expect("the agent answers");
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+fn config(dir: &Path, port: u16, up: &str, closed: u16) -> std::path::PathBuf {
+    write_file(
+        dir,
+        "agent.toml",
+        &format!(
+            "[agent]\ninterval = \"1s\"\n\n[api]\nlisten = \"127.0.0.1:{port}\"\n\n\
+             [probe.svc]\nkind = \"tcp\"\naddress = \"{up}\"\n\n\
+             [probe.closed]\nkind = \"tcp\"\naddress = \"127.0.0.1:{closed}\"\n"
+        ),
+    )
+}
+
+#[test]
+fn the_running_agent_exports_probes_and_its_health() {
+    let dir = temp_dir();
+    let port = free_port();
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = free_port();
+    let cfg = config(
+        dir.path(),
+        port,
+        &target.local_addr().unwrap().to_string(),
+        closed,
+    );
+    let _agent = Agent::start(Some(&cfg), &dir.path().join("data"), port);
+
+    let status = |probe: &str, s: &str| {
+        format!("upkeep_probe_status{{probe=\"{probe}\",kind=\"tcp\",status=\"{s}\"}}")
+    };
+    wait_for("both tcp probes and the host probe in /metrics", || {
+        let m = metrics(port);
+        value(&m, &status("svc", "healthy")) == Some(1.0)
+            && value(&m, &status("closed", "unhealthy")) == Some(1.0)
+            && value(&m, "upkeep_host_load1{probe=\"host\"}").is_some()
+    });
+    let m = metrics(port);
+    for s in ["degraded", "unhealthy", "unknown"] {
+        assert_eq!(value(&m, &status("svc", s)), Some(0.0), "{m}");
+    }
+    assert_eq!(value(&m, &status("closed", "healthy")), Some(0.0), "{m}");
+    let up = |probe: &str| {
+        value(
+            &m,
+            &format!("upkeep_probe_up{{probe=\"{probe}\",kind=\"tcp\"}}"),
+        )
+    };
+    assert_eq!((up("svc"), up("closed")), (Some(1.0), Some(0.0)), "{m}");
+    assert!(
+        value(&m, "upkeep_tcp_connect_seconds{probe=\"svc\"}").is_some_and(|v| v >= 0.0),
+        "{m}"
+    );
+    assert_eq!(
+        value(&m, "upkeep_tcp_connect_seconds{probe=\"closed\"}"),
+        None,
+        "a failed tick has no readings: {m}"
+    );
+    assert_eq!(
+        value(
+            &m,
+            "upkeep_probe_interval_seconds{probe=\"closed\",kind=\"tcp\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(value(&m, "upkeep_history_open"), Some(1.0), "{m}");
+    assert_eq!(value(&m, "upkeep_config_last_reload_successful"), Some(1.0));
+    assert!(
+        m.contains(&format!(
+            "upkeep_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{m}"
+    );
+
+    let written =
+        |m: &str| value(m, "upkeep_history_samples_written_total").expect("samples written");
+    let before = written(&m);
+    wait_for("more samples written", || written(&metrics(port)) > before);
+
+    let answer = request(port, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    assert_eq!(answer.code, 200);
+    assert_eq!(answer.header("content-type"), Some(TEXT_FORMAT));
+    promtool_check(&answer.body);
+}
+
+/// A live state as the recorder would leave it: probe `name` of `kind` that
+/// last ticked at `tick`.
+fn live_with(name: &str, kind: &'static str, tick: i64) -> Live {
+    let mut live = Live {
+        started_ms: 1_700_000_000_000,
+        ..Live::default()
+    };
+    live.configured.push(ProbeMeta {
+        name: name.into(),
+        kind,
+        interval_ms: 1000,
+        timeout_ms: 1000,
+    });
+    live.probes.insert(
+        name.into(),
+        ProbeState {
+            kind,
+            status: Status::Degraded,
+            since_ms: tick,
+            reason: Some("slow".into()),
+            last_ts_ms: tick,
+            last_took_ms: 3.0,
+            last_error: None,
+        },
+    );
+    live
+}
+
+fn info() -> Info {
+    Info {
+        version: "0.0.0-test",
+        hostname: "test-host".into(),
+        config_path: None,
+        data_dir: "unused".into(),
+    }
+}
+
+/// Serves the routes of `live` on a loopback port until dropped.
+struct Server {
+    port: u16,
+    stop: CancellationToken,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Server {
+    fn start(live: Live) -> Server {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let listener = runtime
+            .block_on(upkeep::web::bind("127.0.0.1:0"))
+            .expect("binding a loopback port");
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Shared::new(
+            info(),
+            Arc::new(RwLock::new(live)),
+            Arc::new(RunnerStats::default()),
+            &ApiConfig::default(),
+            None,
+            None,
+        ));
+        let stop = CancellationToken::new();
+        runtime.spawn(upkeep::web::serve(listener, state, stop.clone()));
+        Server {
+            port,
+            stop,
+            runtime: Some(runtime),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+        }
+    }
+}
+
+#[test]
+fn hostile_label_values_are_escaped_and_pass_promtool() {
+    let mut live = live_with("we\"ird\\probe", "host", 5000);
+    let hostile = [
+        "a\"quoted\" mount",
+        "back\\slash\\",
+        "new\nline",
+        "brace} comma, equals= {x=\"y\"}",
+        "carriage\rreturn\ttab",
+        "ünïcødé ✓",
+        "",
+    ];
+    for (i, v) in hostile.iter().enumerate() {
+        live.push(
+            &SeriesKey::new(
+                "we\"ird\\probe",
+                "disk_used_ratio",
+                &[("mount", v), ("Odd-Label.name", &i.to_string())],
+            ),
+            Unit::Ratio,
+            5000,
+            i as f64 / 10.0,
+        );
+    }
+    for (metric, v) in [
+        ("not_a_number", f64::NAN),
+        ("huge_bytes", f64::INFINITY),
+        ("tiny", -f64::INFINITY),
+    ] {
+        live.push(
+            &SeriesKey::new("we\"ird\\probe", metric, &[]),
+            Unit::None,
+            5000,
+            v,
+        );
+    }
+    let rendered = render(&live, &RunnerStats::default(), &info());
+    let server = Server::start(live);
+    let (code, body) = get(server.port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(body, rendered, "the route serves what render gives");
+    for line in [
+        r#"upkeep_host_disk_used_ratio{probe="we\"ird\\probe",mount="a\"quoted\" mount",odd_label_name="0"} 0"#,
+        r#"upkeep_host_disk_used_ratio{probe="we\"ird\\probe",mount="back\\slash\\",odd_label_name="1"} 0.1"#,
+        r#"upkeep_host_disk_used_ratio{probe="we\"ird\\probe",mount="new\nline",odd_label_name="2"} 0.2"#,
+        r#"upkeep_host_disk_used_ratio{probe="we\"ird\\probe",mount="brace} comma, equals= {x=\"y\"}",odd_label_name="3"} 0.3"#,
+        r#"upkeep_host_not_a_number{probe="we\"ird\\probe"} NaN"#,
+        r#"upkeep_host_huge_bytes{probe="we\"ird\\probe"} +Inf"#,
+        r#"upkeep_host_tiny{probe="we\"ird\\probe"} -Inf"#,
+    ] {
+        assert!(body.lines().any(|l| l == line), "no `{line}` in:\n{body}");
+    }
+    promtool_check(&body);
+}
+
+#[test]
+fn only_get_and_head_are_served() {
+    let server = Server::start(live_with("svc", "tcp", 1000));
+    let ask = |method: &str, path: &str| {
+        request(
+            server.port,
+            &format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"),
+        )
+        .expect("the server answers")
+    };
+    let got = ask("GET", "/metrics");
+    assert_eq!(got.code, 200);
+    assert_eq!(got.header("content-type"), Some(TEXT_FORMAT));
+    assert_eq!(got.header("x-content-type-options"), Some("nosniff"));
+
+    let head = ask("HEAD", "/metrics");
+    assert_eq!(head.code, 200);
+    assert_eq!(head.header("content-type"), Some(TEXT_FORMAT));
+    assert_eq!(head.body, "", "HEAD has no body");
+
+    for method in ["POST", "PUT", "DELETE"] {
+        let a = ask(method, "/metrics");
+        assert_eq!(a.code, 405, "{method}: {}", a.body);
+    }
+    assert_eq!(ask("GET", "/metrics/extra").code, 404);
+
+    let foreign = request(
+        server.port,
+        "GET /metrics HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(foreign.code, 403, "{}", foreign.body);
+}
