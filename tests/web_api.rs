@@ -126,7 +126,7 @@ fn state(dir: &Path, token: Option<&str>, api: ApiConfig) -> web::State {
     );
     live.store.open = true;
     drop(w);
-    let token = token.map(|t| upkeep::secret::Secret::new(t));
+    let token = token.map(upkeep::secret::Secret::new);
     Arc::new(Shared::new(
         Info {
             version: env!("CARGO_PKG_VERSION"),
@@ -206,7 +206,7 @@ async fn call_with(
         req = req.header(*k, *v);
     }
     let r = req
-        .body(body.to_vec())
+        .body(body)
         .reply(&web::routes(state.clone()))
         .await;
     Got {
@@ -475,7 +475,7 @@ async fn a_query_for_ten_years_at_one_second_is_bounded() {
     )
     .await;
     let n = q["points"].as_array().unwrap().len();
-    assert!(n >= 1 && n <= web::api::DEFAULT_POINTS, "{n} points");
+    assert!((1..=web::api::DEFAULT_POINTS).contains(&n), "{n} points");
     let step = q["step_seconds"].as_f64().unwrap();
     assert!(
         step * web::api::DEFAULT_POINTS as f64 >= 3650.0 * 86400.0,

@@ -41,9 +41,8 @@ pub const DEFAULT_EVENTS: usize = 100;
 const HEALTH_CACHE: Duration = Duration::from_secs(1);
 
 fn open_reader(state: &State) -> Result<Reader, ApiError> {
-    Reader::open(&state.info.data_dir).map_err(|e| match e {
-        e => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("history: {e}")),
-    })
+    Reader::open(&state.info.data_dir)
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("history: {e}")))
 }
 
 fn store_err(e: StoreError) -> ApiError {
