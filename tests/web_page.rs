@@ -1,0 +1,301 @@
+//! The status page on the real agent (1 s ticks, the host probe, a healthy
+//! and an unhealthy tcp probe) in Debian's headless Chromium: it loads with
+//! no console message (CSP violations and script errors are console
+//! messages), shows every probe, draws the history chart and refreshes
+//! itself; screenshots at desktop and phone width are kept under
+//! `target/test-artifacts/`. Without JavaScript the HTML alone carries the
+//! summary.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{Agent, free_port, get, request, temp_dir, write_file};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const PROBES: [&str; 3] = ["billing_db", "host", "web_backend"];
+
+/// A running agent with a healthy and an unhealthy tcp probe.
+struct Site {
+    agent: Agent,
+    _dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn start() -> Site {
+        let dir = temp_dir();
+        let port = free_port();
+        // The healthy target accepts and closes every connection.
+        let target = TcpListener::bind("127.0.0.1:0").unwrap();
+        let up = target.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for c in target.incoming() {
+                drop(c);
+            }
+        });
+        let closed = free_port();
+        let cfg = write_file(
+            dir.path(),
+            "agent.toml",
+            &format!(
+                "[agent]\ninterval = \"1s\"\n\n[api]\nlisten = \"127.0.0.1:{port}\"\n\n\
+                 [probe.web_backend]\nkind = \"tcp\"\naddress = \"{up}\"\n\n\
+                 [probe.billing_db]\nkind = \"tcp\"\naddress = \"127.0.0.1:{closed}\"\n"
+            ),
+        );
+        let agent = Agent::start(Some(&cfg), &dir.path().join("data"), port);
+        let site = Site { agent, _dir: dir };
+        site.wait_for_history();
+        site
+    }
+
+    fn port(&self) -> u16 {
+        self.agent.port
+    }
+
+    /// Waits until the 1 h chart has at least two 10 s buckets of CPU.
+    fn wait_for_history(&self) {
+        let end = Instant::now() + Duration::from_secs(45);
+        loop {
+            if let Some((200, body)) = get(
+                self.port(),
+                "/api/v1/query?key=host.cpu_used_ratio&since=1h",
+            ) {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let points = v["points"].as_array().unwrap();
+                let samples: i64 = points.iter().map(|p| p["count"].as_i64().unwrap()).sum();
+                if points.len() >= 2 && samples >= 5 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < end,
+                "the agent recorded too few ticks in 45 s"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port())
+    }
+}
+
+/// What one headless Chromium run printed.
+struct Browser {
+    stdout: String,
+    /// Every console message of the page (errors, CSP violations, logs:
+    /// the page itself logs nothing).
+    console: Vec<String>,
+}
+
+/// Runs Chromium on `url` with a fresh profile and `extra` flags.
+fn chromium(url: &str, extra: &[&str]) -> Browser {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: run ./test.sh, which installs Debian's chromium"
+    );
+    let profile = temp_dir();
+    let mut child = Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting chromium");
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).unwrap();
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        err.read_to_string(&mut s).unwrap();
+        s
+    });
+    let end = Instant::now() + Duration::from_secs(90);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stdout = reader.join().unwrap();
+    let stderr = err_reader.join().unwrap();
+    let console = stderr
+        .lines()
+        .filter(|l| l.contains(":CONSOLE"))
+        .map(String::from)
+        .collect();
+    Browser { stdout, console }
+}
+
+/// The value of `attr` on the element with `id` in serialized HTML.
+fn attr_of(html: &str, id: &str, attr: &str) -> Option<String> {
+    let at = html.find(&format!("id=\"{id}\""))?;
+    let start = html[..at].rfind('<')?;
+    let tag = &html[start..start + html[start..].find('>')?];
+    let key = format!("{attr}=\"");
+    let v = &tag[tag.find(&key)? + key.len()..];
+    Some(v[..v.find('"')?].to_string())
+}
+
+fn artifacts() -> PathBuf {
+    // target/<profile>/upkeep → target/test-artifacts
+    let dir = Path::new(env!("CARGO_BIN_EXE_upkeep"))
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Width and height from a PNG's IHDR chunk.
+fn png_size(bytes: &[u8]) -> (u32, u32) {
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    let be = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
+#[test]
+fn the_summary_reads_without_javascript() {
+    let site = Site::start();
+    let (code, html) = get(site.port(), "/").expect("the page answers");
+    assert_eq!(code, 200);
+    for name in PROBES {
+        assert!(
+            html.contains(&format!("<h3>{name}</h3>")),
+            "{name} missing: {html}"
+        );
+    }
+    // Status as words (and symbols), never only a colour.
+    assert!(html.contains("<span class=\"word\">unhealthy</span>"));
+    assert!(html.contains("<span class=\"word\">healthy</span>"));
+    assert!(html.contains("Connection refused"), "the reason is shown");
+    assert!(html.contains("1 unhealthy, 2 healthy of 3 probes"));
+    // Host figures, uptime and events are in the HTML itself.
+    for text in [
+        "<h3>CPU</h3>",
+        "<h3>Memory</h3>",
+        "<h3>Disk ",
+        "<h3>Network</h3>",
+        "<h3>Load</h3>",
+        " of ",
+        "<span class=\"wl\">24h</span>",
+        "uptime per day, last 30 days",
+        "agent started",
+        "billing_db is unhealthy",
+    ] {
+        assert!(html.contains(text), "{text} missing: {html}");
+    }
+    // No inline script or style: the CSP would block them.
+    assert_eq!(
+        html.matches("<script").count(),
+        html.matches("<script src=\"/assets/").count()
+    );
+    assert!(!html.contains("style="));
+    // Every asset the page names is served, cacheable.
+    for rest in html.split("\"/assets/").skip(1) {
+        let path = format!("/assets/{}", rest.split('"').next().unwrap());
+        let a = request(
+            site.port(),
+            &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+        )
+        .unwrap();
+        assert_eq!(a.code, 200, "{path}");
+        assert_eq!(a.header("cache-control"), Some("public, max-age=3600"));
+    }
+    let a = request(
+        site.port(),
+        "GET /assets/%2e%2e%2f%2e%2e%2fCargo.toml HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(
+        (a.code, a.header("content-type")),
+        (404, Some("application/json"))
+    );
+}
+
+#[test]
+fn chromium_shows_every_probe_draws_the_chart_and_refreshes_without_console_errors() {
+    let site = Site::start();
+    // 15 s of virtual time: the chart loads and one 10 s refresh runs.
+    let b = chromium(
+        &site.url(),
+        &[
+            "--virtual-time-budget=15000",
+            "--window-size=1280,900",
+            "--dump-dom",
+        ],
+    );
+    assert!(b.console.is_empty(), "console messages: {:#?}", b.console);
+    let dom = &b.stdout;
+    for name in PROBES {
+        assert!(
+            dom.contains(&format!("data-probe=\"{name}\"")),
+            "{name} missing: {dom}"
+        );
+    }
+    let points: usize = attr_of(dom, "chart", "data-points")
+        .expect("the chart element")
+        .parse()
+        .unwrap();
+    assert!(points > 0, "the chart drew no points: {dom}");
+    assert!(dom.contains("class=\"uplot"), "uPlot did not draw");
+    let refreshes: usize = dom
+        .split("data-refreshes=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the page did not refresh itself")
+        .parse()
+        .unwrap();
+    assert!(refreshes >= 1);
+    // The refreshed parts are whole: still every probe, once.
+    for name in PROBES {
+        assert_eq!(dom.matches(&format!("data-probe=\"{name}\"")).count(), 1);
+    }
+}
+
+#[test]
+fn screenshots_at_desktop_and_phone_width() {
+    let site = Site::start();
+    let dir = artifacts();
+    for (name, w, h) in [("desktop", 1280, 900), ("phone", 390, 844)] {
+        let path = dir.join(format!("status-page-{name}.png"));
+        let _ = std::fs::remove_file(&path);
+        let b = chromium(
+            &site.url(),
+            &[
+                "--virtual-time-budget=5000",
+                &format!("--window-size={w},{h}"),
+                &format!("--screenshot={}", path.display()),
+            ],
+        );
+        assert!(b.console.is_empty(), "{name}: {:#?}", b.console);
+        let png = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(png_size(&png), (w, h), "{name}");
+        assert!(png.len() > 20_000, "{name}: the screenshot looks blank");
+    }
+}
