@@ -237,6 +237,24 @@ struct Spark {
     points: Vec<(Ts, f64)>,
 }
 
+impl Spark {
+    /// The time the sparkline spans: what the in-memory ring holds (an hour
+    /// at most, less at short intervals), at least 5 minutes so that a fresh
+    /// agent's first seconds are not stretched across the whole width.
+    fn window(&self, now: Ts) -> i64 {
+        let held = self.points.first().map_or(0, |p| now - p.0);
+        let minutes = (held + 59_999) / 60_000;
+        (minutes * 60_000).clamp(5 * 60_000, HOUR_MS)
+    }
+
+    fn span_text(&self, now: Ts) -> String {
+        match self.window(now) {
+            HOUR_MS => "last hour".into(),
+            w => format!("last {} min", w / 60_000),
+        }
+    }
+}
+
 struct Day {
     start: Ts,
     uptime: Option<f64>,
@@ -596,6 +614,15 @@ fn value(v: f64, unit: Unit) -> String {
     }
 }
 
+/// When a disk will be full: hours under two days, else days.
+fn full_in(days: f64) -> String {
+    if days < 2.0 {
+        format!("full in {:.0} h", (days * 24.0).max(1.0))
+    } else {
+        format!("full in {days:.0} days")
+    }
+}
+
 /// A span of time, in its two largest units: `3 h 5 min`.
 fn span(ms: i64) -> String {
     let s = ms.max(0) / 1000;
@@ -734,7 +761,7 @@ fn host_section(v: &View) -> Markup {
                         }
                         p .sub {
                             @if h.cores > 0 { (h.cores) " cores · " }
-                            "last hour "
+                            (h.cpu_spark.span_text(v.now))
                         }
                         (sparkline(&h.cpu_spark, v.now))
                     }
@@ -766,7 +793,7 @@ fn host_section(v: &View) -> Markup {
                             p .sub { (bytes(d.used)) " of " (bytes(d.total)) }
                             @if let Some(days) = d.full_in_days {
                                 p class={ "forecast " @if days < 7.0 { "bad" } @else if days < 30.0 { "warn" } } {
-                                    "full in " (format!("{days:.0}")) " days"
+                                    (full_in(days))
                                 }
                             }
                         }
@@ -837,7 +864,7 @@ fn probe(v: &View, p: &ProbeView) -> Markup {
                     span .ago { (time_of(&last.at)) }
                 }
             }
-            a .sparklink href=(chart) data-series=(p.spark.key) title="last hour; open in the chart" {
+            a .sparklink href=(chart) data-series=(p.spark.key) title="open in the history chart" {
                 (sparkline(&p.spark, v.now))
             }
             div .uptime {
@@ -900,7 +927,8 @@ fn sparkline(s: &Spark, now: Ts) -> Markup {
     if s.points.is_empty() {
         return html! { span .spark .nodata { "no data in the last hour" } };
     }
-    let from = now - HOUR_MS;
+    let window = s.window(now);
+    let from = now - window;
     let (lo, hi) = s
         .points
         .iter()
@@ -908,7 +936,7 @@ fn sparkline(s: &Spark, now: Ts) -> Markup {
             (lo.min(p.1), hi.max(p.1))
         });
     let hi = if hi > lo { hi } else { lo + 1.0 };
-    let x = |t: Ts| ((t - from).max(0) as f64 / HOUR_MS as f64 * W * 10.0).round() / 10.0;
+    let x = |t: Ts| ((t - from).max(0) as f64 / window as f64 * W * 10.0).round() / 10.0;
     let y = |v: f64| ((H - 1.0 - (v - lo) / (hi - lo) * (H - 2.0)) * 10.0).round() / 10.0;
     let gap = (s.interval_ms * 3).max(10_000);
     let mut d = String::new();
@@ -930,7 +958,8 @@ fn sparkline(s: &Spark, now: Ts) -> Markup {
     let max = values.fold(f64::NEG_INFINITY, f64::max);
     let last = s.points.last().map_or(0.0, |p| p.1);
     let label = format!(
-        "last hour: now {}, min {}, max {}",
+        "{}: now {}, min {}, max {}",
+        s.span_text(now),
         value(last, s.unit),
         value(min, s.unit),
         value(max, s.unit)
@@ -1192,6 +1221,137 @@ mod tests {
         );
         let b = get(&s, "/?series=x&range=7d").await;
         assert_eq!(a.body(), b.body(), "a second request within 1 s is cached");
+    }
+
+    /// A history file of three hours at one sample a minute: `/data`
+    /// filling steadily, `/` flat, and `svc` unhealthy for the last 30 min.
+    fn with_history(dir: &std::path::Path, now: Ts) -> State {
+        use crate::config::HistoryConfig;
+        use crate::store::Event;
+        use crate::store::writer::{RunInfo, Sample, Writer};
+        const MIN: i64 = 60_000;
+        let start = now - 180 * MIN;
+        let run = RunInfo {
+            version: "test".into(),
+            hostname: "test".into(),
+            pid: 1,
+        };
+        let (mut w, _) = Writer::open(dir, &HistoryConfig::default(), start, &run).unwrap();
+        let filling = SeriesKey::new("host", "disk_used_ratio", &[("mount", "/data")]);
+        let flat = SeriesKey::new("host", "disk_used_ratio", &[("mount", "/")]);
+        let filling_id = w.series_id(&filling, Unit::Ratio, start).unwrap().unwrap();
+        let flat_id = w.series_id(&flat, Unit::Ratio, start).unwrap().unwrap();
+        let status = |ts, from: &str, to: &str| Event {
+            ts_ms: ts,
+            probe: Some("svc".into()),
+            kind: "status".into(),
+            from_status: Some(from.into()),
+            to_status: Some(to.into()),
+            message: format!("svc is {to}"),
+        };
+        for i in 0..=180 {
+            let ts = start + i * MIN;
+            let events = match i {
+                0 => vec![status(ts, "unknown", "healthy")],
+                150 => vec![status(ts, "healthy", "unhealthy")],
+                _ => vec![],
+            };
+            let samples = [
+                Sample {
+                    series: filling_id,
+                    ts,
+                    value: 0.5 + i as f64 * 0.001,
+                },
+                Sample {
+                    series: flat_id,
+                    ts,
+                    value: 0.3,
+                },
+            ];
+            w.write(&samples, &events, ts).unwrap();
+        }
+        let mut live = Live {
+            started_ms: start,
+            ..Live::default()
+        };
+        for (name, kind, st) in [
+            ("host", "host", Status::Healthy),
+            ("svc", "tcp", Status::Unhealthy),
+        ] {
+            live.configured.push(ProbeMeta {
+                name: name.into(),
+                kind,
+                interval_ms: 60_000,
+                timeout_ms: 1000,
+            });
+            live.probes.insert(
+                name.into(),
+                ProbeState {
+                    kind,
+                    status: st,
+                    since_ms: start,
+                    reason: None,
+                    last_ts_ms: now,
+                    last_took_ms: 1.0,
+                    last_error: None,
+                },
+            );
+        }
+        for (mount, used) in [("/data", 68.0), ("/", 30.0)] {
+            let l = [("mount", mount)];
+            live.push(
+                &SeriesKey::new("host", "disk_used_bytes", &l),
+                Unit::Bytes,
+                now,
+                used * 1e9,
+            );
+            live.push(
+                &SeriesKey::new("host", "disk_total_bytes", &l),
+                Unit::Bytes,
+                now,
+                100e9,
+            );
+        }
+        let s = state(live);
+        let mut info = s.info.clone();
+        info.data_dir = dir.to_path_buf();
+        Arc::new(Shared::new(
+            info,
+            s.live.clone(),
+            Default::default(),
+            &ApiConfig::default(),
+            None,
+            None,
+        ))
+    }
+
+    #[test]
+    fn history_gives_day_bars_events_and_only_confident_forecasts() {
+        let dir = tempfile::tempdir().unwrap();
+        // Noon UTC yesterday: the three hours fall in one day.
+        let now = now_ms().div_euclid(DAY_MS) * DAY_MS - DAY_MS / 2;
+        let s = with_history(dir.path(), now);
+        let html = String::from_utf8(render(&s, now).to_vec()).unwrap();
+        assert!(!html.contains("History is unavailable"), "{html}");
+        // `/data` fills at 0.1 % a minute from 68 %: full in about 5 h; the
+        // flat `/` gets no forecast at all.
+        assert_eq!(html.matches("full in ").count(), 1, "{html}");
+        let card = &html[html.find("<code>/data</code>").unwrap()..];
+        let forecast = &card[card.find("full in ").unwrap()..];
+        assert!(forecast.starts_with("full in 5 h"), "{forecast}");
+        // 30 day bars per probe: `svc` was observed today only, and was
+        // down for a sixth of it; the host probe has no transitions.
+        let svc = &html[html.find("data-probe=\"svc\"").unwrap()..];
+        let bars = &svc[..svc.find("</svg><span class=\"dl\">").unwrap()];
+        let bars = &bars[bars.find("class=\"days\"").unwrap()..];
+        assert_eq!(bars.matches("<rect").count(), 30);
+        assert_eq!(bars.matches("class=\"nodata\"").count(), 29);
+        assert!(bars.contains("<rect class=\"bad\""), "{bars}");
+        assert!(svc.contains("83.33%"), "three hours, 30 minutes down");
+        // Events newest first, and the chart offers the recorded series.
+        let events = &html[html.find("id=\"events\"").unwrap()..];
+        assert!(events.find("svc is unhealthy").unwrap() < events.find("svc is healthy").unwrap());
+        assert!(html.contains("<option value=\"host.disk_used_ratio{mount=&quot;/data&quot;}\""));
     }
 
     #[test]
