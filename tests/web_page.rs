@@ -282,17 +282,21 @@ fn chromium_shows_every_probe_draws_the_chart_and_refreshes_without_console_erro
 fn screenshots_at_desktop_and_phone_width() {
     let site = Site::start();
     let dir = artifacts();
-    for (name, w, h) in [("desktop", 1280, 900), ("phone", 390, 844)] {
+    for (name, w, h, scheme) in [
+        ("desktop", 1280, 900, None),
+        ("phone", 390, 844, None),
+        ("desktop-dark", 1280, 900, Some("--force-dark-mode")),
+    ] {
         let path = dir.join(format!("status-page-{name}.png"));
         let _ = std::fs::remove_file(&path);
-        let b = chromium(
-            &site.url(),
-            &[
-                "--virtual-time-budget=5000",
-                &format!("--window-size={w},{h}"),
-                &format!("--screenshot={}", path.display()),
-            ],
-        );
+        let mut flags = vec![
+            "--virtual-time-budget=5000".to_string(),
+            format!("--window-size={w},{h}"),
+            format!("--screenshot={}", path.display()),
+        ];
+        flags.extend(scheme.map(String::from));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let b = chromium(&site.url(), &flags);
         assert!(b.console.is_empty(), "{name}: {:#?}", b.console);
         let png = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(png_size(&png), (w, h), "{name}");

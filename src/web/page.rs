@@ -4,8 +4,8 @@
 //!
 //! The page is one server-rendered document that is complete without
 //! JavaScript: host summary, every configured probe with its status (colour,
-//! symbol and word), latency, reason, uptime and a last-hour sparkline, and
-//! the recent events. `page.js` refreshes the parts marked `data-live` every
+//! symbol and word), latency, reason, uptime (per window and per day) and a
+//! sparkline of the recent values held in memory, and the recent events. `page.js` refreshes the parts marked `data-live` every
 //! 10 s without a reload and draws the history chart from `/api/v1/query`.
 //! The Content-Security-Policy allows no inline script or style, so bars and
 //! sparklines are SVG attributes and colours are classes.
@@ -14,6 +14,9 @@
 //! probe reasons come from the services watched and may hold any text.
 //! Assets live in a fixed table compiled into the binary; a URL never names
 //! a file, so no path can leave it.
+//!
+//! The rendered page is kept for a second in `Shared::page_cache`; rendering
+//! (history reads included) runs on the blocking pool.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -666,12 +669,7 @@ fn asset(name: &str, version: &str) -> String {
 }
 
 fn markup(v: &View) -> Markup {
-    let title = format!(
-        "{} {} · {} · upkeep",
-        symbol(v.overall),
-        v.overall,
-        v.hostname
-    );
+    let title = page_title(v);
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -710,11 +708,21 @@ fn markup(v: &View) -> Markup {
     }
 }
 
+/// `✕ unhealthy · db1 · upkeep`: the status first, readable in a tab.
+fn page_title(v: &View) -> String {
+    format!(
+        "{} {} · {} · upkeep",
+        symbol(v.overall),
+        v.overall,
+        v.hostname
+    )
+}
+
 fn header(v: &View) -> Markup {
     let st = v.overall.as_str();
     html! {
-        header #head .top data-live data-title=(format!("{} {} · {} · upkeep", symbol(v.overall), st, v.hostname))
-            data-status=(st) {
+        // The script takes the title and icon of a refreshed page from here.
+        header #head .top data-live data-title=(page_title(v)) data-status=(st) {
             div .brand {
                 span .app { "upkeep" }
                 h1 { (v.hostname) }
