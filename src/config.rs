@@ -26,6 +26,9 @@ pub struct Config {
     /// `[probe.NAME]` tables: keyed, so names are unique by construction.
     #[serde(default)]
     pub probe: BTreeMap<String, ProbeConfig>,
+    /// `[maintenance.NAME]` tables: the maintenance tasks.
+    #[serde(default)]
+    pub maintenance: BTreeMap<String, crate::maintenance::TaskConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -561,7 +564,60 @@ impl Config {
                 bad(&["probe", n, field], msg);
             }
         }
+        self.validate_maintenance(&mut bad);
         out
+    }
+
+    fn validate_maintenance(&self, bad: &mut dyn FnMut(&[&str], String)) {
+        for (name, m) in &self.maintenance {
+            let n = name.as_str();
+            if !valid_name(name) {
+                bad(
+                    &["maintenance", n],
+                    "task names are 1-64 characters of a-z, 0-9, '-' and '_'".into(),
+                );
+            }
+            for (field, msg) in m.validate_kind() {
+                bad(&["maintenance", n, field], msg);
+            }
+            match self.probe.get(m.probe()) {
+                Some(ProbeConfig::Postgres(_)) => {}
+                Some(other) => bad(
+                    &["maintenance", n, "probe"],
+                    format!(
+                        "`{}` is a {} probe; a {} task needs a postgres probe",
+                        m.probe(),
+                        other.kind(),
+                        m.kind()
+                    ),
+                ),
+                None => bad(
+                    &["maintenance", n, "probe"],
+                    format!(
+                        "no probe `{}` is configured ([probe.{}])",
+                        m.probe(),
+                        m.probe()
+                    ),
+                ),
+            }
+            for g in m.guards() {
+                if g != "host" && !self.probe.contains_key(&g) {
+                    bad(
+                        &["maintenance", n, "guard"],
+                        format!("no probe `{g}` is configured"),
+                    );
+                }
+            }
+            for (field, msg) in crate::maintenance::schedule::validate(&m.common()) {
+                bad(&["maintenance", n, field], msg);
+            }
+            if m.common()
+                .timeout
+                .is_some_and(|t| t < Duration::from_secs(1))
+            {
+                bad(&["maintenance", n, "timeout"], "must be at least 1s".into());
+            }
+        }
     }
 
     fn validate_history(&self, bad: &mut dyn FnMut(&[&str], String)) {

@@ -21,6 +21,7 @@ pub mod analysis;
 pub mod app;
 pub mod config;
 pub mod live;
+pub mod maintenance;
 pub mod paths;
 pub mod probes;
 pub mod recorder;

@@ -1,0 +1,248 @@
+//! Maintenance: the `Task` trait every kind implements, the registry of
+//! kinds (`TaskConfig`), and the types a run passes between its steps. The
+//! runner (`runner.rs`) owns everything around a task — gate, schedule and
+//! window, the cross-process lock, the health guard between batches,
+//! pacing, timeouts and the ledger — so that a task only says what it would
+//! change, saves it, changes it a batch at a time, checks the result and
+//! puts it back.
+//!
+//! A run: gate → plan → backup → batches (guard between) → validate →
+//! rollback when validation fails; every step goes to the ledger
+//! (`maintenance_runs`, `maintenance_steps` in the history file).
+
+pub mod config;
+pub mod ledger;
+pub mod lock;
+pub mod postgres_analyze;
+pub mod postgres_retention;
+pub mod runner;
+pub mod schedule;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use config::{MaintenanceConfig, TaskConfig};
+
+/// Why a step of a task failed. The text names the subject (table, column,
+/// server) and never contains a secret.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum TaskError {
+    /// The task's settings do not fit what it found (a table that is not
+    /// there, a column that is not a timestamp): names the config field.
+    #[error("{field}: {message}")]
+    Config {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl TaskError {
+    pub fn failed(message: impl Into<String>) -> TaskError {
+        TaskError::Failed(message.into())
+    }
+}
+
+/// What a run of a task is given besides its own config.
+#[derive(Debug, Clone)]
+pub struct Cx {
+    /// The task's name (`[maintenance.NAME]`).
+    pub name: String,
+    /// The ledger id of this run.
+    pub run_id: i64,
+    /// Where this run keeps its backup: `data_dir/backups/NAME/RUN_ID`,
+    /// created by the runner before `backup` is called.
+    pub backup_dir: PathBuf,
+}
+
+/// What a run would change: the dry run. `rows` and `bytes` are the
+/// task's own estimate of the change; `details` says exactly what (the
+/// cutoff, the tables, the key range) in the task's terms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// One line for people: "delete 12,345 rows of public.audit_log older
+    /// than 2025-11-28T02:00:00Z".
+    pub summary: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub details: Value,
+}
+
+/// Where a run's backup is, as the ledger keeps it: enough for `rollback`
+/// in a later process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backup {
+    /// A file or directory under the run's backup dir, or a table name.
+    pub location: String,
+    /// What the backup holds so far (rows archived, bytes written).
+    pub rows: u64,
+    pub bytes: u64,
+    pub details: Value,
+}
+
+/// The result of one batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Rows (or keys, files) changed by this batch.
+    pub rows: u64,
+    /// Rows written to the backup by this batch.
+    pub archived: u64,
+    /// One line for the ledger.
+    pub detail: String,
+    /// Nothing is left to do after this batch.
+    pub done: bool,
+}
+
+/// Whether the change is what the plan said.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub ok: bool,
+    /// What was checked and what was found.
+    pub detail: String,
+    pub figures: Value,
+}
+
+/// A maintenance task of one kind. `&mut self`: a task keeps its state
+/// (connection, position in the key range, archive file) across the steps
+/// of one run. Every method stops at a safe point: when it returns, the
+/// target is consistent and the backup holds everything changed so far.
+pub trait Task: Send + 'static {
+    /// Figures worth recording before and after a run (table size, dead
+    /// tuples, last analyze, disk free): free-form, for the ledger.
+    fn figures(&mut self) -> impl Future<Output = Result<Value, TaskError>> + Send;
+
+    /// What a run would change. Changes nothing.
+    fn plan(&mut self, cx: &Cx) -> impl Future<Output = Result<Plan, TaskError>> + Send;
+
+    /// Bytes the backup will need on disk at most (the runner checks the
+    /// free space of the backup dir against it before starting).
+    fn backup_bytes(&self, plan: &Plan) -> u64;
+
+    /// Prepares the backup of what `plan` will change. A task that archives
+    /// inside each batch (rows copied and deleted in one transaction) only
+    /// opens its archive here.
+    fn backup(
+        &mut self,
+        cx: &Cx,
+        plan: &Plan,
+    ) -> impl Future<Output = Result<Backup, TaskError>> + Send;
+
+    /// One atomic batch of at most `size` rows (keys, files). Returns when
+    /// the batch is committed (or not at all: an error leaves the target as
+    /// it was before the batch, or with the batch both applied and backed
+    /// up).
+    fn apply_batch(
+        &mut self,
+        cx: &Cx,
+        plan: &Plan,
+        size: u64,
+    ) -> impl Future<Output = Result<Batch, TaskError>> + Send;
+
+    /// The backup as it stands now (after the last batch).
+    fn backup_state(&self) -> Option<Backup>;
+
+    /// Checks the result against the plan and the backup.
+    fn validate(
+        &mut self,
+        cx: &Cx,
+        plan: &Plan,
+    ) -> impl Future<Output = Result<Verdict, TaskError>> + Send;
+
+    /// Puts back what `backup` holds; may run in another process than the
+    /// run that made it. The verdict says whether everything is back.
+    fn rollback(
+        &mut self,
+        cx: &Cx,
+        backup: &Backup,
+    ) -> impl Future<Output = Result<Verdict, TaskError>> + Send;
+
+    /// Whether this kind changes anything that can be rolled back.
+    fn reversible(&self) -> bool {
+        true
+    }
+}
+
+type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T, TaskError>> + Send + 'a>>;
+
+/// The object-safe form of `Task`, so that tasks of every kind can be held
+/// and driven alike. Every `Task` is one.
+pub trait DynTask: Send {
+    fn figures_boxed(&mut self) -> Fut<'_, Value>;
+    fn plan_boxed<'a>(&'a mut self, cx: &'a Cx) -> Fut<'a, Plan>;
+    fn backup_bytes_dyn(&self, plan: &Plan) -> u64;
+    fn backup_boxed<'a>(&'a mut self, cx: &'a Cx, plan: &'a Plan) -> Fut<'a, Backup>;
+    fn apply_batch_boxed<'a>(&'a mut self, cx: &'a Cx, plan: &'a Plan, size: u64)
+    -> Fut<'a, Batch>;
+    fn backup_state_dyn(&self) -> Option<Backup>;
+    fn validate_boxed<'a>(&'a mut self, cx: &'a Cx, plan: &'a Plan) -> Fut<'a, Verdict>;
+    fn rollback_boxed<'a>(&'a mut self, cx: &'a Cx, backup: &'a Backup) -> Fut<'a, Verdict>;
+    fn reversible_dyn(&self) -> bool;
+}
+
+impl<T: Task> DynTask for T {
+    fn figures_boxed(&mut self) -> Fut<'_, Value> {
+        Box::pin(self.figures())
+    }
+    fn plan_boxed<'a>(&'a mut self, cx: &'a Cx) -> Fut<'a, Plan> {
+        Box::pin(self.plan(cx))
+    }
+    fn backup_bytes_dyn(&self, plan: &Plan) -> u64 {
+        self.backup_bytes(plan)
+    }
+    fn backup_boxed<'a>(&'a mut self, cx: &'a Cx, plan: &'a Plan) -> Fut<'a, Backup> {
+        Box::pin(self.backup(cx, plan))
+    }
+    fn apply_batch_boxed<'a>(
+        &'a mut self,
+        cx: &'a Cx,
+        plan: &'a Plan,
+        size: u64,
+    ) -> Fut<'a, Batch> {
+        Box::pin(self.apply_batch(cx, plan, size))
+    }
+    fn backup_state_dyn(&self) -> Option<Backup> {
+        self.backup_state()
+    }
+    fn validate_boxed<'a>(&'a mut self, cx: &'a Cx, plan: &'a Plan) -> Fut<'a, Verdict> {
+        Box::pin(self.validate(cx, plan))
+    }
+    fn rollback_boxed<'a>(&'a mut self, cx: &'a Cx, backup: &'a Backup) -> Fut<'a, Verdict> {
+        Box::pin(self.rollback(cx, backup))
+    }
+    fn reversible_dyn(&self) -> bool {
+        self.reversible()
+    }
+}
+
+/// A task of any kind, as built from config.
+pub type AnyTask = Box<dyn DynTask>;
+
+/// Builds the task `name` of `config`. Never connects: a task connects in
+/// its first step.
+pub fn build(name: &str, config: &crate::config::Config) -> Option<AnyTask> {
+    Some(match config.maintenance.get(name)? {
+        TaskConfig::PostgresRetention(c) => {
+            let probe = postgres_probe(config, &c.probe)?;
+            Box::new(postgres_retention::RetentionTask::new(name, c, probe))
+        }
+        TaskConfig::PostgresAnalyze(c) => {
+            let probe = postgres_probe(config, &c.probe)?;
+            Box::new(postgres_analyze::AnalyzeTask::new(name, c, probe))
+        }
+    })
+}
+
+fn postgres_probe<'a>(
+    config: &'a crate::config::Config,
+    probe: &str,
+) -> Option<&'a crate::probes::postgres::PostgresConfig> {
+    match config.probe.get(probe)? {
+        crate::config::ProbeConfig::Postgres(p) => Some(p),
+        _ => None,
+    }
+}
