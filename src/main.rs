@@ -378,11 +378,12 @@ fn check_config(path: Option<&Path>) -> Result<(), Failure> {
         println!("  {table}: {:.1} MiB", mib(*bytes));
     }
     println!(
-        "  journal {:.1} MiB, series {:.1} MiB, events {:.1} MiB, runs {:.1} MiB, schema {:.1} MiB",
+        "  journal {:.1} MiB, series {:.1} MiB, events {:.1} MiB, runs {:.1} MiB, maintenance ledger {:.1} MiB, schema {:.1} MiB",
         mib(bound.journal),
         mib(bound.series),
         mib(bound.events),
         mib(bound.runs),
+        mib(bound.maintenance),
         mib(bound.fixed)
     );
     println!(

@@ -523,7 +523,10 @@ fn the_history_file_never_exceeds_its_size_bound() {
     history.max_events = 20;
     history.max_runs = 5;
     assert_valid_history(&history);
-    let bound = tiers::size_bound(&history);
+    let mut bound = tiers::size_bound(&history);
+    // This test writes no maintenance ledger: hold it to the rest of the
+    // bound (the ledger's own bound has its own test).
+    bound.total -= bound.maintenance;
     let tier_list = tiers::from_config(&history);
     let db = dir.path().join(upkeep::store::FILE_NAME);
     let wal = dir.path().join(format!("{}-wal", upkeep::store::FILE_NAME));
@@ -836,4 +839,70 @@ fn last_is_the_value_with_the_newest_timestamp_even_when_it_arrives_first() {
         value(0, T0 + 86 * SEC),
         "last of the bucket is the value at its newest time, T0 + 86 s"
     );
+}
+
+#[test]
+fn the_maintenance_ledger_stays_within_its_part_of_the_bound() {
+    use upkeep::maintenance::ledger::{
+        self, Ledger, MAX_DETAIL_BYTES, MAX_RUNS, MAX_STEPS, Trigger,
+    };
+    let dir = temp_dir();
+    let l = Ledger::open(dir.path()).unwrap();
+    let detail = "é".repeat(MAX_DETAIL_BYTES); // twice the byte cap
+    let big = serde_json::json!({"text": "x".repeat(10 * ledger::MAX_JSON_BYTES)});
+    let mut last = 0;
+    for run in 0..MAX_RUNS + 20 {
+        let id = l
+            .start_run("audit-log", "postgres_retention", Trigger::Cli, false, run)
+            .unwrap();
+        for doc in [
+            ledger::Doc::Plan,
+            ledger::Doc::Backup,
+            ledger::Doc::Verdict,
+            ledger::Doc::Before,
+            ledger::Doc::After,
+        ] {
+            l.set(id, doc, &big).unwrap();
+        }
+        for b in 0..MAX_STEPS + 30 {
+            l.step(id, run, "batch", Some(5000), Some(12), &detail)
+                .unwrap();
+            let _ = b;
+        }
+        l.step(id, run, "validate", None, None, &detail).unwrap();
+        l.finish(id, run + 1, "succeeded", Some(&detail)).unwrap();
+        last = id;
+    }
+    let conn = history_sql(dir.path());
+    let (runs, steps): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM maintenance_runs), (SELECT count(*) FROM maintenance_steps)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(runs, MAX_RUNS);
+    assert!(steps <= MAX_RUNS * MAX_STEPS, "{steps} steps");
+    let (run, steps) = ledger::run(&conn, last).unwrap().unwrap();
+    // Itemized batches, one note for the rest, then validate: within the cap.
+    assert!(steps.len() as i64 <= MAX_STEPS, "{} steps", steps.len());
+    assert!(
+        steps.len() as i64 >= MAX_STEPS - 10,
+        "{} steps",
+        steps.len()
+    );
+    assert!(steps.iter().any(|s| s.step == "note"));
+    assert_eq!(steps.last().unwrap().step, "validate");
+    assert!(run.error.unwrap().len() <= MAX_DETAIL_BYTES);
+    assert_eq!(run.plan.unwrap()["truncated"], true);
+    let used: i64 = conn
+        .query_row(
+            "SELECT sum(pgsize) FROM dbstat WHERE name LIKE 'maintenance%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let bound = ledger::bound_bytes() as i64;
+    eprintln!("ledger at its limits: {used} bytes in use; bound {bound}");
+    assert!(used <= bound, "{used} > {bound}");
 }

@@ -26,7 +26,7 @@ pub use writer::Writer;
 pub const FILE_NAME: &str = "history.db";
 
 /// Current schema version (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -163,7 +163,8 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
 }
 
 /// `MIGRATIONS[i]` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -207,7 +208,38 @@ CREATE TABLE agent_runs (
     hostname     TEXT NOT NULL,
     pid          INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE maintenance_runs (
+    id           INTEGER PRIMARY KEY,
+    task         TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    trigger      TEXT NOT NULL,
+    dry_run      INTEGER NOT NULL,
+    started_ms   INTEGER NOT NULL,
+    ended_ms     INTEGER,
+    status       TEXT NOT NULL,
+    rows_changed INTEGER NOT NULL DEFAULT 0,
+    plan         TEXT,
+    backup       TEXT,
+    verdict      TEXT,
+    before       TEXT,
+    after        TEXT,
+    error        TEXT
+);
+CREATE INDEX maintenance_runs_by_task ON maintenance_runs (task, id);
+CREATE TABLE maintenance_steps (
+    id          INTEGER PRIMARY KEY,
+    run_id      INTEGER NOT NULL,
+    ts_ms       INTEGER NOT NULL,
+    step        TEXT NOT NULL,
+    rows        INTEGER,
+    duration_ms INTEGER,
+    detail      TEXT NOT NULL
+);
+CREATE INDEX maintenance_steps_by_run ON maintenance_steps (run_id, id);
+"#,
+];
 
 /// Moves a corrupt history file (and its WAL and shared-memory files) aside
 /// under a timestamped name; returns the new name of the main file.
