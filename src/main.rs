@@ -127,12 +127,56 @@ enum Command {
         #[command(flatten)]
         at: Where,
     },
+    /// Maintenance tasks: list, plan, run, runs, show, rollback.
+    Maintenance {
+        #[command(subcommand)]
+        action: Maint,
+        #[command(flatten)]
+        at: Where,
+    },
     /// Write the man pages (upkeep.1, upkeep-SUBCOMMAND.1) into DIR (packaging).
     #[command(hide = true)]
     GenerateMan { dir: PathBuf },
     /// Write bash, zsh and fish completions into DIR (packaging).
     #[command(hide = true)]
     GenerateCompletions { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum Maint {
+    /// Every configured task: kind, schedule, next start, last run.
+    List,
+    /// What a run of NAME would change right now (changes nothing).
+    Plan {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run NAME now: gate, plan, backup, batches, validate (and rollback when validation fails).
+    Run {
+        name: String,
+        /// Stop after the plan; record the run as a dry run.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run even outside the task's window.
+        #[arg(long)]
+        ignore_window: bool,
+    },
+    /// Recorded runs, newest first.
+    Runs {
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// One run: its result document and every step.
+    Show {
+        run_id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put back what run RUN_ID changed, from its backup.
+    Rollback { run_id: i64 },
 }
 
 enum Failure {
@@ -287,6 +331,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             );
             Ok(())
         }
+        Command::Maintenance { action, at } => maintenance(action, &at),
         Command::Trend {
             key,
             window,
@@ -308,6 +353,120 @@ fn dispatch(command: Command) -> Result<(), Failure> {
                 .map_err(report_err)?
             );
             Ok(())
+        }
+    }
+}
+
+fn maintenance(action: Maint, at: &Where) -> Result<(), Failure> {
+    use upkeep::maintenance::ledger::{self, Trigger};
+    use upkeep::maintenance::runner::{Request, RunError, Runner};
+    let (config, _) = load_config(at.config.as_deref())?;
+    let data_dir =
+        upkeep::paths::data_dir(at.data_dir.as_deref(), config.agent.data_dir.as_deref());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let runner = Runner {
+        config: std::sync::Arc::new(config.clone()),
+        data_dir: data_dir.clone(),
+        stop: tokio_util::sync::CancellationToken::new(),
+    };
+    let run_err = |e: RunError| match e {
+        RunError::NoSuchTask(_) | RunError::NoSuchRun(_) => Failure::Usage(e.to_string()),
+        e => Failure::Runtime(anyhow::anyhow!("{e}")),
+    };
+    let ledger_conn = || -> Result<upkeep::maintenance::ledger::Ledger, Failure> {
+        upkeep::maintenance::ledger::Ledger::open(&data_dir).map_err(|e| Failure::Runtime(e.into()))
+    };
+    let finished = |f: upkeep::maintenance::runner::Finished| -> Result<(), Failure> {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&f.document).context("printing the run")?
+        );
+        match f.status.as_str() {
+            "succeeded" | "rolled_back" if f.error.is_none() => Ok(()),
+            _ => Err(Failure::Runtime(anyhow::anyhow!(
+                "run {} {}: {}",
+                f.run_id,
+                f.status,
+                f.error.unwrap_or_default()
+            ))),
+        }
+    };
+    match action {
+        Maint::List => {
+            let l = ledger_conn()?;
+            let last = ledger::last_runs(l.conn()).context("reading the ledger")?;
+            print!(
+                "{}",
+                upkeep::maintenance::report::list(&config, &last, chrono::Utc::now())
+            );
+            Ok(())
+        }
+        Maint::Plan { name, json } => {
+            let plan = rt.block_on(runner.plan(&name)).map_err(run_err)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan).context("printing the plan")?
+                );
+            } else {
+                println!("{}", plan.summary);
+                println!("rows: {}, bytes: {}", plan.rows, plan.bytes);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan.details).context("printing the plan")?
+                );
+            }
+            Ok(())
+        }
+        Maint::Run {
+            name,
+            dry_run,
+            ignore_window,
+        } => {
+            let req = Request {
+                task: name,
+                trigger: Trigger::Cli,
+                dry_run,
+                ignore_window,
+            };
+            let f = rt.block_on(runner.run(req, None, None)).map_err(run_err)?;
+            finished(f)
+        }
+        Maint::Runs { task, limit } => {
+            let l = ledger_conn()?;
+            let runs =
+                ledger::runs(l.conn(), task.as_deref(), limit).context("reading the ledger")?;
+            print!("{}", upkeep::maintenance::report::runs(&runs));
+            Ok(())
+        }
+        Maint::Show { run_id, json } => {
+            let l = ledger_conn()?;
+            let (row, steps) = ledger::run(l.conn(), run_id)
+                .context("reading the ledger")?
+                .ok_or_else(|| {
+                    Failure::Usage(format!("no maintenance run {run_id} in the ledger"))
+                })?;
+            if json {
+                let mut doc = ledger::result_document(&row, &steps);
+                doc["steps"] = serde_json::to_value(&steps).context("steps")?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&doc).context("printing the run")?
+                );
+            } else {
+                print!("{}", upkeep::maintenance::report::show(&row, &steps));
+            }
+            Ok(())
+        }
+        Maint::Rollback { run_id } => {
+            let f = rt
+                .block_on(runner.rollback(run_id, Trigger::Cli))
+                .map_err(run_err)?;
+            finished(f)
         }
     }
 }

@@ -118,6 +118,22 @@ impl TaskConfig {
         }
     }
 
+    /// Units (rows, tables) per batch the run starts with.
+    pub fn batch_size(&self) -> u64 {
+        match self {
+            TaskConfig::PostgresRetention(c) => c.batch_size,
+            TaskConfig::PostgresAnalyze(_) => 1,
+        }
+    }
+
+    /// Pause between batches the run starts with.
+    pub fn pause(&self) -> Duration {
+        match self {
+            TaskConfig::PostgresRetention(c) => c.pause,
+            TaskConfig::PostgresAnalyze(_) => Duration::ZERO,
+        }
+    }
+
     pub fn timeout(&self) -> Duration {
         self.common().timeout.unwrap_or(DEFAULT_TIMEOUT)
     }
