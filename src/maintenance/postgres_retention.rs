@@ -3,11 +3,22 @@
 //! copied to a compressed archive and deleted in the same transaction.
 //! Rollback puts the archived rows back.
 
+mod archive;
+pub(crate) mod catalog;
+mod restore;
+mod target;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
 use super::{Backup, Batch, Cx, Plan, Task, TaskError, Verdict};
 use crate::probes::postgres::PostgresConfig;
+use archive::{ArchiveReader, ArchiveWriter, MemberHeader};
+use catalog::{Session, bytes, count, millis, timed};
+use target::Target;
 
 crate::task_config! {
     /// `[maintenance.NAME] kind = "postgres_retention"`.
@@ -27,14 +38,19 @@ crate::task_config! {
         /// Pause between batches.
         #[serde(default = "default_pause", with = "humantime_serde")]
         pub pause: Duration,
-        /// Archive into this table (`table` or `schema.table`, created like
-        /// `table`) instead of a compressed file under the data dir.
+        /// Archive into this table (`name`, in the table's schema, or
+        /// `schema.name`) instead of a gzip file in the run's backup dir.
+        /// Created when missing with the table's columns plus `upkeep_run`
+        /// (the run that archived the row); each batch moves its rows
+        /// there in one statement.
         #[serde(default)]
         pub archive_table: Option<String>,
         /// `lock_timeout` of every statement.
         #[serde(default = "default_lock_timeout", with = "humantime_serde")]
         pub lock_timeout: Duration,
-        /// `statement_timeout` of every statement.
+        /// `statement_timeout` of every statement, and the session's
+        /// `idle_in_transaction_session_timeout` (a batch is idle in its
+        /// transaction only while its archive is written).
         #[serde(default = "default_statement_timeout", with = "humantime_serde")]
         pub statement_timeout: Duration,
     }
@@ -66,9 +82,10 @@ impl RetentionConfig {
             out.push(("timestamp_column", e));
         }
         if let Some(a) = &self.archive_table {
-            match qualified_name(a) {
+            let table_schema = qualified_name(&self.table).map(|(schema, _)| schema);
+            match target::archive_name(a, table_schema.as_deref().unwrap_or("public")) {
                 Err(e) => out.push(("archive_table", e)),
-                Ok(_) if a == &self.table => {
+                Ok(name) if qualified_name(&self.table).is_ok_and(|t| t == name) => {
                     out.push(("archive_table", "must not be the table itself".into()))
                 }
                 Ok(_) => {}
@@ -144,20 +161,359 @@ pub fn identifier(s: &str) -> Result<&str, String> {
 pub fn qualified_name(s: &str) -> Result<(String, String), String> {
     let parts: Vec<&str> = s.split('.').collect();
     match parts.as_slice() {
-        [t] => Ok(("public".into(), identifier(t).map_err(|e| e)?.to_string())),
+        [t] => Ok(("public".into(), identifier(t)?.to_string())),
         [schema, t] => Ok((identifier(schema)?.to_string(), identifier(t)?.to_string())),
         _ => Err(format!("`{s}` is not `table` or `schema.table`")),
     }
 }
 
-/// A retention run: its settings and, during a run, its connection and
+/// The column an archive table has besides the table's: the ledger id of
+/// the run that archived the row, so that a rollback puts back its own
+/// run's rows only.
+pub const RUN_COLUMN: &str = "upkeep_run";
+
+/// `Backup::details` format of a gzip archive file.
+const FORMAT_FILE: &str = "jsonl.gz";
+/// `Backup::details` format of an archive table.
+const FORMAT_TABLE: &str = "table";
+
+/// What a plan found, kept in `Plan::details`: all that the batches need.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PlanDetails {
+    /// `schema.table`.
+    table: String,
+    timestamp_column: String,
+    /// `timestamp`, `timestamptz` or `date`.
+    column_type: String,
+    /// now − older_than on the server's clock, RFC 3339 UTC: fixed for the
+    /// whole run.
+    cutoff: String,
+    older_than: String,
+    /// The integer primary key batches are ranges of; none: ctid pages.
+    key_column: Option<String>,
+    /// First and last key (or page) holding rows older than the cutoff.
+    range: Option<[i64; 2]>,
+    rows: u64,
+    batches: u64,
+    batch_size: u64,
+    archive_table: Option<String>,
+}
+
+/// What a backup is, kept in `Backup::details`: all that a rollback in
+/// another process needs besides the location.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct BackupDetails {
+    /// `jsonl.gz` (a file, one gzip member per batch) or `table`.
+    format: String,
+    table: String,
+    key_column: Option<String>,
+    timestamp_column: String,
+    cutoff: String,
+    /// The run whose rows these are (the archive table's `upkeep_run`).
+    run_id: i64,
+    /// Batches written to the archive (gzip members), committed or not.
+    batches: u64,
+}
+
+/// A run in progress: where it is in the range and what it has archived.
+struct Run {
+    plan: PlanDetails,
+    target: Target,
+    run_id: i64,
+    /// Key (or page) range `[first, last]` of old rows, and where the next
+    /// batch starts.
+    first: i64,
+    last: i64,
+    next: i64,
+    /// Pages per ctid batch, adapted from each batch's yield.
+    width: i64,
+    batch: u64,
+    deleted: u64,
+    archived: u64,
+    archive_bytes: u64,
+    members: u64,
+    writer: Option<ArchiveWriter>,
+    location: Option<String>,
+    /// A batch written to the archive whose commit did not answer: its
+    /// rows are in the archive and, unless it committed, in the table.
+    pending: Option<MemberHeader>,
+    done: bool,
+}
+
+impl Run {
+    fn new(plan: PlanDetails, target: Target, run_id: i64) -> Run {
+        let (first, last) = plan.range.map_or((0, -1), |[a, b]| (a, b));
+        let span = (last - first + 1).max(1) as u128;
+        let width = (span * plan.batch_size as u128)
+            .div_ceil(plan.rows.max(1) as u128)
+            .clamp(1, span) as i64;
+        Run {
+            done: plan.range.is_none(),
+            plan,
+            target,
+            run_id,
+            first,
+            last,
+            next: first,
+            width,
+            batch: 0,
+            deleted: 0,
+            archived: 0,
+            archive_bytes: 0,
+            members: 0,
+            writer: None,
+            location: None,
+            pending: None,
+        }
+    }
+
+    fn table(&self) -> String {
+        self.target.table.to_string()
+    }
+
+    /// `id 100 to 199` or `pages 10 to 19` of `[lo, hi)`.
+    fn range_text(&self, lo: i64, hi: i64) -> String {
+        match &self.target.key {
+            Some(k) => format!("{k} {lo} to {}", hi - 1),
+            None => format!("pages {lo} to {}", hi - 1),
+        }
+    }
+
+    fn backup(&self) -> Option<Backup> {
+        let (format, location) = match &self.target.archive {
+            Some(a) => (FORMAT_TABLE, a.to_string()),
+            None => (FORMAT_FILE, self.location.clone()?),
+        };
+        Some(Backup {
+            location,
+            rows: self.archived,
+            bytes: self.archive_bytes,
+            details: serde_json::to_value(BackupDetails {
+                format: format.into(),
+                table: self.plan.table.clone(),
+                key_column: self.plan.key_column.clone(),
+                timestamp_column: self.plan.timestamp_column.clone(),
+                cutoff: self.plan.cutoff.clone(),
+                run_id: self.run_id,
+                batches: self.members,
+            })
+            .unwrap_or_default(),
+        })
+    }
+
+    /// Learns how a batch whose commit did not answer ended.
+    async fn resolve_pending(&mut self, s: &Session) -> Result<(), TaskError> {
+        let Some(h) = &self.pending else {
+            return Ok(());
+        };
+        let status = xact_status(s, &h.xid).await.map_err(|e| {
+            TaskError::failed(format!(
+                "{}: learning whether batch {} committed: {e}",
+                self.table(),
+                h.batch
+            ))
+        })?;
+        match status.as_deref() {
+            Some("committed") => {
+                self.deleted += h.rows;
+                self.next = h.range[1];
+                self.done = self.next > self.last;
+            }
+            // Its rows are still in the table; the archive's copy is
+            // marked by the aborted transaction and never put back.
+            Some("aborted") => {}
+            Some("in progress") => {
+                return Err(TaskError::failed(format!(
+                    "{}: batch {}'s transaction {} is still open on the server",
+                    self.table(),
+                    h.batch,
+                    h.xid
+                )));
+            }
+            _ => {
+                return Err(TaskError::failed(format!(
+                    "{}: the server no longer knows whether batch {} (transaction {}) committed",
+                    self.table(),
+                    h.batch,
+                    h.xid
+                )));
+            }
+        }
+        self.pending = None;
+        Ok(())
+    }
+
+    /// One batch: the next range holding about `size` old rows, deleted
+    /// and archived in one transaction.
+    async fn step(&mut self, s: &mut Session, size: u64) -> Result<Batch, TaskError> {
+        self.resolve_pending(s).await?;
+        if self.done {
+            return Ok(Batch {
+                rows: 0,
+                archived: 0,
+                detail: format!("{}: nothing left to delete", self.table()),
+                done: true,
+            });
+        }
+        let size = size.clamp(1, MAX_BATCH);
+        let table = self.table();
+        let fail = |what: String| TaskError::failed(format!("{table}: {what}"));
+        let lo = self.next;
+        let hi = match self.target.boundary_sql() {
+            Some(sql) => {
+                let found = s
+                    .timed(
+                        s.client
+                            .query_opt(&sql, &[&lo, &self.last, &self.plan.cutoff, &(size as i64)]),
+                    )
+                    .await
+                    .map_err(|e| {
+                        fail(format!("finding the end of batch {}: {e}", self.batch + 1))
+                    })?;
+                found.map_or(self.last + 1, |r| r.get::<_, i64>(0))
+            }
+            None => (lo + self.width).min(self.last + 1),
+        };
+        self.batch += 1;
+        let n = self.batch;
+        let range = self.range_text(lo, hi);
+        let (rows, archived) = match self.target.archive.clone() {
+            Some(a) => {
+                let sql = self.target.move_sql(&a);
+                let row = s
+                    .timed(
+                        s.client
+                            .query_one(&sql, &[&lo, &hi, &self.plan.cutoff, &self.run_id]),
+                    )
+                    .await
+                    .map_err(|e| fail(format!("batch {n} ({range}): {e}; nothing was deleted")))?;
+                let rows = row.get::<_, i64>(0) as u64;
+                self.archived += rows;
+                self.archive_bytes += row.get::<_, i64>(1) as u64;
+                (rows, rows)
+            }
+            None => {
+                let rows = self
+                    .delete_archived(s, n, lo, hi)
+                    .await
+                    .map_err(|e| fail(format!("batch {n} ({range}): {e}")))?;
+                (rows, rows)
+            }
+        };
+        self.deleted += rows;
+        self.next = hi;
+        self.done = hi > self.last;
+        if self.target.key.is_none() {
+            // Aim the next page range at `size` rows, from this one's yield.
+            let w = self.width as u128;
+            let next = if rows == 0 {
+                w * 4
+            } else {
+                (w * size as u128 / rows as u128).clamp(w / 4, w * 4)
+            };
+            self.width = next.clamp(1, (self.last - self.first + 1).max(1) as u128) as i64;
+        }
+        let archive = match &self.target.archive {
+            Some(a) => format!("moved to {a}"),
+            None => format!("archived ({} in the archive)", bytes(self.archive_bytes)),
+        };
+        Ok(Batch {
+            rows,
+            archived,
+            detail: format!(
+                "batch {n}: {range} of {table}: {} rows deleted and {archive}",
+                count(rows)
+            ),
+            done: self.done,
+        })
+    }
+
+    /// DELETE … RETURNING in a transaction, the rows written to the archive
+    /// and fsynced, then COMMIT: a batch whose commit fails is in both.
+    async fn delete_archived(
+        &mut self,
+        s: &mut Session,
+        n: u64,
+        lo: i64,
+        hi: i64,
+    ) -> Result<u64, String> {
+        let limit = s.limit;
+        let delete = self.target.delete_sql();
+        let tx = timed(limit, s.client.transaction()).await?;
+        let rows: Vec<String> = timed(limit, tx.query(&delete, &[&lo, &hi, &self.plan.cutoff]))
+            .await
+            .map_err(|e| format!("{e}; nothing was deleted"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if rows.is_empty() {
+            timed(limit, tx.commit()).await?;
+            return Ok(0);
+        }
+        let xid: String = timed(
+            limit,
+            tx.query_one("SELECT pg_current_xact_id()::text", &[]),
+        )
+        .await?
+        .get(0);
+        let header = MemberHeader {
+            batch: n,
+            xid,
+            rows: rows.len() as u64,
+            range: [lo, hi],
+        };
+        let mut writer = self
+            .writer
+            .take()
+            .ok_or("the archive is not open: backup must come before the batches")?;
+        let h = header.clone();
+        let (writer, written) = tokio::task::spawn_blocking(move || {
+            let r = writer.append(&h, &rows);
+            (writer, r)
+        })
+        .await
+        .map_err(|e| format!("writing the archive: {e}"))?;
+        let path = writer.path().display().to_string();
+        self.archive_bytes = writer.len();
+        self.writer = Some(writer);
+        written.map_err(|e| format!("writing {path}: {e}; nothing was deleted"))?;
+        self.archived += header.rows;
+        self.members += 1;
+        let rows = header.rows;
+        self.pending = Some(header);
+        timed(limit, tx.commit()).await.map_err(|e| {
+            format!(
+                "committing: {e}; its {} rows are in the archive and, unless the commit went \
+                 through, still in the table",
+                count(rows)
+            )
+        })?;
+        self.pending = None;
+        Ok(rows)
+    }
+}
+
+/// `pg_xact_status` of a transaction: committed, aborted, in progress, or
+/// `None` when the server no longer knows.
+async fn xact_status(s: &Session, xid: &str) -> Result<Option<String>, String> {
+    Ok(s.timed(
+        s.client
+            .query_one("SELECT pg_xact_status($1::text::xid8)::text", &[&xid]),
+    )
+    .await?
+    .get(0))
+}
+
+/// A retention task: its settings and, during a run, its session and
 /// position in the key range.
 pub struct RetentionTask {
     name: String,
     config: RetentionConfig,
     pg: PostgresConfig,
-    archive: Option<Backup>,
-    _dir: Option<PathBuf>,
+    /// Put back after each step that succeeded: a failed step never leaves
+    /// a half-used session behind.
+    session: Option<Session>,
+    run: Option<Run>,
 }
 
 impl RetentionTask {
@@ -166,43 +522,525 @@ impl RetentionTask {
             name: name.to_string(),
             config: config.clone(),
             pg: pg.clone(),
-            archive: None,
-            _dir: None,
+            session: None,
+            run: None,
         }
     }
+
+    /// The open session, or a new one with the task's timeouts.
+    async fn take_session(&mut self) -> Result<Session, TaskError> {
+        if let Some(s) = self.session.take()
+            && !s.is_closed()
+        {
+            return Ok(s);
+        }
+        let c = &self.config;
+        Session::open(
+            &self.pg,
+            &self.name,
+            &[
+                ("lock_timeout", millis(c.lock_timeout)),
+                ("statement_timeout", millis(c.statement_timeout)),
+                (
+                    "idle_in_transaction_session_timeout",
+                    millis(c.statement_timeout),
+                ),
+            ],
+            c.statement_timeout,
+        )
+        .await
+    }
+
+    /// The run `plan` describes: this task's own since `plan`, or, for a
+    /// plan made elsewhere, rebuilt from its details.
+    async fn ensure_run(&mut self, cx: &Cx, plan: &Plan) -> Result<(), TaskError> {
+        let details: PlanDetails = serde_json::from_value(plan.details.clone())
+            .map_err(|e| TaskError::failed(format!("not a retention plan: {e}")))?;
+        if self.run.as_ref().is_some_and(|r| r.plan == details) {
+            return Ok(());
+        }
+        let s = self.take_session().await?;
+        let target = Target::resolve(&s, &self.config).await?;
+        self.session = Some(s);
+        if target.table.to_string() != details.table
+            || target.key != details.key_column
+            || target.ts != details.timestamp_column
+        {
+            return Err(TaskError::failed(format!(
+                "{}: the table or its key changed since the plan was made",
+                details.table
+            )));
+        }
+        self.run = Some(Run::new(details, target, cx.run_id));
+        Ok(())
+    }
+
+    async fn plan_with(&mut self, s: &Session, cx: &Cx) -> Result<Plan, TaskError> {
+        let target = Target::resolve(s, &self.config).await?;
+        let table = target.table.to_string();
+        let fail = |what: &str, e: String| TaskError::failed(format!("{table}: {what}: {e}"));
+        let older_ms = i64::try_from(self.config.older_than.as_millis()).unwrap_or(i64::MAX);
+        let cutoff: String = s
+            .timed(s.client.query_one(
+                &format!(
+                    "SELECT {}",
+                    catalog::rfc3339("now() - $1::int8 * interval '1 millisecond'")
+                ),
+                &[&older_ms],
+            ))
+            .await
+            .map_err(|e| fail("computing the cutoff", e))?
+            .get(0);
+        let row = s
+            .timed(s.client.query_one(&target.plan_sql(), &[&cutoff]))
+            .await
+            .map_err(|e| fail("counting the rows older than the cutoff", e))?;
+        let rows = row.get::<_, i64>(0) as u64;
+        let size = row.get::<_, i64>(1) as u64;
+        let range = match (row.get::<_, Option<i64>>(2), row.get::<_, Option<i64>>(3)) {
+            (Some(a), Some(b)) => Some([a, b]),
+            _ => None,
+        };
+        let batch_size = self.config.batch_size;
+        let batches = rows.div_ceil(batch_size);
+        let by = match &target.key {
+            Some(k) => format!("{k} ranges"),
+            None => "ctid page ranges".into(),
+        };
+        let to = match &target.archive {
+            Some(a) => format!("moved to table {a}"),
+            None => "archived to a gzip file".into(),
+        };
+        let older_than = humantime::format_duration(self.config.older_than).to_string();
+        let summary = if rows == 0 {
+            format!(
+                "nothing to delete: no row of {table} has {} before {cutoff} (older than {older_than})",
+                target.ts
+            )
+        } else {
+            format!(
+                "delete {} rows (about {}) of {table} with {} before {cutoff} (older than \
+                 {older_than}), in about {batches} batches of {batch_size} by {by}, {to}",
+                count(rows),
+                bytes(size),
+                target.ts
+            )
+        };
+        let details = PlanDetails {
+            table,
+            timestamp_column: target.ts.clone(),
+            column_type: target.ts_type.into(),
+            cutoff,
+            older_than,
+            key_column: target.key.clone(),
+            range,
+            rows,
+            batches,
+            batch_size,
+            archive_table: target.archive.as_ref().map(|a| a.to_string()),
+        };
+        let plan = Plan {
+            summary,
+            rows,
+            bytes: size,
+            details: serde_json::to_value(&details).unwrap_or_default(),
+        };
+        self.run = Some(Run::new(details, target, cx.run_id));
+        Ok(plan)
+    }
+
+    async fn backup_with(&mut self, s: &Session, cx: &Cx) -> Result<Backup, TaskError> {
+        let Some(run) = self.run.as_mut() else {
+            return Err(TaskError::failed("backup before plan"));
+        };
+        let table = run.table();
+        match run.target.archive.clone() {
+            Some(a) => {
+                if !a.exists {
+                    let sql = run.target.create_archive_sql(&a);
+                    s.timed(s.client.batch_execute(&sql)).await.map_err(|e| {
+                        TaskError::failed(format!("{table}: creating the archive table {a}: {e}"))
+                    })?;
+                    if let Some(a) = run.target.archive.as_mut() {
+                        a.exists = true;
+                    }
+                }
+            }
+            None if run.writer.is_none() => {
+                let path = cx.backup_dir.join(archive::FILE_NAME);
+                let p = path.clone();
+                let writer = tokio::task::spawn_blocking(move || {
+                    std::fs::create_dir_all(p.parent().unwrap_or(&p))?;
+                    ArchiveWriter::create(&p)
+                })
+                .await
+                .map_err(|e| TaskError::failed(format!("creating the archive: {e}")))?
+                .map_err(|e| {
+                    TaskError::failed(format!(
+                        "{table}: creating the archive {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                run.location = Some(path.display().to_string());
+                run.writer = Some(writer);
+            }
+            None => {}
+        }
+        run.backup()
+            .ok_or_else(|| TaskError::failed("the archive has no location"))
+    }
+
+    async fn validate_with(&mut self, s: &Session) -> Result<Verdict, TaskError> {
+        let Some(run) = self.run.as_mut() else {
+            return Err(TaskError::failed("validate before plan"));
+        };
+        run.resolve_pending(s).await?;
+        let table = run.table();
+        let fail = |what: &str, e: String| TaskError::failed(format!("{table}: {what}: {e}"));
+        let remaining = s
+            .timed(s.client.query_one(
+                &run.target.remaining_sql(),
+                &[&run.first, &run.next, &run.plan.cutoff],
+            ))
+            .await
+            .map_err(|e| fail("counting the rows left", e))?
+            .get::<_, i64>(0) as u64;
+        let (in_archive, uncommitted, incomplete) = match &run.target.archive {
+            Some(a) => {
+                let n = s
+                    .timed(
+                        s.client
+                            .query_one(&run.target.archived_count_sql(a), &[&run.run_id]),
+                    )
+                    .await
+                    .map_err(|e| fail("counting the archived rows", e))?
+                    .get::<_, i64>(0) as u64;
+                (n, 0, None)
+            }
+            None => match &run.location {
+                None => (0, 0, None),
+                Some(path) => recount(s, path)
+                    .await
+                    .map_err(|e| fail("reading the archive", e))?,
+            },
+        };
+        let processed = if run.next > run.first {
+            run.range_text(run.first, run.next)
+        } else {
+            "no range".into()
+        };
+        let mut problems = Vec::new();
+        if remaining > 0 {
+            problems.push(format!(
+                "{} rows older than {} are still in {processed}",
+                count(remaining),
+                run.plan.cutoff
+            ));
+        }
+        if in_archive != run.deleted {
+            problems.push(format!(
+                "{} rows deleted but {} archived",
+                count(run.deleted),
+                count(in_archive)
+            ));
+        }
+        if let Some(e) = &incomplete {
+            problems.push(format!("the archive ends in an unreadable batch: {e}"));
+        }
+        let detail = if problems.is_empty() {
+            format!(
+                "no row of {table} older than {} is left in {processed}; {} rows deleted, all of \
+                 them archived",
+                run.plan.cutoff,
+                count(run.deleted)
+            )
+        } else {
+            format!("{table}: {}", problems.join("; "))
+        };
+        Ok(Verdict {
+            ok: problems.is_empty(),
+            detail,
+            figures: json!({
+                "table": table,
+                "cutoff": run.plan.cutoff,
+                "planned_rows": run.plan.rows,
+                "deleted_rows": run.deleted,
+                "archived_rows": in_archive,
+                "archived_uncommitted_rows": uncommitted,
+                "old_rows_left": remaining,
+                "batches": run.batch,
+                "done": run.done,
+            }),
+        })
+    }
+
+    async fn figures_with(&mut self, s: &Session) -> Result<serde_json::Value, TaskError> {
+        let target = Target::resolve(s, &self.config).await?;
+        let table = target.table.to_string();
+        let fail = |e: String| TaskError::failed(format!("{table}: reading its figures: {e}"));
+        let row = s
+            .timed(s.client.query_one(
+                "SELECT pg_total_relation_size($1::oid)::int8, \
+                 (SELECT n_live_tup FROM pg_stat_all_tables WHERE relid = $1::oid), \
+                 (SELECT n_dead_tup FROM pg_stat_all_tables WHERE relid = $1::oid)",
+                &[&target.table.oid],
+            ))
+            .await
+            .map_err(fail)?;
+        let mut out = json!({
+            "table": table,
+            "total_bytes": row.get::<_, i64>(0),
+            "live_tuples": row.get::<_, Option<i64>>(1),
+            "dead_tuples": row.get::<_, Option<i64>>(2),
+        });
+        if let Some(run) = &self.run {
+            let old = s
+                .timed(s.client.query_one(
+                    &format!(
+                        "SELECT count(*) FROM {} t WHERE {}",
+                        target.table.sql(),
+                        target.older(1)
+                    ),
+                    &[&run.plan.cutoff],
+                ))
+                .await
+                .map_err(fail)?
+                .get::<_, i64>(0);
+            out["cutoff"] = json!(run.plan.cutoff);
+            out["rows_older_than_cutoff"] = json!(old);
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` on the session, putting it back only when `f` succeeds.
+    async fn with_session<T>(
+        &mut self,
+        f: impl AsyncFnOnce(&mut Self, &mut Session) -> Result<T, TaskError>,
+    ) -> Result<T, TaskError> {
+        let mut s = self.take_session().await?;
+        let out = f(self, &mut s).await;
+        if out.is_ok() {
+            self.session = Some(s);
+        }
+        out
+    }
+}
+
+/// Rows of the archive file in committed and in uncommitted batches, and
+/// why reading stopped early, if it did.
+async fn recount(s: &Session, path: &str) -> Result<(u64, u64, Option<String>), String> {
+    let p = PathBuf::from(path);
+    let (headers, incomplete) = tokio::task::spawn_blocking(move || {
+        let mut reader = ArchiveReader::open(&p)?;
+        let headers: Vec<MemberHeader> = std::iter::from_fn(|| reader.next_member())
+            .map(|m| m.header)
+            .collect();
+        let incomplete = reader
+            .incomplete()
+            .map(|i| format!("at byte {}: {}", i.offset, i.error));
+        Ok::<_, std::io::Error>((headers, incomplete))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("{path}: {e}"))?;
+    let xids: Vec<&str> = headers.iter().map(|h| h.xid.as_str()).collect();
+    let statuses = s
+        .timed(s.client.query(
+            "SELECT pg_xact_status(x::xid8)::text FROM unnest($1::text[]) WITH ORDINALITY AS u(x, i) \
+             ORDER BY i",
+            &[&xids],
+        ))
+        .await?;
+    let (mut committed, mut uncommitted) = (0, 0);
+    for (h, st) in headers.iter().zip(&statuses) {
+        match st.get::<_, Option<String>>(0).as_deref() {
+            Some("aborted") | Some("in progress") => uncommitted += h.rows,
+            _ => committed += h.rows,
+        }
+    }
+    Ok((committed, uncommitted, incomplete))
 }
 
 impl Task for RetentionTask {
     async fn figures(&mut self) -> Result<serde_json::Value, TaskError> {
-        Err(TaskError::failed(format!(
-            "{}: {} {} not built yet",
-            self.name, self.config.table, self.pg.user
-        )))
+        self.with_session(async |t, s| t.figures_with(s).await)
+            .await
     }
-    async fn plan(&mut self, _cx: &Cx) -> Result<Plan, TaskError> {
-        Err(TaskError::failed("not built yet"))
+
+    async fn plan(&mut self, cx: &Cx) -> Result<Plan, TaskError> {
+        self.with_session(async |t, s| t.plan_with(s, cx).await)
+            .await
     }
+
     fn backup_bytes(&self, plan: &Plan) -> u64 {
-        plan.bytes
+        // JSON lines compress to less than the rows' own size; an archive
+        // table takes no room in the backup dir.
+        match self.config.archive_table {
+            Some(_) => 0,
+            None => plan.bytes,
+        }
     }
-    async fn backup(&mut self, _cx: &Cx, _plan: &Plan) -> Result<Backup, TaskError> {
-        Err(TaskError::failed("not built yet"))
+
+    async fn backup(&mut self, cx: &Cx, plan: &Plan) -> Result<Backup, TaskError> {
+        self.ensure_run(cx, plan).await?;
+        self.with_session(async |t, s| t.backup_with(s, cx).await)
+            .await
     }
-    async fn apply_batch(
-        &mut self,
-        _cx: &Cx,
-        _plan: &Plan,
-        _size: u64,
-    ) -> Result<Batch, TaskError> {
-        Err(TaskError::failed("not built yet"))
+
+    async fn apply_batch(&mut self, cx: &Cx, plan: &Plan, size: u64) -> Result<Batch, TaskError> {
+        self.ensure_run(cx, plan).await?;
+        if self.session.as_ref().is_some_and(Session::is_closed) {
+            self.session = None;
+            return Err(TaskError::failed(format!(
+                "{}: the connection to the server was lost after the last batch; this batch \
+                 did nothing",
+                self.config.table
+            )));
+        }
+        self.with_session(async |t, s| match t.run.as_mut() {
+            Some(run) => run.step(s, size).await,
+            None => Err(TaskError::failed("apply_batch before plan")),
+        })
+        .await
     }
+
     fn backup_state(&self) -> Option<Backup> {
-        self.archive.clone()
+        self.run.as_ref().and_then(Run::backup)
     }
-    async fn validate(&mut self, _cx: &Cx, _plan: &Plan) -> Result<Verdict, TaskError> {
-        Err(TaskError::failed("not built yet"))
+
+    async fn validate(&mut self, cx: &Cx, plan: &Plan) -> Result<Verdict, TaskError> {
+        self.ensure_run(cx, plan).await?;
+        self.with_session(async |t, s| t.validate_with(s).await)
+            .await
     }
-    async fn rollback(&mut self, _cx: &Cx, _backup: &Backup) -> Result<Verdict, TaskError> {
-        Err(TaskError::failed("not built yet"))
+
+    async fn rollback(&mut self, _cx: &Cx, backup: &Backup) -> Result<Verdict, TaskError> {
+        self.with_session(async |t, s| restore::rollback(s, &t.config, backup).await)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> RetentionConfig {
+        let toml = format!(
+            "probe = \"db\"\ntable = \"audit_log\"\ntimestamp_column = \"created_at\"\n\
+             older_than = \"365d\"\n{extra}"
+        );
+        toml::from_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"))
+    }
+
+    fn fields(c: &RetentionConfig) -> Vec<&'static str> {
+        c.validate().into_iter().map(|(f, _)| f).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = config("");
+        assert_eq!(c.batch_size, 5000);
+        assert_eq!(c.pause, Duration::from_millis(50));
+        assert_eq!(c.lock_timeout, Duration::from_secs(2));
+        assert_eq!(c.statement_timeout, Duration::from_secs(30));
+        assert_eq!(c.archive_table, None);
+        assert_eq!(c.validate(), vec![]);
+    }
+
+    #[test]
+    fn sql_in_a_name_is_refused() {
+        let c = config("").clone();
+        let c = RetentionConfig {
+            table: "audit_log; DROP TABLE x".into(),
+            timestamp_column: "created_at, 1".into(),
+            ..c
+        };
+        assert_eq!(fields(&c), vec!["table", "timestamp_column"]);
+    }
+
+    #[test]
+    fn quoted_names_are_refused_not_guessed_at() {
+        let e = identifier("\"Audit\"").unwrap_err();
+        assert!(e.contains("quoted identifiers are not supported"), "{e}");
+        assert!(qualified_name("\"app\".audit_log").is_err());
+        assert!(
+            identifier("AuditLog").is_err(),
+            "upper case would need quoting"
+        );
+    }
+
+    #[test]
+    fn a_name_postgres_would_truncate_is_refused() {
+        let long = "a".repeat(64);
+        let e = identifier(&long).unwrap_err();
+        assert!(e.contains("64 bytes") && e.contains("truncate"), "{e}");
+        assert!(identifier(&"a".repeat(63)).is_ok());
+        let c = RetentionConfig {
+            table: format!("app.{long}"),
+            ..config("")
+        };
+        assert_eq!(fields(&c), vec!["table"]);
+    }
+
+    #[test]
+    fn names_are_table_or_schema_dot_table() {
+        assert_eq!(
+            qualified_name("audit_log").unwrap(),
+            ("public".into(), "audit_log".into())
+        );
+        assert_eq!(
+            qualified_name("app.audit_log").unwrap(),
+            ("app".into(), "audit_log".into())
+        );
+        for bad in ["", "a.b.c", ".t", "t.", "1abc", "a-b", "a b"] {
+            assert!(qualified_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn the_archive_table_must_be_another_table() {
+        let same = config("archive_table = \"audit_log\"");
+        assert_eq!(fields(&same), vec!["archive_table"]);
+        let same = config("archive_table = \"public.audit_log\"");
+        assert_eq!(fields(&same), vec!["archive_table"]);
+        assert_eq!(
+            fields(&config("archive_table = \"audit_log_old\"")),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            fields(&config("archive_table = \"x;y\"")),
+            vec!["archive_table"]
+        );
+    }
+
+    #[test]
+    fn limits_catch_likely_typos() {
+        let c = RetentionConfig {
+            older_than: Duration::from_secs(60),
+            batch_size: 0,
+            pause: Duration::from_secs(120),
+            lock_timeout: Duration::ZERO,
+            ..config("")
+        };
+        assert_eq!(
+            fields(&c),
+            vec!["older_than", "batch_size", "pause", "lock_timeout"]
+        );
+        assert_eq!(
+            fields(&RetentionConfig {
+                batch_size: MAX_BATCH + 1,
+                ..config("")
+            }),
+            vec!["batch_size"]
+        );
+    }
+
+    #[test]
+    fn a_misspelt_field_is_refused() {
+        let e = toml::from_str::<RetentionConfig>(
+            "probe = \"db\"\ntable = \"t\"\ntimestamp_column = \"c\"\nolder_then = \"1d\"",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("older_then"), "{e}");
     }
 }

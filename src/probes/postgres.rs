@@ -341,6 +341,33 @@ impl Probe for PostgresProbe {
     }
 }
 
+/// Opens a session with `config`'s settings (conninfo, user, password
+/// file, connect timeout) for another user than the probe, such as a
+/// maintenance task; `application_name` names it in `pg_stat_activity`.
+/// The connection is driven by a task that ends when the returned handle
+/// is dropped. Errors name the endpoint, never the password.
+pub async fn connect(
+    config: &PostgresConfig,
+    application_name: &str,
+) -> Result<(Client, tokio_util::task::AbortOnDropHandle<()>), String> {
+    let mut pg = config.pg_config()?;
+    let at = endpoint(&pg);
+    pg.application_name(application_name);
+    if let Some(path) = &config.password_file {
+        pg.password(crate::secret::read(path)?.expose());
+    }
+    let limit = config.connect_timeout;
+    let (client, connection) = tokio::time::timeout(limit, pg.connect(NoTls))
+        .await
+        .map_err(|_| format!("postgres {at}: connect timed out after {limit:?}"))?
+        .map_err(|e| format!("postgres {at}: {}", describe(&e)))?;
+    drop(pg);
+    let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        let _ = connection.await;
+    }));
+    Ok((client, task))
+}
+
 /// Runs one statement (or a batch sent together) within `limit`.
 async fn timed<T>(
     limit: Duration,
