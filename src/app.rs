@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::live::{Live, ProbeMeta, Reload};
+use crate::maintenance::agent::Maintenance;
 use crate::probes::runner::{self, Outcome, RunnerStats};
 use crate::probes::{self, BuildContext};
 use crate::recorder::{Control, Recorder};
@@ -48,6 +49,7 @@ pub struct App {
     recorder: Option<JoinHandle<()>>,
     recorder_heartbeat: Arc<AtomicU64>,
     reload_requests: Option<tokio::sync::mpsc::Receiver<ReloadReply>>,
+    maintenance: Arc<Maintenance>,
 }
 
 impl App {
@@ -108,21 +110,25 @@ impl App {
         let web_tracker = TaskTracker::new();
         let stats = Arc::new(RunnerStats::default());
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel::<ReloadReply>(4);
+        let maintenance = Maintenance::new(Arc::new(config.clone()), data_dir.clone());
         if let Some((listener, token)) = listener {
             let addr = listener.local_addr().ok();
-            let shared = Arc::new(web::Shared::new(
-                web::Info {
-                    version: env!("CARGO_PKG_VERSION"),
-                    hostname,
-                    config_path,
-                    data_dir: data_dir.clone(),
-                },
-                live.clone(),
-                stats.clone(),
-                &config.api,
-                token,
-                Some(reload_tx),
-            ));
+            let shared = Arc::new(
+                web::Shared::new(
+                    web::Info {
+                        version: env!("CARGO_PKG_VERSION"),
+                        hostname,
+                        config_path,
+                        data_dir: data_dir.clone(),
+                    },
+                    live.clone(),
+                    stats.clone(),
+                    &config.api,
+                    token,
+                    Some(reload_tx),
+                )
+                .with_maintenance(maintenance.clone()),
+            );
             web_tracker.spawn(web::serve(listener, shared, web_token.clone()));
             if let Some(a) = addr {
                 tracing::info!("api on http://{a}/");
@@ -142,8 +148,10 @@ impl App {
             recorder: Some(recorder),
             recorder_heartbeat,
             reload_requests: Some(reload_rx),
+            maintenance,
         };
         app.spawn_probes(&config);
+        app.maintenance.start();
         app.live.write().expect("live lock").ready = true;
         Ok(app)
     }
@@ -235,6 +243,7 @@ impl App {
         self.probes_token = CancellationToken::new();
         self.probes = TaskTracker::new();
         self.spawn_probes(&config);
+        self.maintenance.reload(Arc::new(config.clone()));
         self.config = config;
         tracing::info!("config reloaded");
     }
@@ -243,6 +252,8 @@ impl App {
     /// record a clean stop. Gives up waiting after `grace`.
     pub async fn stop(mut self, grace: Duration) {
         self.live.write().expect("live lock").ready = false;
+        // Maintenance first: a run ends at its next safe point.
+        self.maintenance.stop(grace / 4).await;
         self.probes_token.cancel();
         self.web_token.cancel();
         self.probes.close();

@@ -200,6 +200,28 @@ fn the_example_config_documents_every_option() {
             "probe kind {kind} has no example"
         );
     }
+    for kind in upkeep::maintenance::TaskConfig::KINDS {
+        assert!(
+            text.contains(&format!("kind = \"{kind}\"")),
+            "maintenance kind {kind} has no example"
+        );
+    }
+    // The commented maintenance examples are a valid config once uncommented.
+    let start = text.find("# [maintenance.audit-log]").unwrap();
+    let uncommented: String = text[start..]
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| l.starts_with('[') || toml::from_str::<toml::Table>(l).is_ok())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let config = format!(
+        "[probe.database]\nkind = \"postgres\"\nconninfo = \"host=127.0.0.1\"\nuser = \"upkeep\"\n\n{uncommented}"
+    );
+    let parsed = Config::parse("example", &config).unwrap_or_else(|e| panic!("{e}\n{config}"));
+    assert_eq!(
+        parsed.maintenance.keys().collect::<Vec<_>>(),
+        ["analyze", "audit-log", "notification-log"]
+    );
 }
 
 #[test]

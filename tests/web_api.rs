@@ -23,26 +23,71 @@ use crate::util::{
 };
 
 /// Every route the agent answers: (method, path as in the OpenAPI document,
-/// a concrete path to request).
-const ROUTES: &[(&str, &str, &str)] = &[
-    ("get", "/-/healthy", "/-/healthy"),
-    ("get", "/-/ready", "/-/ready"),
-    ("get", "/metrics", "/metrics"),
-    ("get", "/", "/"),
-    ("get", "/assets/{name}", "/assets/page.css"),
-    ("get", "/api/v1/openapi.json", "/api/v1/openapi.json"),
-    ("get", "/api/v1/info", "/api/v1/info"),
-    ("get", "/api/v1/health", "/api/v1/health"),
-    ("get", "/api/v1/probes", "/api/v1/probes"),
-    ("get", "/api/v1/series", "/api/v1/series"),
+/// a concrete path to request, the status it answers in process with a
+/// wrong token and no maintenance behind it, the status the running agent
+/// answers with the right token).
+const ROUTES: &[(&str, &str, &str, u16, u16)] = &[
+    ("get", "/-/healthy", "/-/healthy", 200, 200),
+    ("get", "/-/ready", "/-/ready", 200, 200),
+    ("get", "/metrics", "/metrics", 200, 200),
+    ("get", "/", "/", 200, 200),
+    ("get", "/assets/{name}", "/assets/page.css", 200, 200),
+    (
+        "get",
+        "/api/v1/openapi.json",
+        "/api/v1/openapi.json",
+        200,
+        200,
+    ),
+    ("get", "/api/v1/info", "/api/v1/info", 200, 200),
+    ("get", "/api/v1/health", "/api/v1/health", 200, 200),
+    ("get", "/api/v1/probes", "/api/v1/probes", 200, 200),
+    ("get", "/api/v1/series", "/api/v1/series", 200, 200),
     (
         "get",
         "/api/v1/query",
         "/api/v1/query?key=host.cpu_used_ratio&since=2h",
+        200,
+        200,
     ),
-    ("get", "/api/v1/trends", "/api/v1/trends"),
-    ("get", "/api/v1/events", "/api/v1/events"),
-    ("post", "/api/v1/reload", "/api/v1/reload"),
+    ("get", "/api/v1/trends", "/api/v1/trends", 200, 200),
+    ("get", "/api/v1/events", "/api/v1/events", 200, 200),
+    (
+        "get",
+        "/api/v1/maintenance",
+        "/api/v1/maintenance",
+        503,
+        200,
+    ),
+    (
+        "get",
+        "/api/v1/maintenance/runs",
+        "/api/v1/maintenance/runs",
+        200,
+        200,
+    ),
+    (
+        "get",
+        "/api/v1/maintenance/runs/{id}",
+        "/api/v1/maintenance/runs/1",
+        404,
+        404,
+    ),
+    (
+        "post",
+        "/api/v1/maintenance/{name}/run",
+        "/api/v1/maintenance/nightly/run",
+        401,
+        404,
+    ),
+    (
+        "post",
+        "/api/v1/maintenance/runs/{id}/rollback",
+        "/api/v1/maintenance/runs/1/rollback",
+        401,
+        404,
+    ),
+    ("post", "/api/v1/reload", "/api/v1/reload", 401, 200),
 ];
 
 const MIN: i64 = 60_000;
@@ -205,10 +250,7 @@ async fn call_with(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let r = req
-        .body(body)
-        .reply(&web::routes(state.clone()))
-        .await;
+    let r = req.body(body).reply(&web::routes(state.clone())).await;
     Got {
         code: r.status().as_u16(),
         headers: r.headers().clone(),
@@ -379,11 +421,11 @@ async fn the_openapi_document_lists_every_route_and_only_routes_that_answer() {
     documented.sort();
     let mut known: Vec<(String, String)> = ROUTES
         .iter()
-        .map(|(m, p, _)| (m.to_string(), p.to_string()))
+        .map(|(m, p, ..)| (m.to_string(), p.to_string()))
         .collect();
     known.sort();
     assert_eq!(documented, known, "the document and the routes differ");
-    for (method, path, concrete) in ROUTES {
+    for (method, path, concrete, code, _) in ROUTES {
         let r = call_with(
             &s,
             &method.to_uppercase(),
@@ -392,10 +434,10 @@ async fn the_openapi_document_lists_every_route_and_only_routes_that_answer() {
             b"",
         )
         .await;
-        // A route that exists never answers "no such route"; the reload
-        // route refuses the wrong token, which proves it is there.
-        assert_ne!(r.code, 404, "{method} {concrete}: {}", r.body);
-        assert!(r.code == 200 || (*path == "/api/v1/reload" && r.code == 401));
+        // A route that exists never answers "no such route"; mutating
+        // routes refuse the wrong token, which proves they are there.
+        assert_eq!(r.code, *code, "{method} {concrete}: {}", r.body);
+        assert!(!r.body.contains("no such route"), "{method} {concrete}");
         let responses = &paths[*path][*method]["responses"];
         assert!(
             responses.get(r.code.to_string()).is_some(),
@@ -735,7 +777,7 @@ fn every_route_answers_over_a_real_socket_and_reload_works_with_the_token() {
         get(port, "/api/v1/query?key=host.cpu_used_ratio&since=1h")
             .is_some_and(|(code, _)| code == 200)
     });
-    for (method, _, path) in ROUTES {
+    for (method, _, path, _, code) in ROUTES {
         let r = if *method == "post" {
             post(port, path, Some("Bearer s3cret-t0ken"))
         } else {
@@ -745,7 +787,8 @@ fn every_route_answers_over_a_real_socket_and_reload_works_with_the_token() {
             )
             .expect("the agent answers")
         };
-        assert_eq!(r.code, 200, "{method} {path}: {}", r.body);
+        assert_eq!(r.code, *code, "{method} {path}: {}", r.body);
+        assert!(!r.body.contains("no such route"), "{method} {path}");
         assert!(
             r.header("content-security-policy").is_some(),
             "{method} {path}"
@@ -859,7 +902,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "schemathesis failed:\n{text}");
-    assert!(text.contains("13 selected / 13 total"), "{text}");
+    assert!(text.contains("18 selected / 18 total"), "{text}");
     assert!(!text.contains("Failures:"), "{text}");
     drop(agent);
 }

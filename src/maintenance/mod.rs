@@ -10,6 +10,7 @@
 //! rollback when validation fails; every step goes to the ledger
 //! (`maintenance_runs`, `maintenance_steps` in the history file).
 
+pub mod agent;
 pub mod config;
 pub mod ledger;
 pub mod lock;

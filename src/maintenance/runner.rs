@@ -467,7 +467,7 @@ impl Runner {
                 None
             };
             if let Some(why) = stop_why {
-                self.save_backup(&*task, run_id, book)
+                self.save_backup(task.backup_state_dyn(), run_id, book)
                     .await
                     .map_err(ledger_err)?;
                 book.step(run_id, "abort", None, None, why.clone())
@@ -477,7 +477,7 @@ impl Runner {
             }
             match guard.check().await.0 {
                 GuardState::Unhealthy(why) => {
-                    self.save_backup(&*task, run_id, book)
+                    self.save_backup(task.backup_state_dyn(), run_id, book)
                         .await
                         .map_err(ledger_err)?;
                     let why = format!("guarded probe unhealthy: {why}");
@@ -538,7 +538,7 @@ impl Runner {
                     .await
                     .map_err(ledger_err)?;
                     if batch_no.is_multiple_of(10) {
-                        self.save_backup(&*task, run_id, book)
+                        self.save_backup(task.backup_state_dyn(), run_id, book)
                             .await
                             .map_err(ledger_err)?;
                     }
@@ -547,7 +547,7 @@ impl Runner {
                     }
                 }
                 Ok(Err(e)) => {
-                    self.save_backup(&*task, run_id, book)
+                    self.save_backup(task.backup_state_dyn(), run_id, book)
                         .await
                         .map_err(ledger_err)?;
                     let why = format!("batch {batch_no}: {}", task_err(e));
@@ -557,7 +557,7 @@ impl Runner {
                     return Err(failed(why));
                 }
                 Err(_) => {
-                    self.save_backup(&*task, run_id, book)
+                    self.save_backup(task.backup_state_dyn(), run_id, book)
                         .await
                         .map_err(ledger_err)?;
                     let why = format!(
@@ -577,7 +577,7 @@ impl Runner {
                 }
             }
         }
-        self.save_backup(&*task, run_id, book)
+        self.save_backup(task.backup_state_dyn(), run_id, book)
             .await
             .map_err(ledger_err)?;
 
@@ -665,11 +665,11 @@ impl Runner {
 
     async fn save_backup(
         &self,
-        task: &dyn super::DynTask,
+        backup: Option<Backup>,
         run_id: i64,
         book: &Book,
     ) -> Result<(), StoreError> {
-        match task.backup_state_dyn() {
+        match backup {
             Some(b) => {
                 book.set(
                     run_id,

@@ -238,6 +238,8 @@ CREATE TABLE maintenance_steps (
     detail      TEXT NOT NULL
 );
 CREATE INDEX maintenance_steps_by_run ON maintenance_steps (run_id, id);
+-- A status change seen while a maintenance run was changing things.
+ALTER TABLE events ADD COLUMN maintenance_run INTEGER;
 "#,
 ];
 

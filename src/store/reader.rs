@@ -79,6 +79,8 @@ pub struct EventRow {
     pub from_status: Option<String>,
     pub to_status: Option<String>,
     pub message: String,
+    /// The maintenance run that was changing things when this happened.
+    pub maintenance_run: Option<i64>,
 }
 
 pub struct Reader {
@@ -308,7 +310,7 @@ impl Reader {
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT id, ts_ms, run_id, probe, kind, from_status, to_status, message FROM events
+                "SELECT id, ts_ms, run_id, probe, kind, from_status, to_status, message, maintenance_run FROM events
                  WHERE ts_ms >= ?1 AND ts_ms < ?2 AND (?3 IS NULL OR probe = ?3)
                  ORDER BY ts_ms DESC, id DESC LIMIT ?4",
             )
@@ -323,6 +325,7 @@ impl Reader {
                 from_status: r.get(5)?,
                 to_status: r.get(6)?,
                 message: r.get(7)?,
+                maintenance_run: r.get(8)?,
             })
         })
         .map_err(self.err())?
@@ -377,6 +380,36 @@ impl Reader {
             }
         }
         Ok(out)
+    }
+
+    /// The newest run of each maintenance task.
+    pub fn maintenance_last_runs(
+        &self,
+    ) -> Result<Vec<crate::maintenance::ledger::RunRow>, StoreError> {
+        crate::maintenance::ledger::last_runs(&self.conn).map_err(self.err())
+    }
+
+    /// Maintenance runs, newest first, optionally of one task.
+    pub fn maintenance_runs(
+        &self,
+        task: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::maintenance::ledger::RunRow>, StoreError> {
+        crate::maintenance::ledger::runs(&self.conn, task, limit).map_err(self.err())
+    }
+
+    /// One maintenance run with its steps.
+    pub fn maintenance_run(
+        &self,
+        id: i64,
+    ) -> Result<
+        Option<(
+            crate::maintenance::ledger::RunRow,
+            Vec<crate::maintenance::ledger::StepRow>,
+        )>,
+        StoreError,
+    > {
+        crate::maintenance::ledger::run(&self.conn, id).map_err(self.err())
     }
 
     /// Names of probes that have recorded a status.

@@ -458,8 +458,11 @@ impl Writer {
         let mut st = self
             .conn
             .prepare_cached(
-                "INSERT INTO events (ts_ms, run_id, probe, kind, from_status, to_status, message)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                // A status change during a maintenance run (of this agent
+                // or of the CLI) is marked with the run.
+                "INSERT INTO events (ts_ms, run_id, probe, kind, from_status, to_status, message, maintenance_run)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, CASE WHEN ?4 = 'status' THEN
+                   (SELECT max(id) FROM maintenance_runs WHERE status = 'running' AND dry_run = 0) END)",
             )
             .map_err(&err)?;
         // Events beyond the cap would be trimmed at once: only the newest are

@@ -119,6 +119,11 @@ impl Params {
 
 type Query = Vec<(String, String)>;
 
+/// The query parameters of a route that takes `known`, each at most once.
+pub(super) fn check_params(q: Query, known: &[&str]) -> Result<BTreeMap<String, String>, ApiError> {
+    Params::parse(q, known).map(|p| p.0)
+}
+
 fn query_params() -> BoxedFilter<(Query,)> {
     warp::query::<Query>().boxed()
 }
@@ -635,6 +640,7 @@ fn events(s: &State, q: Query) -> Result<serde_json::Value, ApiError> {
                 "from_status": e.from_status,
                 "to_status": e.to_status,
                 "message": e.message,
+                "maintenance_run_id": e.maintenance_run,
             })
         })
         .collect();

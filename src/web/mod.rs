@@ -36,6 +36,7 @@ use crate::secret::Secret;
 
 pub mod api;
 pub mod health;
+pub mod maintenance;
 pub mod metrics;
 pub mod page;
 
@@ -64,6 +65,9 @@ pub struct Shared {
     reloads: Option<tokio::sync::mpsc::Sender<ReloadReply>>,
     /// The health document, served again for a second.
     health_cache: std::sync::Mutex<api::Cached>,
+    /// The agent's maintenance (schedulers and runs); `None` in tests that
+    /// build the routes alone.
+    pub maintenance: Option<Arc<crate::maintenance::agent::Maintenance>>,
     /// The rendered status page, served again for a second.
     pub page_cache: std::sync::Mutex<api::Cached>,
 }
@@ -99,9 +103,16 @@ impl Shared {
             token,
             allowed_hosts,
             reloads,
+            maintenance: None,
             health_cache: Default::default(),
             page_cache: Default::default(),
         }
+    }
+
+    /// The agent's maintenance, for its routes.
+    pub fn with_maintenance(mut self, m: Arc<crate::maintenance::agent::Maintenance>) -> Shared {
+        self.maintenance = Some(m);
+        self
     }
 
     /// Whether a Host header value (`name[:port]`) names this agent.
@@ -312,6 +323,8 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
                 .unify()
                 .or(api::routes(state.clone()))
                 .unify()
+                .or(maintenance::routes(state.clone()))
+                .unify()
                 .or(metrics::routes(state.clone()))
                 .unify()
                 .or(page::routes(state)),
@@ -334,10 +347,10 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
 
 /// The methods a path answers, for the `Allow` header of a 405.
 fn allowed_methods(path: &str) -> &'static str {
-    match path {
-        "/api/v1/reload" => "POST",
-        _ => "GET",
-    }
+    let post = path == "/api/v1/reload"
+        || (path.starts_with("/api/v1/maintenance/")
+            && (path.ends_with("/run") || path.ends_with("/rollback")));
+    if post { "POST" } else { "GET" }
 }
 
 async fn recover(r: Rejection) -> Result<Response, Infallible> {

@@ -1,0 +1,350 @@
+//! Maintenance inside the running agent: one scheduler task per configured
+//! task (sleeping until its next start, then running it), runs asked for
+//! over the API, the `window = "auto"` choice, and a clean stop (runs end
+//! at their next safe point).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::ledger::{self, Ledger, Trigger};
+use super::runner::{Request, RunError, Runner};
+use super::schedule::{AUTO_LOOKBACK_DAYS, AutoChoice, Schedule, WindowSpec};
+use crate::config::{Config, ProbeConfig};
+use crate::sample::now_ms;
+use crate::store::Reader;
+use crate::web::rfc3339;
+
+/// How often a scheduler without a start (auto window not chosen yet)
+/// looks again.
+const RETRY: Duration = Duration::from_secs(3600);
+
+pub struct Maintenance {
+    data_dir: PathBuf,
+    runner: RwLock<Arc<Runner>>,
+    /// Scheduled and asked-for runs.
+    runs: TaskTracker,
+    /// Cancelled on stop: runs end at their next safe point.
+    stop: CancellationToken,
+    /// Cancelled on reload: the schedulers (not the runs) end.
+    schedulers: Mutex<CancellationToken>,
+    /// The latest `window = "auto"` choice (or why there is none) per task.
+    auto: Mutex<std::collections::BTreeMap<String, Result<AutoChoice, String>>>,
+}
+
+impl Maintenance {
+    pub fn new(config: Arc<Config>, data_dir: PathBuf) -> Arc<Maintenance> {
+        let stop = CancellationToken::new();
+        Arc::new(Maintenance {
+            runner: RwLock::new(Arc::new(Runner {
+                config,
+                data_dir: data_dir.clone(),
+                stop: stop.clone(),
+            })),
+            data_dir,
+            runs: TaskTracker::new(),
+            stop,
+            schedulers: Mutex::new(CancellationToken::new()),
+            auto: Mutex::new(Default::default()),
+        })
+    }
+
+    fn runner(&self) -> Arc<Runner> {
+        self.runner.read().expect("runner lock").clone()
+    }
+
+    /// Starts one scheduler per task of the current config.
+    pub fn start(self: &Arc<Self>) {
+        let token = self.schedulers.lock().expect("schedulers lock").clone();
+        let names: Vec<String> = self.runner().config.maintenance.keys().cloned().collect();
+        for name in names {
+            let me = self.clone();
+            let token = token.clone();
+            self.runs
+                .spawn(async move { me.schedule(name, token).await });
+        }
+    }
+
+    /// Swaps in a new config: schedulers restart; a run in progress goes on
+    /// with the settings it started with.
+    pub fn reload(self: &Arc<Self>, config: Arc<Config>) {
+        let old = std::mem::replace(
+            &mut *self.schedulers.lock().expect("schedulers lock"),
+            CancellationToken::new(),
+        );
+        old.cancel();
+        *self.runner.write().expect("runner lock") = Arc::new(Runner {
+            config,
+            data_dir: self.data_dir.clone(),
+            stop: self.stop.clone(),
+        });
+        self.auto.lock().expect("auto lock").clear();
+        self.start();
+    }
+
+    /// Ends schedulers and asks runs to stop at their next safe point;
+    /// waits for them up to `grace`.
+    pub async fn stop(&self, grace: Duration) {
+        self.schedulers.lock().expect("schedulers lock").cancel();
+        self.stop.cancel();
+        self.runs.close();
+        if tokio::time::timeout(grace, self.runs.wait()).await.is_err() {
+            tracing::warn!(
+                "a maintenance run did not reach a safe point within {grace:?}; its batch in flight is rolled back by the server, and the ledger marks the run interrupted at the next start"
+            );
+        }
+    }
+
+    /// The auto window of `name`, chosen from history (at most hourly).
+    fn auto_choice(&self, name: &str, schedule: &Schedule, config: &Config) -> Option<AutoChoice> {
+        if !matches!(schedule.window, WindowSpec::Auto) {
+            return None;
+        }
+        let series = auto_series(config, name);
+        let now = now_ms();
+        let choice = Reader::open(&self.data_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                r.query(
+                    &series,
+                    now - AUTO_LOOKBACK_DAYS * 86_400_000,
+                    now,
+                    Some(3_600_000),
+                    now,
+                    2 * AUTO_LOOKBACK_DAYS as usize * 24,
+                )
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no history of `{series}` yet"))
+            })
+            .and_then(|a| {
+                let hourly: Vec<(i64, f64)> = a.points.iter().map(|p| (p.ts_ms, p.avg)).collect();
+                schedule.choose_auto(&series, &hourly, now)
+            });
+        self.auto
+            .lock()
+            .expect("auto lock")
+            .insert(name.to_string(), choice.clone());
+        choice.ok()
+    }
+
+    async fn schedule(self: Arc<Self>, name: String, token: CancellationToken) {
+        loop {
+            let runner = self.runner();
+            let Some(tc) = runner.config.maintenance.get(&name) else {
+                return;
+            };
+            let Ok(schedule) = Schedule::parse(&tc.common()) else {
+                return;
+            };
+            if schedule.manual_only() {
+                return;
+            }
+            let auto = self.auto_choice(&name, &schedule, &runner.config);
+            let wait = match schedule.next_start(Utc::now(), auto.as_ref()) {
+                Some(t) => (t - Utc::now()).to_std().unwrap_or_default().min(RETRY),
+                None => RETRY,
+            };
+            let due = schedule
+                .next_start(Utc::now(), auto.as_ref())
+                .is_some_and(|t| (t - Utc::now()).to_std().unwrap_or_default() <= RETRY);
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if !due || token.is_cancelled() {
+                continue;
+            }
+            let req = Request {
+                task: name.clone(),
+                trigger: Trigger::Schedule,
+                dry_run: false,
+                ignore_window: false,
+            };
+            match runner.run(req, auto.as_ref(), None).await {
+                Ok(f) => {
+                    tracing::info!(task = %name, run_id = f.run_id, status = %f.status, "scheduled maintenance run ended")
+                }
+                Err(e) => {
+                    tracing::warn!(task = %name, "scheduled maintenance run not started: {e}")
+                }
+            }
+            // Past this start: the next one is strictly later.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Starts a run of `name` in the background; returns its ledger id, or
+    /// why it could not start (unknown task, already running).
+    pub async fn start_run(
+        self: &Arc<Self>,
+        name: &str,
+        trigger: Trigger,
+    ) -> Result<i64, RunError> {
+        let runner = self.runner();
+        let tc = runner
+            .config
+            .maintenance
+            .get(name)
+            .ok_or_else(|| RunError::NoSuchTask(name.to_string()))?;
+        let schedule = Schedule::parse(&tc.common())
+            .map_err(|e| RunError::Refused(format!("{name}: {}: {}", e[0].0, e[0].1)))?;
+        let auto = self.auto_choice(name, &schedule, &runner.config);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let req = Request {
+            task: name.to_string(),
+            trigger,
+            dry_run: false,
+            ignore_window: false,
+        };
+        let handle = self
+            .runs
+            .spawn(async move { runner.run(req, auto.as_ref(), Some(tx)).await });
+        match rx.await {
+            Ok(id) => Ok(id),
+            Err(_) => match handle.await {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(f)) => Ok(f.run_id),
+                Err(e) => Err(RunError::Refused(format!("the run failed to start: {e}"))),
+            },
+        }
+    }
+
+    /// Starts the rollback of run `run_id` in the background, once the
+    /// ledger says there is something to roll back.
+    pub async fn start_rollback(
+        self: &Arc<Self>,
+        run_id: i64,
+        trigger: Trigger,
+    ) -> Result<(), RunError> {
+        let dir = self.data_dir.clone();
+        let row = tokio::task::spawn_blocking(move || -> Result<_, RunError> {
+            let l = Ledger::open(&dir)?;
+            ledger::run(l.conn(), run_id)
+                .map_err(crate::store::sql_err(&dir))?
+                .map(|(r, _)| r)
+                .ok_or(RunError::NoSuchRun(run_id))
+        })
+        .await
+        .expect("reading the ledger panicked")?;
+        if row.backup.is_none() {
+            return Err(RunError::Refused(format!(
+                "run {run_id} of `{}` has no backup to restore",
+                row.task
+            )));
+        }
+        if row.status == "rolled_back" {
+            return Err(RunError::Refused(format!(
+                "run {run_id} of `{}` is already rolled back",
+                row.task
+            )));
+        }
+        if row.status == "running" {
+            return Err(RunError::Busy(format!(
+                "run {run_id} of `{}` is still running",
+                row.task
+            )));
+        }
+        let runner = self.runner();
+        self.runs.spawn(async move {
+            match runner.rollback(run_id, trigger).await {
+                Ok(f) => tracing::info!(run_id, status = %f.status, "maintenance rollback ended"),
+                Err(e) => tracing::warn!(run_id, "maintenance rollback failed: {e}"),
+            }
+        });
+        Ok(())
+    }
+
+    /// Every task: schedule, next start, window state, auto choice, last run.
+    pub fn tasks_document(&self) -> Value {
+        let runner = self.runner();
+        let last = Reader::open(&self.data_dir)
+            .ok()
+            .and_then(|r| r.maintenance_last_runs().ok())
+            .unwrap_or_default();
+        let now = Utc::now();
+        let auto = self.auto.lock().expect("auto lock").clone();
+        let tasks: Vec<Value> = runner
+            .config
+            .maintenance
+            .iter()
+            .map(|(name, tc)| {
+                let schedule = Schedule::parse(&tc.common()).ok();
+                let choice = auto.get(name).and_then(|c| c.as_ref().ok());
+                let (next, open, describe) = match &schedule {
+                    Some(s) => (
+                        s.next_start(now, choice).map(|t| rfc3339(t.timestamp_millis())),
+                        s.open_until(now, choice),
+                        s.describe(choice),
+                    ),
+                    None => (None, Err("invalid schedule".into()), "invalid".into()),
+                };
+                let last_run = last.iter().find(|r| &r.task == name).map(run_summary);
+                json!({
+                    "name": name,
+                    "kind": tc.kind(),
+                    "schedule": describe,
+                    "next_start": next,
+                    "window_open": open.is_ok(),
+                    "window_closes": open.as_ref().ok().and_then(|c| c.map(|t| rfc3339(t.timestamp_millis()))),
+                    "window_note": open.as_ref().err(),
+                    "auto": match auto.get(name) {
+                        Some(Ok(c)) => json!({
+                            "series": c.series,
+                            "weekday": super::schedule::day_name(c.weekday),
+                            "hour": c.hour,
+                            "mean": c.mean,
+                            "overall_mean": c.overall_mean,
+                            "hours_with_data": c.hours_with_data,
+                            "days_of_history": c.days_of_history,
+                        }),
+                        Some(Err(why)) => json!({"pending": why}),
+                        None => Value::Null,
+                    },
+                    "guards": tc.guards(),
+                    "last_run": last_run,
+                })
+            })
+            .collect();
+        json!({ "tasks": tasks })
+    }
+}
+
+/// A run as the API lists it.
+pub fn run_summary(r: &ledger::RunRow) -> Value {
+    json!({
+        "id": r.id,
+        "task": r.task,
+        "kind": r.kind,
+        "trigger": r.trigger,
+        "dry_run": r.dry_run,
+        "status": r.status,
+        "started_at": rfc3339(r.started_ms),
+        "ended_at": r.ended_ms.map(rfc3339),
+        "duration_ms": r.ended_ms.map(|e| e - r.started_ms),
+        "rows_changed": r.rows_changed,
+        "error": r.error,
+    })
+}
+
+/// The series `window = "auto"` reads: `auto_series`, else the first
+/// access-log probe's request rate, else host CPU.
+pub fn auto_series(config: &Config, task: &str) -> String {
+    if let Some(s) = config
+        .maintenance
+        .get(task)
+        .and_then(|t| t.common().auto_series)
+    {
+        return s.to_string();
+    }
+    config
+        .probe
+        .iter()
+        .find(|(_, p)| matches!(p, ProbeConfig::AccessLog(_)))
+        .map(|(n, _)| format!("{n}.requests_per_second"))
+        .unwrap_or_else(|| "host.cpu_used_ratio".to_string())
+}
