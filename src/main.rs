@@ -132,7 +132,7 @@ enum Command {
         #[command(subcommand)]
         action: Maint,
         #[command(flatten)]
-        at: Where,
+        at: MaintWhere,
     },
     /// Write the man pages (upkeep.1, upkeep-SUBCOMMAND.1) into DIR (packaging).
     #[command(hide = true)]
@@ -140,6 +140,17 @@ enum Command {
     /// Write bash, zsh and fish completions into DIR (packaging).
     #[command(hide = true)]
     GenerateCompletions { dir: PathBuf },
+}
+
+/// `Where`, accepted before or after the maintenance action.
+#[derive(clap::Args, Clone)]
+struct MaintWhere {
+    /// Config file (default: $UPKEEP_CONFIG, else /etc/upkeep/agent.toml if present, else built-in defaults).
+    #[arg(long, short = 'c', value_name = "PATH", global = true)]
+    config: Option<PathBuf>,
+    /// Directory of the history file and backups (default as for `run`).
+    #[arg(long, value_name = "DIR", global = true)]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -331,7 +342,13 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::Maintenance { action, at } => maintenance(action, &at),
+        Command::Maintenance { action, at } => maintenance(
+            action,
+            &Where {
+                config: at.config,
+                data_dir: at.data_dir,
+            },
+        ),
         Command::Trend {
             key,
             window,

@@ -5,6 +5,8 @@ mod util;
 
 mod cli;
 mod lifecycle;
+mod maint_runner;
+mod maint_postgres;
 mod probe_access_log;
 mod probe_http;
 mod probe_postgres;

@@ -1,0 +1,479 @@
+//! Maintenance runs end to end, against the real PostgreSQL on 127.0.0.1:
+//! the CLI (plan, dry run, run, runs, show, rollback, the window), the
+//! guard stopping a run between batches, the agent and the CLI never
+//! running one task at once, and the API starting a run and a rollback.
+//! Each test makes its own schema and drops it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::{
+    Agent, free_port, get, history_sql, request, stderr, stdout, temp_dir, upkeep, write_file,
+};
+
+/// Runs SQL through psql as postgres; rows as `|`-separated lines.
+fn psql(sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql (PostgreSQL client) must be installed");
+    assert!(
+        out.status.success(),
+        "PostgreSQL on 127.0.0.1:5432 must be up for these tests: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A schema with `events(id bigint primary key, created_at timestamptz,
+/// body text)`: `n` rows, created one per `spacing_s` seconds back from now.
+struct Table {
+    schema: String,
+}
+
+impl Table {
+    fn new(n: i64, spacing_s: i64) -> Table {
+        let schema = format!(
+            "upkeep_mr_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+                % 1_000_000_000
+        );
+        psql(&format!(
+            "CREATE SCHEMA {schema};
+             CREATE TABLE {schema}.events (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, body text);
+             INSERT INTO {schema}.events
+               SELECT g, now() - make_interval(secs => g * {spacing_s}), md5(g::text)
+               FROM generate_series(1, {n}) g;
+             ANALYZE {schema}.events;"
+        ));
+        Table { schema }
+    }
+
+    fn name(&self) -> String {
+        format!("{}.events", self.schema)
+    }
+
+    fn count(&self, filter: &str) -> i64 {
+        psql(&format!(
+            "SELECT count(*) FROM {}.events {filter}",
+            self.schema
+        ))
+        .parse()
+        .unwrap()
+    }
+
+    /// Order-independent checksum of every row.
+    fn checksum(&self) -> String {
+        psql(&format!(
+            "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM {}.events t",
+            self.schema
+        ))
+    }
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-q",
+                "-c",
+            ])
+            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .output();
+    }
+}
+
+/// A config with the task `trim` on `table`, guarded by `guard` (a tcp
+/// probe on `guard_addr`), and `extra` lines in the task's table.
+fn config(dir: &Path, table: &str, guard_addr: &str, extra: &str, api: &str) -> PathBuf {
+    write_file(
+        dir,
+        "agent.toml",
+        &format!(
+            "[agent]\ninterval = \"1s\"\n\n{api}\n\
+             [probe.db]\nkind = \"postgres\"\nconninfo = \"host=127.0.0.1 port=5432 dbname=postgres\"\nuser = \"postgres\"\n\n\
+             [probe.gate]\nkind = \"tcp\"\naddress = \"{guard_addr}\"\n\n\
+             [maintenance.trim]\nkind = \"postgres_retention\"\nprobe = \"db\"\ntable = \"{table}\"\n\
+             timestamp_column = \"created_at\"\nolder_than = \"30d\"\nguard = [\"db\", \"gate\"]\n{extra}\n"
+        ),
+    )
+}
+
+fn cli(cfg: &Path, data: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["maintenance"];
+    all.extend_from_slice(args);
+    let cfg = cfg.to_str().unwrap().to_string();
+    let data = data.to_str().unwrap().to_string();
+    let mut full: Vec<&str> = all.clone();
+    full.extend(["--config", &cfg, "--data-dir", &data]);
+    upkeep(&full)
+}
+
+fn ledger_status(data: &Path, run: i64) -> String {
+    history_sql(data)
+        .query_row(
+            "SELECT status FROM maintenance_runs WHERE id = ?1",
+            [run],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn plan_dry_run_run_show_and_rollback_from_the_cli() {
+    let t = Table::new(20_000, 180); // 20k rows over 41.6 days
+    let dir = temp_dir();
+    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = config(
+        dir.path(),
+        &t.name(),
+        &guard.local_addr().unwrap().to_string(),
+        "batch_size = 2000\npause = \"0s\"",
+        "",
+    );
+    let data = dir.path().join("data");
+    let before = t.checksum();
+    let old = t.count("WHERE created_at < now() - interval '30 days'");
+    assert!(old > 5_000 && old < 7_000, "{old}");
+
+    let out = cli(&cfg, &data, &["plan", "trim"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains(&format!("rows: {old}")), "{text}");
+    assert_eq!(t.checksum(), before, "plan changed the table");
+
+    let out = cli(&cfg, &data, &["run", "trim", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(doc["success"], true, "{doc}");
+    assert_eq!(doc["tasks"][0]["details"]["dry_run"], true);
+    assert_eq!(doc["tasks"][0]["details"]["rows_changed"], 0);
+    assert_eq!(t.checksum(), before, "a dry run changed the table");
+
+    let out = cli(&cfg, &data, &["run", "trim"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let task = &doc["tasks"][0];
+    assert_eq!(task["name"], "trim");
+    assert_eq!(task["success"], true, "{doc}");
+    assert!(task["duration_ms"].as_i64().unwrap() > 0, "{doc}");
+    assert_eq!(task["details"]["rows_changed"], old, "{doc}");
+    assert!(task["details"]["batches"].as_u64().unwrap() >= 3, "{doc}");
+    assert_eq!(task["details"]["verdict"]["ok"], true, "{doc}");
+    assert_eq!(doc["errors"], serde_json::json!([]));
+    let run_id = task["details"]["run_id"].as_i64().unwrap();
+    assert_eq!(t.count("WHERE created_at < now() - interval '30 days'"), 0);
+    assert_eq!(t.count(""), 20_000 - old);
+
+    let out = cli(&cfg, &data, &["runs"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("succeeded (dry)") && text.contains("succeeded"),
+        "{text}"
+    );
+    let out = cli(&cfg, &data, &["show", &run_id.to_string()]);
+    let text = stdout(&out);
+    for step in ["gate", "plan", "backup", "batch", "validate"] {
+        assert!(text.contains(&format!(" {step} ")), "{step}: {text}");
+    }
+    let out = cli(&cfg, &data, &["list"]);
+    assert!(
+        stdout(&out).contains(&format!("{run_id} succeeded")),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = cli(&cfg, &data, &["rollback", &run_id.to_string()]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        t.checksum(),
+        before,
+        "the rollback did not restore the table exactly"
+    );
+    assert_eq!(ledger_status(&data, run_id), "rolled_back");
+    let out = cli(&cfg, &data, &["rollback", &run_id.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("already rolled back"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Unknown names are usage errors.
+    let out = cli(&cfg, &data, &["run", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no maintenance task `nope`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli(&cfg, &data, &["show", "999"]);
+    assert_eq!(out.status.code(), Some(2));
+    drop(guard);
+}
+
+#[test]
+fn a_closed_window_refuses_the_run_unless_told_to_ignore_it() {
+    let t = Table::new(2_000, 3_600);
+    let dir = temp_dir();
+    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // A one-minute window twelve hours from now (UTC).
+    let now = chrono::Utc::now();
+    let open = now + chrono::Duration::hours(12);
+    let close = open + chrono::Duration::minutes(1);
+    let window = format!(
+        "window = \"{}-{}\"\ntimezone = \"UTC\"",
+        open.format("%H:%M"),
+        close.format("%H:%M")
+    );
+    let cfg = config(
+        dir.path(),
+        &t.name(),
+        &guard.local_addr().unwrap().to_string(),
+        &window,
+        "",
+    );
+    let data = dir.path().join("data");
+    let before = t.checksum();
+    let out = cli(&cfg, &data, &["run", "trim"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("refused: outside the window"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(t.checksum(), before);
+    let out = cli(&cfg, &data, &["run", "trim", "--ignore-window"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(t.count("WHERE created_at < now() - interval '30 days'"), 0);
+    drop(guard);
+}
+
+#[test]
+fn a_guard_turning_unhealthy_stops_the_run_between_batches() {
+    let t = Table::new(40_000, 120); // 40k rows over 55 days: ~18k old
+    let dir = temp_dir();
+    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = guard.local_addr().unwrap().to_string();
+    let cfg = config(
+        dir.path(),
+        &t.name(),
+        &addr,
+        "batch_size = 500\npause = \"300ms\"",
+        "",
+    );
+    let data = dir.path().join("data");
+    let old = t.count("WHERE created_at < now() - interval '30 days'");
+    let child = Command::new(crate::util::bin())
+        .args(["maintenance", "run", "trim", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once two batches are in the ledger, the guarded service goes away.
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let batches: i64 = data
+            .join("history.db")
+            .exists()
+            .then(|| {
+                history_sql(&data)
+                    .query_row(
+                        "SELECT count(*) FROM maintenance_steps WHERE step = 'batch'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
+        if batches >= 2 {
+            break;
+        }
+        assert!(Instant::now() < end, "the run did not reach two batches");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(guard);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("aborted: stopped between batches: guarded probe unhealthy: gate:"),
+        "{err}"
+    );
+    let conn = history_sql(&data);
+    let (status, rows): (String, i64) = conn
+        .query_row(
+            "SELECT status, rows_changed FROM maintenance_runs ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(status, "aborted");
+    // It stopped early, and every row is in the table or was counted out.
+    let left_old = t.count("WHERE created_at < now() - interval '30 days'");
+    assert!(left_old > 0, "the run finished before the guard stopped it");
+    assert_eq!(t.count(""), 40_000 - rows);
+    assert_eq!(left_old, old - rows);
+    let abort: String = conn
+        .query_row(
+            "SELECT detail FROM maintenance_steps WHERE step = 'abort'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        abort.starts_with("guarded probe unhealthy: gate: "),
+        "{abort}"
+    );
+}
+
+/// POST over the socket with the test token.
+fn post(port: u16, path: &str) -> crate::util::Answer {
+    request(
+        port,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer m41nt-t0ken\r\nContent-Length: 0\r\n\r\n"
+        ),
+    )
+    .expect("the agent answers")
+}
+
+fn wait_status(port: u16, run: i64, want: &str) -> Value {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = get(port, &format!("/api/v1/maintenance/runs/{run}")).unwrap();
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if v["run"]["status"] == want {
+            return v;
+        }
+        assert!(Instant::now() < end, "run {run} never reached {want}: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_agent_and_the_cli_never_run_one_task_at_once_and_the_api_runs_and_rolls_back() {
+    let t = Table::new(30_000, 120);
+    let dir = temp_dir();
+    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let token = write_file(dir.path(), "token", "m41nt-t0ken\n");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let port = free_port();
+    let api = format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n",
+        token.display()
+    );
+    let cfg = config(
+        dir.path(),
+        &t.name(),
+        &guard.local_addr().unwrap().to_string(),
+        "batch_size = 1000\npause = \"100ms\"",
+        &api,
+    );
+    let data = dir.path().join("data");
+    let before = t.checksum();
+    let agent = Agent::start(Some(&cfg), &data, port);
+
+    let (code, body) = get(port, "/api/v1/maintenance").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["tasks"][0]["name"], "trim");
+    assert_eq!(v["tasks"][0]["schedule"], "manual only");
+    assert_eq!(v["tasks"][0]["window_open"], true);
+    assert_eq!(v["tasks"][0]["guards"], serde_json::json!(["db", "gate"]));
+
+    // Without the token: refused.
+    let r = request(port, "POST /api/v1/maintenance/trim/run HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n").unwrap();
+    assert_eq!(r.code, 401, "{}", r.body);
+    assert_eq!(post(port, "/api/v1/maintenance/nope/run").code, 404);
+
+    let r = post(port, "/api/v1/maintenance/trim/run");
+    assert_eq!(r.code, 202, "{}", r.body);
+    let run: i64 = serde_json::from_str::<Value>(&r.body).unwrap()["run_id"]
+        .as_i64()
+        .unwrap();
+    // While the agent's run holds the task, the CLI and the API are refused.
+    let out = cli(&cfg, &data, &["run", "trim"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("task `trim` is already running (pid ") && err.contains("started by api"),
+        "{err}"
+    );
+    let r = post(port, "/api/v1/maintenance/trim/run");
+    assert_eq!(r.code, 409, "{}", r.body);
+    assert!(r.body.contains("already running"), "{}", r.body);
+
+    let done = wait_status(port, run, "succeeded");
+    assert_eq!(done["tasks"][0]["success"], true, "{done}");
+    assert_eq!(done["run"]["trigger"], "api");
+    assert!(
+        done["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["step"] == "batch")
+    );
+    assert_eq!(t.count("WHERE created_at < now() - interval '30 days'"), 0);
+    // Only one run happened.
+    let (_, body) = get(port, "/api/v1/maintenance/runs").unwrap();
+    let runs: Value = serde_json::from_str(&body).unwrap();
+    let real: Vec<&Value> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] != "refused")
+        .collect();
+    assert_eq!(real.len(), 1, "{runs}");
+
+    let r = post(port, &format!("/api/v1/maintenance/runs/{run}/rollback"));
+    assert_eq!(r.code, 202, "{}", r.body);
+    wait_status(port, run, "rolled_back");
+    assert_eq!(t.checksum(), before);
+    let r = post(port, &format!("/api/v1/maintenance/runs/{run}/rollback"));
+    assert_eq!(r.code, 409, "{}", r.body);
+    assert_eq!(
+        post(port, "/api/v1/maintenance/runs/99999/rollback").code,
+        404
+    );
+    assert_eq!(post(port, "/api/v1/maintenance/runs/x/rollback").code, 400);
+
+    agent.signal(libc::SIGTERM);
+    let (code, _, err) = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{err}");
+    drop(guard);
+}
