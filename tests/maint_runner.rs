@@ -477,3 +477,59 @@ fn the_agent_and_the_cli_never_run_one_task_at_once_and_the_api_runs_and_rolls_b
     assert_eq!(code, Some(0), "{err}");
     drop(guard);
 }
+
+#[test]
+fn status_changes_during_a_run_are_marked_with_the_run() {
+    let t = Table::new(30_000, 120);
+    let dir = temp_dir();
+    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let flip = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let token = write_file(dir.path(), "token", "m41nt-t0ken\n");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let port = free_port();
+    let api = format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n\n\
+         [probe.flip]\nkind = \"tcp\"\naddress = \"{}\"\nfailure_threshold = 1\n",
+        token.display(),
+        flip.local_addr().unwrap()
+    );
+    // About 9k old rows at 500 a batch, 400 ms apart: several seconds.
+    let cfg = config(
+        dir.path(),
+        &t.name(),
+        &guard.local_addr().unwrap().to_string(),
+        "batch_size = 500\npause = \"400ms\"",
+        &api,
+    );
+    let data = dir.path().join("data");
+    let agent = Agent::start(Some(&cfg), &data, port);
+    let events = |probe: &str| -> Vec<Value> {
+        let (_, body) = get(port, &format!("/api/v1/events?probe={probe}")).unwrap();
+        serde_json::from_str::<Value>(&body).unwrap()["events"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    crate::util::wait_for("flip healthy", || {
+        events("flip").iter().any(|e| e["to_status"] == "healthy")
+    });
+    let r = post(port, "/api/v1/maintenance/trim/run");
+    assert_eq!(r.code, 202, "{}", r.body);
+    let run: i64 = serde_json::from_str::<Value>(&r.body).unwrap()["run_id"]
+        .as_i64()
+        .unwrap();
+    drop(flip);
+    crate::util::wait_for("flip unhealthy", || {
+        events("flip").iter().any(|e| e["to_status"] == "unhealthy")
+    });
+    let done = wait_status(port, run, "succeeded");
+    let list = events("flip");
+    let healthy = list.iter().find(|e| e["to_status"] == "healthy").unwrap();
+    let unhealthy = list.iter().find(|e| e["to_status"] == "unhealthy").unwrap();
+    assert_eq!(healthy["maintenance_run_id"], Value::Null, "{healthy}");
+    assert_eq!(unhealthy["maintenance_run_id"], run, "{unhealthy} {done}");
+    agent.signal(libc::SIGTERM);
+    let (code, _, err) = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{err}");
+    drop(guard);
+}
