@@ -243,7 +243,8 @@ struct Run {
 impl Run {
     fn new(plan: PlanDetails, target: Target, run_id: i64) -> Run {
         let (first, last) = plan.range.map_or((0, -1), |[a, b]| (a, b));
-        let span = (last - first + 1).max(1) as u128;
+        // Pages, for ctid batches.
+        let span = ((last >> target::TID_SHIFT) - (first >> target::TID_SHIFT) + 1).max(1) as u128;
         let width = (span * plan.batch_size as u128)
             .div_ceil(plan.rows.max(1) as u128)
             .clamp(1, span) as i64;
@@ -271,11 +272,15 @@ impl Run {
         self.target.table.to_string()
     }
 
-    /// `id 100 to 199` or `pages 10 to 19` of `[lo, hi)`.
+    /// `id 100 to 199` or `ctid (10,1) up to (19,4)` of `[lo, hi)`.
     fn range_text(&self, lo: i64, hi: i64) -> String {
         match &self.target.key {
             Some(k) => format!("{k} {lo} to {}", hi - 1),
-            None => format!("pages {lo} to {}", hi - 1),
+            None => format!(
+                "ctid {} up to {}",
+                target::tid_text(lo),
+                target::tid_text(hi)
+            ),
         }
     }
 
@@ -359,21 +364,23 @@ impl Run {
         let table = self.table();
         let fail = |what: String| TaskError::failed(format!("{table}: {what}"));
         let lo = self.next;
-        let hi = match self.target.boundary_sql() {
-            Some(sql) => {
-                let found = s
-                    .timed(
-                        s.client
-                            .query_opt(&sql, &[&lo, &self.last, &self.plan.cutoff, &(size as i64)]),
-                    )
-                    .await
-                    .map_err(|e| {
-                        fail(format!("finding the end of batch {}: {e}", self.batch + 1))
-                    })?;
-                found.map_or(self.last + 1, |r| r.get::<_, i64>(0))
-            }
-            None => (lo + self.width).min(self.last + 1),
+        // By ctid, the boundary is looked for within a window of pages
+        // (the scan and sort stay small); by key, up to the last key.
+        let window_end = match self.target.key {
+            Some(_) => self.last + 1,
+            None => lo
+                .saturating_add(self.width << target::TID_SHIFT)
+                .min(self.last + 1),
         };
+        let boundary = s
+            .timed(s.client.query_opt(
+                &self.target.boundary_sql(),
+                &[&lo, &(window_end - 1), &self.plan.cutoff, &(size as i64)],
+            ))
+            .await
+            .map_err(|e| fail(format!("finding the end of batch {}: {e}", self.batch + 1)))?
+            .map(|r| r.get::<_, i64>(0));
+        let hi = boundary.unwrap_or(window_end);
         self.batch += 1;
         let n = self.batch;
         let range = self.range_text(lo, hi);
@@ -404,14 +411,17 @@ impl Run {
         self.next = hi;
         self.done = hi > self.last;
         if self.target.key.is_none() {
-            // Aim the next page range at `size` rows, from this one's yield.
+            // The next window: the pages this batch needed when it found
+            // its boundary, else wider by what it lacked.
             let w = self.width as u128;
-            let next = if rows == 0 {
-                w * 4
-            } else {
-                (w * size as u128 / rows as u128).clamp(w / 4, w * 4)
+            let next = match boundary {
+                Some(b) => ((b - lo) >> target::TID_SHIFT) as u128 + 1,
+                None if rows == 0 => w * 4,
+                None => (w * size as u128 / rows as u128).clamp(w, w * 4),
             };
-            self.width = next.clamp(1, (self.last - self.first + 1).max(1) as u128) as i64;
+            let span = ((self.last >> target::TID_SHIFT) - (self.first >> target::TID_SHIFT) + 1)
+                .max(1) as u128;
+            self.width = next.clamp(1, span) as i64;
         }
         let archive = match &self.target.archive {
             Some(a) => format!("moved to {a}"),
@@ -439,44 +449,53 @@ impl Run {
     ) -> Result<u64, String> {
         let limit = s.limit;
         let delete = self.target.delete_sql();
-        let tx = timed(limit, s.client.transaction()).await?;
-        let rows: Vec<String> = timed(limit, tx.query(&delete, &[&lo, &hi, &self.plan.cutoff]))
+        let tx = timed(limit, s.client.transaction())
             .await
-            .map_err(|e| format!("{e}; nothing was deleted"))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if rows.is_empty() {
+            .map_err(|e| format!("{e}; nothing was deleted"))?;
+        let written = async {
+            let rows: Vec<String> = timed(limit, tx.query(&delete, &[&lo, &hi, &self.plan.cutoff]))
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let xid: String = timed(
+                limit,
+                tx.query_one("SELECT pg_current_xact_id()::text", &[]),
+            )
+            .await?
+            .get(0);
+            let header = MemberHeader {
+                batch: n,
+                xid,
+                rows: rows.len() as u64,
+                range: [lo, hi],
+            };
+            let mut writer = self
+                .writer
+                .take()
+                .ok_or("the archive is not open: backup must come before the batches")?;
+            let h = header.clone();
+            let (writer, written) = tokio::task::spawn_blocking(move || {
+                let r = writer.append(&h, &rows);
+                (writer, r)
+            })
+            .await
+            .map_err(|e| format!("writing the archive: {e}"))?;
+            let path = writer.path().display().to_string();
+            self.archive_bytes = writer.len();
+            self.writer = Some(writer);
+            written.map_err(|e| format!("writing {path}: {e}"))?;
+            Ok::<_, String>(Some(header))
+        }
+        .await
+        .map_err(|e| format!("{e}; nothing was deleted"))?;
+        let Some(header) = written else {
             timed(limit, tx.commit()).await?;
             return Ok(0);
-        }
-        let xid: String = timed(
-            limit,
-            tx.query_one("SELECT pg_current_xact_id()::text", &[]),
-        )
-        .await?
-        .get(0);
-        let header = MemberHeader {
-            batch: n,
-            xid,
-            rows: rows.len() as u64,
-            range: [lo, hi],
         };
-        let mut writer = self
-            .writer
-            .take()
-            .ok_or("the archive is not open: backup must come before the batches")?;
-        let h = header.clone();
-        let (writer, written) = tokio::task::spawn_blocking(move || {
-            let r = writer.append(&h, &rows);
-            (writer, r)
-        })
-        .await
-        .map_err(|e| format!("writing the archive: {e}"))?;
-        let path = writer.path().display().to_string();
-        self.archive_bytes = writer.len();
-        self.writer = Some(writer);
-        written.map_err(|e| format!("writing {path}: {e}; nothing was deleted"))?;
         self.archived += header.rows;
         self.members += 1;
         let rows = header.rows;
@@ -655,17 +674,16 @@ impl RetentionTask {
         };
         let table = run.table();
         match run.target.archive.clone() {
-            Some(a) => {
-                if !a.exists {
-                    let sql = run.target.create_archive_sql(&a);
-                    s.timed(s.client.batch_execute(&sql)).await.map_err(|e| {
-                        TaskError::failed(format!("{table}: creating the archive table {a}: {e}"))
-                    })?;
-                    if let Some(a) = run.target.archive.as_mut() {
-                        a.exists = true;
-                    }
+            Some(a) if !a.exists => {
+                let sql = run.target.create_archive_sql(&a);
+                s.timed(s.client.batch_execute(&sql)).await.map_err(|e| {
+                    TaskError::failed(format!("{table}: creating the archive table {a}: {e}"))
+                })?;
+                if let Some(a) = run.target.archive.as_mut() {
+                    a.exists = true;
                 }
             }
+            Some(_) => {}
             None if run.writer.is_none() => {
                 let path = cx.backup_dir.join(archive::FILE_NAME);
                 let p = path.clone();

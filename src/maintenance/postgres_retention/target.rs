@@ -7,6 +7,27 @@ use super::catalog::{self, Column, Relation, Session, quote};
 use super::{RUN_COLUMN, RetentionConfig, qualified_name};
 use crate::maintenance::TaskError;
 
+/// A ctid `(page, item)` as one number, `page << TID_SHIFT | item`, so
+/// that batches of either kind are ranges of one `int8`.
+pub(super) const TID_SHIFT: u32 = 16;
+
+/// SQL of the tid at position `$n`.
+fn tid(n: usize) -> String {
+    format!(
+        "format('(%s,%s)', ${n}::int8 >> {TID_SHIFT}, ${n}::int8 & {})::tid",
+        (1 << TID_SHIFT) - 1
+    )
+}
+
+/// `(page,item)` of a position.
+pub(super) fn tid_text(position: i64) -> String {
+    format!(
+        "({},{})",
+        position >> TID_SHIFT,
+        position & ((1 << TID_SHIFT) - 1)
+    )
+}
+
 /// The checked table, timestamp column, batching key and archive table.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Target {
@@ -111,23 +132,30 @@ impl Target {
         )
     }
 
-    /// The batch range `[$1, $2)`: key values, or ctid pages.
+    /// The batch range `[$1, $2)`: key values, or row positions (see
+    /// [`TID_SHIFT`]).
     pub fn in_range(&self) -> String {
         match &self.key {
             Some(k) => format!("t.{k} >= $1::int8 AND t.{k} < $2::int8", k = quote(k)),
-            None => "t.ctid >= format('(%s,0)', $1::int8)::tid \
-                     AND t.ctid < format('(%s,0)', $2::int8)::tid"
-                .into(),
+            None => format!("t.ctid >= {} AND t.ctid < {}", tid(1), tid(2)),
         }
     }
 
-    /// Count, size and first and last key (or page) of the rows older than
-    /// the cutoff `$1`.
-    pub fn plan_sql(&self) -> String {
-        let position = match &self.key {
+    /// A row's place in batch order: its key, or its ctid as a position.
+    fn position(&self) -> String {
+        match &self.key {
             Some(k) => format!("t.{}::int8", quote(k)),
-            None => "(t.ctid::text::point)[0]::int8".into(),
-        };
+            None => format!(
+                "(((t.ctid::text::point)[0])::int8 << {TID_SHIFT}) \
+                 + ((t.ctid::text::point)[1])::int8"
+            ),
+        }
+    }
+
+    /// Count, size and first and last position of the rows older than the
+    /// cutoff `$1`.
+    pub fn plan_sql(&self) -> String {
+        let position = self.position();
         format!(
             "SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0)::int8, \
              min({position}), max({position}) FROM {} t WHERE {}",
@@ -136,16 +164,27 @@ impl Target {
         )
     }
 
-    /// The key after the first `$4` old rows from `$1` to `$2` (inclusive):
-    /// the end of a batch of exactly `$4` old rows.
-    pub fn boundary_sql(&self) -> Option<String> {
-        let k = quote(self.key.as_ref()?);
-        Some(format!(
-            "SELECT t.{k}::int8 FROM {} t WHERE t.{k} >= $1::int8 AND t.{k} <= $2::int8 \
-             AND {} ORDER BY t.{k} OFFSET $4::int8 LIMIT 1",
+    /// The position of the old row after the first `$4` old rows from `$1`
+    /// to `$2` (both included), if there is one: a batch ending there holds
+    /// exactly `$4` old rows, and none holds more. By key, an index scan
+    /// that stops there; by ctid, a TID range scan of `$1`..`$2`.
+    pub fn boundary_sql(&self) -> String {
+        let (within, order) = match &self.key {
+            Some(k) => (
+                format!("t.{k} >= $1::int8 AND t.{k} <= $2::int8", k = quote(k)),
+                format!("t.{}", quote(k)),
+            ),
+            None => (
+                format!("t.ctid >= {} AND t.ctid <= {}", tid(1), tid(2)),
+                "t.ctid".into(),
+            ),
+        };
+        format!(
+            "SELECT {} FROM {} t WHERE {within} AND {} ORDER BY {order} OFFSET $4::int8 LIMIT 1",
+            self.position(),
             self.table.sql(),
             self.older(3)
-        ))
+        )
     }
 
     /// Deletes the old rows of the range `[$1, $2)` older than `$3` and
@@ -357,9 +396,15 @@ mod tests {
         let t = target(None);
         assert!(
             t.delete_sql()
-                .contains("t.ctid >= format('(%s,0)', $1::int8)::tid")
+                .contains("t.ctid >= format('(%s,%s)', $1::int8 >> 16, $1::int8 & 65535)::tid"),
+            "{}",
+            t.delete_sql()
         );
-        assert!(t.boundary_sql().is_none());
+        assert!(
+            t.boundary_sql()
+                .contains("ORDER BY t.ctid OFFSET $4::int8 LIMIT 1")
+        );
+        assert_eq!(tid_text((7 << TID_SHIFT) + 3), "(7,3)");
     }
 
     #[test]
