@@ -5,8 +5,8 @@ mod util;
 
 mod cli;
 mod lifecycle;
-mod maint_runner;
 mod maint_postgres;
+mod maint_runner;
 mod probe_access_log;
 mod probe_http;
 mod probe_postgres;
