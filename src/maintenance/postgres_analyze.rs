@@ -54,6 +54,9 @@ impl AnalyzeConfig {
 /// materialized views.
 const KINDS: [&str; 3] = ["r", "p", "m"];
 
+/// Tables named in a plan's summary line.
+const SUMMARY_TABLES: usize = 10;
+
 /// Every user table: partitions are reached through their parent, which
 /// ANALYZE and VACUUM recurse into.
 const ALL_TABLES_SQL: &str = "SELECT n.nspname::text, c.relname::text FROM pg_class c \
@@ -273,8 +276,13 @@ impl Task for AnalyzeTask {
             } else {
                 "analyze"
             };
-            let listed: Vec<String> = states
+            // The summary is one line: the tables with most dead tuples
+            // first, the rest counted (the details list them all).
+            let mut by_dead: Vec<&TableState> = states.iter().collect();
+            by_dead.sort_by_key(|x| std::cmp::Reverse(x.dead_tuples.unwrap_or(0)));
+            let mut listed: Vec<String> = by_dead
                 .iter()
+                .take(SUMMARY_TABLES)
                 .map(|x| {
                     format!(
                         "{} ({} dead, last analyzed {})",
@@ -284,6 +292,9 @@ impl Task for AnalyzeTask {
                     )
                 })
                 .collect();
+            if states.len() > SUMMARY_TABLES {
+                listed.push(format!("{} more", states.len() - SUMMARY_TABLES));
+            }
             let summary = format!(
                 "{verb} {} tables: {}",
                 states.len(),

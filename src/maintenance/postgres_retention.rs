@@ -1,7 +1,13 @@
 //! `kind = "postgres_retention"`: deletes rows older than `older_than` from
-//! one table, a primary-key (or ctid) range per batch, each batch's rows
-//! copied to a compressed archive and deleted in the same transaction.
-//! Rollback puts the archived rows back.
+//! one table, a batch at a time, and puts them back on rollback. A batch is
+//! a range of the integer primary key (without one, of ctid) that ends
+//! after `size` old rows. Its rows are deleted with RETURNING, written to
+//! the archive file (a gzip member, fsynced) and only then committed; or
+//! moved to an archive table in one statement. Every archived batch names
+//! its transaction, so a rollback in any process knows which batches
+//! committed. Config names reach SQL only through catalog lookups
+//! (`target.rs`); the archive format is in `archive.rs`, rollback in
+//! `restore.rs`, what the PostgreSQL tasks share in `catalog.rs`.
 
 mod archive;
 pub(crate) mod catalog;
@@ -189,9 +195,10 @@ struct PlanDetails {
     /// whole run.
     cutoff: String,
     older_than: String,
-    /// The integer primary key batches are ranges of; none: ctid pages.
+    /// The integer primary key batches are ranges of; none: ctid ranges.
     key_column: Option<String>,
-    /// First and last key (or page) holding rows older than the cutoff.
+    /// First and last key (or ctid position, `page << 16 | item`) of the
+    /// rows older than the cutoff.
     range: Option<[i64; 2]>,
     rows: u64,
     batches: u64,
@@ -220,12 +227,13 @@ struct Run {
     plan: PlanDetails,
     target: Target,
     run_id: i64,
-    /// Key (or page) range `[first, last]` of old rows, and where the next
-    /// batch starts.
+    /// Key (or ctid position) range `[first, last]` of old rows, and where
+    /// the next batch starts.
     first: i64,
     last: i64,
     next: i64,
-    /// Pages per ctid batch, adapted from each batch's yield.
+    /// Pages in which a ctid batch looks for its end, adapted from each
+    /// batch's yield.
     width: i64,
     batch: u64,
     deleted: u64,
