@@ -315,6 +315,16 @@ async fn retention_round_trip(with_key: bool) {
         on_disk / archived.len() as u64
     );
 
+    // A crash while a batch was being written leaves a torn member at the
+    // end (that batch never committed); it must not stop the rollback.
+    let whole = std::fs::read(location(&backup)).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(location(&backup))
+        .unwrap();
+    std::io::Write::write_all(&mut file, &whole[..3000]).unwrap();
+    drop(file);
+
     // A rollback as a later process would do it: a new task, the backup
     // as the ledger keeps it (JSON).
     let kept: Backup = serde_json::from_str(&serde_json::to_string(&backup).unwrap()).unwrap();
@@ -326,6 +336,11 @@ async fn retention_round_trip(with_key: bool) {
         started.elapsed().as_secs_f64()
     );
     assert!(verdict.ok, "{verdict:?}");
+    assert!(
+        verdict.detail.contains("incomplete batch"),
+        "{}",
+        verdict.detail
+    );
     assert_eq!(verdict.figures["rows_back"], old);
     assert_eq!(
         checksum(&admin, &table).await,
