@@ -301,19 +301,17 @@ fn a_guard_turning_unhealthy_stops_the_run_between_batches() {
     // Once two batches are in the ledger, the guarded service goes away.
     let end = Instant::now() + Duration::from_secs(60);
     loop {
-        let batches: i64 = data
-            .join("history.db")
-            .exists()
-            .then(|| {
-                history_sql(&data)
-                    .query_row(
-                        "SELECT count(*) FROM maintenance_steps WHERE step = 'batch'",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .unwrap_or(0)
-            })
-            .unwrap_or(0);
+        let batches: i64 = if data.join("history.db").exists() {
+            history_sql(&data)
+                .query_row(
+                    "SELECT count(*) FROM maintenance_steps WHERE step = 'batch'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap_or(0)
+        } else {
+            0
+        };
         if batches >= 2 {
             break;
         }
