@@ -756,6 +756,12 @@ impl RetentionTask {
             "no range".into()
         };
         let mut problems = Vec::new();
+        if !run.done {
+            problems.push(format!(
+                "the run stopped before the end of its range, at {}",
+                run.range_text(run.next, run.last + 1)
+            ));
+        }
         if remaining > 0 {
             problems.push(format!(
                 "{} rows older than {} are still in {processed}",
