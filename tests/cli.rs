@@ -56,6 +56,52 @@ fn a_non_loopback_listen_without_a_token_file_is_refused() {
 }
 
 #[test]
+fn hostile_or_mistaken_maintenance_names_are_config_errors_naming_the_field() {
+    let base = "[probe.db]\nkind = \"postgres\"\nconninfo = \"host=127.0.0.1\"\nuser = \"u\"\n\n\
+                [probe.web]\nkind = \"tcp\"\naddress = \"127.0.0.1:80\"\n\n\
+                [maintenance.t]\nkind = \"postgres_retention\"\nolder_than = \"365d\"\n";
+    let long = "a".repeat(64);
+    for (extra, words) in [
+        (
+            "probe = \"db\"\ntable = \"audit_log; DROP TABLE x\"\ntimestamp_column = \"created_at\"".to_string(),
+            "maintenance.t.table: `audit_log; DROP TABLE x` is not a plain identifier".to_string(),
+        ),
+        (
+            "probe = \"db\"\ntable = '\"Audit\"'\ntimestamp_column = \"created_at\"".to_string(),
+            "maintenance.t.table: `\"Audit\"`: quoted identifiers are not supported".to_string(),
+        ),
+        (
+            format!("probe = \"db\"\ntable = \"{long}\"\ntimestamp_column = \"created_at\""),
+            format!("maintenance.t.table: `{long}` is 64 bytes: PostgreSQL would truncate it to `{}`", &long[..63]),
+        ),
+        (
+            "probe = \"db\"\ntable = \"audit_log\"\ntimestamp_column = \"created at\"".to_string(),
+            "maintenance.t.timestamp_column: `created at` is not a plain identifier".to_string(),
+        ),
+        (
+            "probe = \"web\"\ntable = \"audit_log\"\ntimestamp_column = \"created_at\"".to_string(),
+            "maintenance.t.probe: `web` is a tcp probe; a postgres_retention task needs a postgres probe".to_string(),
+        ),
+        (
+            "probe = \"db\"\ntable = \"audit_log\"\ntimestamp_column = \"created_at\"\nolder_then = \"1d\"".to_string(),
+            "older_then".to_string(),
+        ),
+        (
+            "probe = \"db\"\ntable = \"audit_log\"\ntimestamp_column = \"created_at\"\nwindow = \"25:00-26:00\"".to_string(),
+            "maintenance.t.window: `25:00-26:00` is neither".to_string(),
+        ),
+        (
+            "probe = \"db\"\ntable = \"audit_log\"\ntimestamp_column = \"created_at\"\nguard = [\"nope\"]".to_string(),
+            "maintenance.t.guard: no probe `nope` is configured".to_string(),
+        ),
+    ] {
+        let err = rejected(&format!("{base}{extra}\n"));
+        assert!(err.contains(&words), "{extra}\n{err}");
+        assert!(err.starts_with("FILE:"), "{err}");
+    }
+}
+
+#[test]
 fn a_typoed_key_names_its_line_and_column() {
     let err = rejected("[agent]\ninterval = \"10s\"\nintervl = \"5s\"\n");
     assert!(
