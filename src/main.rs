@@ -418,7 +418,7 @@ fn maintenance(action: Maint, at: &Where) -> Result<(), Failure> {
             let last = ledger::last_runs(l.conn()).context("reading the ledger")?;
             print!(
                 "{}",
-                upkeep::maintenance::report::list(&config, &last, chrono::Utc::now())
+                upkeep::maintenance::report::list(&config, &data_dir, &last, chrono::Utc::now())
             );
             Ok(())
         }
@@ -444,13 +444,19 @@ fn maintenance(action: Maint, at: &Where) -> Result<(), Failure> {
             dry_run,
             ignore_window,
         } => {
+            let auto = config.maintenance.get(&name).and_then(|tc| {
+                let s = upkeep::maintenance::schedule::Schedule::parse(&tc.common()).ok()?;
+                upkeep::maintenance::agent::choose_auto_window(&data_dir, &config, &name, &s)?.ok()
+            });
             let req = Request {
                 task: name,
                 trigger: Trigger::Cli,
                 dry_run,
                 ignore_window,
             };
-            let f = rt.block_on(runner.run(req, None, None)).map_err(run_err)?;
+            let f = rt
+                .block_on(runner.run(req, auto.as_ref(), None))
+                .map_err(run_err)?;
             finished(f)
         }
         Maint::Runs { task, limit } => {

@@ -531,3 +531,98 @@ fn status_changes_during_a_run_are_marked_with_the_run() {
     assert_eq!(code, Some(0), "{err}");
     drop(guard);
 }
+
+#[test]
+fn an_auto_window_picks_the_quietest_hour_and_shows_the_figures() {
+    use chrono::{Datelike, Timelike};
+    use upkeep::sample::{SeriesKey, Unit, now_ms};
+    use upkeep::store::writer::Sample;
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    // Eight days of host CPU every 10 minutes: busy by day, calm at night,
+    // and nearly idle in one hour of the week, two days ago.
+    let now = now_ms();
+    let hour = 3_600_000;
+    let quiet = (now - 2 * 86_400_000) / hour * hour;
+    let week = 7 * 86_400_000;
+    let start = now - 8 * 86_400_000;
+    let mut w = crate::util::temp_writer(&data, &upkeep::config::HistoryConfig::default(), start);
+    let key = SeriesKey::new("host", "cpu_used_ratio", &[]);
+    let id = w.series_id(&key, Unit::Ratio, start).unwrap().unwrap();
+    let mut ts = start;
+    while ts < now - 60_000 {
+        let hod = (ts / hour) % 24;
+        let in_quiet = (ts - quiet).rem_euclid(week) < hour;
+        let value = if in_quiet {
+            0.01
+        } else if (8..20).contains(&hod) {
+            0.7
+        } else {
+            0.2
+        };
+        w.write(
+            &[Sample {
+                series: id,
+                ts,
+                value,
+            }],
+            &[],
+            ts,
+        )
+        .unwrap();
+        ts += 600_000;
+    }
+    w.end_run(ts).unwrap();
+    drop(w);
+    let q = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(quiet).unwrap();
+    let day = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        [q.weekday().num_days_from_monday() as usize];
+
+    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free_port();
+    let cfg = config(
+        dir.path(),
+        "public.upkeep_no_such_table",
+        &guard.local_addr().unwrap().to_string(),
+        "window = \"auto\"\ntimezone = \"UTC\"",
+        &format!("[api]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let out = cli(&cfg, &data, &["list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let want = format!(
+        "auto: {day} {:02}:00-{:02}:00 is the quietest hour of the week for host.cpu_used_ratio (mean 0.0100",
+        q.hour(),
+        (q.hour() + 1) % 24
+    );
+    assert!(text.contains(&want), "{want}\n{text}");
+    assert!(text.contains("days of history)"), "{text}");
+
+    let agent = Agent::start(Some(&cfg), &data, port);
+    let (code, body) = get(port, "/api/v1/maintenance").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let auto = &v["tasks"][0]["auto"];
+    assert_eq!(auto["weekday"], day, "{v}");
+    assert_eq!(auto["hour"], q.hour(), "{v}");
+    assert_eq!(auto["series"], "host.cpu_used_ratio");
+    assert!((auto["mean"].as_f64().unwrap() - 0.01).abs() < 1e-9, "{v}");
+    assert!(auto["overall_mean"].as_f64().unwrap() > 0.2, "{v}");
+    assert!(auto["days_of_history"].as_f64().unwrap() >= 7.9, "{v}");
+    // The next start is that hour next week (or later this week).
+    let next = v["tasks"][0]["next_start"].as_str().unwrap();
+    let next = chrono::DateTime::parse_from_rfc3339(next).unwrap();
+    assert_eq!(
+        (
+            next.weekday().num_days_from_monday(),
+            next.hour(),
+            next.minute()
+        ),
+        (q.weekday().num_days_from_monday(), q.hour(), 0),
+        "{v}"
+    );
+    agent.signal(libc::SIGTERM);
+    let (code, _, err) = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{err}");
+    drop(guard);
+}

@@ -102,29 +102,7 @@ impl Maintenance {
 
     /// The auto window of `name`, chosen from history (at most hourly).
     fn auto_choice(&self, name: &str, schedule: &Schedule, config: &Config) -> Option<AutoChoice> {
-        if !matches!(schedule.window, WindowSpec::Auto) {
-            return None;
-        }
-        let series = auto_series(config, name);
-        let now = now_ms();
-        let choice = Reader::open(&self.data_dir)
-            .map_err(|e| e.to_string())
-            .and_then(|r| {
-                r.query(
-                    &series,
-                    now - AUTO_LOOKBACK_DAYS * 86_400_000,
-                    now,
-                    Some(3_600_000),
-                    now,
-                    2 * AUTO_LOOKBACK_DAYS as usize * 24,
-                )
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("no history of `{series}` yet"))
-            })
-            .and_then(|a| {
-                let hourly: Vec<(i64, f64)> = a.points.iter().map(|p| (p.ts_ms, p.avg)).collect();
-                schedule.choose_auto(&series, &hourly, now)
-            });
+        let choice = choose_auto_window(&self.data_dir, config, name, schedule)?;
         self.auto
             .lock()
             .expect("auto lock")
@@ -329,6 +307,60 @@ pub fn run_summary(r: &ledger::RunRow) -> Value {
         "rows_changed": r.rows_changed,
         "error": r.error,
     })
+}
+
+/// The quietest hour of the week for task `name` from the history in
+/// `data_dir`: `None` when its window is not `auto`, `Err` says why no hour
+/// is chosen yet.
+pub fn choose_auto_window(
+    data_dir: &std::path::Path,
+    config: &Config,
+    name: &str,
+    schedule: &Schedule,
+) -> Option<Result<AutoChoice, String>> {
+    if !matches!(schedule.window, WindowSpec::Auto) {
+        return None;
+    }
+    let series = auto_series(config, name);
+    let now = now_ms();
+    Some(
+        Reader::open(data_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                r.query(
+                    &series,
+                    now - AUTO_LOOKBACK_DAYS * 86_400_000,
+                    now,
+                    Some(3_600_000),
+                    now,
+                    2 * AUTO_LOOKBACK_DAYS as usize * 24,
+                )
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no history of `{series}` yet"))
+            })
+            .and_then(|a| {
+                let hourly: Vec<(i64, f64)> = a.points.iter().map(|p| (p.ts_ms, p.avg)).collect();
+                schedule.choose_auto(&series, &hourly, now)
+            }),
+    )
+}
+
+/// One line for people: the auto choice and the figures behind it.
+pub fn describe_auto(c: &Result<AutoChoice, String>) -> String {
+    match c {
+        Ok(c) => format!(
+            "auto: {} {:02}:00-{:02}:00 is the quietest hour of the week for {} (mean {:.4} against {:.4} over {} hours with data, {:.1} days of history)",
+            super::schedule::day_name(c.weekday),
+            c.hour,
+            (c.hour + 1) % 24,
+            c.series,
+            c.mean,
+            c.overall_mean,
+            c.hours_with_data,
+            c.days_of_history
+        ),
+        Err(why) => format!("auto: not chosen yet: {why}"),
+    }
 }
 
 /// The series `window = "auto"` reads: `auto_series`, else the first

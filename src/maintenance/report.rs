@@ -10,7 +10,12 @@ use crate::config::Config;
 use crate::web::rfc3339;
 
 /// Every task with its kind, schedule, next start and last run.
-pub fn list(config: &Config, last: &[RunRow], now: DateTime<Utc>) -> String {
+pub fn list(
+    config: &Config,
+    data_dir: &std::path::Path,
+    last: &[RunRow],
+    now: DateTime<Utc>,
+) -> String {
     let mut out = String::new();
     if config.maintenance.is_empty() {
         out.push_str("no maintenance tasks are configured ([maintenance.NAME] in the config)\n");
@@ -22,12 +27,18 @@ pub fn list(config: &Config, last: &[RunRow], now: DateTime<Utc>) -> String {
         "task", "kind", "next start", "schedule"
     );
     for (name, tc) in &config.maintenance {
+        let mut auto_line = None;
         let (next, describe) = match Schedule::parse(&tc.common()) {
-            Ok(s) => (
-                s.next_start(now, None)
-                    .map_or("-".to_string(), |t| rfc3339(t.timestamp_millis())),
-                s.describe(None),
-            ),
+            Ok(s) => {
+                let auto = super::agent::choose_auto_window(data_dir, config, name, &s);
+                let choice = auto.as_ref().and_then(|a| a.as_ref().ok());
+                auto_line = auto.as_ref().map(super::agent::describe_auto);
+                (
+                    s.next_start(now, choice)
+                        .map_or("-".to_string(), |t| rfc3339(t.timestamp_millis())),
+                    s.describe(choice),
+                )
+            }
             Err(e) => ("-".into(), format!("invalid: {}", e[0].1)),
         };
         let last = last
@@ -41,6 +52,9 @@ pub fn list(config: &Config, last: &[RunRow], now: DateTime<Utc>) -> String {
             "{name:<24} {:<20} {next:<26} {describe:<44} {last}",
             tc.kind()
         );
+        if let Some(a) = auto_line {
+            let _ = writeln!(out, "{:<24} {a}", "");
+        }
     }
     out
 }
