@@ -100,6 +100,35 @@ pub(super) fn span(ms: i64) -> String {
     }
 }
 
+/// How long something took: milliseconds under a second, tenths of a
+/// second under a minute, else [`span`].
+pub(super) fn took(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 60_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        span(ms)
+    }
+}
+
+/// A whole number with thousands separated: `12,345`.
+pub(super) fn count(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if n < 0 {
+        out.push('-');
+    }
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// `2026-11-28 10:00:00 UTC` inside a `<time>` the script shows in local time.
 pub(super) fn time(ts: Ts) -> Markup {
     time_of(&rfc3339(ts))

@@ -1,11 +1,13 @@
 //! The page's markup (maud): the document, its header, the host cards, the
-//! probe list, the history chart's controls and the recent events. Every
+//! probe list, the history chart's controls and the recent events (the
+//! maintenance section is `super::maintenance`). Every
 //! interpolated value is escaped by maud; there is no inline script or style
 //! (the CSP forbids them), so bars are SVG attributes and colours classes.
 
 use maud::{DOCTYPE, Markup, html};
 
 use super::format::{bytes, full_in, level, percent, span, symbol, time};
+use super::maintenance::{self, run_link};
 use super::probe::{probe, sparkline};
 use super::view::View;
 use crate::sample::Status;
@@ -37,6 +39,7 @@ pub(super) fn page(v: &View) -> Markup {
                 main {
                     (host_section(v))
                     (probes_section(v))
+                    (maintenance::section(&v.maintenance, &v.series, v.now))
                     (chart_section(v))
                     (events_section(v))
                 }
@@ -245,7 +248,15 @@ fn events_section(v: &View) -> Markup {
                         li class=(match st { Some(s) => format!("s-{s}"), None => "agent".into() }) {
                             (time(e.ts_ms))
                             span .sym aria-hidden="true" { (st.map_or("•", symbol)) }
-                            span .msg { (e.message) }
+                            span .msg {
+                                (e.message)
+                                // Something was changing this host when it happened.
+                                @if let Some(n) = e.maintenance_run {
+                                    " " a .during href=(run_link(&v.maintenance, n)) {
+                                        "during maintenance run " (n)
+                                    }
+                                }
+                            }
                         }
                     }
                 }

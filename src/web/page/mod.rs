@@ -5,7 +5,8 @@
 //! The page is one server-rendered document that is complete without
 //! JavaScript: host summary, every configured probe with its status (colour,
 //! symbol and word), latency, reason, uptime (per window and per day) and a
-//! sparkline of the recent values held in memory, and the recent events.
+//! sparkline of the recent values held in memory, the maintenance tasks and
+//! their recent runs, and the recent events.
 //! `page.js` refreshes the parts marked `data-live` every 10 s without a
 //! reload and draws the history chart from `/api/v1/query`. The
 //! Content-Security-Policy allows no inline script or style, so bars and
@@ -21,7 +22,8 @@
 //!
 //! Layout: this file holds the routes, the cache and the asset table;
 //! `view` gathers what one render shows, `markup` writes the document,
-//! `probe` a probe's row and its small charts, `format` the figures.
+//! `probe` a probe's row and its small charts, `maintenance` the tasks and
+//! their runs, `format` the figures.
 
 use std::time::Duration;
 
@@ -34,6 +36,7 @@ use super::{State, blocking};
 use crate::sample::{Ts, now_ms};
 
 mod format;
+mod maintenance;
 mod markup;
 mod probe;
 mod view;

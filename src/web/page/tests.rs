@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use super::format::{bytes, encode, percent, seconds, span, uptime_percent};
+use super::format::{bytes, count, encode, percent, seconds, span, took, uptime_percent};
 use super::view::{DAY_MS, overall};
 use super::*;
 use crate::config::ApiConfig;
@@ -339,4 +339,78 @@ fn figures_read_well() {
     assert_eq!(seconds(2.5), "2.50 s");
     assert_eq!(span(3 * 3_600_000 + 5 * 60_000), "3 h 5 min");
     assert_eq!(encode("a.b{m=\"/\"}"), "a.b%7Bm%3D%22%2F%22%7D");
+    assert_eq!(took(420), "420 ms");
+    assert_eq!(took(2_500), "2.5 s");
+    assert_eq!(took(3_725_000), "1 h 2 min");
+    assert_eq!(count(0), "0");
+    assert_eq!(count(999), "999");
+    assert_eq!(count(1_000), "1,000");
+    assert_eq!(count(-1_234_567), "-1,234,567");
+}
+
+#[test]
+fn events_during_a_maintenance_run_are_marked_and_link_to_it() {
+    use crate::config::HistoryConfig;
+    use crate::maintenance::ledger::{Ledger, Trigger};
+    use crate::store::Event;
+    use crate::store::writer::{RunInfo, Writer};
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ms();
+    let run = RunInfo {
+        version: "test".into(),
+        hostname: "test".into(),
+        pid: 1,
+    };
+    let (mut w, _) =
+        Writer::open(dir.path(), &HistoryConfig::default(), now - 60_000, &run).unwrap();
+    let status = |ts, to: &str| Event {
+        ts_ms: ts,
+        probe: Some("svc".into()),
+        kind: "status".into(),
+        from_status: Some("healthy".into()),
+        to_status: Some(to.into()),
+        message: format!("svc is {to}"),
+    };
+    w.write(&[], &[status(now - 50_000, "degraded")], now - 50_000)
+        .unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let id = ledger
+        .start_run(
+            "trim",
+            "postgres_retention",
+            Trigger::Cli,
+            false,
+            now - 40_000,
+        )
+        .unwrap();
+    w.write(&[], &[status(now - 30_000, "unhealthy")], now - 30_000)
+        .unwrap();
+    ledger.add_rows(id, 1234).unwrap();
+    ledger.finish(id, now - 20_000, "succeeded", None).unwrap();
+    let s = state(Live::default());
+    let mut info = s.info.clone();
+    info.data_dir = dir.path().to_path_buf();
+    let s = Arc::new(Shared::new(
+        info,
+        s.live.clone(),
+        Default::default(),
+        &ApiConfig::default(),
+        None,
+        None,
+    ));
+    let html = String::from_utf8(render(&s, now).to_vec()).unwrap();
+    let events = &html[html.find("id=\"events\"").unwrap()..];
+    let during =
+        format!("<a class=\"during\" href=\"#maint-run-{id}\">during maintenance run {id}</a>");
+    assert_eq!(events.matches(&during).count(), 1, "{events}");
+    let marked = &events[..events.find(&during).unwrap()];
+    assert!(marked.ends_with("svc is unhealthy "), "{marked}");
+    // The run it links to is listed, its status a word.
+    let row = &html[html.find(&format!("id=\"maint-run-{id}\"")).unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(
+        row.contains("<span class=\"word\">succeeded</span>"),
+        "{row}"
+    );
+    assert!(row.contains("1,234") && row.contains("20.0 s"), "{row}");
 }

@@ -1,10 +1,11 @@
 //! What the page shows, gathered before any markup is written: the live
 //! state (host figures, probe statuses, the sparklines' rings) and, when the
 //! history file opens, uptime per day, recent events, the chartable series
-//! and disk forecasts. Called by [`super::render`] on the blocking pool.
+//! and disk forecasts, and the maintenance tasks with their runs. Called by [`super::render`] on the blocking pool.
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::maintenance;
 use crate::analysis::{self, Forecast, ForecastInput};
 use crate::live::Live;
 use crate::sample::{SeriesKey, Status, Ts, Unit};
@@ -37,6 +38,7 @@ pub(super) struct View {
     pub(super) chart_key: Option<String>,
     /// Why history (uptime, events, charts) is missing, when it is.
     pub(super) history_error: Option<String>,
+    pub(super) maintenance: maintenance::Section,
 }
 
 pub(super) struct Host {
@@ -174,6 +176,10 @@ pub(super) fn gather(s: &State, now: Ts) -> View {
             history_error.get_or_insert(e.to_string());
         }
     }
+    let mut maintenance = maintenance::gather(s.maintenance.as_deref(), reader.as_ref());
+    if reader.is_none() && !maintenance.tasks.is_empty() {
+        maintenance.error = history_error.clone();
+    }
     let has = |k: &str| series.values().flatten().any(|i| i.key == k);
     let chart_key = ["host.cpu_used_ratio".to_string()]
         .into_iter()
@@ -219,6 +225,7 @@ pub(super) fn gather(s: &State, now: Ts) -> View {
         series,
         chart_key,
         history_error,
+        maintenance,
     }
 }
 

@@ -1,0 +1,214 @@
+//! The Maintenance section's markup: a card per task, the recent runs as a
+//! table (cards on a phone), and a run's status as class, symbol and word.
+
+use std::collections::BTreeMap;
+
+use maud::{Markup, html};
+
+use super::{Auto, Section, Task};
+use crate::maintenance::ledger::RunRow;
+use crate::sample::{Status, Ts, Unit};
+use crate::store::reader::SeriesInfo;
+use crate::web::page::format::{count, symbol, time, time_of, took, value};
+
+/// How a run's status shows: class (colour), symbol and word together.
+fn run_status(status: &str) -> (&'static str, &'static str, String) {
+    let (class, sym) = match status {
+        "succeeded" => ("s-healthy", symbol(Status::Healthy)),
+        "failed" => ("s-unhealthy", symbol(Status::Unhealthy)),
+        "aborted" | "interrupted" => ("s-degraded", symbol(Status::Degraded)),
+        "running" => ("s-running", "↻"),
+        "rolled_back" => ("s-unknown", "↺"),
+        "refused" => ("s-unknown", "–"),
+        _ => ("s-unknown", symbol(Status::Unknown)),
+    };
+    (class, sym, status.replace('_', " "))
+}
+
+fn status_badge(r: &RunRow) -> Markup {
+    let (_, sym, word) = run_status(&r.status);
+    html! {
+        span .sym aria-hidden="true" { (sym) }
+        span .word { (word) }
+        @if r.dry_run { " " span .dry { "(dry run)" } }
+    }
+}
+
+/// How long a run took, or has been running.
+fn duration(r: &RunRow, now: Ts) -> String {
+    match r.ended_ms {
+        Some(end) => took(end - r.started_ms),
+        None => format!("{} so far", took(now - r.started_ms)),
+    }
+}
+
+fn rows(n: i64) -> String {
+    format!("{} row{}", count(n), if n == 1 { "" } else { "s" })
+}
+
+pub(in crate::web::page) fn section(
+    s: &Section,
+    series: &BTreeMap<String, Vec<SeriesInfo>>,
+    now: Ts,
+) -> Markup {
+    html! {
+        section #maintenance .maintenance data-live aria-labelledby="maintenance-h" {
+            h2 #maintenance-h { "Maintenance" }
+            @if s.tasks.is_empty() {
+                p .empty { "No maintenance tasks configured." }
+            }
+            @for t in &s.tasks {
+                (task(t, s.error.is_some(), series, now))
+            }
+            @if let Some(e) = &s.error {
+                p .notice { "The maintenance ledger is unavailable: " (e) }
+            }
+            @if !s.runs.is_empty() {
+                (runs(s, now))
+            }
+        }
+    }
+}
+
+/// `unread`: the ledger could not be read, so a missing last run is unknown.
+fn task(t: &Task, unread: bool, series: &BTreeMap<String, Vec<SeriesInfo>>, now: Ts) -> Markup {
+    let class = t
+        .last
+        .as_ref()
+        .map_or("s-none", |r| run_status(&r.status).0);
+    html! {
+        article class={ "task " (class) } data-task=(t.name) {
+            div .name {
+                h3 { (t.name) }
+                span .kind { (t.kind) }
+            }
+            div .last {
+                @match &t.last {
+                    Some(r) => {
+                        span .state { (status_badge(r)) }
+                        span .when {
+                            "run " a href=(format!("#maint-run-{}", r.id)) { (r.id) }
+                            " · " (time(r.started_ms)) " · " (duration(r, now))
+                            " · " (rows(r.rows_changed))
+                        }
+                    }
+                    None if unread => span .never { "last run unknown" },
+                    None => span .never { "never run" },
+                }
+            }
+            dl .facts {
+                div { dt { "Schedule" } dd { (t.schedule) } }
+                div {
+                    dt { "Next start" }
+                    dd {
+                        @match (&t.next_start, t.schedule.as_str()) {
+                            (Some(at), _) => (time_of(at)),
+                            (None, "manual only") => span .na { "when started (CLI or API)" },
+                            (None, _) => span .na { "none yet" },
+                        }
+                    }
+                }
+                div {
+                    dt { "Window" }
+                    dd { (window(t)) }
+                }
+                @if let Some(a) = &t.auto {
+                    div .auto { dt { "Auto window" } dd { (auto(a, series)) } }
+                }
+                div {
+                    dt { "Guards" }
+                    dd {
+                        @for (i, g) in t.guards.iter().enumerate() {
+                            @if i > 0 { ", " }
+                            code { (g) }
+                        }
+                    }
+                }
+            }
+            @if let Some(err) = t.last.as_ref().and_then(|r| r.error.as_ref()) {
+                p .reason { (err) }
+            }
+        }
+    }
+}
+
+fn window(t: &Task) -> Markup {
+    html! {
+        @if t.window_open {
+            span .open { "open" }
+            @match &t.window_closes {
+                Some(at) => { " until " (time_of(at)) }
+                None => span .na { " · no window" },
+            }
+        } @else {
+            span .closed { "closed" }
+            @if let Some(why) = &t.window_note { ": " (why) }
+        }
+    }
+}
+
+fn auto(a: &Auto, series: &BTreeMap<String, Vec<SeriesInfo>>) -> Markup {
+    match a {
+        Auto::Chosen {
+            series: key,
+            weekday,
+            hour,
+            mean,
+            overall_mean,
+            hours_with_data,
+            days_of_history,
+        } => {
+            let unit = series
+                .values()
+                .flatten()
+                .find(|i| &i.key == key)
+                .map_or(Unit::None, |i| Unit::parse(&i.unit));
+            html! {
+                strong { (weekday) " " (format!("{hour:02}:00–{:02}:00", (hour + 1) % 24)) }
+                ", the quietest hour of the week: mean " (value(*mean, unit))
+                " against " (value(*overall_mean, unit)) " overall"
+                span .sub {
+                    " (" code { (key) } ", " (format!("{days_of_history:.0}")) " days, "
+                    (hours_with_data) " of 168 hours with data)"
+                }
+            }
+        }
+        Auto::Pending { pending } => html! {
+            span .pending { "not chosen yet" } ": " (pending)
+        },
+    }
+}
+
+fn runs(s: &Section, now: Ts) -> Markup {
+    html! {
+        h3 .runs-h { "Recent runs" }
+        table .runs {
+            thead {
+                tr {
+                    th scope="col" { "Run" }
+                    th scope="col" { "Task" }
+                    th scope="col" { "Trigger" }
+                    th scope="col" { "Status" }
+                    th scope="col" { "Started" }
+                    th scope="col" .num { "Took" }
+                    th scope="col" .num { "Rows" }
+                    th scope="col" { "Error" }
+                }
+            }
+            tbody {
+                @for r in &s.runs {
+                    tr id=(format!("maint-run-{}", r.id)) class=(run_status(&r.status).0) {
+                        td .id data-label="Run" { (r.id) }
+                        td .task data-label="Task" { (r.task) }
+                        td .trigger data-label="Trigger" { (r.trigger) }
+                        td .status data-label="Status" { (status_badge(r)) }
+                        td .started data-label="Started" { (time(r.started_ms)) }
+                        td .num data-label="Took" { (duration(r, now)) }
+                        td .num data-label="Rows" { (count(r.rows_changed)) }
+                        td .err data-label="Error" { (r.error.as_deref().unwrap_or("")) }
+                    }
+                }
+            }
+        }
+    }
+}

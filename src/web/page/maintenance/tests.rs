@@ -1,0 +1,239 @@
+//! The Maintenance section's markup on hand-written task documents
+//! (hostile names and errors, an auto choice, a pending one, open and closed
+//! windows, no tasks, recent runs), and the agent's own document read back.
+
+use std::collections::BTreeMap;
+
+use super::markup::section;
+use super::*;
+use crate::sample::Ts;
+use crate::store::reader::SeriesInfo;
+
+const HOSTILE: &str = "<script>alert(1)</script>\"'&";
+const NOW: Ts = 1_700_000_000_000;
+
+fn run(id: i64, task: &str, status: &str, error: Option<&str>) -> RunRow {
+    RunRow {
+        id,
+        task: task.into(),
+        kind: "postgres_retention".into(),
+        trigger: "cli".into(),
+        dry_run: false,
+        started_ms: NOW - 60_000,
+        ended_ms: Some(NOW - 60_000 + 2_500),
+        status: status.into(),
+        rows_changed: 12_345,
+        plan: None,
+        backup: None,
+        verdict: None,
+        before: None,
+        after: None,
+        error: error.map(String::from),
+    }
+}
+
+/// A task as the tasks document writes it.
+fn task(doc: serde_json::Value) -> Task {
+    serde_json::from_value(doc).unwrap()
+}
+
+fn html_of(s: &Section) -> String {
+    let series = BTreeMap::from([(
+        "host".to_string(),
+        vec![SeriesInfo {
+            id: 1,
+            key: "host.cpu_used_ratio".into(),
+            probe: "host".into(),
+            metric: "cpu_used_ratio".into(),
+            labels: String::new(),
+            unit: "ratio".into(),
+        }],
+    )]);
+    section(s, &series, NOW).into_string()
+}
+
+/// The markup of the task named `name`, up to its end.
+fn article<'a>(html: &'a str, name: &str) -> &'a str {
+    let at = html.find(&format!("data-task=\"{name}\"")).unwrap();
+    &html[at..at + html[at..].find("</article>").unwrap()]
+}
+
+#[test]
+fn hostile_task_names_and_errors_are_escaped() {
+    let mut t = task(serde_json::json!({
+        "name": HOSTILE, "kind": "postgres_retention", "schedule": "manual only",
+        "next_start": null, "window_open": true, "window_closes": null,
+        "window_note": null, "auto": null, "guards": [HOSTILE],
+    }));
+    t.last = Some(run(7, HOSTILE, "failed", Some(HOSTILE)));
+    let s = Section {
+        tasks: vec![t],
+        runs: vec![run(
+            7,
+            HOSTILE,
+            "failed",
+            Some("<img src=x onerror=alert(2)>"),
+        )],
+        error: Some(HOSTILE.into()),
+    };
+    let html = html_of(&s);
+    assert!(!html.contains("<script>"), "{html}");
+    assert!(!html.contains("<img"), "{html}");
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;'&amp;"));
+    assert!(html.contains("&lt;img src=x onerror=alert(2)&gt;"));
+    // Failed reads as a word and a symbol, not only a colour.
+    let row = article(&html, "&lt;script&gt;alert(1)&lt;/script&gt;&quot;'&amp;");
+    assert!(row.starts_with("data-task="), "{row}");
+    assert!(row.contains("<span class=\"word\">failed</span>"), "{row}");
+    assert!(row.contains("aria-hidden=\"true\">✕</span>"), "{row}");
+    assert!(
+        row.contains("12,345 rows") && row.contains("2.5 s"),
+        "{row}"
+    );
+    assert!(!html.contains("style="));
+}
+
+#[test]
+fn an_auto_choice_shows_its_hour_and_figures() {
+    let t = task(serde_json::json!({
+        "name": "trim", "kind": "postgres_retention",
+        "schedule": "when the window opens: 03:00-04:00 on sat (local time)",
+        "next_start": "2023-11-18T03:00:00.000Z", "window_open": false,
+        "window_closes": null, "window_note": "outside the window 03:00-04:00 on sat",
+        "auto": {
+            "series": "host.cpu_used_ratio", "weekday": "sat", "hour": 3,
+            "mean": 0.042, "overall_mean": 0.31, "hours_with_data": 168,
+            "days_of_history": 27.9,
+        },
+        "guards": ["db"],
+    }));
+    assert!(matches!(t.auto, Some(Auto::Chosen { hour: 3, .. })));
+    let html = html_of(&Section {
+        tasks: vec![t],
+        ..Section::default()
+    });
+    let row = article(&html, "trim");
+    assert!(row.contains("<strong>sat 03:00–04:00</strong>"), "{row}");
+    assert!(row.contains("mean 4.2% against 31% overall"), "{row}");
+    assert!(row.contains("28 days, 168 of 168 hours with data"), "{row}");
+    assert!(
+        row.contains("<time datetime=\"2023-11-18T03:00:00.000Z\">2023-11-18 03:00:00 UTC</time>"),
+        "{row}"
+    );
+    assert!(row.contains("never run"), "{row}");
+}
+
+#[test]
+fn a_pending_auto_window_says_why() {
+    let why = "3.2 days of `host.cpu_used_ratio` history; window = \"auto\" needs 7";
+    let t = task(serde_json::json!({
+        "name": "trim", "kind": "postgres_retention",
+        "schedule": "when the window opens: auto (not chosen yet) (local time)",
+        "next_start": null, "window_open": false, "window_closes": null,
+        "window_note": "window = \"auto\" has not chosen an hour yet (it needs 7 days of history)",
+        "auto": { "pending": why }, "guards": ["db"],
+    }));
+    assert!(matches!(&t.auto, Some(Auto::Pending { pending }) if pending == why));
+    let html = html_of(&Section {
+        tasks: vec![t],
+        ..Section::default()
+    });
+    let row = article(&html, "trim");
+    assert!(row.contains("not chosen yet</span>: 3.2 days of"), "{row}");
+    assert!(row.contains("needs 7"), "{row}");
+    assert!(row.contains("none yet"), "{row}");
+    assert!(
+        row.contains("<span class=\"closed\">closed</span>"),
+        "{row}"
+    );
+}
+
+#[test]
+fn a_closed_window_says_which_and_an_open_one_until_when() {
+    let closed = task(serde_json::json!({
+        "name": "night", "kind": "postgres_analyze",
+        "schedule": "when the window opens: 02:00-05:00 (UTC)",
+        "next_start": "2023-11-15T02:00:00.000Z", "window_open": false,
+        "window_closes": null, "window_note": "outside the window 02:00-05:00",
+        "auto": null, "guards": ["db", "web"],
+    }));
+    let open = task(serde_json::json!({
+        "name": "day", "kind": "postgres_analyze", "schedule": "cron `*/5 * * * *` inside 08:00-18:00 (UTC)",
+        "next_start": "2023-11-14T22:15:00.000Z", "window_open": true,
+        "window_closes": "2023-11-14T23:00:00.000Z", "window_note": null,
+        "auto": null, "guards": ["db"],
+    }));
+    let html = html_of(&Section {
+        tasks: vec![closed, open],
+        ..Section::default()
+    });
+    let night = article(&html, "night");
+    assert!(
+        night.contains("<span class=\"closed\">closed</span>: outside the window 02:00-05:00"),
+        "{night}"
+    );
+    assert!(
+        night.contains("<code>db</code>, <code>web</code>"),
+        "{night}"
+    );
+    assert!(!night.contains("Auto window"), "{night}");
+    let day = article(&html, "day");
+    assert!(
+        day.contains(
+            "<span class=\"open\">open</span> until <time datetime=\"2023-11-14T23:00:00.000Z\">"
+        ),
+        "{day}"
+    );
+}
+
+#[test]
+fn no_tasks_is_one_quiet_line_under_the_heading() {
+    let html = html_of(&Section::default());
+    assert!(html.contains("<h2 id=\"maintenance-h\">Maintenance</h2>"));
+    assert!(html.contains("<p class=\"empty\">No maintenance tasks configured.</p>"));
+    assert!(!html.contains("<table"), "{html}");
+}
+
+#[test]
+fn recent_runs_show_status_in_words_and_link_from_events() {
+    let mut running = run(9, "trim", "running", None);
+    running.ended_ms = None;
+    let s = Section {
+        tasks: Vec::new(),
+        runs: vec![running, run(8, "trim", "rolled_back", None)],
+        error: None,
+    };
+    let html = html_of(&s);
+    let row = &html[html.find("id=\"maint-run-9\"").unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains("<span class=\"word\">running</span>"), "{row}");
+    assert!(row.contains("1 min so far"), "{row}");
+    assert!(html.contains("<span class=\"word\">rolled back</span>"));
+    assert_eq!(run_link(&s, 8), "#maint-run-8");
+    assert_eq!(run_link(&s, 3), "/api/v1/maintenance/runs/3");
+}
+
+/// The seam: the agent's own document reads, for every kind of schedule.
+#[test]
+fn the_agent_s_tasks_document_reads() {
+    let config = crate::config::Config::parse(
+        "agent.toml",
+        "[probe.db]\nkind = \"postgres\"\nconninfo = \"host=127.0.0.1 dbname=postgres\"\nuser = \"postgres\"\n\n\
+         [maintenance.by_hand]\nkind = \"postgres_analyze\"\nprobe = \"db\"\n\n\
+         [maintenance.nightly]\nkind = \"postgres_analyze\"\nprobe = \"db\"\n\
+         window = \"02:00-05:00\"\ntimezone = \"UTC\"\n\n\
+         [maintenance.quiet]\nkind = \"postgres_analyze\"\nprobe = \"db\"\nwindow = \"auto\"\n",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let m = Maintenance::new(std::sync::Arc::new(config), dir.path().to_path_buf());
+    let s = gather(Some(&m), None);
+    assert_eq!(s.error, None);
+    let names: Vec<&str> = s.tasks.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["by_hand", "nightly", "quiet"]);
+    assert_eq!(s.tasks[0].schedule, "manual only");
+    assert!(s.tasks[0].window_open && s.tasks[0].next_start.is_none());
+    assert_eq!(s.tasks[1].guards, ["db"]);
+    assert!(s.tasks[1].next_start.is_some());
+    assert!(!s.tasks[2].window_open);
+}
