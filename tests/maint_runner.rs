@@ -626,3 +626,63 @@ fn an_auto_window_picks_the_quietest_hour_and_shows_the_figures() {
     assert_eq!(code, Some(0), "{err}");
     drop(guard);
 }
+
+#[test]
+fn sigterm_stops_a_run_at_a_safe_point_and_the_agent_exits_cleanly() {
+    let t = Table::new(40_000, 120);
+    let dir = temp_dir();
+    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let token = write_file(dir.path(), "token", "m41nt-t0ken\n");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let port = free_port();
+    let api = format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n",
+        token.display()
+    );
+    let cfg = config(
+        dir.path(),
+        &t.name(),
+        &guard.local_addr().unwrap().to_string(),
+        "batch_size = 500\npause = \"500ms\"",
+        &api,
+    );
+    let data = dir.path().join("data");
+    let old = t.count("WHERE created_at < now() - interval '30 days'");
+    let agent = Agent::start(Some(&cfg), &data, port);
+    let r = post(port, "/api/v1/maintenance/trim/run");
+    assert_eq!(r.code, 202, "{}", r.body);
+    let run: i64 = serde_json::from_str::<Value>(&r.body).unwrap()["run_id"]
+        .as_i64()
+        .unwrap();
+    crate::util::wait_for("two batches", || {
+        let (_, body) = get(port, &format!("/api/v1/maintenance/runs/{run}")).unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["step"] == "batch")
+            .count()
+            >= 2
+    });
+    agent.signal(libc::SIGTERM);
+    let (code, took, err) = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(ledger_status(&data, run), "aborted");
+    let (error, rows): (String, i64) = history_sql(&data)
+        .query_row(
+            "SELECT error, rows_changed FROM maintenance_runs WHERE id = ?1",
+            [run],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(error, "stopped between batches: the agent is stopping");
+    // Every batch it recorded is done, and nothing else.
+    assert_eq!(
+        t.count("WHERE created_at < now() - interval '30 days'"),
+        old - rows
+    );
+    assert!(rows > 0 && rows < old, "{rows} of {old}");
+    drop(guard);
+}
