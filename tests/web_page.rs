@@ -4,7 +4,9 @@
 //! messages), shows every probe, draws the history chart and refreshes
 //! itself; screenshots at desktop and phone width are kept under
 //! `target/test-artifacts/`. Without JavaScript the HTML alone carries the
-//! summary.
+//! summary. With a PostgreSQL retention task (on a throwaway schema of the
+//! real server on 127.0.0.1) run once from the CLI, the Maintenance section
+//! shows the task and its run.
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -12,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{Agent, free_port, get, request, temp_dir, write_file};
+use crate::util::{Agent, free_port, get, request, stderr, stdout, temp_dir, wait_for, write_file};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const PROBES: [&str; 3] = ["billing_db", "host", "web_backend"];
@@ -20,11 +22,16 @@ const PROBES: [&str; 3] = ["billing_db", "host", "web_backend"];
 /// A running agent with a healthy and an unhealthy tcp probe.
 struct Site {
     agent: Agent,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Site {
     fn start() -> Site {
+        Site::start_with(|_| String::new())
+    }
+
+    /// A site whose config ends with `extra(dir)`.
+    fn start_with(extra: impl FnOnce(&Path) -> String) -> Site {
         let dir = temp_dir();
         let port = free_port();
         // The healthy target accepts and closes every connection.
@@ -42,11 +49,12 @@ impl Site {
             &format!(
                 "[agent]\ninterval = \"1s\"\n\n[api]\nlisten = \"127.0.0.1:{port}\"\n\n\
                  [probe.web_backend]\nkind = \"tcp\"\naddress = \"{up}\"\n\n\
-                 [probe.billing_db]\nkind = \"tcp\"\naddress = \"127.0.0.1:{closed}\"\n"
+                 [probe.billing_db]\nkind = \"tcp\"\naddress = \"127.0.0.1:{closed}\"\n\n{}",
+                extra(dir.path())
             ),
         );
         let agent = Agent::start(Some(&cfg), &dir.path().join("data"), port);
-        let site = Site { agent, _dir: dir };
+        let site = Site { agent, dir };
         site.wait_for_history();
         site
     }
@@ -81,6 +89,147 @@ impl Site {
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}/", self.port())
     }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("agent.toml")
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+/// Runs SQL through psql as postgres.
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-q"])
+        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("psql (PostgreSQL client) must be installed");
+    assert!(
+        out.status.success(),
+        "PostgreSQL on 127.0.0.1:5432 must be up for this test: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A throwaway schema with `events(id, created_at, body)`: 2,000 rows an
+/// hour apart, so about 1,300 are older than 30 days. Dropped on drop.
+struct Schema(String);
+
+impl Schema {
+    fn new() -> Schema {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("upkeep_wp_{}_{nanos}", std::process::id());
+        psql(&format!(
+            "CREATE SCHEMA {name};
+             CREATE TABLE {name}.events (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, body text);
+             INSERT INTO {name}.events
+               SELECT g, now() - make_interval(hours => g), md5(g::text) FROM generate_series(1, 2000) g;
+             ANALYZE {name}.events;"
+        ));
+        Schema(name)
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-q",
+                "-c",
+            ])
+            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0))
+            .output();
+    }
+}
+
+/// The site with a postgres probe and a manual-only retention task `trim`
+/// on `schema`, run once from the CLI, slowly enough (100 rows a batch,
+/// half a second apart) that the tcp probe `flip`, whose target goes away
+/// during the run, turns unhealthy while it runs; returns the run's id. Two
+/// analyze tasks stand beside it: `nightly`, whose window opens in 12 hours
+/// (so a run from the CLI right after is refused), and `quiet`, whose auto
+/// window has too little history to choose.
+fn site_with_a_maintenance_run(schema: &Schema) -> (Site, i64) {
+    let table = format!("{}.events", schema.0);
+    let open = chrono::Utc::now() + chrono::Duration::hours(12);
+    let window = format!(
+        "{}-{}",
+        open.format("%H:%M"),
+        (open + chrono::Duration::hours(1)).format("%H:%M")
+    );
+    let flip = TcpListener::bind("127.0.0.1:0").unwrap();
+    let flip_addr = flip.local_addr().unwrap();
+    let site = Site::start_with(|_| {
+        format!(
+            "[probe.flip]\nkind = \"tcp\"\naddress = \"{flip_addr}\"\nfailure_threshold = 1\n\n\
+             [probe.db]\nkind = \"postgres\"\nconninfo = \"host=127.0.0.1 port=5432 dbname=postgres\"\n\
+             user = \"postgres\"\n\n\
+             [maintenance.trim]\nkind = \"postgres_retention\"\nprobe = \"db\"\ntable = \"{table}\"\n\
+             timestamp_column = \"created_at\"\nolder_than = \"30d\"\nbatch_size = 100\npause = \"500ms\"\n\n\
+             [maintenance.nightly]\nkind = \"postgres_analyze\"\nprobe = \"db\"\ntables = [\"{table}\"]\n\
+             window = \"{window}\"\ntimezone = \"UTC\"\nguard = [\"db\", \"web_backend\"]\n\n\
+             [maintenance.quiet]\nkind = \"postgres_analyze\"\nprobe = \"db\"\ntables = [\"{table}\"]\n\
+             window = \"auto\"\n"
+        )
+    });
+    let (cfg, data) = (site.config(), site.data_dir());
+    let cli = |task: &str| {
+        let mut c = Command::new(crate::util::bin());
+        c.args(["maintenance", "run", task, "--config"])
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("UPKEEP_CONFIG")
+            .env_remove("STATE_DIRECTORY")
+            .env("UPKEEP_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    let port = site.port();
+    let flip_events = || -> Vec<serde_json::Value> {
+        let (_, body) = get(port, "/api/v1/events?probe=flip").unwrap();
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["events"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    wait_for("flip healthy", || {
+        flip_events().iter().any(|e| e["to_status"] == "healthy")
+    });
+    let child = cli("trim").spawn().unwrap();
+    wait_for("the run in the ledger", || {
+        get(port, "/api/v1/maintenance/runs").is_some_and(|(_, b)| b.contains("\"running\""))
+    });
+    drop(flip);
+    wait_for("flip unhealthy", || {
+        flip_events().iter().any(|e| e["to_status"] == "unhealthy")
+    });
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(doc["success"], true, "{doc}");
+    let run = doc["tasks"][0]["details"]["run_id"].as_i64().unwrap();
+    // `nightly` is refused (its window is closed), and says so in the ledger.
+    let out = cli("nightly").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // The page is cached for a second: wait for one rendered after the runs.
+    wait_for("the runs on the page", || {
+        get(port, "/")
+            .is_some_and(|(_, html)| html.contains(&format!("id=\"maint-run-{}\"", run + 1)))
+    });
+    (site, run)
 }
 
 /// What one headless Chromium run printed.
@@ -319,5 +468,136 @@ fn screenshots_at_desktop_and_phone_width() {
         let png = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(png_size(&png), (w, h), "{name}");
         assert!(png.len() > 20_000, "{name}: the screenshot looks blank");
+    }
+}
+
+#[test]
+fn the_maintenance_section_shows_a_task_and_its_run_from_the_cli() {
+    let schema = Schema::new();
+    let (site, run) = site_with_a_maintenance_run(&schema);
+    let (code, html) = get(site.port(), "/").unwrap();
+    assert_eq!(code, 200);
+    let section = &html[html.find("id=\"maintenance\"").expect("the section")..];
+    let section = &section[..section.find("</section>").unwrap()];
+    assert!(section.contains("<h2 id=\"maintenance-h\">Maintenance</h2>"));
+    let at = section.find("data-task=\"trim\"").expect("the task");
+    let task = &section[at..at + section[at..].find("</article>").unwrap()];
+    for text in [
+        "<h3>trim</h3>",
+        "postgres_retention",
+        "manual only",
+        "when started (CLI or API)",
+        "<span class=\"open\">open</span>",
+        "<code>db</code>",
+        // Status as a word and a symbol, not only a colour.
+        "<span class=\"word\">succeeded</span>",
+        "aria-hidden=\"true\">✓</span>",
+        &format!("href=\"#maint-run-{run}\">{run}</a>"),
+    ] {
+        assert!(task.contains(text), "{text} missing: {task}");
+    }
+    // The tasks that have not run say when they may, and why not now.
+    let at = section.find("data-task=\"nightly\"").expect("nightly");
+    let nightly = &section[at..at + section[at..].find("</article>").unwrap()];
+    for text in [
+        "when the window opens: ",
+        "<span class=\"closed\">closed</span>: outside the window ",
+        "<code>db</code>, <code>web_backend</code>",
+        "<span class=\"word\">refused</span>",
+    ] {
+        assert!(nightly.contains(text), "{text} missing: {nightly}");
+    }
+    let at = section.find("data-task=\"quiet\"").expect("quiet");
+    let quiet = &section[at..at + section[at..].find("</article>").unwrap()];
+    for text in [
+        "Auto window",
+        "not chosen yet</span>: ",
+        "none yet",
+        "never run",
+    ] {
+        assert!(quiet.contains(text), "{text} missing: {quiet}");
+    }
+    let row = &section[section.find(&format!("id=\"maint-run-{run}\"")).unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains("class=\"s-healthy\""), "{row}");
+    for text in [
+        "trim",
+        "cli",
+        "<span class=\"word\">succeeded</span>",
+        "<time datetime=",
+    ] {
+        assert!(row.contains(text), "{text} missing: {row}");
+    }
+    let refused = &section[section
+        .find(&format!("id=\"maint-run-{}\"", run + 1))
+        .unwrap()..];
+    let refused = &refused[..refused.find("</tr>").unwrap()];
+    for text in [
+        "nightly",
+        "<span class=\"word\">refused</span>",
+        "outside the window",
+    ] {
+        assert!(refused.contains(text), "{text} missing: {refused}");
+    }
+    // The status change during the run is marked with it.
+    let events = &html[html.find("id=\"events\"").unwrap()..];
+    let at = events.find("flip is unhealthy").expect("the flip event");
+    let event = &events[at..at + events[at..].find("</li>").unwrap()];
+    assert!(
+        event.contains(&format!(
+            "<a class=\"during\" href=\"#maint-run-{run}\">during maintenance run {run}</a>"
+        )),
+        "{event}"
+    );
+    // About 1,300 rows were older than 30 days.
+    let rows: i64 = row
+        .rsplit("<td class=\"num\" data-label=\"Rows\">")
+        .next()
+        .and_then(|r| r.split('<').next())
+        .map(|n| n.replace(',', "").parse().unwrap())
+        .unwrap();
+    assert!((1_200..1_400).contains(&rows), "{rows}: {row}");
+
+    // In Chromium: no console message, the section is there, and after a
+    // refresh (the section is live) it still is, once.
+    let b = chromium(
+        &format!("{}#maintenance", site.url()),
+        &[
+            "--virtual-time-budget=12000",
+            "--window-size=1280,900",
+            "--dump-dom",
+        ],
+    );
+    assert!(b.console.is_empty(), "console messages: {:#?}", b.console);
+    assert!(b.stdout.contains("data-refreshes=\""), "no refresh ran");
+    assert_eq!(b.stdout.matches("id=\"maintenance\"").count(), 1);
+    for task in ["trim", "nightly", "quiet"] {
+        assert_eq!(
+            b.stdout.matches(&format!("data-task=\"{task}\"")).count(),
+            1
+        );
+    }
+    assert!(b.stdout.contains(&format!("id=\"maint-run-{run}\"")));
+
+    // Tall enough for the whole page, the section included.
+    let dir = artifacts();
+    for (name, w, h, scheme) in [
+        ("desktop", 1280, 2300, None),
+        ("phone", 390, 4200, None),
+        ("desktop-dark", 1280, 2300, Some("--force-dark-mode")),
+    ] {
+        let path = dir.join(format!("status-page-maintenance-{name}.png"));
+        let _ = std::fs::remove_file(&path);
+        let mut flags = vec![
+            "--virtual-time-budget=3000".to_string(),
+            format!("--window-size={w},{h}"),
+            format!("--screenshot={}", path.display()),
+        ];
+        flags.extend(scheme.map(String::from));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let b = chromium(&site.url(), &flags);
+        assert!(b.console.is_empty(), "{name}: {:#?}", b.console);
+        let png = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(png_size(&png), (w, h), "{name}");
     }
 }

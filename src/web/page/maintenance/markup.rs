@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use maud::{Markup, html};
 
-use super::{Auto, Section, Task};
+use super::{Auto, Section, Task, run_link};
 use crate::maintenance::ledger::RunRow;
 use crate::sample::{Status, Ts, Unit};
 use crate::store::reader::SeriesInfo;
@@ -28,9 +28,11 @@ fn run_status(status: &str) -> (&'static str, &'static str, String) {
 fn status_badge(r: &RunRow) -> Markup {
     let (_, sym, word) = run_status(&r.status);
     html! {
-        span .sym aria-hidden="true" { (sym) }
-        span .word { (word) }
-        @if r.dry_run { " " span .dry { "(dry run)" } }
+        span .badge {
+            span .sym aria-hidden="true" { (sym) }
+            span .word { (word) }
+            @if r.dry_run { " " span .dry { "(dry run)" } }
+        }
     }
 }
 
@@ -58,7 +60,7 @@ pub(in crate::web::page) fn section(
                 p .empty { "No maintenance tasks configured." }
             }
             @for t in &s.tasks {
-                (task(t, s.error.is_some(), series, now))
+                (task(t, s, series, now))
             }
             @if let Some(e) = &s.error {
                 p .notice { "The maintenance ledger is unavailable: " (e) }
@@ -70,8 +72,9 @@ pub(in crate::web::page) fn section(
     }
 }
 
-/// `unread`: the ledger could not be read, so a missing last run is unknown.
-fn task(t: &Task, unread: bool, series: &BTreeMap<String, Vec<SeriesInfo>>, now: Ts) -> Markup {
+fn task(t: &Task, s: &Section, series: &BTreeMap<String, Vec<SeriesInfo>>, now: Ts) -> Markup {
+    // Without the ledger a missing last run is unknown, not "never".
+    let unread = s.error.is_some();
     let class = t
         .last
         .as_ref()
@@ -83,11 +86,12 @@ fn task(t: &Task, unread: bool, series: &BTreeMap<String, Vec<SeriesInfo>>, now:
                 span .kind { (t.kind) }
             }
             div .last {
+                span .lbl { "Last run" }
                 @match &t.last {
                     Some(r) => {
                         span .state { (status_badge(r)) }
                         span .when {
-                            "run " a href=(format!("#maint-run-{}", r.id)) { (r.id) }
+                            "run " a href=(run_link(s, r.id)) { (r.id) }
                             " · " (time(r.started_ms)) " · " (duration(r, now))
                             " · " (rows(r.rows_changed))
                         }
@@ -112,9 +116,6 @@ fn task(t: &Task, unread: bool, series: &BTreeMap<String, Vec<SeriesInfo>>, now:
                     dt { "Window" }
                     dd { (window(t)) }
                 }
-                @if let Some(a) = &t.auto {
-                    div .auto { dt { "Auto window" } dd { (auto(a, series)) } }
-                }
                 div {
                     dt { "Guards" }
                     dd {
@@ -123,6 +124,9 @@ fn task(t: &Task, unread: bool, series: &BTreeMap<String, Vec<SeriesInfo>>, now:
                             code { (g) }
                         }
                     }
+                }
+                @if let Some(a) = &t.auto {
+                    div .auto { dt { "Auto window" } dd { (auto(a, series)) } }
                 }
             }
             @if let Some(err) = t.last.as_ref().and_then(|r| r.error.as_ref()) {
@@ -182,30 +186,32 @@ fn auto(a: &Auto, series: &BTreeMap<String, Vec<SeriesInfo>>) -> Markup {
 fn runs(s: &Section, now: Ts) -> Markup {
     html! {
         h3 .runs-h { "Recent runs" }
-        table .runs {
-            thead {
-                tr {
-                    th scope="col" { "Run" }
-                    th scope="col" { "Task" }
-                    th scope="col" { "Trigger" }
-                    th scope="col" { "Status" }
-                    th scope="col" { "Started" }
-                    th scope="col" .num { "Took" }
-                    th scope="col" .num { "Rows" }
-                    th scope="col" { "Error" }
+        div .runs-wrap {
+            table .runs {
+                thead {
+                    tr {
+                        th scope="col" { "Run" }
+                        th scope="col" { "Task" }
+                        th scope="col" { "Trigger" }
+                        th scope="col" { "Status" }
+                        th scope="col" { "Started" }
+                        th scope="col" .num { "Took" }
+                        th scope="col" .num { "Rows" }
+                        th scope="col" .err { "Error" }
+                    }
                 }
-            }
-            tbody {
-                @for r in &s.runs {
-                    tr id=(format!("maint-run-{}", r.id)) class=(run_status(&r.status).0) {
-                        td .id data-label="Run" { (r.id) }
-                        td .task data-label="Task" { (r.task) }
-                        td .trigger data-label="Trigger" { (r.trigger) }
-                        td .status data-label="Status" { (status_badge(r)) }
-                        td .started data-label="Started" { (time(r.started_ms)) }
-                        td .num data-label="Took" { (duration(r, now)) }
-                        td .num data-label="Rows" { (count(r.rows_changed)) }
-                        td .err data-label="Error" { (r.error.as_deref().unwrap_or("")) }
+                tbody {
+                    @for r in &s.runs {
+                        tr id=(format!("maint-run-{}", r.id)) class=(run_status(&r.status).0) {
+                            td .id data-label="Run" { (r.id) }
+                            td data-label="Task" { (r.task) }
+                            td .trigger data-label="Trigger" { (r.trigger) }
+                            td .status data-label="Status" { (status_badge(r)) }
+                            td .started data-label="Started" { (time(r.started_ms)) }
+                            td .num data-label="Took" { (duration(r, now)) }
+                            td .num data-label="Rows" { (count(r.rows_changed)) }
+                            td .err data-label="Error" { (r.error.as_deref().unwrap_or("")) }
+                        }
                     }
                 }
             }
