@@ -178,7 +178,7 @@ pub(super) fn gather(s: &State, now: Ts) -> View {
     }
     let mut maintenance = maintenance::gather(s.maintenance.as_deref(), reader.as_ref());
     if reader.is_none() && !maintenance.tasks.is_empty() {
-        maintenance.error = history_error.clone();
+        maintenance.ledger_error = history_error.clone();
     }
     let has = |k: &str| series.values().flatten().any(|i| i.key == k);
     let chart_key = ["host.cpu_used_ratio".to_string()]

@@ -56,14 +56,17 @@ pub(in crate::web::page) fn section(
     html! {
         section #maintenance .maintenance data-live aria-labelledby="maintenance-h" {
             h2 #maintenance-h { "Maintenance" }
-            @if s.tasks.is_empty() {
+            @if s.tasks.is_empty() && s.tasks_error.is_none() {
                 p .empty { "No maintenance tasks configured." }
+            }
+            @if let Some(e) = &s.tasks_error {
+                p .notice { "The maintenance tasks cannot be shown: " (e) }
             }
             @for t in &s.tasks {
                 (task(t, s, series, now))
             }
-            @if let Some(e) = &s.error {
-                p .notice { "The maintenance ledger is unavailable: " (e) }
+            @if let Some(e) = &s.ledger_error {
+                p .notice { "The maintenance ledger is unavailable, so runs are not shown: " (e) }
             }
             @if !s.runs.is_empty() {
                 (runs(s, now))
@@ -74,7 +77,7 @@ pub(in crate::web::page) fn section(
 
 fn task(t: &Task, s: &Section, series: &BTreeMap<String, Vec<SeriesInfo>>, now: Ts) -> Markup {
     // Without the ledger a missing last run is unknown, not "never".
-    let unread = s.error.is_some();
+    let unread = s.ledger_error.is_some();
     let class = t
         .last
         .as_ref()
@@ -180,6 +183,7 @@ fn auto(a: &Auto, series: &BTreeMap<String, Vec<SeriesInfo>>) -> Markup {
         Auto::Pending { pending } => html! {
             span .pending { "not chosen yet" } ": " (pending)
         },
+        Auto::Other(v) => html! { code { (v.to_string()) } },
     }
 }
 

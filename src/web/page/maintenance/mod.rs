@@ -33,8 +33,10 @@ pub(super) struct Section {
     pub(super) tasks: Vec<Task>,
     /// Newest first.
     pub(super) runs: Vec<RunRow>,
-    /// Why the tasks or the ledger could not be read, when they could not.
-    pub(super) error: Option<String>,
+    /// Why the tasks could not be read, when they could not.
+    pub(super) tasks_error: Option<String>,
+    /// Why the ledger could not be read, when it could not.
+    pub(super) ledger_error: Option<String>,
 }
 
 /// One task as the tasks document describes it.
@@ -72,6 +74,8 @@ pub(super) enum Auto {
     Pending {
         pending: String,
     },
+    /// A shape this page does not know: the rest of the task still shows.
+    Other(serde_json::Value),
 }
 
 #[derive(Deserialize)]
@@ -86,7 +90,7 @@ pub(super) fn gather(m: Option<&Maintenance>, reader: Option<&Reader>) -> Sectio
     if let Some(m) = m {
         match serde_json::from_value::<Document>(m.tasks_document()) {
             Ok(d) => s.tasks = d.tasks,
-            Err(e) => s.error = Some(format!("the tasks document does not read: {e}")),
+            Err(e) => s.tasks_error = Some(e.to_string()),
         }
     }
     let Some(r) = reader else {
@@ -105,7 +109,7 @@ pub(super) fn gather(m: Option<&Maintenance>, reader: Option<&Reader>) -> Sectio
             }
         }
         Err(e) => {
-            s.error.get_or_insert(e.to_string());
+            s.ledger_error = Some(e.to_string());
         }
     }
     s

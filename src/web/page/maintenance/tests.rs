@@ -74,7 +74,8 @@ fn hostile_task_names_and_errors_are_escaped() {
             "failed",
             Some("<img src=x onerror=alert(2)>"),
         )],
-        error: Some(HOSTILE.into()),
+        tasks_error: None,
+        ledger_error: Some(HOSTILE.into()),
     };
     let html = html_of(&s);
     assert!(!html.contains("<script>"), "{html}");
@@ -134,6 +135,9 @@ fn a_pending_auto_window_says_why() {
         "auto": { "pending": why }, "guards": ["db"],
     }));
     assert!(matches!(&t.auto, Some(Auto::Pending { pending }) if pending == why));
+    // An auto document of another shape still lets the task show.
+    let other: Auto = serde_json::from_value(serde_json::json!({"hour": "3"})).unwrap();
+    assert!(matches!(other, Auto::Other(_)));
     let html = html_of(&Section {
         tasks: vec![t],
         ..Section::default()
@@ -192,6 +196,13 @@ fn no_tasks_is_one_quiet_line_under_the_heading() {
     assert!(html.contains("<h2 id=\"maintenance-h\">Maintenance</h2>"));
     assert!(html.contains("<p class=\"empty\">No maintenance tasks configured.</p>"));
     assert!(!html.contains("<table"), "{html}");
+    // Tasks that cannot be read are not "no tasks".
+    let html = html_of(&Section {
+        tasks_error: Some("missing field `kind`".into()),
+        ..Section::default()
+    });
+    assert!(!html.contains("No maintenance tasks configured"), "{html}");
+    assert!(html.contains("The maintenance tasks cannot be shown: missing field `kind`"));
 }
 
 #[test]
@@ -201,7 +212,7 @@ fn recent_runs_show_status_in_words_and_link_from_events() {
     let s = Section {
         tasks: Vec::new(),
         runs: vec![running, run(8, "trim", "rolled_back", None)],
-        error: None,
+        ..Section::default()
     };
     let html = html_of(&s);
     let row = &html[html.find("id=\"maint-run-9\"").unwrap()..];
@@ -228,7 +239,7 @@ fn the_agent_s_tasks_document_reads() {
     let dir = tempfile::tempdir().unwrap();
     let m = Maintenance::new(std::sync::Arc::new(config), dir.path().to_path_buf());
     let s = gather(Some(&m), None);
-    assert_eq!(s.error, None);
+    assert_eq!((s.tasks_error, s.ledger_error), (None, None));
     let names: Vec<&str> = s.tasks.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["by_hand", "nightly", "quiet"]);
     assert_eq!(s.tasks[0].schedule, "manual only");
