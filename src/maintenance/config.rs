@@ -27,7 +27,7 @@ macro_rules! task_config {
             /// Days the window is open (`mon` … `sun`); empty: every day.
             #[serde(default)]
             pub days: Vec<String>,
-            /// `"local"` (default) or `"UTC"`: the clock of schedule and window.
+            /// `"local"` (default), `"UTC"` or an IANA zone: the clock of schedule and window.
             #[serde(default)]
             pub timezone: Option<String>,
             /// For `window = "auto"`: the series whose quietest hour is chosen.

@@ -29,11 +29,12 @@ pub const AUTO_LOOKBACK_DAYS: i64 = 28;
 
 const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// The clock of a schedule: the host's local time, UTC, or an IANA zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Zone {
     Local,
     Utc,
+    Named(chrono_tz::Tz),
 }
 
 /// A daily window in minutes of the day, `[start, end)`; `end < start`
@@ -163,10 +164,18 @@ impl Schedule {
         let zone = match c.timezone {
             None | Some("local") => Zone::Local,
             Some("UTC") | Some("utc") => Zone::Utc,
-            Some(z) => {
-                bad.push(("timezone", format!("`{z}` is not \"local\" or \"UTC\"")));
-                Zone::Local
-            }
+            Some(z) => match z.parse::<chrono_tz::Tz>() {
+                Ok(tz) => Zone::Named(tz),
+                Err(_) => {
+                    bad.push((
+                        "timezone",
+                        format!(
+                            "`{z}` is not \"local\", \"UTC\" or an IANA time zone such as \"Europe/Berlin\""
+                        ),
+                    ));
+                    Zone::Local
+                }
+            },
         };
         if bad.is_empty() {
             Ok(Schedule {
@@ -224,6 +233,28 @@ impl Schedule {
                     l.weekday().num_days_from_monday(),
                 )
             }
+            Zone::Named(tz) => {
+                let l = t.with_timezone(&tz);
+                (
+                    l.date_naive(),
+                    l.hour() * 60 + l.minute(),
+                    l.weekday().num_days_from_monday(),
+                )
+            }
+        }
+    }
+
+    /// The cron's next time after `after`, read on the schedule's clock.
+    fn cron_next(&self, c: &Cron, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        fn on<Z: TimeZone>(c: &Cron, after: DateTime<Utc>, z: &Z) -> Option<DateTime<Utc>> {
+            c.find_next_occurrence(&after.with_timezone(z), false)
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        }
+        match self.zone {
+            Zone::Utc => on(c, after, &Utc),
+            Zone::Local => on(c, after, &Local),
+            Zone::Named(tz) => on(c, after, &tz),
         }
     }
 
@@ -233,15 +264,8 @@ impl Schedule {
             Zone::Utc => Some(Utc.from_utc_datetime(&naive)),
             // A time skipped by a DST change has no instant: the window opens
             // at the next one that exists.
-            Zone::Local => Local
-                .from_local_datetime(&naive)
-                .earliest()
-                .or_else(|| {
-                    Local
-                        .from_local_datetime(&(naive + CDuration::hours(1)))
-                        .earliest()
-                })
-                .map(|t| t.with_timezone(&Utc)),
+            Zone::Local => earliest(&Local, naive),
+            Zone::Named(tz) => earliest(&tz, naive),
         }
     }
 
@@ -289,7 +313,7 @@ impl Schedule {
         let window = self.window(auto).ok()?;
         match (&self.cron, window) {
             (None, None) => None,
-            (Some(c), None) => c.find_next_occurrence(&after, false).ok(),
+            (Some(c), None) => self.cron_next(c, after),
             (None, Some((w, days))) => {
                 let (date, _, _) = self.to_zone(after);
                 (0..9).find_map(|d| {
@@ -304,7 +328,7 @@ impl Schedule {
                 // Cron times outside the window are skipped; a year of
                 // minutes bounds the search.
                 for _ in 0..600_000 {
-                    t = c.find_next_occurrence(&t, false).ok()?;
+                    t = self.cron_next(c, t)?;
                     if self.open_until(t, auto).is_ok() {
                         return Some(t);
                     }
@@ -317,8 +341,9 @@ impl Schedule {
     /// One line for people: "cron `0 3 * * *` inside 02:00-05:00 mon,tue (local)".
     pub fn describe(&self, auto: Option<&AutoChoice>) -> String {
         let zone = match self.zone {
-            Zone::Local => "local time",
-            Zone::Utc => "UTC",
+            Zone::Local => "local time".to_string(),
+            Zone::Utc => "UTC".to_string(),
+            Zone::Named(tz) => tz.name().to_string(),
         };
         let win = match (&self.window, self.window(auto)) {
             (WindowSpec::None, _) => None,
@@ -410,6 +435,18 @@ fn fmt_days(days: &[bool; 7]) -> String {
     format!(" on {}", names.join(","))
 }
 
+/// The first instant a local time names; a time skipped by a DST change
+/// names none, and the hour after it is taken.
+fn earliest<Z: TimeZone>(z: &Z, naive: chrono::NaiveDateTime) -> Option<DateTime<Utc>> {
+    z.from_local_datetime(&naive)
+        .earliest()
+        .or_else(|| {
+            z.from_local_datetime(&(naive + CDuration::hours(1)))
+                .earliest()
+        })
+        .map(|t| t.with_timezone(&Utc))
+}
+
 /// Day names for display (Monday = 0).
 pub fn day_name(weekday: u32) -> &'static str {
     DAY_NAMES[(weekday % 7) as usize]
@@ -480,6 +517,36 @@ mod tests {
             s.next_start(utc("2026-11-28T00:00:00Z"), None),
             Some(utc("2026-12-04T22:00:00Z"))
         );
+    }
+
+    #[test]
+    fn a_named_zone_reads_cron_and_window_on_its_own_clock() {
+        let mut c = common(Some("30 2 * * *"), Some("02:00-04:00"), &[]);
+        c.timezone = Some("Europe/Berlin");
+        let s = Schedule::parse(&c).unwrap();
+        // 02:30 in Berlin in winter (UTC+1) is 01:30 UTC.
+        assert_eq!(
+            s.next_start(utc("2026-11-28T10:00:00Z"), None),
+            Some(utc("2026-11-29T01:30:00Z"))
+        );
+        // In summer (UTC+2), 00:30 UTC.
+        assert_eq!(
+            s.next_start(utc("2026-07-01T10:00:00Z"), None),
+            Some(utc("2026-07-02T00:30:00Z"))
+        );
+        assert_eq!(
+            s.open_until(utc("2026-11-29T01:30:00Z"), None).unwrap(),
+            Some(utc("2026-11-29T03:00:00Z"))
+        );
+        assert!(
+            s.describe(None).contains("Europe/Berlin"),
+            "{}",
+            s.describe(None)
+        );
+        c.timezone = Some("Mars/Olympus");
+        let errs = validate(&c);
+        assert_eq!(errs[0].0, "timezone");
+        assert!(errs[0].1.contains("IANA"), "{errs:?}");
     }
 
     #[test]
