@@ -686,3 +686,68 @@ fn sigterm_stops_a_run_at_a_safe_point_and_the_agent_exits_cleanly() {
     assert!(rows > 0 && rows < old, "{rows} of {old}");
     drop(guard);
 }
+
+#[test]
+fn the_agent_runs_both_kinds_on_their_schedule() {
+    let t = Table::new(5_000, 900);
+    let dir = temp_dir();
+    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free_port();
+    let api = format!("[api]\nlisten = \"127.0.0.1:{port}\"\n");
+    let extra = format!(
+        "schedule = \"* * * * *\"\n\n[maintenance.stats]\nkind = \"postgres_analyze\"\nprobe = \"db\"\n\
+         tables = [\"{}\"]\nvacuum = true\nschedule = \"* * * * *\"\n",
+        t.name()
+    );
+    let cfg = config(
+        dir.path(),
+        &t.name(),
+        &guard.local_addr().unwrap().to_string(),
+        &extra,
+        &api,
+    );
+    let data = dir.path().join("data");
+    let agent = Agent::start(Some(&cfg), &data, port);
+    let (_, body) = get(port, "/api/v1/maintenance").unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    for task in v["tasks"].as_array().unwrap() {
+        assert_eq!(task["schedule"], "cron `* * * * *` (local time)", "{task}");
+        assert!(task["next_start"].is_string(), "{task}");
+    }
+    // Both start at the next minute.
+    let end = Instant::now() + Duration::from_secs(90);
+    let runs = loop {
+        let (_, body) = get(port, "/api/v1/maintenance/runs").unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let done: Vec<Value> = v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["trigger"] == "schedule" && r["status"] != "running")
+            .cloned()
+            .collect();
+        let tasks: std::collections::BTreeSet<&str> =
+            done.iter().map(|r| r["task"].as_str().unwrap()).collect();
+        if tasks.len() == 2 {
+            break done;
+        }
+        assert!(Instant::now() < end, "no scheduled runs of both tasks: {v}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for r in &runs {
+        assert_eq!(r["status"], "succeeded", "{r}");
+    }
+    assert_eq!(t.count("WHERE created_at < now() - interval '30 days'"), 0);
+    let stats = runs.iter().find(|r| r["task"] == "stats").unwrap();
+    let (_, body) = get(port, &format!("/api/v1/maintenance/runs/{}", stats["id"])).unwrap();
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        doc["tasks"][0]["details"]["kind"], "postgres_analyze",
+        "{doc}"
+    );
+    assert_eq!(doc["tasks"][0]["details"]["verdict"]["ok"], true, "{doc}");
+    agent.signal(libc::SIGTERM);
+    let (code, _, err) = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{err}");
+    drop(guard);
+}
