@@ -474,7 +474,7 @@ fn maintenance(action: Maint, at: &Where) -> Result<(), Failure> {
                     Failure::Usage(format!("no maintenance run {run_id} in the ledger"))
                 })?;
             if json {
-                let mut doc = ledger::result_document(&row, &steps);
+                let mut doc = ledger::result_document(&row);
                 doc["steps"] = serde_json::to_value(&steps).context("steps")?;
                 println!(
                     "{}",

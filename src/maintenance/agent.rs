@@ -305,6 +305,7 @@ pub fn run_summary(r: &ledger::RunRow) -> Value {
         "ended_at": r.ended_ms.map(rfc3339),
         "duration_ms": r.ended_ms.map(|e| e - r.started_ms),
         "rows_changed": r.rows_changed,
+        "batches": r.batches,
         "error": r.error,
     })
 }

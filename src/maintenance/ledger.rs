@@ -93,6 +93,8 @@ pub struct RunRow {
     /// running, succeeded, failed, aborted, rolled_back, interrupted
     pub status: String,
     pub rows_changed: i64,
+    /// Batches committed (every one, itemized in the steps or not).
+    pub batches: i64,
     pub plan: Option<Value>,
     pub backup: Option<Value>,
     pub verdict: Option<Value>,
@@ -268,11 +270,11 @@ impl Ledger {
         Ok(())
     }
 
-    /// Adds to a run's count of changed rows.
-    pub fn add_rows(&self, run_id: i64, rows: u64) -> Result<(), StoreError> {
+    /// Counts one committed batch and the rows it changed.
+    pub fn add_batch(&self, run_id: i64, rows: u64) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "UPDATE maintenance_runs SET rows_changed = rows_changed + ?1 WHERE id = ?2",
+                "UPDATE maintenance_runs SET rows_changed = rows_changed + ?1, batches = batches + 1 WHERE id = ?2",
                 params![rows as i64, run_id],
             )
             .map_err(self.err())?;
@@ -346,10 +348,11 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         before: json(12)?,
         after: json(13)?,
         error: r.get(14)?,
+        batches: r.get(15)?,
     })
 }
 
-const RUN_COLUMNS: &str = "id, task, kind, trigger, dry_run, started_ms, ended_ms, status, rows_changed, plan, backup, verdict, before, after, error";
+const RUN_COLUMNS: &str = "id, task, kind, trigger, dry_run, started_ms, ended_ms, status, rows_changed, plan, backup, verdict, before, after, error, batches";
 
 /// Runs, newest first, optionally of one task.
 pub fn runs(conn: &Connection, task: Option<&str>, limit: usize) -> rusqlite::Result<Vec<RunRow>> {
@@ -397,10 +400,9 @@ pub fn last_runs(conn: &Connection) -> rusqlite::Result<Vec<RunRow>> {
 
 /// The seed's `MaintenanceResult` document of one run:
 /// `{timestamp, tasks: [{name, success, duration_ms, details, error}], success, errors}`.
-pub fn result_document(run: &RunRow, steps: &[StepRow]) -> Value {
+pub fn result_document(run: &RunRow) -> Value {
     let success = run.status == "succeeded";
     let duration_ms = run.ended_ms.map(|e| e - run.started_ms);
-    let batches = steps.iter().filter(|s| s.step == "batch").count();
     let details = serde_json::json!({
         "run_id": run.id,
         "kind": run.kind,
@@ -408,7 +410,7 @@ pub fn result_document(run: &RunRow, steps: &[StepRow]) -> Value {
         "dry_run": run.dry_run,
         "status": run.status,
         "rows_changed": run.rows_changed,
-        "batches": batches,
+        "batches": run.batches,
         "plan": run.plan,
         "backup": run.backup,
         "verdict": run.verdict,

@@ -286,7 +286,7 @@ impl RetentionTask {
             Some(a) => format!("moved to table {a}"),
             None => "archived to a gzip file".into(),
         };
-        let older_than = humantime::format_duration(self.config.older_than).to_string();
+        let older_than = human_span(self.config.older_than);
         let summary = if rows == 0 {
             format!(
                 "nothing to delete: no row of {table} has {} before {cutoff} (older than {older_than})",
@@ -687,5 +687,26 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("older_then"), "{e}");
+    }
+}
+
+/// A retention span as people write it: whole days as `365d` (humantime
+/// would say "11months 30days 3h 50m 24s"), else humantime's form.
+fn human_span(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs > 0 && secs.is_multiple_of(86_400) && d.subsec_nanos() == 0 {
+        format!("{}d", secs / 86_400)
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
+#[cfg(test)]
+mod span_tests {
+    #[test]
+    fn whole_days_read_as_days() {
+        use std::time::Duration;
+        assert_eq!(super::human_span(Duration::from_secs(365 * 86_400)), "365d");
+        assert_eq!(super::human_span(Duration::from_secs(90 * 60)), "1h 30m");
     }
 }

@@ -266,10 +266,10 @@ impl Runner {
         drop(lock);
         let document = book
             .with(move |l| {
-                let (row, steps) = ledger::run(l.conn(), run_id)
+                let (row, _) = ledger::run(l.conn(), run_id)
                     .map_err(crate::store::sql_err(Path::new("history.db")))?
                     .expect("the run just written");
-                Ok(ledger::result_document(&row, &steps))
+                Ok(ledger::result_document(&row))
             })
             .await?;
         match &error {
@@ -521,7 +521,7 @@ impl Runner {
                 Ok(Ok(b)) => {
                     book.with({
                         let rows = b.rows;
-                        move |l| l.add_rows(run_id, rows)
+                        move |l| l.add_batch(run_id, rows)
                     })
                     .await
                     .map_err(ledger_err)?;
@@ -741,10 +741,10 @@ impl Runner {
         drop(lock);
         let document = book
             .with(move |l| {
-                let (row, steps) = ledger::run(l.conn(), run_id)
+                let (row, _) = ledger::run(l.conn(), run_id)
                     .map_err(crate::store::sql_err(Path::new("history.db")))?
                     .expect("the run exists");
-                Ok(ledger::result_document(&row, &steps))
+                Ok(ledger::result_document(&row))
             })
             .await?;
         Ok(Finished {

@@ -220,6 +220,7 @@ CREATE TABLE maintenance_runs (
     ended_ms     INTEGER,
     status       TEXT NOT NULL,
     rows_changed INTEGER NOT NULL DEFAULT 0,
+    batches      INTEGER NOT NULL DEFAULT 0,
     plan         TEXT,
     backup       TEXT,
     verdict      TEXT,

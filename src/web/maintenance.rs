@@ -110,7 +110,7 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
                             .ok_or_else(|| {
                                 ApiError::not_found(format!("no maintenance run {id}"))
                             })?;
-                        let mut doc = ledger::result_document(&row, &steps);
+                        let mut doc = ledger::result_document(&row);
                         doc["run"] = run_summary(&row);
                         doc["steps"] = serde_json::Value::Array(
                             steps

@@ -385,7 +385,7 @@ fn events_during_a_maintenance_run_are_marked_and_link_to_it() {
         .unwrap();
     w.write(&[], &[status(now - 30_000, "unhealthy")], now - 30_000)
         .unwrap();
-    ledger.add_rows(id, 1234).unwrap();
+    ledger.add_batch(id, 1234).unwrap();
     ledger.finish(id, now - 20_000, "succeeded", None).unwrap();
     let s = state(Live::default());
     let mut info = s.info.clone();

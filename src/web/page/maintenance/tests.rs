@@ -23,6 +23,7 @@ fn run(id: i64, task: &str, status: &str, error: Option<&str>) -> RunRow {
         ended_ms: Some(NOW - 60_000 + 2_500),
         status: status.into(),
         rows_changed: 12_345,
+        batches: 3,
         plan: None,
         backup: None,
         verdict: None,
