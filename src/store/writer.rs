@@ -26,6 +26,13 @@ use crate::sample::{SeriesKey, Ts, Unit};
 /// Refused series keys remembered for counting; beyond this, no more counted.
 const REFUSED_REMEMBERED: usize = 10_000;
 
+/// The writer's page cache, per series: a flush touches about one leaf page
+/// per series in each tier it writes, and a trim as many again; with these
+/// and their parents in memory a flush reads nothing back from the file.
+const CACHE_KIB_PER_SERIES: i64 = 32;
+/// The page cache of a writer with few series.
+const CACHE_KIB_MIN: i64 = 512;
+
 /// One value of one registered series.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
@@ -61,6 +68,8 @@ pub struct Writer {
     max_events: i64,
     max_runs: i64,
     series: HashMap<String, i64>,
+    /// Page cache size set on the connection, KiB.
+    cache_kib: i64,
     acc: Vec<Acc>,
     watermarks: Vec<Ts>,
     next_trim: Vec<Ts>,
@@ -108,6 +117,7 @@ impl Writer {
             max_events: history.max_events as i64,
             max_runs: history.max_runs as i64,
             series: HashMap::new(),
+            cache_kib: 0,
             acc: Vec::new(),
             watermarks: Vec::new(),
             next_trim: Vec::new(),
@@ -117,6 +127,7 @@ impl Writer {
         };
         events.extend(w.sync_tiers(now)?);
         w.load_series()?;
+        w.size_cache();
         w.recover()?;
         events.extend(w.start_run(now, run)?);
         w.write(&[], &events, now)?;
@@ -206,6 +217,16 @@ impl Writer {
         self.watermarks = watermarks;
         self.next_trim = vec![Ts::MIN; self.tiers.len()];
         Ok(events)
+    }
+
+    /// Sizes the page cache to the series stored: enough for the pages a
+    /// flush touches, small for an agent with few series. Only speed depends
+    /// on it: a refusal leaves the size it had.
+    fn size_cache(&mut self) {
+        let kib = (self.series.len() as i64 * CACHE_KIB_PER_SERIES).max(CACHE_KIB_MIN);
+        if kib != self.cache_kib && self.conn.pragma_update(None, "cache_size", -kib).is_ok() {
+            self.cache_kib = kib;
+        }
     }
 
     fn load_series(&mut self) -> Result<(), StoreError> {
@@ -374,6 +395,7 @@ impl Writer {
             .map_err(self.err())?;
         let id = self.conn.last_insert_rowid();
         self.series.insert(text, id);
+        self.size_cache();
         Ok(Some(id))
     }
 
