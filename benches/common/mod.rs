@@ -13,10 +13,8 @@ use upkeep::store::writer::{RunInfo, Writer};
 
 pub const SERIES: usize = 500;
 /// Written beside the file; a file made by another version is rebuilt.
-pub const GENERATOR: &str = "full-retention v1";
+pub const GENERATOR: &str = "full-retention v2";
 pub const INFO_FILE: &str = "generated.txt";
-/// What a running agent leaves unflushed: buckets stay open this long.
-pub const GRACE_MS: Ts = 5_000;
 pub const DAY_MS: Ts = 86_400_000;
 
 /// The key of series `i`, as `upkeep series` lists it.
@@ -100,8 +98,8 @@ pub fn value(series: i64, ts: Ts) -> f64 {
 /// Where each tier is written up to at `now`, as the writer sets it.
 pub fn watermarks(tiers: &[Tier], now: Ts) -> Vec<Ts> {
     let mut out: Vec<Ts> = Vec::new();
-    for (k, t) in tiers.iter().enumerate() {
-        let mut w = t.bucket(now - GRACE_MS);
+    for k in 0..tiers.len() {
+        let mut w = tiers::closes_at(tiers, k, now);
         if k > 0 {
             w = w.min(out[k - 1]);
         }
@@ -153,9 +151,9 @@ pub fn generate(dir: &Path) -> Ts {
 }
 /// Fills every tier of the history in `dir` to its full capacity for the
 /// series `ids`, as a running agent would have left it at `now`: each tier
-/// written up to its bucket of `now - 5 s` (its watermark), the journal
-/// holding the seconds after the first tier's watermark. Returns the tier
-/// rows written.
+/// written up to where it closes at `now` (its watermark: the bucket of
+/// `now - 5 s`, for the first tier the minute), the journal holding the
+/// seconds after the first tier's watermark. Returns the tier rows written.
 pub fn fill(dir: &Path, history: &HistoryConfig, ids: &[i64], now: Ts) -> u64 {
     let tiers = tiers::from_config(history);
     let marks = watermarks(&tiers, now);

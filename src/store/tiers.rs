@@ -32,6 +32,16 @@ impl Tier {
     pub fn capacity(&self) -> i64 {
         self.span_ms / self.step_ms
     }
+
+    /// How much of this tier is written at once when it is the first tier:
+    /// whole buckets, at least `FIRST_TIER_GROUP_MS`. Every bucket of a group
+    /// closes together, so that a flush visits each series' leaf page once
+    /// per group rather than once per bucket. Higher tiers close bucket by
+    /// bucket (less than this), so that the tier below them still holds
+    /// their open buckets after a crash.
+    pub fn group_ms(&self) -> i64 {
+        ceil_div(FIRST_TIER_GROUP_MS, self.step_ms) * self.step_ms
+    }
 }
 
 pub fn from_config(history: &HistoryConfig) -> Vec<Tier> {
@@ -140,6 +150,18 @@ pub const TRIM_EVERY_MS: i64 = 60_000;
 /// Buckets stay open this long past their end, so that a sample from a probe
 /// that took a while still lands in memory rather than on the slow path.
 pub const FLUSH_GRACE_MS: i64 = 5_000;
+/// The first tier is written in groups of at least this much time (see
+/// `Tier::group_ms`); the journal holds a group of samples and the grace.
+pub const FIRST_TIER_GROUP_MS: i64 = 60_000;
+
+/// Where tier `k` closes at `now`, before the tier below bounds it: the start
+/// of the first bucket (of the first tier: of the first group) that is still
+/// open. Groups are aligned to the unix epoch like buckets.
+pub fn closes_at(tiers: &[Tier], k: usize, now: Ts) -> Ts {
+    let t = &tiers[k];
+    let unit = if k == 0 { t.group_ms() } else { t.step_ms };
+    (now - FLUSH_GRACE_MS).div_euclid(unit) * unit
+}
 
 /// `a / b` rounded up, for positive `a` and `b`.
 pub fn ceil_div(a: i64, b: i64) -> i64 {
@@ -160,10 +182,14 @@ pub struct SizeBound {
     pub total: u64,
 }
 
-/// Rows a series can hold in a tier between two trims.
+/// Rows a series can hold in a tier between two trims. A trim leaves at most
+/// `capacity` buckets; until the next one, the watermark advances by the time
+/// between trims plus what it lagged behind at the trim, at most a group
+/// (`group_ms` bounds every tier: higher tiers close bucket by bucket).
 pub fn rows_bound(tier: &Tier) -> u64 {
     let between_trims = ceil_div(TRIM_EVERY_MS.max(tier.step_ms), tier.step_ms);
-    (tier.capacity() + between_trims + 2) as u64
+    let group = ceil_div(tier.group_ms(), tier.step_ms);
+    (tier.capacity() + between_trims + group + 2) as u64
 }
 
 pub fn size_bound(history: &HistoryConfig) -> SizeBound {
@@ -174,13 +200,16 @@ pub fn size_bound(history: &HistoryConfig) -> SizeBound {
         .iter()
         .map(|t| (t.table.clone(), pages(series_n * rows_bound(t) * ROW_BYTES)))
         .collect();
-    // The journal holds the samples of buckets not yet flushed to the first
-    // tier: at most a step plus the grace, at the shortest interval, plus
-    // one row header per timestamp.
-    let first = tiers.first().map_or(10_000, |t| t.step_ms);
+    // The journal holds the samples of the first tier's open group: at most
+    // a group plus the grace (and a step to spare) at the shortest interval.
+    // Each sample is 12 bytes; probes tick at their own moments, so each
+    // may have a row of its own: one row header (≤ 32 bytes) per sample.
+    let (first, group) = tiers
+        .first()
+        .map_or((10_000, FIRST_TIER_GROUP_MS), |t| (t.step_ms, t.group_ms()));
     let min_interval = (history.min_interval.as_millis() as i64).max(1);
-    let stamps = ((2 * first + FLUSH_GRACE_MS) / min_interval + 2) as u64;
-    let journal = pages(stamps * (series_n * 12 + 32));
+    let stamps = ((group + first + FLUSH_GRACE_MS) / min_interval + 2) as u64;
+    let journal = pages(stamps * series_n * (12 + 32));
     // Key text twice (table and unique index), plus probe, metric, labels.
     let series = pages(series_n * (MAX_KEY_BYTES * 4 + 64));
     // A batch inserts up to max_events before trimming to max_events.
@@ -250,6 +279,30 @@ mod tests {
         assert_eq!(a.count, 3);
         assert_eq!(a.avg(), 2.0);
         assert_eq!((a.min, a.max, a.last), (1.0, 3.0, 3.0));
+    }
+
+    #[test]
+    fn the_first_tier_closes_a_minute_at_a_time_the_others_bucket_by_bucket() {
+        let t = default_tiers();
+        let minute = 1_700_000_100_000;
+        assert_eq!(t[0].group_ms(), 60_000);
+        assert_eq!(Tier::new(7_000, 70_000).group_ms(), 63_000);
+        assert_eq!(t[2].group_ms(), 3_600_000);
+        // The minute closes 5 s after its end, all its 10 s buckets at once.
+        assert_eq!(closes_at(&t, 0, minute + 4_999), minute - 60_000);
+        assert_eq!(closes_at(&t, 0, minute + 5_000), minute);
+        assert_eq!(closes_at(&t, 0, minute + 64_999), minute);
+        assert_eq!(closes_at(&t, 1, minute + 5_000), minute);
+        // Fifteen minutes into the hour: the hour is open.
+        assert_eq!(closes_at(&t, 2, minute + 5_000), minute - 900_000);
+    }
+
+    #[test]
+    fn the_journal_bound_holds_a_group_and_the_grace_of_every_series() {
+        let h = HistoryConfig::default();
+        let b = size_bound(&h);
+        // 65 s of 500 series at 1 s, each sample in a row of its own.
+        assert!(b.journal >= 65 * 500 * (12 + 32));
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! per timestamp, values packed in a blob: append-only, cheap) and added to an
 //! in-memory accumulator of the first tier. When a bucket closes, its
 //! aggregate is written to its tier table and added to the accumulator of the
-//! next tier, and so on up. Each tier has a watermark: the tier table holds
-//! every sample older than it. After a crash the accumulators are rebuilt
+//! next tier, and so on up. The first tier closes its buckets a group (a
+//! minute) at a time and writes them in key order, so that each series' leaf
+//! page is visited once per group. Each tier has a watermark: the tier table
+//! holds every sample older than it. After a crash the accumulators are rebuilt
 //! exactly from the journal (first tier) and from the rows of the tier below
 //! between the two watermarks (higher tiers), so a committed sample is never
 //! lost and never counted twice.
@@ -16,9 +18,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::tiers::{
-    self, Agg, FLUSH_GRACE_MS, MAX_KEY_BYTES, MAX_MESSAGE_BYTES, TRIM_EVERY_MS, Tier,
-};
+use super::tiers::{self, Agg, MAX_KEY_BYTES, MAX_MESSAGE_BYTES, TRIM_EVERY_MS, Tier};
 use super::{Event, FILE_NAME, StoreError, migrate, move_aside, open_rw, sql_err};
 use crate::config::HistoryConfig;
 use crate::sample::{SeriesKey, Ts, Unit};
@@ -70,6 +70,8 @@ pub struct Writer {
     series: HashMap<String, i64>,
     /// Page cache size set on the connection, KiB.
     cache_kib: i64,
+    /// Per tier: the statement that merges an aggregate into a row.
+    upserts: Vec<String>,
     acc: Vec<Acc>,
     watermarks: Vec<Ts>,
     next_trim: Vec<Ts>,
@@ -109,15 +111,21 @@ impl Writer {
             }
             Err(e) => return Err(e),
         };
+        // A flush, a trim and a batch use about 15 statements: all stay
+        // prepared.
+        conn.set_prepared_statement_cache_capacity(32);
+        let tiers = tiers::from_config(history);
+        let upserts = tiers.iter().map(|t| upsert_sql(&t.table)).collect();
         let mut w = Writer {
             path,
             conn,
-            tiers: tiers::from_config(history),
+            tiers,
             max_series: history.max_series as usize,
             max_events: history.max_events as i64,
             max_runs: history.max_runs as i64,
             series: HashMap::new(),
             cache_kib: 0,
+            upserts,
             acc: Vec::new(),
             watermarks: Vec::new(),
             next_trim: Vec::new(),
@@ -534,14 +542,11 @@ impl Writer {
                 add(&mut self.acc[k], self.tiers[k].bucket(s.ts), s.series, &one);
                 return Ok(());
             }
-            upsert(
-                &self.conn,
-                &self.path,
-                &self.tiers[k].table,
-                s.series,
-                self.tiers[k].bucket(s.ts),
-                &one,
-            )?;
+            let mut st = self
+                .conn
+                .prepare_cached(&self.upserts[k])
+                .map_err(self.err())?;
+            upsert(&mut st, s.series, self.tiers[k].bucket(s.ts), &one).map_err(self.err())?;
         }
         Ok(())
     }
@@ -552,7 +557,7 @@ impl Writer {
         let err = sql_err(&self.path);
         let mut rows = 0;
         for k in 0..self.tiers.len() {
-            let mut new_w = self.tiers[k].bucket(now - FLUSH_GRACE_MS);
+            let mut new_w = tiers::closes_at(&self.tiers, k, now);
             if k > 0 {
                 new_w = new_w.min(self.watermarks[k - 1]);
             }
@@ -561,21 +566,27 @@ impl Writer {
             }
             let open = self.acc[k].split_off(&new_w);
             let closed = std::mem::replace(&mut self.acc[k], open);
-            for (bucket, by_series) in closed {
-                for (series, agg) in by_series {
-                    upsert(
-                        &self.conn,
-                        &self.path,
-                        &self.tiers[k].table,
-                        series,
-                        bucket,
-                        &agg,
-                    )?;
-                    rows += 1;
-                    if k + 1 < self.tiers.len() {
-                        let up = self.tiers[k + 1].bucket(bucket);
-                        add(&mut self.acc[k + 1], up, series, &agg);
-                    }
+            // In key order: the buckets of a series share a leaf page, and
+            // the series follow each other through the table.
+            let mut written: Vec<(i64, Ts, Agg)> = closed
+                .into_iter()
+                .flat_map(|(bucket, by_series)| {
+                    by_series
+                        .into_iter()
+                        .map(move |(series, agg)| (series, bucket, agg))
+                })
+                .collect();
+            written.sort_unstable_by_key(|&(series, bucket, _)| (series, bucket));
+            {
+                let mut st = self.conn.prepare_cached(&self.upserts[k]).map_err(&err)?;
+                for (series, bucket, agg) in &written {
+                    upsert(&mut st, *series, *bucket, agg).map_err(&err)?;
+                }
+            }
+            rows += written.len();
+            if let Some(next) = self.tiers.get(k + 1) {
+                for (series, bucket, agg) in &written {
+                    add(&mut self.acc[k + 1], next.bucket(*bucket), *series, agg);
                 }
             }
             self.watermarks[k] = new_w;
@@ -698,15 +709,9 @@ fn add(acc: &mut Acc, bucket: Ts, series: i64, agg: &Agg) {
         .or_insert(*agg);
 }
 
-fn upsert(
-    conn: &Connection,
-    path: &Path,
-    table: &str,
-    series: i64,
-    bucket: Ts,
-    a: &Agg,
-) -> Result<(), StoreError> {
-    let sql = format!(
+/// Merges an aggregate into a tier row, keeping the newest `last`.
+fn upsert_sql(table: &str) -> String {
+    format!(
         "INSERT INTO \"{table}\" (series, bucket_ms, avg, min, max, count, last, last_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (series, bucket_ms) DO UPDATE SET
            avg = (avg * count + excluded.avg * excluded.count) / (count + excluded.count),
@@ -715,20 +720,25 @@ fn upsert(
            count = count + excluded.count,
            last = CASE WHEN excluded.last_ms >= last_ms THEN excluded.last ELSE last END,
            last_ms = max(last_ms, excluded.last_ms)"
-    );
-    conn.prepare_cached(&sql)
-        .map_err(sql_err(path))?
-        .execute(params![
-            series,
-            bucket,
-            a.avg(),
-            a.min,
-            a.max,
-            a.count,
-            a.last,
-            a.last_ts
-        ])
-        .map_err(sql_err(path))?;
+    )
+}
+
+fn upsert(
+    st: &mut rusqlite::CachedStatement<'_>,
+    series: i64,
+    bucket: Ts,
+    a: &Agg,
+) -> Result<(), rusqlite::Error> {
+    st.execute(params![
+        series,
+        bucket,
+        a.avg(),
+        a.min,
+        a.max,
+        a.count,
+        a.last,
+        a.last_ts
+    ])?;
     Ok(())
 }
 
