@@ -42,6 +42,13 @@ impl Tier {
     pub fn group_ms(&self) -> i64 {
         ceil_div(FIRST_TIER_GROUP_MS, self.step_ms) * self.step_ms
     }
+
+    /// How often retention runs on this tier: every `TRIM_EVERY_MS`, but at
+    /// most once per step, and at least 16 times per span so that a short
+    /// tier does not outgrow its capacity much between two runs.
+    pub fn trim_every_ms(&self) -> i64 {
+        (self.span_ms / 16).min(TRIM_EVERY_MS).max(self.step_ms)
+    }
 }
 
 pub fn from_config(history: &HistoryConfig) -> Vec<Tier> {
@@ -145,8 +152,10 @@ pub const PAGE_SIZE: u64 = 4096;
 pub const MAX_KEY_BYTES: u64 = 256;
 /// Longest event message stored (longer ones are cut).
 pub const MAX_MESSAGE_BYTES: u64 = 512;
-/// A tier is trimmed at least this often (and at least once per step).
-pub const TRIM_EVERY_MS: i64 = 60_000;
+/// Retention runs on a tier no more often than this (see
+/// `Tier::trim_every_ms`): each run costs a seek per series, whether it
+/// deletes anything or not.
+pub const TRIM_EVERY_MS: i64 = 600_000;
 /// Buckets stay open this long past their end, so that a sample from a probe
 /// that took a while still lands in memory rather than on the slow path.
 pub const FLUSH_GRACE_MS: i64 = 5_000;
@@ -187,7 +196,7 @@ pub struct SizeBound {
 /// between trims plus what it lagged behind at the trim, at most a group
 /// (`group_ms` bounds every tier: higher tiers close bucket by bucket).
 pub fn rows_bound(tier: &Tier) -> u64 {
-    let between_trims = ceil_div(TRIM_EVERY_MS.max(tier.step_ms), tier.step_ms);
+    let between_trims = ceil_div(tier.trim_every_ms(), tier.step_ms);
     let group = ceil_div(tier.group_ms(), tier.step_ms);
     (tier.capacity() + between_trims + group + 2) as u64
 }
@@ -295,6 +304,17 @@ mod tests {
         assert_eq!(closes_at(&t, 1, minute + 5_000), minute);
         // Fifteen minutes into the hour: the hour is open.
         assert_eq!(closes_at(&t, 2, minute + 5_000), minute - 900_000);
+    }
+
+    #[test]
+    fn retention_runs_every_ten_minutes_at_most_once_a_step_and_often_on_short_tiers() {
+        let every: Vec<i64> = default_tiers().iter().map(Tier::trim_every_ms).collect();
+        assert_eq!(every, vec![600_000, 600_000, 3_600_000, 86_400_000]);
+        assert_eq!(Tier::new(1_000, 40_000).trim_every_ms(), 2_500);
+        // Between two runs a tier grows by a run's worth of buckets and a
+        // group: the bound counts both.
+        let first = &default_tiers()[0];
+        assert_eq!(rows_bound(first), 8_640 + 60 + 6 + 2);
     }
 
     #[test]

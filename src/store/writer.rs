@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::tiers::{self, Agg, MAX_KEY_BYTES, MAX_MESSAGE_BYTES, TRIM_EVERY_MS, Tier};
+use super::tiers::{self, Agg, MAX_KEY_BYTES, MAX_MESSAGE_BYTES, Tier};
 use super::{Event, FILE_NAME, StoreError, migrate, move_aside, open_rw, sql_err};
 use crate::config::HistoryConfig;
 use crate::sample::{SeriesKey, Ts, Unit};
@@ -613,7 +613,7 @@ impl Writer {
         let err = sql_err(&self.path);
         let ids: Vec<i64> = self.series.values().copied().collect();
         for k in 0..self.tiers.len() {
-            let every = TRIM_EVERY_MS.max(self.tiers[k].step_ms);
+            let every = self.tiers[k].trim_every_ms();
             // A clock stepped back leaves next_trim far ahead: trim now.
             if now < self.next_trim[k] && self.next_trim[k] - now <= every {
                 continue;
