@@ -413,6 +413,103 @@ fn crash_recovery_neither_loses_nor_double_counts_samples() {
 }
 
 #[test]
+fn the_first_tier_is_written_a_minute_at_a_time_and_a_crash_before_it_loses_nothing() {
+    let dir = temp_dir();
+    let history = roomy();
+    let mut feed = Feed::open(dir.path(), &history, 3, T0);
+    // T0 is 23 s into a minute; `minute` starts the third minute after it.
+    let minute = T0 - 23 * SEC + 3 * MIN;
+
+    // Until 5 s past the minute's end none of its 10 s buckets is written:
+    // the journal holds the minute and the 5 s after it.
+    feed.run(T0, minute + 5 * SEC);
+    assert_eq!(watermarks(dir.path())[..2], [minute - MIN, minute - MIN]);
+    let conn = history_sql(dir.path());
+    assert_eq!(journal_samples(&conn), 3 * 65);
+    assert_every_tier_reads_the_log(&feed, minute + 4 * SEC);
+
+    // Then one write closes them all, six 10 s buckets and the minute's
+    // bucket per series, and the journal keeps only what is still open.
+    let stats = feed.tick(minute + 5 * SEC);
+    assert_eq!(stats.rows_flushed, 3 * (6 + 1));
+    assert_eq!(watermarks(dir.path())[..2], [minute, minute]);
+    assert_eq!(journal_samples(&conn), 3 * 6);
+
+    // Killed with the journal at its fullest, a second before the next
+    // minute would be written; readers see every sample meanwhile, and
+    // the writer, back 2 s later, writes the minute exactly once.
+    let crash = minute + MIN + 4 * SEC;
+    feed.run(minute + 6 * SEC, crash + SEC);
+    assert_eq!(journal_samples(&conn), 3 * 65);
+    feed.crash();
+    assert_every_tier_reads_the_log(&feed, crash);
+    feed.reopen(crash + 2 * SEC);
+    assert_eq!(watermarks(dir.path())[..2], [minute + MIN, minute + MIN]);
+    assert_every_tier_reads_the_log(&feed, crash + 2 * SEC);
+
+    feed.run(crash + 2 * SEC, crash + 10 * MIN);
+    feed.idle(DAY_END + DAY + 5 * SEC);
+    assert_every_tier_table_holds_the_log(&feed);
+    assert_eq!(integrity(dir.path()), "ok");
+}
+
+#[test]
+fn the_journal_at_its_fullest_stays_within_its_part_of_the_bound() {
+    let dir = temp_dir();
+    let mut history = history_with_tiers(&[(10, 86_400), (60, 7 * 86_400)]);
+    history.max_series = 20;
+    assert_valid_history(&history);
+    let bound = tiers::size_bound(&history).journal as i64;
+    let mut now = T0;
+    let mut writer = temp_writer(dir.path(), &history, now);
+    let ids: Vec<i64> = (0..20)
+        .map(|s| {
+            writer
+                .series_id(&key(s), Unit::Count, now)
+                .unwrap()
+                .unwrap()
+        })
+        .collect();
+    // Largest journal seen: bytes of its pages, and time between its
+    // oldest and newest sample.
+    let (mut most, mut longest) = (0, 0);
+    for _ in 0..3 * 60 {
+        now += SEC;
+        // Each series at its own moment in the second: a row per sample.
+        let samples: Vec<Sample> = ids
+            .iter()
+            .enumerate()
+            .map(|(s, &id)| Sample {
+                series: id,
+                ts: now - SEC + 37 * s as Ts,
+                value: value(s, now),
+            })
+            .collect();
+        writer.write(&samples, &[], now).expect("writing a batch");
+        let conn = history_sql(dir.path());
+        let (bytes, span): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name = 'journal'),
+                        (SELECT coalesce(max(ts_ms) - min(ts_ms), 0) FROM journal)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        most = most.max(bytes);
+        longest = longest.max(span);
+    }
+    assert!(
+        longest > MIN,
+        "the journal held more than a minute: {longest} ms at most"
+    );
+    assert!(
+        most <= bound,
+        "the journal took {most} bytes at most, its bound is {bound}"
+    );
+    eprintln!("journal at its fullest: {most} bytes over {longest} ms; bound {bound}");
+}
+
+#[test]
 fn an_unclean_stop_is_reported_once_however_often_the_agent_restarts() {
     let dir = temp_dir();
     let history = roomy();
