@@ -8,8 +8,8 @@
 //! the 500 series; then the tier tables are filled directly, in key order and
 //! big transactions, and the watermarks, the journal and the tier rows are set
 //! as a running agent would leave them at the generation time `T` (every tier
-//! written up to its bucket of `T - 5 s`, the journal holding the seconds
-//! after the first tier's watermark). `T` is kept beside the file.
+//! written as far as the writer's closing rule allows at `T`, the journal
+//! holding the samples after the first tier's watermark). `T` is kept beside the file.
 //!
 //! ```text
 //! cargo bench --bench query                           # build the file if needed, then measure

@@ -11,102 +11,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::util::{
-    Agent, free_port, get, history_sql, request, stderr, stdout, temp_dir, upkeep, write_file,
+    Agent, Table, free_port, get, history_sql, request, stderr, stdout, temp_dir, upkeep,
+    write_file,
 };
-
-/// Runs SQL through psql as postgres; rows as `|`-separated lines.
-fn psql(sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("psql (PostgreSQL client) must be installed");
-    assert!(
-        out.status.success(),
-        "PostgreSQL on 127.0.0.1:5432 must be up for these tests: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A schema with `events(id bigint primary key, created_at timestamptz,
-/// body text)`: `n` rows, created one per `spacing_s` seconds back from now.
-struct Table {
-    schema: String,
-}
-
-impl Table {
-    fn new(n: i64, spacing_s: i64) -> Table {
-        let schema = format!(
-            "upkeep_mr_{}_{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-                % 1_000_000_000
-        );
-        psql(&format!(
-            "CREATE SCHEMA {schema};
-             CREATE TABLE {schema}.events (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, body text);
-             INSERT INTO {schema}.events
-               SELECT g, now() - make_interval(secs => g * {spacing_s}), md5(g::text)
-               FROM generate_series(1, {n}) g;
-             ANALYZE {schema}.events;"
-        ));
-        Table { schema }
-    }
-
-    fn name(&self) -> String {
-        format!("{}.events", self.schema)
-    }
-
-    fn count(&self, filter: &str) -> i64 {
-        psql(&format!(
-            "SELECT count(*) FROM {}.events {filter}",
-            self.schema
-        ))
-        .parse()
-        .unwrap()
-    }
-
-    /// Order-independent checksum of every row.
-    fn checksum(&self) -> String {
-        psql(&format!(
-            "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM {}.events t",
-            self.schema
-        ))
-    }
-}
-
-impl Drop for Table {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-q",
-                "-c",
-            ])
-            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
-            .output();
-    }
-}
 
 /// A config with the task `trim` on `table`, guarded by `guard` (a tcp
 /// probe on `guard_addr`), and `extra` lines in the task's table.
@@ -146,7 +53,7 @@ fn ledger_status(data: &Path, run: i64) -> String {
 
 #[test]
 fn plan_dry_run_run_show_and_rollback_from_the_cli() {
-    let t = Table::new(20_000, 180); // 20k rows over 41.6 days
+    let t = Table::new("upkeep_mr", 20_000, 180); // 20k rows over 41.6 days
     let dir = temp_dir();
     let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let cfg = config(
@@ -239,7 +146,7 @@ fn plan_dry_run_run_show_and_rollback_from_the_cli() {
 
 #[test]
 fn a_closed_window_refuses_the_run_unless_told_to_ignore_it() {
-    let t = Table::new(2_000, 3_600);
+    let t = Table::new("upkeep_mr", 2_000, 3_600);
     let dir = temp_dir();
     let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     // A one-minute window twelve hours from now (UTC).
@@ -276,7 +183,7 @@ fn a_closed_window_refuses_the_run_unless_told_to_ignore_it() {
 
 #[test]
 fn a_guard_turning_unhealthy_stops_the_run_between_batches() {
-    let t = Table::new(40_000, 120); // 40k rows over 55 days: ~18k old
+    let t = Table::new("upkeep_mr", 40_000, 120); // 40k rows over 55 days: ~18k old
     let dir = temp_dir();
     let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = guard.local_addr().unwrap().to_string();
@@ -385,7 +292,7 @@ fn wait_status(port: u16, run: i64, want: &str) -> Value {
 
 #[test]
 fn the_agent_and_the_cli_never_run_one_task_at_once_and_the_api_runs_and_rolls_back() {
-    let t = Table::new(30_000, 120);
+    let t = Table::new("upkeep_mr", 30_000, 120);
     let dir = temp_dir();
     let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let token = write_file(dir.path(), "token", "m41nt-t0ken\n");
@@ -478,7 +385,7 @@ fn the_agent_and_the_cli_never_run_one_task_at_once_and_the_api_runs_and_rolls_b
 
 #[test]
 fn status_changes_during_a_run_are_marked_with_the_run() {
-    let t = Table::new(30_000, 120);
+    let t = Table::new("upkeep_mr", 30_000, 120);
     let dir = temp_dir();
     let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let flip = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -629,7 +536,7 @@ fn an_auto_window_picks_the_quietest_hour_and_shows_the_figures() {
 
 #[test]
 fn sigterm_stops_a_run_at_a_safe_point_and_the_agent_exits_cleanly() {
-    let t = Table::new(40_000, 120);
+    let t = Table::new("upkeep_mr", 40_000, 120);
     let dir = temp_dir();
     let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let token = write_file(dir.path(), "token", "m41nt-t0ken\n");
@@ -689,7 +596,7 @@ fn sigterm_stops_a_run_at_a_safe_point_and_the_agent_exits_cleanly() {
 
 #[test]
 fn the_agent_runs_both_kinds_on_their_schedule() {
-    let t = Table::new(5_000, 900);
+    let t = Table::new("upkeep_mr", 5_000, 900);
     let dir = temp_dir();
     let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = free_port();

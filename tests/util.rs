@@ -353,3 +353,100 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
     panic!("timed out waiting for {what}");
 }
+
+// PostgreSQL helpers (maint_runner, web_page).
+
+/// Runs SQL through psql as postgres; rows as `|`-separated lines.
+pub fn psql(sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql (PostgreSQL client) must be installed");
+    assert!(
+        out.status.success(),
+        "PostgreSQL on 127.0.0.1:5432 must be up for these tests: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A throwaway schema `PREFIX_<pid>_<nanos>` with `events(id bigint
+/// primary key, created_at timestamptz, body text)`: `n` rows, one per
+/// `spacing_s` seconds back from now. Dropped on drop.
+pub struct Table {
+    pub schema: String,
+}
+
+impl Table {
+    pub fn new(prefix: &str, n: i64, spacing_s: i64) -> Table {
+        let schema = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+                % 1_000_000_000
+        );
+        psql(&format!(
+            "CREATE SCHEMA {schema};
+             CREATE TABLE {schema}.events (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, body text);
+             INSERT INTO {schema}.events
+               SELECT g, now() - make_interval(secs => g * {spacing_s}), md5(g::text)
+               FROM generate_series(1, {n}) g;
+             ANALYZE {schema}.events;"
+        ));
+        Table { schema }
+    }
+
+    pub fn name(&self) -> String {
+        format!("{}.events", self.schema)
+    }
+
+    pub fn count(&self, filter: &str) -> i64 {
+        psql(&format!(
+            "SELECT count(*) FROM {}.events {filter}",
+            self.schema
+        ))
+        .parse()
+        .unwrap()
+    }
+
+    /// Order-independent checksum of every row.
+    pub fn checksum(&self) -> String {
+        psql(&format!(
+            "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM {}.events t",
+            self.schema
+        ))
+    }
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-q",
+                "-c",
+            ])
+            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .output();
+    }
+}

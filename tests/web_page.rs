@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{Agent, free_port, get, request, stderr, stdout, temp_dir, wait_for, write_file};
+use crate::util::{
+    Agent, Table, free_port, get, request, stderr, stdout, temp_dir, wait_for, write_file,
+};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const PROBES: [&str; 3] = ["billing_db", "host", "web_backend"];
@@ -99,60 +101,6 @@ impl Site {
     }
 }
 
-/// Runs SQL through psql as postgres.
-fn psql(sql: &str) {
-    let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-q"])
-        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
-        .output()
-        .expect("psql (PostgreSQL client) must be installed");
-    assert!(
-        out.status.success(),
-        "PostgreSQL on 127.0.0.1:5432 must be up for this test: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A throwaway schema with `events(id, created_at, body)`: 2,000 rows an
-/// hour apart, so about 1,300 are older than 30 days. Dropped on drop.
-struct Schema(String);
-
-impl Schema {
-    fn new() -> Schema {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!("upkeep_wp_{}_{nanos}", std::process::id());
-        psql(&format!(
-            "CREATE SCHEMA {name};
-             CREATE TABLE {name}.events (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, body text);
-             INSERT INTO {name}.events
-               SELECT g, now() - make_interval(hours => g), md5(g::text) FROM generate_series(1, 2000) g;
-             ANALYZE {name}.events;"
-        ));
-        Schema(name)
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-q",
-                "-c",
-            ])
-            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0))
-            .output();
-    }
-}
-
 /// The site with a postgres probe and a manual-only retention task `trim`
 /// on `schema`, run once from the CLI, slowly enough (100 rows a batch,
 /// half a second apart) that the tcp probe `flip`, whose target goes away
@@ -160,8 +108,8 @@ impl Drop for Schema {
 /// analyze tasks stand beside it: `nightly`, whose window opens in 12 hours
 /// (so a run from the CLI right after is refused), and `quiet`, whose auto
 /// window has too little history to choose.
-fn site_with_a_maintenance_run(schema: &Schema) -> (Site, i64) {
-    let table = format!("{}.events", schema.0);
+fn site_with_a_maintenance_run(schema: &Table) -> (Site, i64) {
+    let table = schema.name();
     let open = chrono::Utc::now() + chrono::Duration::hours(12);
     let window = format!(
         "{}-{}",
@@ -473,7 +421,8 @@ fn screenshots_at_desktop_and_phone_width() {
 
 #[test]
 fn the_maintenance_section_shows_a_task_and_its_run_from_the_cli() {
-    let schema = Schema::new();
+    // 2,000 rows an hour apart: about 1,300 older than 30 days.
+    let schema = Table::new("upkeep_wp", 2_000, 3_600);
     let (site, run) = site_with_a_maintenance_run(&schema);
     let (code, html) = get(site.port(), "/").unwrap();
     assert_eq!(code, 200);
