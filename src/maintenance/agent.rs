@@ -238,10 +238,19 @@ impl Maintenance {
     }
 
     /// Every task: schedule, next start, window state, auto choice, last run.
-    pub fn tasks_document(&self) -> Value {
+    /// Last runs come from `reader` when the caller has one open, else from
+    /// a reader opened here.
+    pub fn tasks_document(&self, reader: Option<&Reader>) -> Value {
         let runner = self.runner();
-        let last = Reader::open(&self.data_dir)
-            .ok()
+        let opened;
+        let reader = match reader {
+            Some(r) => Some(r),
+            None => {
+                opened = Reader::open(&self.data_dir).ok();
+                opened.as_ref()
+            }
+        };
+        let last = reader
             .and_then(|r| r.maintenance_last_runs().ok())
             .unwrap_or_default();
         let now = Utc::now();

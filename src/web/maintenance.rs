@@ -51,7 +51,7 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
                     blocking(move || {
                         super::api::check_params(q, &[])?;
                         let m = s.maintenance.as_ref().ok_or_else(unavailable)?;
-                        Ok(m.tasks_document())
+                        Ok(m.tasks_document(None))
                     })
                     .await,
                 )

@@ -88,7 +88,7 @@ struct Document {
 pub(super) fn gather(m: Option<&Maintenance>, reader: Option<&Reader>) -> Section {
     let mut s = Section::default();
     if let Some(m) = m {
-        match serde_json::from_value::<Document>(m.tasks_document()) {
+        match serde_json::from_value::<Document>(m.tasks_document(reader)) {
             Ok(d) => s.tasks = d.tasks,
             Err(e) => s.tasks_error = Some(e.to_string()),
         }
