@@ -194,7 +194,7 @@ fn main() {
             let res = one_run(dir.path(), start, o.series, ticks, batch);
             let rate = res.samples as f64 / res.elapsed.as_secs_f64();
             println!(
-                "  batch {batch:>4} ticks ({:>6} samples/commit) run {}: {:>10.0} samples/s  ({} samples in {:.2} s, {} tier rows flushed, slowest commit {:.1} ms, file {:.1} MiB)",
+                "  batch {batch:>4} ticks ({:>6} samples/commit) run {}: {:>10.0} samples/s  ({} samples in {:.2} s, {} tier buckets flushed, slowest commit {:.1} ms, file {:.1} MiB)",
                 batch * o.series,
                 r + 1,
                 rate,

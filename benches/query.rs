@@ -1,12 +1,12 @@
 //! Query benchmark: seven days at 1 m (10,080 points) of one series, from a
 //! history file holding 500 series at full retention under the default tiers
 //! (10 s × 1 d, 1 m × 7 d, 1 h × 400 d, 1 d × 10 y: 8640 + 10080 + 9600 + 3650
-//! buckets per series, about 16 M rows).
+//! buckets per series, about 16 M buckets in about 170,000 chunk rows).
 //!
 //! The file is built once and cached under `<target>/bench-data/full-retention/`
 //! (or `$UPKEEP_BENCH_DATA`): `Writer::open` creates the schema, the tiers and
 //! the 500 series; then the tier tables are filled directly, in key order and
-//! big transactions, and the watermarks, the journal and the tier rows are set
+//! big transactions, and the watermarks, the journal and the tier chunks are set
 //! as a running agent would leave them at the generation time `T` (every tier
 //! written as far as the writer's closing rule allows at `T`, the journal
 //! holding the samples after the first tier's watermark). `T` is kept beside the file.
@@ -79,7 +79,7 @@ fn main() {
         let began = Instant::now();
         let rows = common::fill_existing(&dir);
         println!(
-            "filled {} to full retention: {rows} tier rows in {:.1} s",
+            "filled {} to full retention: {rows} tier buckets in {:.1} s",
             dir.display(),
             began.elapsed().as_secs_f64()
         );

@@ -637,6 +637,13 @@ impl Config {
                 );
                 continue;
             }
+            if t.step.as_millis() > crate::store::chunk::MAX_STEP_MS as u128 {
+                bad(
+                    &["history", "tiers"],
+                    format!("tier {}: step must be at most 49d", i + 1),
+                );
+                continue;
+            }
             if t.span < t.step * 2 || t.span.as_secs() % t.step.as_secs() != 0 {
                 bad(
                     &["history", "tiers"],
@@ -800,6 +807,21 @@ mod tests {
             .map(|k| k.trim_matches('`'))
             .collect();
         assert_eq!(known, ProbeConfig::KINDS, "{err}");
+    }
+
+    #[test]
+    fn a_tier_step_past_49_days_is_refused() {
+        let text = |step: &str, span: &str| {
+            format!(
+                "[history]\ntiers = [{{ step = \"10s\", span = \"200d\" }}, {{ step = \"{step}\", span = \"{span}\" }}]\n"
+            )
+        };
+        let ok = Config::parse("a.toml", &text("49d", "3626d"));
+        assert!(ok.is_ok(), "{ok:?}");
+        let err = Config::parse("a.toml", &text("50d", "3650d"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tier 2: step must be at most 49d"), "{err}");
     }
 
     #[test]

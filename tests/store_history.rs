@@ -239,30 +239,22 @@ fn assert_every_tier_table_holds_the_log(feed: &Feed) {
     let conn = history_sql(&feed.dir);
     for tier in tiers::from_config(&feed.history) {
         for (s, id) in feed.ids.iter().enumerate() {
-            let mut st = conn
-                .prepare(&format!(
-                    "SELECT bucket_ms, avg, min, max, count, last FROM \"{}\" WHERE series = ?1 ORDER BY bucket_ms",
-                    tier.table
-                ))
-                .expect("preparing");
-            let got: Vec<(Ts, Point)> = st
-                .query_map([id], |r| {
-                    let ts_ms: Ts = r.get(0)?;
-                    Ok((
+            let got: Vec<(Ts, Point)> = tier_buckets(&conn, &tier.table, Some(*id))
+                .into_iter()
+                .map(|(_, ts_ms, a)| {
+                    (
                         ts_ms,
                         Point {
                             ts_ms,
-                            avg: r.get(1)?,
-                            min: r.get(2)?,
-                            max: r.get(3)?,
-                            count: r.get(4)?,
-                            last: r.get(5)?,
+                            avg: a.avg(),
+                            min: a.min,
+                            max: a.max,
+                            count: a.count,
+                            last: a.last,
                         },
-                    ))
+                    )
                 })
-                .expect("reading a tier")
-                .collect::<Result<_, _>>()
-                .expect("reading a tier");
+                .collect();
             assert_buckets_match(
                 &format!("{} table, series {s}", tier.table),
                 &got,
@@ -315,13 +307,10 @@ fn every_committed_sample_is_counted_exactly_once_in_every_tier() {
         );
     }
     // The two hours straddle a day boundary: 6277 s before it, 923 s after.
-    let days: Vec<(Ts, i64)> = conn
-        .prepare("SELECT bucket_ms, count FROM tier_86400s WHERE series = ?1 ORDER BY bucket_ms")
-        .unwrap()
-        .query_map([feed.ids[0]], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let days: Vec<(Ts, i64)> = tier_buckets(&conn, "tier_86400s", Some(feed.ids[0]))
+        .into_iter()
+        .map(|(_, b, a)| (b, a.count))
+        .collect();
     assert_eq!(days, vec![(DAY_END - DAY, 6_277), (DAY_END, 923)]);
     assert_every_tier_table_holds_the_log(&feed);
     assert_every_tier_reads_the_log(&feed, later);
@@ -600,16 +589,22 @@ fn a_query_sees_samples_whose_buckets_are_not_written_yet() {
     assert_every_tier_reads_the_log(&feed, now);
 }
 
-/// Rows of the series with the most rows in a tier table.
-fn most_rows_of_one_series(conn: &rusqlite::Connection, table: &str) -> u64 {
-    conn.query_row(
-        &format!(
-            "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM \"{table}\" GROUP BY series)"
-        ),
-        [],
-        |r| r.get(0),
-    )
-    .expect("counting rows per series")
+/// Chunk rows and buckets of the series with the most of them in a tier table.
+fn most_of_one_series(conn: &rusqlite::Connection, table: &str) -> (u64, u64) {
+    let chunks = conn
+        .query_row(
+            &format!(
+                "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM \"{table}\" GROUP BY series)"
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .expect("counting rows per series");
+    let mut buckets: std::collections::HashMap<i64, u64> = std::collections::HashMap::new();
+    for (series, _, _) in tier_buckets(conn, table, None) {
+        *buckets.entry(series).or_default() += 1;
+    }
+    (chunks, buckets.values().copied().max().unwrap_or(0))
 }
 
 #[test]
@@ -629,8 +624,9 @@ fn the_history_file_never_exceeds_its_size_bound() {
     let wal = dir.path().join(format!("{}-wal", upkeep::store::FILE_NAME));
     let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
 
-    // Largest figures seen: file, write-ahead log, rows of one series per tier.
-    let peak = std::cell::RefCell::new((0, 0, vec![0; tier_list.len()]));
+    // Largest figures seen: file, write-ahead log, (chunk rows, buckets) of
+    // one series per tier.
+    let peak = std::cell::RefCell::new((0, 0, vec![(0, 0); tier_list.len()]));
     let report = || {
         let conn = history_sql(dir.path());
         let mut parts: Vec<(String, i64)> = conn
@@ -653,33 +649,36 @@ fn the_history_file_never_exceeds_its_size_bound() {
         );
         eprintln!("  bound by part: {bound:?}");
         eprintln!("  in use now (dbstat, tables over one page): {parts:?}; free pages: {free}");
-        for (t, rows) in tier_list.iter().zip(rows) {
+        for (t, (chunks, buckets)) in tier_list.iter().zip(rows) {
             eprintln!(
-                "  {}: at most {rows} rows of one series, bound {}",
+                "  {}: at most {chunks} chunk rows (bound {}) and {buckets} buckets (bound {} + a chunk) of one series",
                 t.table,
-                tiers::rows_bound(t)
+                tiers::chunks_bound(t),
+                tiers::buckets_bound(t)
             );
         }
     };
     let check = |phase: &str| {
         let conn = history_sql(dir.path());
         let bytes = size(&db);
-        let rows: Vec<u64> = tier_list
+        let rows: Vec<(u64, u64)> = tier_list
             .iter()
-            .map(|t| most_rows_of_one_series(&conn, &t.table))
+            .map(|t| most_of_one_series(&conn, &t.table))
             .collect();
         {
             let mut p = peak.borrow_mut();
             p.0 = p.0.max(bytes);
             p.1 = p.1.max(size(&wal));
             for (most, now) in p.2.iter_mut().zip(&rows) {
-                *most = (*most).max(*now);
+                *most = (most.0.max(now.0), most.1.max(now.1));
             }
         }
-        let rows_ok = tier_list
-            .iter()
-            .zip(&rows)
-            .all(|(t, &n)| n <= tiers::rows_bound(t));
+        let rows_ok = tier_list.iter().zip(&rows).all(|(t, &(chunks, buckets))| {
+            // A trim keeps the chunk it cuts through whole: up to a chunk
+            // of buckets older than the span.
+            chunks <= tiers::chunks_bound(t)
+                && buckets < tiers::buckets_bound(t) + upkeep::store::chunk::CHUNK_BUCKETS as u64
+        });
         if bytes > bound.total || !rows_ok {
             report();
         }
@@ -923,13 +922,11 @@ fn last_is_the_value_with_the_newest_timestamp_even_when_it_arrives_first() {
     assert_ne!(value(0, early), value(0, T0 + 86 * SEC));
     feed.tick(early);
     let conn = history_sql(dir.path());
-    let (count, last): (i64, f64) = conn
-        .query_row(
-            "SELECT count, last FROM tier_10s WHERE series = ?1 AND bucket_ms = ?2",
-            rusqlite::params![feed.ids[0], T0 + 77 * SEC],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let (count, last) = tier_buckets(&conn, "tier_10s", Some(feed.ids[0]))
+        .into_iter()
+        .find(|&(_, b, _)| b == T0 + 77 * SEC)
+        .map(|(_, _, a)| (a.count, a.last))
+        .expect("the bucket is written");
     assert_eq!(count, 11);
     assert_eq!(
         last,

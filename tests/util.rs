@@ -115,14 +115,42 @@ pub fn integrity(dir: &Path) -> String {
     rows.join("; ")
 }
 
-/// Sum of `count` over every row of a tier table.
+/// Every bucket a tier table holds, decoded from its chunk rows, as
+/// `(series, bucket start, aggregate)` in key order; of one series if given.
+pub fn tier_buckets(
+    conn: &rusqlite::Connection,
+    table: &str,
+    series: Option<i64>,
+) -> Vec<(i64, upkeep::sample::Ts, upkeep::store::tiers::Agg)> {
+    let step: i64 = conn
+        .query_row("SELECT step_ms FROM tiers WHERE tbl = ?1", [table], |r| {
+            r.get(0)
+        })
+        .expect("the tier's step");
+    let mut st = conn
+        .prepare(&format!(
+            "SELECT series, chunk_ms, data FROM \"{table}\"
+             WHERE ?1 IS NULL OR series = ?1 ORDER BY series, chunk_ms"
+        ))
+        .expect("reading a tier table");
+    let rows: Vec<(i64, i64, Vec<u8>)> = st
+        .query_map([series], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("reading a tier table")
+        .collect::<Result<_, _>>()
+        .expect("reading a tier table");
+    rows.iter()
+        .flat_map(|(s, chunk_ms, data)| {
+            upkeep::store::chunk::decode(*chunk_ms, step, data).map(move |(b, a)| (*s, b, a))
+        })
+        .collect()
+}
+
+/// Sum of `count` over every bucket of a tier table.
 pub fn tier_rows_count(conn: &rusqlite::Connection, table: &str) -> i64 {
-    conn.query_row(
-        &format!("SELECT coalesce(sum(count), 0) FROM \"{table}\""),
-        [],
-        |r| r.get(0),
-    )
-    .expect("summing a tier table")
+    tier_buckets(conn, table, None)
+        .iter()
+        .map(|(_, _, a)| a.count)
+        .sum()
 }
 
 /// Samples waiting in the journal (12 bytes per sample in each blob).

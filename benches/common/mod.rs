@@ -8,12 +8,13 @@ use std::time::Instant;
 use rusqlite::{Connection, params};
 use upkeep::config::HistoryConfig;
 use upkeep::sample::{SeriesKey, Ts, Unit, now_ms};
-use upkeep::store::tiers::{self, Tier};
+use upkeep::store::chunk;
+use upkeep::store::tiers::{self, Agg, Tier};
 use upkeep::store::writer::{RunInfo, Writer};
 
 pub const SERIES: usize = 500;
 /// Written beside the file; a file made by another version is rebuilt.
-pub const GENERATOR: &str = "full-retention v2";
+pub const GENERATOR: &str = "full-retention v3";
 pub const INFO_FILE: &str = "generated.txt";
 pub const DAY_MS: Ts = 86_400_000;
 
@@ -70,20 +71,18 @@ fn schema(dir: &Path) -> Option<Vec<String>> {
         .ok()
 }
 
-/// The value of column `name` in the tier row of `series` at `bucket`.
-fn column_value(name: &str, series: i64, bucket: Ts, step_ms: i64) -> rusqlite::types::Value {
-    use rusqlite::types::Value;
+/// The bucket of `series` at `bucket`: one sample a second, the last at the
+/// end of the bucket.
+fn bucket_agg(series: i64, bucket: Ts, step_ms: i64) -> Agg {
     let v = value(series, bucket);
-    match name {
-        "series" => Value::Integer(series),
-        "bucket_ms" => Value::Integer(bucket),
-        "avg" | "last" => Value::Real(v),
-        "min" => Value::Real(v * 0.5),
-        "max" => Value::Real(v * 1.5),
-        // One sample a second, the last one at the end of the bucket.
-        "count" => Value::Integer(step_ms / 1000),
-        "last_ms" | "last_ts" => Value::Integer(bucket + step_ms - 1000),
-        _ => Value::Integer(0),
+    let count = step_ms / 1000;
+    Agg {
+        sum: v * count as f64,
+        min: v * 0.5,
+        max: v * 1.5,
+        count,
+        last: v,
+        last_ts: bucket + step_ms - 1000,
     }
 }
 
@@ -142,7 +141,7 @@ pub fn generate(dir: &Path) -> Ts {
     std::fs::write(dir.join(INFO_FILE), format!("{GENERATOR}\nnow_ms={now}\n"))
         .expect("writing the info file");
     println!(
-        "generated {} tier rows for {} series in {:.1} s",
+        "generated {} tier buckets for {} series in {:.1} s",
         rows,
         ids.len(),
         began.elapsed().as_secs_f64()
@@ -153,7 +152,7 @@ pub fn generate(dir: &Path) -> Ts {
 /// series `ids`, as a running agent would have left it at `now`: each tier
 /// written up to where it closes at `now` (its watermark: the bucket of
 /// `now - 5 s`, for the first tier the minute), the journal holding the
-/// seconds after the first tier's watermark. Returns the tier rows written.
+/// seconds after the first tier's watermark. Returns the buckets written.
 pub fn fill(dir: &Path, history: &HistoryConfig, ids: &[i64], now: Ts) -> u64 {
     let tiers = tiers::from_config(history);
     let marks = watermarks(&tiers, now);
@@ -166,49 +165,35 @@ pub fn fill(dir: &Path, history: &HistoryConfig, ids: &[i64], now: Ts) -> u64 {
     for (k, t) in tiers.iter().enumerate() {
         let cap = t.capacity();
         let first = marks[k] - cap * t.step_ms;
-        // Whatever columns the writer's tier tables have now.
-        let columns: Vec<String> = {
-            let mut st = conn
-                .prepare(&format!(
-                    "SELECT name FROM pragma_table_info('{}')",
-                    t.table
-                ))
-                .expect("table info");
-            st.query_map([], |r| r.get(0))
-                .expect("table info")
-                .collect::<Result<_, _>>()
-                .expect("table info")
-        };
         let sql = format!(
-            "INSERT OR REPLACE INTO \"{}\" ({}) VALUES ({})",
-            t.table,
-            columns.join(", "),
-            (1..=columns.len())
-                .map(|i| format!("?{i}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            "INSERT OR REPLACE INTO \"{}\" (series, chunk_ms, data) VALUES (?1, ?2, ?3)",
+            t.table
         );
-        for chunk in ids.chunks(50) {
+        for group in ids.chunks(50) {
             let tx = conn.transaction().expect("begin");
             {
                 let mut st = tx.prepare(&sql).expect("prepare");
-                let mut row = Vec::with_capacity(columns.len());
-                for &id in chunk {
-                    for b in 0..cap {
-                        let bucket = first + b * t.step_ms;
-                        row.clear();
-                        row.extend(
-                            columns
-                                .iter()
-                                .map(|c| column_value(c, id, bucket, t.step_ms)),
-                        );
-                        st.execute(rusqlite::params_from_iter(row.iter()))
-                            .expect("insert");
+                for &id in group {
+                    let mut b = first;
+                    while b < marks[k] {
+                        let chunk_ms = chunk::start(t.step_ms, b);
+                        let mut data = Vec::with_capacity(chunk::MAX_CHUNK_BYTES);
+                        while b < marks[k] && chunk::start(t.step_ms, b) == chunk_ms {
+                            chunk::merge(
+                                &mut data,
+                                chunk_ms,
+                                t.step_ms,
+                                b,
+                                &bucket_agg(id, b, t.step_ms),
+                            );
+                            b += t.step_ms;
+                        }
+                        st.execute(params![id, chunk_ms, data]).expect("insert");
                     }
                 }
             }
             tx.commit().expect("commit");
-            rows += chunk.len() as u64 * cap as u64;
+            rows += group.len() as u64 * cap as u64;
         }
         conn.execute(
             "UPDATE tiers SET watermark_ms = ?1 WHERE tbl = ?2",

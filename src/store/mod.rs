@@ -11,6 +11,7 @@
 //! - `events`: status transitions and agent/history events;
 //! - `agent_runs`: when the agent was running, so downtime reads as no data.
 
+pub mod chunk;
 pub mod reader;
 pub mod tiers;
 pub mod writer;
@@ -19,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
+use crate::sample::Ts;
+
 pub use reader::Reader;
 pub use writer::Writer;
 
@@ -26,7 +29,7 @@ pub use writer::Writer;
 pub const FILE_NAME: &str = "history.db";
 
 /// Current schema version (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -138,8 +141,13 @@ pub(crate) fn open_ro(path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// Brings the schema to `SCHEMA_VERSION`, one migration per version, each in
-/// its own transaction.
-pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+/// its own transaction. Returns whether the tier tables were converted (the
+/// caller compacts the file then).
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<bool, StoreError> {
+    migrate_to(conn, path, SCHEMA_VERSION)
+}
+
+fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Result<bool, StoreError> {
     let err = sql_err(path);
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -152,19 +160,99 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
             ),
         });
     }
-    for v in version + 1..=SCHEMA_VERSION {
+    let mut converted = false;
+    for v in version + 1..=target {
         let tx = conn.transaction().map_err(&err)?;
-        tx.execute_batch(MIGRATIONS[(v - 1) as usize])
-            .map_err(&err)?;
+        match MIGRATIONS[(v - 1) as usize] {
+            Migration::Sql(sql) => tx.execute_batch(sql).map_err(&err)?,
+            Migration::Code(f) => {
+                converted |= f(&tx).map_err(&err)?;
+            }
+        }
         tx.pragma_update(None, "user_version", v).map_err(&err)?;
         tx.commit().map_err(&err)?;
     }
-    Ok(())
+    Ok(converted)
+}
+
+enum Migration {
+    Sql(&'static str),
+    /// Returns whether it rewrote tier data.
+    Code(fn(&rusqlite::Transaction<'_>) -> rusqlite::Result<bool>),
+}
+
+/// Version 3: tier tables hold a row per chunk of buckets (`chunk`) instead
+/// of a row per bucket. Each table is converted series by series, the old
+/// rows deleted as they are copied so that their pages are reused.
+fn tiers_to_chunks(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<bool> {
+    let tiers: Vec<(String, i64)> = tx
+        .prepare("SELECT tbl, step_ms FROM tiers")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut converted = false;
+    for (table, step) in tiers {
+        let exists: bool = tx.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [&table],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            continue;
+        }
+        let old = format!("{table}_v2");
+        tx.execute_batch(&format!(
+            "ALTER TABLE \"{table}\" RENAME TO \"{old}\"; {}",
+            writer::tier_table_sql(&table)
+        ))?;
+        let series: Vec<i64> = tx
+            .prepare(&format!("SELECT DISTINCT series FROM \"{old}\""))?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut read = tx.prepare(&format!(
+            "SELECT bucket_ms, avg, min, max, count, last, last_ms FROM \"{old}\"
+             WHERE series = ?1 ORDER BY bucket_ms"
+        ))?;
+        let mut put = tx.prepare(&format!(
+            "INSERT INTO \"{table}\" (series, chunk_ms, data) VALUES (?1, ?2, ?3)"
+        ))?;
+        let mut delete = tx.prepare(&format!("DELETE FROM \"{old}\" WHERE series = ?1"))?;
+        for id in series {
+            let mut current: Option<(Ts, Vec<u8>)> = None;
+            let mut rows = read.query([id])?;
+            while let Some(r) = rows.next()? {
+                let bucket: Ts = r.get(0)?;
+                let agg = tiers::Agg::from_row(
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                );
+                let chunk_ms = chunk::start(step, bucket);
+                if current.as_ref().is_some_and(|(c, _)| *c != chunk_ms) {
+                    let (c, data) = current.take().expect("checked");
+                    put.execute(rusqlite::params![id, c, data])?;
+                }
+                let (_, data) = current.get_or_insert_with(|| (chunk_ms, Vec::new()));
+                chunk::merge(data, chunk_ms, step, bucket, &agg);
+            }
+            if let Some((c, data)) = current {
+                put.execute(rusqlite::params![id, c, data])?;
+            }
+            delete.execute([id])?;
+        }
+        drop((read, put, delete));
+        tx.execute_batch(&format!("DROP TABLE \"{old}\""))?;
+        converted = true;
+    }
+    Ok(converted)
 }
 
 /// `MIGRATIONS[i]` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
-    r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration::Sql(
+        r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -209,7 +297,9 @@ CREATE TABLE agent_runs (
     pid          INTEGER NOT NULL
 );
 "#,
-    r#"
+    ),
+    Migration::Sql(
+        r#"
 CREATE TABLE maintenance_runs (
     id           INTEGER PRIMARY KEY,
     task         TEXT NOT NULL,
@@ -242,6 +332,8 @@ CREATE INDEX maintenance_steps_by_run ON maintenance_steps (run_id, id);
 -- A status change seen while a maintenance run was changing things.
 ALTER TABLE events ADD COLUMN maintenance_run INTEGER;
 "#,
+    ),
+    Migration::Code(tiers_to_chunks),
 ];
 
 /// Moves a corrupt history file (and its WAL and shared-memory files) aside
@@ -292,6 +384,121 @@ impl Event {
             from_status: None,
             to_status: None,
             message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HistoryConfig;
+    use crate::store::writer::{RunInfo, Writer};
+
+    const MIN: Ts = 60_000;
+    /// A minute boundary.
+    const NOW: Ts = 1_700_000_040_000;
+
+    /// The values of the row-per-bucket tier table of a version 2 file.
+    fn v2_row(series: i64, i: i64) -> (Ts, f64, f64, f64, i64, f64, Ts) {
+        let bucket = NOW - 200 * MIN + i * MIN;
+        let x = (series * 1000 + i) as f64 / 8.0;
+        (bucket, x, x - 1.0, x + 2.5, 6, x + 0.25, bucket + 50_000)
+    }
+
+    #[test]
+    fn a_version_2_file_is_converted_to_chunk_rows_and_reads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let watermark = NOW - 10 * MIN;
+        {
+            let mut conn = open_rw(&path).unwrap();
+            migrate_to(&mut conn, &path, 2).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE tier_60s (
+                    series INTEGER NOT NULL, bucket_ms INTEGER NOT NULL,
+                    avg REAL NOT NULL, min REAL NOT NULL, max REAL NOT NULL,
+                    count INTEGER NOT NULL, last REAL NOT NULL, last_ms INTEGER NOT NULL,
+                    PRIMARY KEY (series, bucket_ms)) WITHOUT ROWID;
+                 INSERT INTO series (id, key, probe, metric, labels, unit, created_ms) VALUES
+                    (1, 'a.m', 'a', 'm', '', 'count', 0), (2, 'b.m', 'b', 'm', '', 'count', 0);",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO tiers (tbl, step_ms, span_ms, watermark_ms) VALUES ('tier_60s', 60000, ?1, ?2)",
+                rusqlite::params![7 * 86_400_000i64, watermark],
+            )
+            .unwrap();
+            let tx = conn.transaction().unwrap();
+            for series in [1, 2] {
+                // 190 minutes with a gap of 20 (the agent was down).
+                for i in (0..190).filter(|i| !(100..120).contains(i)) {
+                    let (b, avg, min, max, count, last, last_ms) = v2_row(series, i);
+                    tx.execute(
+                        "INSERT INTO tier_60s VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        rusqlite::params![series, b, avg, min, max, count, last, last_ms],
+                    )
+                    .unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let run = RunInfo {
+            version: "test".into(),
+            hostname: "test".into(),
+            pid: 1,
+        };
+        let (w, _) = Writer::open(dir.path(), &HistoryConfig::default(), NOW, &run).unwrap();
+        drop(w);
+
+        let conn = open_ro(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let old_tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name LIKE '%_v2'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old_tables, 0, "the old table is gone");
+        let free: i64 = conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(free, 0, "the file was compacted");
+        // 190 minutes over chunks of 96 minutes aligned to the epoch.
+        let chunks: i64 = conn
+            .query_row("SELECT count(*) FROM tier_60s WHERE series = 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let first = chunk::start(MIN, NOW - 200 * MIN);
+        let last = chunk::start(MIN, NOW - 11 * MIN);
+        assert_eq!(chunks, (last - first) / chunk::span_ms(MIN) + 1);
+
+        let reader = Reader::open(dir.path()).unwrap();
+        for (series, key) in [(1, "a.m"), (2, "b.m")] {
+            let answer = reader
+                .query(key, NOW - 200 * MIN, watermark, Some(MIN), NOW, 10_000)
+                .unwrap()
+                .unwrap();
+            assert_eq!(answer.tier, "tier_60s");
+            let want: Vec<reader::Point> = (0..190)
+                .filter(|i| !(100..120).contains(i))
+                .map(|i| {
+                    let (ts_ms, avg, min, max, count, last, _) = v2_row(series, i);
+                    reader::Point {
+                        ts_ms,
+                        avg,
+                        min,
+                        max,
+                        count,
+                        last,
+                    }
+                })
+                .collect();
+            assert_eq!(answer.points, want, "{key}");
         }
     }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+use super::chunk;
 use super::tiers::{self, Agg, Tier, ceil_div};
 use super::writer::decode;
 use super::{FILE_NAME, StoreError, open_ro, sql_err};
@@ -240,27 +241,28 @@ impl Reader {
         let mut out = Vec::new();
         let written_until = until.min(marks[k]);
         if from < written_until {
+            // Chunks that may hold a bucket in [from, written_until).
             let sql = format!(
-                "SELECT bucket_ms, avg, min, max, count, last, last_ms FROM \"{}\"
-                 WHERE series = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3 ORDER BY bucket_ms",
+                "SELECT chunk_ms, data FROM \"{}\"
+                 WHERE series = ?1 AND chunk_ms > ?2 AND chunk_ms < ?3 ORDER BY chunk_ms",
                 t.table
             );
             let mut st = self.conn.prepare_cached(&sql).map_err(&err)?;
             out.reserve(((written_until - from) / t.step_ms).clamp(0, 1 << 20) as usize + 1);
             let mut rows = st
-                .query(params![series, from, written_until])
+                .query(params![series, from - t.chunk_span_ms(), written_until])
                 .map_err(&err)?;
             while let Some(r) = rows.next().map_err(&err)? {
-                let b: Ts = r.get(0).map_err(&err)?;
-                let agg = Agg::from_row(
-                    r.get(1).map_err(&err)?,
-                    r.get(2).map_err(&err)?,
-                    r.get(3).map_err(&err)?,
-                    r.get(4).map_err(&err)?,
-                    r.get(5).map_err(&err)?,
-                    r.get(6).map_err(&err)?,
+                let chunk_ms: Ts = r.get(0).map_err(&err)?;
+                let data = r
+                    .get_ref(1)
+                    .map_err(&err)?
+                    .as_blob()
+                    .map_err(|e| err(e.into()))?;
+                out.extend(
+                    chunk::decode(chunk_ms, t.step_ms, data)
+                        .filter(|&(b, _)| b >= from && b < written_until),
                 );
-                out.push((b, agg));
             }
         }
         if until > marks[k] {

@@ -2,6 +2,7 @@
 //! tier for a query, and the size bound of the history file that follows from
 //! the config.
 
+use super::chunk::CHUNK_BUCKETS;
 use crate::config::HistoryConfig;
 use crate::sample::Ts;
 
@@ -26,6 +27,11 @@ impl Tier {
     /// epoch, so the buckets of every series line up.
     pub fn bucket(&self, ts: Ts) -> Ts {
         ts.div_euclid(self.step_ms) * self.step_ms
+    }
+
+    /// Span of one chunk row of this tier (`chunk`).
+    pub fn chunk_span_ms(&self) -> i64 {
+        super::chunk::span_ms(self.step_ms)
     }
 
     /// Buckets a series may hold in this tier.
@@ -140,13 +146,17 @@ pub fn choose(tiers: &[Tier], since: Ts, now: Ts, step_ms: i64) -> usize {
         })
 }
 
-/// Worst-case bytes of one tier row on disk: cell pointer (2), payload length
-/// (≤ 2), record header (9), series id (≤ 4), bucket (≤ 8), avg/min/max/last
-/// (4 × 8), count (≤ 8), last_ms (≤ 8): 73, rounded up.
-pub const ROW_BYTES: u64 = 80;
-/// B-tree pages are assumed no less than half full; SQLite's balancing keeps
-/// them fuller, so this over-estimates.
+/// B-tree pages holding small entries (the tier tables' index and interior
+/// pages) are assumed no less than half full; SQLite's balancing keeps them
+/// fuller, so this over-estimates.
 pub const FILL_FACTOR: u64 = 2;
+/// Worst-case bytes one chunk row of a tier table costs: a leaf page of its
+/// own (a chunk never spills to overflow pages, and a leaf holds at least one
+/// row), its `(series, chunk_ms)` index entry (cell pointer, sizes, header,
+/// two integers and the rowid: ≤ 32 bytes, ≤ 16 more for its share of the
+/// index's interior pages) and its share of the table's interior pages
+/// (child pointer, rowid, cell pointer: ≤ 16 bytes), those at least half full.
+pub const CHUNK_ROW_BYTES: u64 = PAGE_SIZE + FILL_FACTOR * (32 + 16 + 16);
 pub const PAGE_SIZE: u64 = 4096;
 /// Longest series key accepted (longer keys are refused at registration).
 pub const MAX_KEY_BYTES: u64 = 256;
@@ -191,14 +201,21 @@ pub struct SizeBound {
     pub total: u64,
 }
 
-/// Rows a series can hold in a tier between two trims. A trim leaves at most
-/// `capacity` buckets; until the next one, the watermark advances by the time
-/// between trims plus what it lagged behind at the trim, at most a group
-/// (`group_ms` bounds every tier: higher tiers close bucket by bucket).
-pub fn rows_bound(tier: &Tier) -> u64 {
+/// Buckets a series can hold in a tier between two trims. A trim leaves at
+/// most `capacity` buckets after the oldest chunk it keeps; until the next
+/// one, the watermark advances by the time between trims plus what it lagged
+/// behind at the trim, at most a group (`group_ms` bounds every tier: higher
+/// tiers close bucket by bucket).
+pub fn buckets_bound(tier: &Tier) -> u64 {
     let between_trims = ceil_div(tier.trim_every_ms(), tier.step_ms);
     let group = ceil_div(tier.group_ms(), tier.step_ms);
     (tier.capacity() + between_trims + group + 2) as u64
+}
+
+/// Chunk rows a series can hold in a tier: the chunks that `buckets_bound`
+/// consecutive buckets touch, and the partly expired chunk a trim keeps.
+pub fn chunks_bound(tier: &Tier) -> u64 {
+    ceil_div(buckets_bound(tier) as i64, CHUNK_BUCKETS) as u64 + 2
 }
 
 pub fn size_bound(history: &HistoryConfig) -> SizeBound {
@@ -207,7 +224,12 @@ pub fn size_bound(history: &HistoryConfig) -> SizeBound {
     let series_n = history.max_series as u64;
     let tier_bytes: Vec<(String, u64)> = tiers
         .iter()
-        .map(|t| (t.table.clone(), pages(series_n * rows_bound(t) * ROW_BYTES)))
+        .map(|t| {
+            (
+                t.table.clone(),
+                series_n * chunks_bound(t) * CHUNK_ROW_BYTES,
+            )
+        })
         .collect();
     // The journal holds the samples of the first tier's open group: at most
     // a group plus the grace (and a step to spare) at the shortest interval.
@@ -314,7 +336,9 @@ mod tests {
         // Between two runs a tier grows by a run's worth of buckets and a
         // group: the bound counts both.
         let first = &default_tiers()[0];
-        assert_eq!(rows_bound(first), 8_640 + 60 + 6 + 2);
+        assert_eq!(buckets_bound(first), 8_640 + 60 + 6 + 2);
+        // 8708 buckets touch at most 92 chunks of 96; one more kept by a trim.
+        assert_eq!(chunks_bound(first), 91 + 2);
     }
 
     #[test]

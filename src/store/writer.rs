@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::chunk;
 use super::tiers::{self, Agg, MAX_KEY_BYTES, MAX_MESSAGE_BYTES, Tier};
 use super::{Event, FILE_NAME, StoreError, migrate, move_aside, open_rw, sql_err};
 use crate::config::HistoryConfig;
@@ -70,8 +71,8 @@ pub struct Writer {
     series: HashMap<String, i64>,
     /// Page cache size set on the connection, KiB.
     cache_kib: i64,
-    /// Per tier: the statement that merges an aggregate into a row.
-    upserts: Vec<String>,
+    /// Per tier: the statements that read and write a chunk row.
+    chunk_sql: Vec<ChunkSql>,
     acc: Vec<Acc>,
     watermarks: Vec<Ts>,
     next_trim: Vec<Ts>,
@@ -115,7 +116,7 @@ impl Writer {
         // prepared.
         conn.set_prepared_statement_cache_capacity(32);
         let tiers = tiers::from_config(history);
-        let upserts = tiers.iter().map(|t| upsert_sql(&t.table)).collect();
+        let chunk_sql = tiers.iter().map(|t| ChunkSql::new(&t.table)).collect();
         let mut w = Writer {
             path,
             conn,
@@ -125,7 +126,7 @@ impl Writer {
             max_runs: history.max_runs as i64,
             series: HashMap::new(),
             cache_kib: 0,
-            upserts,
+            chunk_sql,
             acc: Vec::new(),
             watermarks: Vec::new(),
             next_trim: Vec::new(),
@@ -192,17 +193,7 @@ impl Writer {
         }
         let mut watermarks: Vec<Ts> = Vec::new();
         for (i, t) in self.tiers.iter().enumerate() {
-            tx.execute_batch(&format!(
-                "CREATE TABLE IF NOT EXISTS \"{}\" (
-                    series    INTEGER NOT NULL,
-                    bucket_ms INTEGER NOT NULL,
-                    avg REAL NOT NULL, min REAL NOT NULL, max REAL NOT NULL,
-                    count INTEGER NOT NULL, last REAL NOT NULL, last_ms INTEGER NOT NULL,
-                    PRIMARY KEY (series, bucket_ms)
-                ) WITHOUT ROWID",
-                t.table
-            ))
-            .map_err(&err)?;
+            tx.execute_batch(&tier_table_sql(&t.table)).map_err(&err)?;
             // A tier's watermark never passes the one below it.
             let below = if i == 0 {
                 t.bucket(now)
@@ -298,24 +289,27 @@ impl Writer {
             if from >= to {
                 continue;
             }
-            let sql = format!(
-                "SELECT bucket_ms, avg, min, max, count, last, last_ms FROM \"{}\" WHERE series = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3",
-                self.tiers[k - 1].table
-            );
-            let mut st = self.conn.prepare(&sql).map_err(&err)?;
+            let lower = &self.tiers[k - 1];
+            let mut st = self
+                .conn
+                .prepare(&self.chunk_sql[k - 1].range)
+                .map_err(&err)?;
             for &id in &ids {
-                let mut rows = st.query(params![id, from, to]).map_err(&err)?;
+                let mut rows = st
+                    .query(params![id, from - lower.chunk_span_ms(), to])
+                    .map_err(&err)?;
                 while let Some(r) = rows.next().map_err(&err)? {
-                    let bucket: Ts = r.get(0).map_err(&err)?;
-                    let agg = Agg::from_row(
-                        r.get(1).map_err(&err)?,
-                        r.get(2).map_err(&err)?,
-                        r.get(3).map_err(&err)?,
-                        r.get(4).map_err(&err)?,
-                        r.get(5).map_err(&err)?,
-                        r.get(6).map_err(&err)?,
-                    );
-                    add(&mut self.acc[k], self.tiers[k].bucket(bucket), id, &agg);
+                    let chunk_ms: Ts = r.get(0).map_err(&err)?;
+                    let data = r
+                        .get_ref(1)
+                        .map_err(&err)?
+                        .as_blob()
+                        .map_err(|e| err(e.into()))?;
+                    for (bucket, agg) in chunk::decode(chunk_ms, lower.step_ms, data) {
+                        if bucket >= from && bucket < to {
+                            add(&mut self.acc[k], self.tiers[k].bucket(bucket), id, &agg);
+                        }
+                    }
                 }
             }
         }
@@ -542,12 +536,42 @@ impl Writer {
                 add(&mut self.acc[k], self.tiers[k].bucket(s.ts), s.series, &one);
                 return Ok(());
             }
-            let mut st = self
-                .conn
-                .prepare_cached(&self.upserts[k])
-                .map_err(self.err())?;
-            upsert(&mut st, s.series, self.tiers[k].bucket(s.ts), &one).map_err(self.err())?;
+            let bucket = self.tiers[k].bucket(s.ts);
+            self.merge_chunk(k, s.series, &[(bucket, one)])?;
         }
+        Ok(())
+    }
+
+    /// Merges buckets of one series, all in one chunk, into tier `k`'s row
+    /// of that chunk.
+    fn merge_chunk(
+        &mut self,
+        k: usize,
+        series: i64,
+        buckets: &[(Ts, Agg)],
+    ) -> Result<(), StoreError> {
+        let Some(&(first, _)) = buckets.first() else {
+            return Ok(());
+        };
+        let err = sql_err(&self.path);
+        let step = self.tiers[k].step_ms;
+        let chunk_ms = chunk::start(step, first);
+        let mut data: Vec<u8> = self
+            .conn
+            .prepare_cached(&self.chunk_sql[k].get)
+            .map_err(&err)?
+            .query_row(params![series, chunk_ms], |r| r.get(0))
+            .optional()
+            .map_err(&err)?
+            .unwrap_or_default();
+        for (bucket, agg) in buckets {
+            chunk::merge(&mut data, chunk_ms, step, *bucket, agg);
+        }
+        self.conn
+            .prepare_cached(&self.chunk_sql[k].put)
+            .map_err(&err)?
+            .execute(params![series, chunk_ms, data])
+            .map_err(&err)?;
         Ok(())
     }
 
@@ -577,11 +601,22 @@ impl Writer {
                 })
                 .collect();
             written.sort_unstable_by_key(|&(series, bucket, _)| (series, bucket));
-            {
-                let mut st = self.conn.prepare_cached(&self.upserts[k]).map_err(&err)?;
-                for (series, bucket, agg) in &written {
-                    upsert(&mut st, *series, *bucket, agg).map_err(&err)?;
+            // One read and one write per chunk row of each series.
+            let step = self.tiers[k].step_ms;
+            let mut i = 0;
+            let mut buckets: Vec<(Ts, Agg)> = Vec::new();
+            while i < written.len() {
+                let (series, first, _) = written[i];
+                let chunk_ms = chunk::start(step, first);
+                buckets.clear();
+                while let Some(&(s, b, agg)) = written.get(i)
+                    && s == series
+                    && chunk::start(step, b) == chunk_ms
+                {
+                    buckets.push((b, agg));
+                    i += 1;
                 }
+                self.merge_chunk(k, series, &buckets)?;
             }
             rows += written.len();
             if let Some(next) = self.tiers.get(k + 1) {
@@ -621,18 +656,22 @@ impl Writer {
             self.next_trim[k] = now + every;
             let t = &self.tiers[k];
             let cutoff = t.bucket(now) - t.span_ms + t.step_ms;
-            // Buckets are aligned to the step, so those within (span - step)
-            // of the newest are at most `capacity`, whatever the clock did.
-            // max() is one seek; the OFFSET it replaces walked every row.
-            let sql = format!(
-                "DELETE FROM \"{0}\" WHERE series = ?1 AND bucket_ms < max(?2, coalesce(
-                    (SELECT max(bucket_ms) FROM \"{0}\" WHERE series = ?1) - ?3, ?2))",
-                t.table
-            );
-            let mut st = self.conn.prepare_cached(&sql).map_err(&err)?;
+            // A chunk goes when every bucket in it is older than the cutoff,
+            // or than (span - step) before the newest chunk's start: buckets
+            // are aligned to the step, so at most `capacity` are newer than
+            // that, whatever the clock did. max() is one seek.
+            let mut st = self
+                .conn
+                .prepare_cached(&self.chunk_sql[k].trim)
+                .map_err(&err)?;
             for &id in &ids {
-                st.execute(params![id, cutoff, t.span_ms - t.step_ms])
-                    .map_err(&err)?;
+                st.execute(params![
+                    id,
+                    cutoff,
+                    t.span_ms - t.step_ms,
+                    t.chunk_span_ms()
+                ])
+                .map_err(&err)?;
             }
             if k == 0 {
                 self.conn
@@ -686,7 +725,16 @@ fn quick_check(conn: &Connection) -> Result<Option<String>, rusqlite::Error> {
 /// Opens, migrates and checks the file; a failed check reads as corruption.
 fn open_checked(path: &Path) -> Result<Connection, StoreError> {
     let mut conn = open_rw(path)?;
-    migrate(&mut conn, path)?;
+    if migrate(&mut conn, path)? {
+        // The converted tables left the old rows' pages free: give them
+        // back, so that the file is within its bound again. Without room
+        // for the copy VACUUM makes, the file keeps its size (free pages
+        // are used before it grows) and says so.
+        tracing::info!(path = %path.display(), "history converted to chunk rows; compacting the file");
+        if let Err(e) = conn.execute_batch("VACUUM") {
+            tracing::warn!(path = %path.display(), "compacting the converted history file failed ({e}); it keeps its size until its free pages are used");
+        }
+    }
     if let Some(problem) = quick_check(&conn).map_err(sql_err(path))? {
         return Err(StoreError::Invalid {
             path: path.to_path_buf(),
@@ -709,37 +757,50 @@ fn add(acc: &mut Acc, bucket: Ts, series: i64, agg: &Agg) {
         .or_insert(*agg);
 }
 
-/// Merges an aggregate into a tier row, keeping the newest `last`.
-fn upsert_sql(table: &str) -> String {
+/// The table of one tier: a row per series and chunk of buckets
+/// (`chunk`). The rows are ordered by rowid; the index finds a series'
+/// chunks in time order.
+pub(crate) fn tier_table_sql(table: &str) -> String {
     format!(
-        "INSERT INTO \"{table}\" (series, bucket_ms, avg, min, max, count, last, last_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT (series, bucket_ms) DO UPDATE SET
-           avg = (avg * count + excluded.avg * excluded.count) / (count + excluded.count),
-           min = min(min, excluded.min),
-           max = max(max, excluded.max),
-           count = count + excluded.count,
-           last = CASE WHEN excluded.last_ms >= last_ms THEN excluded.last ELSE last END,
-           last_ms = max(last_ms, excluded.last_ms)"
+        "CREATE TABLE IF NOT EXISTS \"{table}\" (
+            series   INTEGER NOT NULL,
+            chunk_ms INTEGER NOT NULL,
+            data     BLOB NOT NULL,
+            UNIQUE (series, chunk_ms)
+        )"
     )
 }
 
-fn upsert(
-    st: &mut rusqlite::CachedStatement<'_>,
-    series: i64,
-    bucket: Ts,
-    a: &Agg,
-) -> Result<(), rusqlite::Error> {
-    st.execute(params![
-        series,
-        bucket,
-        a.avg(),
-        a.min,
-        a.max,
-        a.count,
-        a.last,
-        a.last_ts
-    ])?;
-    Ok(())
+/// The statements on one tier's chunk rows.
+struct ChunkSql {
+    /// `(series, chunk_ms)` → data.
+    get: String,
+    /// Inserts or replaces the data of `(series, chunk_ms)`.
+    put: String,
+    /// `(series, after, before)` → `(chunk_ms, data)` with `after < chunk_ms < before`.
+    range: String,
+    /// `(series, cutoff, span - step, chunk span)`: retention.
+    trim: String,
+}
+
+impl ChunkSql {
+    fn new(table: &str) -> ChunkSql {
+        ChunkSql {
+            get: format!("SELECT data FROM \"{table}\" WHERE series = ?1 AND chunk_ms = ?2"),
+            put: format!(
+                "INSERT INTO \"{table}\" (series, chunk_ms, data) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (series, chunk_ms) DO UPDATE SET data = excluded.data"
+            ),
+            range: format!(
+                "SELECT chunk_ms, data FROM \"{table}\"
+                 WHERE series = ?1 AND chunk_ms > ?2 AND chunk_ms < ?3 ORDER BY chunk_ms"
+            ),
+            trim: format!(
+                "DELETE FROM \"{table}\" WHERE series = ?1 AND chunk_ms <= max(?2, coalesce(
+                    (SELECT max(chunk_ms) FROM \"{table}\" WHERE series = ?1) - ?3, ?2)) - ?4"
+            ),
+        }
+    }
 }
 
 /// Journal blobs are `(series: u32 LE, value: f64 LE)` pairs.
