@@ -4,7 +4,8 @@
 //! bucket, avg/min/max/count/last. A sample is appended to `journal` (one row
 //! per timestamp, values packed in a blob: append-only, cheap) and added to an
 //! in-memory accumulator of the first tier. When a bucket closes, its
-//! aggregate is written to its tier table and added to the accumulator of the
+//! aggregate is merged into the series' chunk row of its tier table (`chunk`:
+//! a row holds 96 consecutive buckets) and added to the accumulator of the
 //! next tier, and so on up. The first tier closes its buckets a group (a
 //! minute) at a time and writes them in key order, so that each series' leaf
 //! page is visited once per group. Each tier has a watermark: the tier table
