@@ -77,6 +77,28 @@ pub fn decode(chunk_ms: Ts, step_ms: i64, data: &[u8]) -> impl Iterator<Item = (
         })
 }
 
+/// A query of `table` for one series' chunk rows that may hold buckets in
+/// `[from, until)`: parameters `(series, from - span, until)`, rows
+/// `(chunk_ms, data)` oldest first, read with `row_buckets`.
+pub(crate) fn range_sql(table: &str) -> String {
+    format!(
+        "SELECT chunk_ms, data FROM \"{table}\"
+         WHERE series = ?1 AND chunk_ms > ?2 AND chunk_ms < ?3 ORDER BY chunk_ms"
+    )
+}
+
+/// The buckets in `[from, until)` of a row of `range_sql`.
+pub(crate) fn row_buckets<'r>(
+    r: &'r rusqlite::Row<'_>,
+    step_ms: i64,
+    from: Ts,
+    until: Ts,
+) -> rusqlite::Result<impl Iterator<Item = (Ts, Agg)> + 'r> {
+    let chunk_ms: Ts = r.get(0)?;
+    let data = r.get_ref(1)?.as_blob()?;
+    Ok(decode(chunk_ms, step_ms, data).filter(move |&(b, _)| b >= from && b < until))
+}
+
 /// Merges `agg` into the bucket at `bucket` of the chunk blob `data` (which
 /// starts at `chunk_ms`), growing the blob to that slot when needed.
 pub fn merge(data: &mut Vec<u8>, chunk_ms: Ts, step_ms: i64, bucket: Ts, agg: &Agg) {

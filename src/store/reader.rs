@@ -241,28 +241,14 @@ impl Reader {
         let mut out = Vec::new();
         let written_until = until.min(marks[k]);
         if from < written_until {
-            // Chunks that may hold a bucket in [from, written_until).
-            let sql = format!(
-                "SELECT chunk_ms, data FROM \"{}\"
-                 WHERE series = ?1 AND chunk_ms > ?2 AND chunk_ms < ?3 ORDER BY chunk_ms",
-                t.table
-            );
+            let sql = chunk::range_sql(&t.table);
             let mut st = self.conn.prepare_cached(&sql).map_err(&err)?;
             out.reserve(((written_until - from) / t.step_ms).clamp(0, 1 << 20) as usize + 1);
             let mut rows = st
                 .query(params![series, from - t.chunk_span_ms(), written_until])
                 .map_err(&err)?;
             while let Some(r) = rows.next().map_err(&err)? {
-                let chunk_ms: Ts = r.get(0).map_err(&err)?;
-                let data = r
-                    .get_ref(1)
-                    .map_err(&err)?
-                    .as_blob()
-                    .map_err(|e| err(e.into()))?;
-                out.extend(
-                    chunk::decode(chunk_ms, t.step_ms, data)
-                        .filter(|&(b, _)| b >= from && b < written_until),
-                );
+                out.extend(chunk::row_buckets(r, t.step_ms, from, written_until).map_err(&err)?);
             }
         }
         if until > marks[k] {

@@ -300,16 +300,10 @@ impl Writer {
                     .query(params![id, from - lower.chunk_span_ms(), to])
                     .map_err(&err)?;
                 while let Some(r) = rows.next().map_err(&err)? {
-                    let chunk_ms: Ts = r.get(0).map_err(&err)?;
-                    let data = r
-                        .get_ref(1)
-                        .map_err(&err)?
-                        .as_blob()
-                        .map_err(|e| err(e.into()))?;
-                    for (bucket, agg) in chunk::decode(chunk_ms, lower.step_ms, data) {
-                        if bucket >= from && bucket < to {
-                            add(&mut self.acc[k], self.tiers[k].bucket(bucket), id, &agg);
-                        }
+                    for (bucket, agg) in
+                        chunk::row_buckets(r, lower.step_ms, from, to).map_err(&err)?
+                    {
+                        add(&mut self.acc[k], self.tiers[k].bucket(bucket), id, &agg);
                     }
                 }
             }
@@ -792,10 +786,7 @@ impl ChunkSql {
                 "INSERT INTO \"{table}\" (series, chunk_ms, data) VALUES (?1, ?2, ?3)
                  ON CONFLICT (series, chunk_ms) DO UPDATE SET data = excluded.data"
             ),
-            range: format!(
-                "SELECT chunk_ms, data FROM \"{table}\"
-                 WHERE series = ?1 AND chunk_ms > ?2 AND chunk_ms < ?3 ORDER BY chunk_ms"
-            ),
+            range: chunk::range_sql(table),
             trim: format!(
                 "DELETE FROM \"{table}\" WHERE series = ?1 AND chunk_ms <= max(?2, coalesce(
                     (SELECT max(chunk_ms) FROM \"{table}\" WHERE series = ?1) - ?3, ?2)) - ?4"
