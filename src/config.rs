@@ -577,28 +577,8 @@ impl Config {
                     "task names are 1-64 characters of a-z, 0-9, '-' and '_'".into(),
                 );
             }
-            for (field, msg) in m.validate_kind() {
+            for (field, msg) in m.validate_kind(&self.probe) {
                 bad(&["maintenance", n, field], msg);
-            }
-            match self.probe.get(m.probe()) {
-                Some(ProbeConfig::Postgres(_)) => {}
-                Some(other) => bad(
-                    &["maintenance", n, "probe"],
-                    format!(
-                        "`{}` is a {} probe; a {} task needs a postgres probe",
-                        m.probe(),
-                        other.kind(),
-                        m.kind()
-                    ),
-                ),
-                None => bad(
-                    &["maintenance", n, "probe"],
-                    format!(
-                        "no probe `{}` is configured ([probe.{}])",
-                        m.probe(),
-                        m.probe()
-                    ),
-                ),
             }
             for g in m.guards() {
                 if g != "host" && !self.probe.contains_key(&g) {

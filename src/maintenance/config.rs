@@ -73,12 +73,66 @@ pub struct TaskCommon<'a> {
 /// Default longest run.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// `[maintenance.NAME]` with `kind = "..."`.
+/// The probe configs a task may refer to, by name.
+pub type Probes = std::collections::BTreeMap<String, crate::config::ProbeConfig>;
+
+/// What every task kind's config says about itself. Each kind implements
+/// it next to its config struct; [`TaskConfig`] dispatches with an
+/// exhaustive match, so a kind that lacks a fact does not compile.
+pub trait TaskKind {
+    /// Its `kind = "..."` name.
+    fn kind(&self) -> &'static str;
+    /// The runner's fields (from [`task_config!`]).
+    fn common(&self) -> TaskCommon<'_>;
+    /// The probe whose connection settings the task uses: `None` for a kind
+    /// that needs no probe (files, logs), which is then guarded by its
+    /// `guard` list alone, or gated by its window alone.
+    fn probe(&self) -> Option<&str>;
+    /// Problems of the kind's own fields and of what it needs from the rest
+    /// of the config (its probe's kind), as (field, message). Offline.
+    fn validate(&self, probes: &Probes) -> Vec<(&'static str, String)>;
+    /// Builds the task; `None` when what it needs is not configured (which
+    /// `validate` reports). Never connects.
+    fn build(&self, name: &str, probes: &Probes) -> Option<super::AnyTask>;
+    /// Units (rows, keys, files) per batch the run starts with.
+    fn batch_size(&self) -> u64 {
+        1
+    }
+    /// Pause between batches the run starts with.
+    fn pause(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+/// The check of a kind that needs a probe of one kind: the message says
+/// which probe is missing or of the wrong kind.
+pub fn need_probe<'a>(
+    probes: &'a Probes,
+    name: &str,
+    probe_kind: &str,
+    task_kind: &str,
+) -> Result<&'a crate::config::ProbeConfig, String> {
+    match probes.get(name) {
+        Some(p) if p.kind() == probe_kind => Ok(p),
+        Some(other) => Err(format!(
+            "`{name}` is a {} probe; a {task_kind} task needs a {probe_kind} probe",
+            other.kind()
+        )),
+        None => Err(format!("no probe `{name}` is configured ([probe.{name}])")),
+    }
+}
+
+/// `[maintenance.NAME]` with `kind = "..."`: THE registry of task kinds.
+/// A new kind is one variant here, one `KINDS` entry (a test checks the
+/// two agree) and one commented block in `agent.toml.example`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TaskConfig {
     PostgresRetention(super::postgres_retention::RetentionConfig),
     PostgresAnalyze(super::postgres_analyze::AnalyzeConfig),
+    /// A kind that needs no probe, for the runner's own tests.
+    #[cfg(test)]
+    Scratch(super::scratch::ScratchConfig),
 }
 
 /// Alias: the table under `[maintenance]` is a task config.
@@ -88,61 +142,94 @@ impl TaskConfig {
     /// Every kind's `kind = "..."` name (checked against serde in a test).
     pub const KINDS: &'static [&'static str] = &["postgres_retention", "postgres_analyze"];
 
-    pub fn kind(&self) -> &'static str {
+    fn facts(&self) -> &dyn TaskKind {
         match self {
-            TaskConfig::PostgresRetention(_) => "postgres_retention",
-            TaskConfig::PostgresAnalyze(_) => "postgres_analyze",
+            TaskConfig::PostgresRetention(c) => c,
+            TaskConfig::PostgresAnalyze(c) => c,
+            #[cfg(test)]
+            TaskConfig::Scratch(c) => c,
         }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.facts().kind()
     }
 
     pub fn common(&self) -> TaskCommon<'_> {
-        match self {
-            TaskConfig::PostgresRetention(c) => c.common(),
-            TaskConfig::PostgresAnalyze(c) => c.common(),
-        }
+        self.facts().common()
     }
 
-    /// The probe whose connection settings the task uses.
-    pub fn probe(&self) -> &str {
-        match self {
-            TaskConfig::PostgresRetention(c) => &c.probe,
-            TaskConfig::PostgresAnalyze(c) => &c.probe,
-        }
+    /// The probe whose connection settings the task uses, if its kind needs one.
+    pub fn probe(&self) -> Option<&str> {
+        self.facts().probe()
     }
 
-    /// The probes that guard a run: `guard`, else the task's own probe.
+    /// The probes that guard a run: `guard`, else the task's own probe,
+    /// else none (the window alone gates the run).
     pub fn guards(&self) -> Vec<String> {
         match self.common().guard {
             Some(g) => g.to_vec(),
-            None => vec![self.probe().to_string()],
+            None => self.probe().map(str::to_string).into_iter().collect(),
         }
     }
 
     /// Units (rows, tables) per batch the run starts with.
     pub fn batch_size(&self) -> u64 {
-        match self {
-            TaskConfig::PostgresRetention(c) => c.batch_size,
-            TaskConfig::PostgresAnalyze(_) => 1,
-        }
+        self.facts().batch_size()
     }
 
     /// Pause between batches the run starts with.
     pub fn pause(&self) -> Duration {
-        match self {
-            TaskConfig::PostgresRetention(c) => c.pause,
-            TaskConfig::PostgresAnalyze(_) => Duration::ZERO,
-        }
+        self.facts().pause()
     }
 
     pub fn timeout(&self) -> Duration {
         self.common().timeout.unwrap_or(DEFAULT_TIMEOUT)
     }
 
-    /// Problems of the kind's own fields, as (field, message).
-    pub fn validate_kind(&self) -> Vec<(&'static str, String)> {
-        match self {
-            TaskConfig::PostgresRetention(c) => c.validate(),
-            TaskConfig::PostgresAnalyze(c) => c.validate(),
+    /// Problems of the kind's own fields and needs, as (field, message).
+    pub fn validate_kind(&self, probes: &Probes) -> Vec<(&'static str, String)> {
+        self.facts().validate(probes)
+    }
+
+    /// Builds the task `name`; `None` when its probe is missing.
+    pub fn build(&self, name: &str, probes: &Probes) -> Option<super::AnyTask> {
+        self.facts().build(name, probes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_knows_exactly_the_listed_kinds() {
+        let err = toml::from_str::<TaskConfig>("kind = \"nope\"")
+            .unwrap_err()
+            .to_string();
+        let mut known: Vec<&str> = err
+            .rsplit("expected ")
+            .next()
+            .unwrap()
+            .trim()
+            .trim_start_matches("one of ")
+            .split(", ")
+            .flat_map(|k| k.split(" or "))
+            .map(|k| k.trim().trim_matches('`'))
+            .collect();
+        // The test-only kind is compiled into unit tests alone.
+        known.retain(|k| *k != "scratch");
+        assert_eq!(known, TaskConfig::KINDS, "{err}");
+    }
+
+    #[test]
+    fn every_kind_has_an_example_block() {
+        let text = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/agent.toml.example"));
+        for kind in TaskConfig::KINDS {
+            assert!(
+                text.contains(&format!("kind = \"{kind}\"")),
+                "task kind {kind} has no block in agent.toml.example"
+            );
         }
     }
 }

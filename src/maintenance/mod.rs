@@ -19,6 +19,8 @@ pub mod postgres_retention;
 pub mod report;
 pub mod runner;
 pub mod schedule;
+#[cfg(test)]
+mod scratch;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -227,24 +229,5 @@ pub type AnyTask = Box<dyn DynTask>;
 /// Builds the task `name` of `config`. Never connects: a task connects in
 /// its first step.
 pub fn build(name: &str, config: &crate::config::Config) -> Option<AnyTask> {
-    Some(match config.maintenance.get(name)? {
-        TaskConfig::PostgresRetention(c) => {
-            let probe = postgres_probe(config, &c.probe)?;
-            Box::new(postgres_retention::RetentionTask::new(name, c, probe))
-        }
-        TaskConfig::PostgresAnalyze(c) => {
-            let probe = postgres_probe(config, &c.probe)?;
-            Box::new(postgres_analyze::AnalyzeTask::new(name, c, probe))
-        }
-    })
-}
-
-fn postgres_probe<'a>(
-    config: &'a crate::config::Config,
-    probe: &str,
-) -> Option<&'a crate::probes::postgres::PostgresConfig> {
-    match config.probe.get(probe)? {
-        crate::config::ProbeConfig::Postgres(p) => Some(p),
-        _ => None,
-    }
+    config.maintenance.get(name)?.build(name, &config.probe)
 }

@@ -35,7 +35,37 @@ fn default_statement_timeout() -> std::time::Duration {
     std::time::Duration::from_secs(600)
 }
 
+impl super::config::TaskKind for AnalyzeConfig {
+    fn kind(&self) -> &'static str {
+        "postgres_analyze"
+    }
+    fn common(&self) -> super::config::TaskCommon<'_> {
+        AnalyzeConfig::common(self)
+    }
+    fn probe(&self) -> Option<&str> {
+        Some(&self.probe)
+    }
+    fn validate(&self, probes: &super::config::Probes) -> Vec<(&'static str, String)> {
+        let mut out = Self::validate(self);
+        if let Err(e) =
+            super::config::need_probe(probes, &self.probe, "postgres", "postgres_analyze")
+        {
+            out.push(("probe", e));
+        }
+        out
+    }
+    fn build(&self, name: &str, probes: &super::config::Probes) -> Option<super::AnyTask> {
+        match probes.get(&self.probe)? {
+            crate::config::ProbeConfig::Postgres(pg) => {
+                Some(Box::new(AnalyzeTask::new(name, self, pg)))
+            }
+            _ => None,
+        }
+    }
+}
+
 impl AnalyzeConfig {
+    /// Problems of the kind's own fields, as (field, message).
     pub fn validate(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         for t in &self.tables {

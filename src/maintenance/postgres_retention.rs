@@ -79,7 +79,43 @@ fn default_statement_timeout() -> Duration {
 /// Most rows one batch may hold.
 pub const MAX_BATCH: u64 = 100_000;
 
+impl super::config::TaskKind for RetentionConfig {
+    fn kind(&self) -> &'static str {
+        "postgres_retention"
+    }
+    fn common(&self) -> super::config::TaskCommon<'_> {
+        RetentionConfig::common(self)
+    }
+    fn probe(&self) -> Option<&str> {
+        Some(&self.probe)
+    }
+    fn validate(&self, probes: &super::config::Probes) -> Vec<(&'static str, String)> {
+        let mut out = Self::validate(self);
+        if let Err(e) =
+            super::config::need_probe(probes, &self.probe, "postgres", "postgres_retention")
+        {
+            out.push(("probe", e));
+        }
+        out
+    }
+    fn build(&self, name: &str, probes: &super::config::Probes) -> Option<super::AnyTask> {
+        match probes.get(&self.probe)? {
+            crate::config::ProbeConfig::Postgres(pg) => {
+                Some(Box::new(RetentionTask::new(name, self, pg)))
+            }
+            _ => None,
+        }
+    }
+    fn batch_size(&self) -> u64 {
+        self.batch_size
+    }
+    fn pause(&self) -> Duration {
+        self.pause
+    }
+}
+
 impl RetentionConfig {
+    /// Problems of the kind's own fields, as (field, message).
     pub fn validate(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         if let Err(e) = qualified_name(&self.table) {

@@ -346,14 +346,17 @@ impl Runner {
                 v.get(v.len() / 2).copied().unwrap_or_default()
             })
             .collect();
-        let guards = tc.guards().join(", ");
+        let guards = match tc.guards().join(", ") {
+            g if g.is_empty() => "no guard (the window alone gates this task)".to_string(),
+            g => format!("guards healthy ({g})"),
+        };
         book.step(
             run_id,
             "gate",
             None,
             None,
             format!(
-                "open{}; guards healthy ({guards})",
+                "open{}; {guards}",
                 if req.ignore_window {
                     " (window ignored on request)"
                 } else {
