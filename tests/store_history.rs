@@ -937,8 +937,8 @@ fn last_is_the_value_with_the_newest_timestamp_even_when_it_arrives_first() {
 
 #[test]
 fn the_maintenance_ledger_stays_within_its_part_of_the_bound() {
-    use upkeep::maintenance::ledger::{
-        self, Ledger, MAX_DETAIL_BYTES, MAX_RUNS, MAX_STEPS, Trigger,
+    use upkeep::store::ledger::{
+        self, Ledger, MAX_DETAIL_BYTES, MAX_RUNS, MAX_STEPS, RunStatus, Step, Trigger,
     };
     let dir = temp_dir();
     let l = Ledger::open(dir.path()).unwrap();
@@ -959,12 +959,14 @@ fn the_maintenance_ledger_stays_within_its_part_of_the_bound() {
             l.set(id, doc, &big).unwrap();
         }
         for b in 0..MAX_STEPS + 30 {
-            l.step(id, run, "batch", Some(5000), Some(12), &detail)
+            l.step(id, run, Step::Batch, Some(5000), Some(12), &detail)
                 .unwrap();
             let _ = b;
         }
-        l.step(id, run, "validate", None, None, &detail).unwrap();
-        l.finish(id, run + 1, "succeeded", Some(&detail)).unwrap();
+        l.step(id, run, Step::Validate, None, None, &detail)
+            .unwrap();
+        l.finish(id, run + 1, RunStatus::Succeeded, Some(&detail))
+            .unwrap();
         last = id;
     }
     let conn = history_sql(dir.path());

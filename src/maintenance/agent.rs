@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
-use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ledger::{self, Ledger, Trigger};
 use super::runner::{Request, RunError, Runner};
 use super::schedule::{AUTO_LOOKBACK_DAYS, AutoChoice, Schedule, WindowSpec};
+use super::view::{AutoView, RunSummary, TaskView, TasksDocument};
 use crate::config::{Config, ProbeConfig};
 use crate::sample::now_ms;
 use crate::store::Reader;
@@ -240,7 +240,7 @@ impl Maintenance {
     /// Every task: schedule, next start, window state, auto choice, last run.
     /// Last runs come from `reader` when the caller has one open, else from
     /// a reader opened here.
-    pub fn tasks_document(&self, reader: Option<&Reader>) -> Value {
+    pub fn tasks(&self, reader: Option<&Reader>) -> Vec<TaskView> {
         let runner = self.runner();
         let opened;
         let reader = match reader {
@@ -255,7 +255,8 @@ impl Maintenance {
             .unwrap_or_default();
         let now = Utc::now();
         let auto = self.auto.lock().expect("auto lock").clone();
-        let tasks: Vec<Value> = runner
+        let time = |t: chrono::DateTime<Utc>| rfc3339(t.timestamp_millis());
+        runner
             .config
             .maintenance
             .iter()
@@ -264,59 +265,34 @@ impl Maintenance {
                 let choice = auto.get(name).and_then(|c| c.as_ref().ok());
                 let (next, open, describe) = match &schedule {
                     Some(s) => (
-                        s.next_start(now, choice).map(|t| rfc3339(t.timestamp_millis())),
+                        s.next_start(now, choice).map(time),
                         s.open_until(now, choice),
                         s.describe(choice),
                     ),
                     None => (None, Err("invalid schedule".into()), "invalid".into()),
                 };
-                let last_run = last.iter().find(|r| &r.task == name).map(run_summary);
-                json!({
-                    "name": name,
-                    "kind": tc.kind(),
-                    "schedule": describe,
-                    "next_start": next,
-                    "window_open": open.is_ok(),
-                    "window_closes": open.as_ref().ok().and_then(|c| c.map(|t| rfc3339(t.timestamp_millis()))),
-                    "window_note": open.as_ref().err(),
-                    "auto": match auto.get(name) {
-                        Some(Ok(c)) => json!({
-                            "series": c.series,
-                            "weekday": super::schedule::day_name(c.weekday),
-                            "hour": c.hour,
-                            "mean": c.mean,
-                            "overall_mean": c.overall_mean,
-                            "hours_with_data": c.hours_with_data,
-                            "days_of_history": c.days_of_history,
-                        }),
-                        Some(Err(why)) => json!({"pending": why}),
-                        None => Value::Null,
-                    },
-                    "guards": tc.guards(),
-                    "last_run": last_run,
-                })
+                TaskView {
+                    name: name.clone(),
+                    kind: tc.kind().to_string(),
+                    schedule: describe,
+                    next_start: next,
+                    window_open: open.is_ok(),
+                    window_closes: open.as_ref().ok().and_then(|c| c.map(time)),
+                    window_note: open.err(),
+                    auto: auto.get(name).map(AutoView::of),
+                    guards: tc.guards(),
+                    last_run: last.iter().find(|r| &r.task == name).map(RunSummary::of),
+                }
             })
-            .collect();
-        json!({ "tasks": tasks })
+            .collect()
     }
-}
 
-/// A run as the API lists it.
-pub fn run_summary(r: &ledger::RunRow) -> Value {
-    json!({
-        "id": r.id,
-        "task": r.task,
-        "kind": r.kind,
-        "trigger": r.trigger,
-        "dry_run": r.dry_run,
-        "status": r.status,
-        "started_at": rfc3339(r.started_ms),
-        "ended_at": r.ended_ms.map(rfc3339),
-        "duration_ms": r.ended_ms.map(|e| e - r.started_ms),
-        "rows_changed": r.rows_changed,
-        "batches": r.batches,
-        "error": r.error,
-    })
+    /// `GET /api/v1/maintenance`.
+    pub fn tasks_document(&self, reader: Option<&Reader>) -> TasksDocument {
+        TasksDocument {
+            tasks: self.tasks(reader),
+        }
+    }
 }
 
 /// The quietest hour of the week for task `name` from the history in

@@ -21,6 +21,7 @@ pub mod runner;
 pub mod schedule;
 #[cfg(test)]
 mod scratch;
+pub mod view;
 
 use std::future::Future;
 use std::path::PathBuf;

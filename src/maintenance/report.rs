@@ -83,7 +83,7 @@ pub fn runs(runs: &[RunRow]) -> String {
             if r.dry_run {
                 format!("{} (dry)", r.status)
             } else {
-                r.status.clone()
+                super::ledger::status_words(r)
             },
             rfc3339(r.started_ms),
             duration(r),

@@ -12,6 +12,7 @@
 //! - `agent_runs`: when the agent was running, so downtime reads as no data.
 
 pub mod chunk;
+pub mod ledger;
 pub mod reader;
 pub mod tiers;
 pub mod writer;
@@ -29,7 +30,10 @@ pub use writer::Writer;
 pub const FILE_NAME: &str = "history.db";
 
 /// Current schema version (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
+/// Oldest schema the read-only reader still reads: version 3 lacks only
+/// the ledger's `outcome` and `backup_pruned_ms` columns, read as NULL.
+pub const MIN_READ_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -334,6 +338,14 @@ ALTER TABLE events ADD COLUMN maintenance_run INTEGER;
 "#,
     ),
     Migration::Code(tiers_to_chunks),
+    Migration::Sql(
+        r#"
+-- How a rolled-back run had ended before its rollback, and when the backup
+-- budget removed its backup.
+ALTER TABLE maintenance_runs ADD COLUMN outcome TEXT;
+ALTER TABLE maintenance_runs ADD COLUMN backup_pruned_ms INTEGER;
+"#,
+    ),
 ];
 
 /// Moves a corrupt history file (and its WAL and shared-memory files) aside

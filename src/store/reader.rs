@@ -97,11 +97,12 @@ impl Reader {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(sql_err(&path))?;
-        if version != super::SCHEMA_VERSION {
+        if !(super::MIN_READ_VERSION..=super::SCHEMA_VERSION).contains(&version) {
             return Err(StoreError::Invalid {
                 path,
                 message: format!(
-                    "schema version {version}, this upkeep reads version {}",
+                    "schema version {version}, this upkeep reads versions {} to {}",
+                    super::MIN_READ_VERSION,
                     super::SCHEMA_VERSION
                 ),
             });
@@ -371,10 +372,8 @@ impl Reader {
     }
 
     /// The newest run of each maintenance task.
-    pub fn maintenance_last_runs(
-        &self,
-    ) -> Result<Vec<crate::maintenance::ledger::RunRow>, StoreError> {
-        crate::maintenance::ledger::last_runs(&self.conn).map_err(self.err())
+    pub fn maintenance_last_runs(&self) -> Result<Vec<super::ledger::RunRow>, StoreError> {
+        super::ledger::last_runs(&self.conn).map_err(self.err())
     }
 
     /// Maintenance runs, newest first, optionally of one task.
@@ -382,22 +381,16 @@ impl Reader {
         &self,
         task: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<crate::maintenance::ledger::RunRow>, StoreError> {
-        crate::maintenance::ledger::runs(&self.conn, task, limit).map_err(self.err())
+    ) -> Result<Vec<super::ledger::RunRow>, StoreError> {
+        super::ledger::runs(&self.conn, task, limit).map_err(self.err())
     }
 
     /// One maintenance run with its steps.
     pub fn maintenance_run(
         &self,
         id: i64,
-    ) -> Result<
-        Option<(
-            crate::maintenance::ledger::RunRow,
-            Vec<crate::maintenance::ledger::StepRow>,
-        )>,
-        StoreError,
-    > {
-        crate::maintenance::ledger::run(&self.conn, id).map_err(self.err())
+    ) -> Result<Option<(super::ledger::RunRow, Vec<super::ledger::StepRow>)>, StoreError> {
+        super::ledger::run(&self.conn, id).map_err(self.err())
     }
 
     /// Names of probes that have recorded a status.

@@ -195,7 +195,7 @@ pub struct SizeBound {
     pub series: u64,
     pub events: u64,
     pub runs: u64,
-    /// The maintenance ledger (`maintenance::ledger`).
+    /// The maintenance ledger (`store::ledger`).
     pub maintenance: u64,
     pub fixed: u64,
     pub total: u64,
@@ -246,7 +246,7 @@ pub fn size_bound(history: &HistoryConfig) -> SizeBound {
     // A batch inserts up to max_events before trimming to max_events.
     let events = pages(2 * history.max_events as u64 * (MAX_MESSAGE_BYTES + 3 * 64 + 64));
     let runs = pages(history.max_runs as u64 * 160);
-    let maintenance = pages(crate::maintenance::ledger::bound_bytes());
+    let maintenance = pages(super::ledger::bound_bytes());
     // Schema, meta, tiers list, and one root page per table and index.
     let fixed = 64 * PAGE_SIZE;
     let total = tier_bytes.iter().map(|(_, b)| b).sum::<u64>()

@@ -11,9 +11,9 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use super::{ApiError, State, blocking, json_or_error};
-use crate::maintenance::agent::run_summary;
 use crate::maintenance::ledger::{self, Trigger};
 use crate::maintenance::runner::RunError;
+use crate::maintenance::view::RunSummary;
 use crate::store::Reader;
 
 /// Most runs one request lists, and the default.
@@ -85,7 +85,7 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
                             .map_err(|e| {
                                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
                             })?;
-                        let list: Vec<_> = rows.iter().map(run_summary).collect();
+                        let list: Vec<_> = rows.iter().map(RunSummary::of).collect();
                         Ok(serde_json::json!({ "runs": list }))
                     })
                     .await,
@@ -111,7 +111,8 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
                                 ApiError::not_found(format!("no maintenance run {id}"))
                             })?;
                         let mut doc = ledger::result_document(&row);
-                        doc["run"] = run_summary(&row);
+                        doc["run"] =
+                            serde_json::to_value(RunSummary::of(&row)).expect("serializable");
                         doc["steps"] = serde_json::Value::Array(
                             steps
                                 .iter()

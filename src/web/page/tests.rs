@@ -351,7 +351,7 @@ fn figures_read_well() {
 #[test]
 fn events_during_a_maintenance_run_are_marked_and_link_to_it() {
     use crate::config::HistoryConfig;
-    use crate::maintenance::ledger::{Ledger, Trigger};
+    use crate::maintenance::ledger::{Ledger, RunStatus, Trigger};
     use crate::store::Event;
     use crate::store::writer::{RunInfo, Writer};
     let dir = tempfile::tempdir().unwrap();
@@ -386,7 +386,9 @@ fn events_during_a_maintenance_run_are_marked_and_link_to_it() {
     w.write(&[], &[status(now - 30_000, "unhealthy")], now - 30_000)
         .unwrap();
     ledger.add_batch(id, 1234).unwrap();
-    ledger.finish(id, now - 20_000, "succeeded", None).unwrap();
+    ledger
+        .finish(id, now - 20_000, RunStatus::Succeeded, None)
+        .unwrap();
     let s = state(Live::default());
     let mut info = s.info.clone();
     info.data_dir = dir.path().to_path_buf();

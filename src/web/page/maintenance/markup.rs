@@ -6,27 +6,27 @@ use std::collections::BTreeMap;
 use maud::{Markup, html};
 
 use super::{Auto, Section, Task, run_link};
-use crate::maintenance::ledger::RunRow;
+use crate::maintenance::ledger::{RunRow, RunStatus, status_words};
 use crate::sample::{Status, Ts, Unit};
 use crate::store::reader::SeriesInfo;
 use crate::web::page::format::{count, symbol, time, time_of, took, value};
 
-/// How a run's status shows: class (colour), symbol and word together.
-fn run_status(status: &str) -> (&'static str, &'static str, String) {
-    let (class, sym) = match status {
-        "succeeded" => ("s-healthy", symbol(Status::Healthy)),
-        "failed" => ("s-unhealthy", symbol(Status::Unhealthy)),
-        "aborted" | "interrupted" => ("s-degraded", symbol(Status::Degraded)),
-        "running" => ("s-running", "↻"),
-        "rolled_back" => ("s-unknown", "↺"),
-        "refused" => ("s-unknown", "–"),
-        _ => ("s-unknown", symbol(Status::Unknown)),
+/// How a run's status shows: class (colour), symbol and word together
+/// ("failed, then rolled back" where the ledger knows the outcome).
+fn run_status(r: &RunRow) -> (&'static str, &'static str, String) {
+    let (class, sym) = match r.status {
+        RunStatus::Succeeded => ("s-healthy", symbol(Status::Healthy)),
+        RunStatus::Failed => ("s-unhealthy", symbol(Status::Unhealthy)),
+        RunStatus::Aborted | RunStatus::Interrupted => ("s-degraded", symbol(Status::Degraded)),
+        RunStatus::Running => ("s-running", "↻"),
+        RunStatus::RolledBack => ("s-unknown", "↺"),
+        RunStatus::Refused => ("s-unknown", "–"),
     };
-    (class, sym, status.replace('_', " "))
+    (class, sym, status_words(r))
 }
 
 fn status_badge(r: &RunRow) -> Markup {
-    let (_, sym, word) = run_status(&r.status);
+    let (_, sym, word) = run_status(r);
     html! {
         span .badge {
             span .sym aria-hidden="true" { (sym) }
@@ -78,10 +78,7 @@ pub(in crate::web::page) fn section(
 fn task(t: &Task, s: &Section, series: &BTreeMap<String, Vec<SeriesInfo>>, now: Ts) -> Markup {
     // Without the ledger a missing last run is unknown, not "never".
     let unread = s.ledger_error.is_some();
-    let class = t
-        .last
-        .as_ref()
-        .map_or("s-none", |r| run_status(&r.status).0);
+    let class = t.last.as_ref().map_or("s-none", |r| run_status(r).0);
     html! {
         article class={ "task " (class) } data-task=(t.name) {
             div .name {
@@ -183,7 +180,6 @@ fn auto(a: &Auto, series: &BTreeMap<String, Vec<SeriesInfo>>) -> Markup {
         Auto::Pending { pending } => html! {
             span .pending { "not chosen yet" } ": " (pending)
         },
-        Auto::Other(v) => html! { code { (v.to_string()) } },
     }
 }
 
@@ -206,7 +202,7 @@ fn runs(s: &Section, now: Ts) -> Markup {
                 }
                 tbody {
                     @for r in &s.runs {
-                        tr id=(format!("maint-run-{}", r.id)) class=(run_status(&r.status).0) {
+                        tr id=(format!("maint-run-{}", r.id)) class=(run_status(r).0) {
                             td .id data-label="Run" { (r.id) }
                             td data-label="Task" { (r.task) }
                             td .trigger data-label="Trigger" { (r.trigger) }

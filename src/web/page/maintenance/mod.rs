@@ -5,17 +5,17 @@
 //! the blocking pool; the ledger is read through the page's own [`Reader`].
 //!
 //! A task's settings, schedule and auto choice come from
-//! [`Maintenance::tasks_document`], the document `GET /api/v1/maintenance`
+//! [`Maintenance::tasks`], the typed view `GET /api/v1/maintenance`
 //! serves, so the page and the API never disagree; runs (the last of each
 //! task and the newest overall) are read from the ledger here. `markup`
 //! writes the section.
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
-
 use crate::maintenance::agent::Maintenance;
 use crate::maintenance::ledger::RunRow;
+pub(super) use crate::maintenance::view::AutoView as Auto;
+use crate::maintenance::view::TaskView;
 use crate::store::Reader;
 
 mod markup;
@@ -39,48 +39,19 @@ pub(super) struct Section {
     pub(super) ledger_error: Option<String>,
 }
 
-/// One task as the tasks document describes it.
-#[derive(Debug, Deserialize)]
+/// One task as the agent describes it, with its newest run from the
+/// page's own read of the ledger.
+#[derive(Debug)]
 pub(super) struct Task {
-    pub(super) name: String,
-    pub(super) kind: String,
-    /// The schedule in words: "manual only", "cron `0 3 * * *` (UTC)", …
-    pub(super) schedule: String,
-    pub(super) next_start: Option<String>,
-    pub(super) window_open: bool,
-    pub(super) window_closes: Option<String>,
-    /// Why the window is closed.
-    pub(super) window_note: Option<String>,
-    pub(super) auto: Option<Auto>,
-    pub(super) guards: Vec<String>,
-    /// Its newest run, from the page's read of the ledger.
-    #[serde(skip)]
+    pub(super) view: TaskView,
     pub(super) last: Option<RunRow>,
 }
 
-/// The `window = "auto"` choice, or why there is none yet.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub(super) enum Auto {
-    Chosen {
-        series: String,
-        weekday: String,
-        hour: u32,
-        mean: f64,
-        overall_mean: f64,
-        hours_with_data: usize,
-        days_of_history: f64,
-    },
-    Pending {
-        pending: String,
-    },
-    /// A shape this page does not know: the rest of the task still shows.
-    Other(serde_json::Value),
-}
-
-#[derive(Deserialize)]
-struct Document {
-    tasks: Vec<Task>,
+impl std::ops::Deref for Task {
+    type Target = TaskView;
+    fn deref(&self) -> &TaskView {
+        &self.view
+    }
 }
 
 /// The tasks of `m` (none without maintenance in this process) with their
@@ -88,10 +59,11 @@ struct Document {
 pub(super) fn gather(m: Option<&Maintenance>, reader: Option<&Reader>) -> Section {
     let mut s = Section::default();
     if let Some(m) = m {
-        match serde_json::from_value::<Document>(m.tasks_document(reader)) {
-            Ok(d) => s.tasks = d.tasks,
-            Err(e) => s.tasks_error = Some(e.to_string()),
-        }
+        s.tasks = m
+            .tasks(reader)
+            .into_iter()
+            .map(|view| Task { view, last: None })
+            .collect();
     }
     let Some(r) = reader else {
         return s;

@@ -1,0 +1,478 @@
+//! The steps of one run after its ledger row exists: gate → figures → plan
+//! → (a dry run ends here) → room for the backup → backup → batches (guard,
+//! pacing, window, timeout and shutdown checked between them) → validate →
+//! rollback when validation fails. Each step either goes on or ends the
+//! run through the one abort path, [`Drive::end`], which saves the backup
+//! as it stands, records the step and says how the run ended.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::guard::{Guard, GuardState};
+use super::pacing::Pacing;
+use super::{Book, DISK_MARGIN_BYTES, GUARD_RECHECK, Request, Runner, free_bytes};
+use crate::maintenance::ledger::{Doc, RunStatus, Step};
+use crate::maintenance::schedule::{AutoChoice, Schedule};
+use crate::maintenance::{AnyTask, Backup, Cx, Plan, TaskConfig, Verdict};
+use crate::store::StoreError;
+
+/// Batches between saves of the backup's state to the ledger.
+const SAVE_EVERY: u64 = 10;
+
+/// Why a run ends before it succeeds.
+pub(super) struct Stop {
+    pub status: RunStatus,
+    /// The step recorded for it (none when it was already recorded).
+    step: Option<(Step, Option<Duration>, String)>,
+    /// Whether the backup as it stands is saved to the ledger first.
+    save_backup: bool,
+    /// The run's error.
+    pub why: String,
+}
+
+impl Stop {
+    fn refused(why: String) -> Stop {
+        Stop {
+            status: RunStatus::Refused,
+            step: Some((Step::Gate, None, why.clone())),
+            save_backup: false,
+            why,
+        }
+    }
+
+    fn failed(step: Step, took: Option<Duration>, why: String) -> Stop {
+        Stop {
+            status: RunStatus::Failed,
+            step: Some((step, took, why.clone())),
+            save_backup: false,
+            why,
+        }
+    }
+
+    /// Stopped at a safe point between batches.
+    fn aborted(why: String) -> Stop {
+        Stop {
+            status: RunStatus::Aborted,
+            step: Some((Step::Abort, None, why.clone())),
+            save_backup: true,
+            why: format!("stopped between batches: {why}"),
+        }
+    }
+
+    /// A batch failed or ran out of time: what it changed is backed up.
+    fn batch_failed(took: Duration, why: String) -> Stop {
+        Stop {
+            save_backup: true,
+            ..Stop::failed(Step::Error, Some(took), why)
+        }
+    }
+
+    /// Already recorded: only the run's status and error are left to say.
+    fn recorded(status: RunStatus, why: String) -> Stop {
+        Stop {
+            status,
+            step: None,
+            save_backup: false,
+            why,
+        }
+    }
+}
+
+impl From<StoreError> for Stop {
+    fn from(e: StoreError) -> Stop {
+        Stop::recorded(RunStatus::Failed, format!("maintenance ledger: {e}"))
+    }
+}
+
+/// One run in progress.
+pub(super) struct Drive<'a> {
+    pub runner: &'a Runner,
+    pub req: &'a Request,
+    pub tc: &'a TaskConfig,
+    pub run_id: i64,
+    pub book: &'a Book,
+    pub cx: Cx,
+    pub deadline: Instant,
+}
+
+impl Drive<'_> {
+    /// Every step; `Ok` is how a run that went to its end ended.
+    pub async fn run(
+        &self,
+        schedule: &Schedule,
+        auto: Option<&AutoChoice>,
+    ) -> Result<RunStatus, Stop> {
+        let (mut guard, window_close) = match self.gate(schedule, auto).await {
+            Ok(g) => g,
+            Err(stop) => return Err(self.end(None, stop).await),
+        };
+        let mut task = self
+            .runner
+            .build(&self.req.task)
+            .map_err(|e| Stop::recorded(RunStatus::Failed, e.to_string()))?;
+        let result = self.work(&mut task, &mut guard, window_close).await;
+        match result {
+            Ok(status) => Ok(status),
+            Err(stop) => {
+                let backup = task.backup_state_dyn();
+                Err(self.end(backup, stop).await)
+            }
+        }
+    }
+
+    /// The one abort path: saves the backup as it stands when the stop
+    /// asks for it, records the stop's step, and hands the stop back.
+    async fn end(&self, backup: Option<Backup>, mut stop: Stop) -> Stop {
+        if stop.save_backup
+            && let Err(e) = self.save_backup(backup).await
+        {
+            return Stop::from(e);
+        }
+        if let Some((step, took, detail)) = stop.step.take()
+            && let Err(e) = self.book.step(self.run_id, step, None, took, detail).await
+        {
+            return Stop::from(e);
+        }
+        stop
+    }
+
+    async fn work(
+        &self,
+        task: &mut AnyTask,
+        guard: &mut Guard,
+        window_close: Option<DateTime<Utc>>,
+    ) -> Result<RunStatus, Stop> {
+        match task.figures_boxed().await {
+            Ok(f) => self.book.set(self.run_id, Doc::Before, f).await?,
+            Err(e) => {
+                self.book
+                    .step(
+                        self.run_id,
+                        Step::Figures,
+                        None,
+                        None,
+                        format!("before: {e}"),
+                    )
+                    .await?
+            }
+        }
+        let plan = self.plan(task).await?;
+        if self.req.dry_run {
+            return Ok(RunStatus::Succeeded);
+        }
+        let backup = self.backup(task, &plan).await?;
+        self.batches(task, &plan, guard, window_close).await?;
+        self.save_backup(task.backup_state_dyn()).await?;
+        self.validate(task, &plan, backup).await
+    }
+
+    /// The window, then the guarded probes. Returns the guard, measured,
+    /// and when the window closes (none: the window was ignored on request
+    /// or the task has none).
+    async fn gate(
+        &self,
+        schedule: &Schedule,
+        auto: Option<&AutoChoice>,
+    ) -> Result<(Guard, Option<DateTime<Utc>>), Stop> {
+        let window_close = if self.req.ignore_window {
+            None
+        } else {
+            schedule
+                .open_until(Utc::now(), auto)
+                .map_err(Stop::refused)?
+        };
+        let guards = self.tc.guards();
+        let mut guard = Guard::build(&self.runner.config, &self.runner.data_dir, &guards);
+        if let Err(why) = guard.open().await {
+            return Err(Stop::refused(format!("guarded probe not healthy: {why}")));
+        }
+        let guards = match guards.join(", ") {
+            g if g.is_empty() => "no guard (the window alone gates this task)".to_string(),
+            g => format!("guards healthy ({g})"),
+        };
+        let open = if self.req.ignore_window {
+            "open (window ignored on request)"
+        } else {
+            "open"
+        };
+        self.book
+            .step(
+                self.run_id,
+                Step::Gate,
+                None,
+                None,
+                format!("{open}; {guards}"),
+            )
+            .await?;
+        Ok((guard, window_close))
+    }
+
+    async fn plan(&self, task: &mut AnyTask) -> Result<Plan, Stop> {
+        let t = Instant::now();
+        let plan = task
+            .plan_boxed(&self.cx)
+            .await
+            .map_err(|e| Stop::failed(Step::Plan, Some(t.elapsed()), format!("plan: {e}")))?;
+        self.book
+            .set(self.run_id, Doc::Plan, to_value(&plan))
+            .await?;
+        self.book
+            .step(
+                self.run_id,
+                Step::Plan,
+                Some(plan.rows),
+                Some(t.elapsed()),
+                plan.summary.clone(),
+            )
+            .await?;
+        Ok(plan)
+    }
+
+    /// Checks the room for the backup, then makes it.
+    async fn backup(&self, task: &mut AnyTask, plan: &Plan) -> Result<Backup, Stop> {
+        let dir = &self.cx.backup_dir;
+        let need = task.backup_bytes_dyn(plan);
+        let io = |e: std::io::Error| {
+            Stop::recorded(
+                RunStatus::Failed,
+                format!("backup dir {}: {e}", dir.display()),
+            )
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let free = free_bytes(dir).map_err(io)?;
+        if free < need.saturating_add(DISK_MARGIN_BYTES) {
+            return Err(Stop::refused(format!(
+                "not enough room for the backup in {}: {} MiB free, {} MiB needed plus a {} MiB margin",
+                dir.display(),
+                free >> 20,
+                need >> 20,
+                DISK_MARGIN_BYTES >> 20
+            )));
+        }
+        let t = Instant::now();
+        let backup = task
+            .backup_boxed(&self.cx, plan)
+            .await
+            .map_err(|e| Stop::failed(Step::Backup, Some(t.elapsed()), format!("backup: {e}")))?;
+        self.book
+            .set(self.run_id, Doc::Backup, to_value(&backup))
+            .await?;
+        self.book
+            .step(
+                self.run_id,
+                Step::Backup,
+                None,
+                Some(t.elapsed()),
+                format!("backup at {}", backup.location),
+            )
+            .await?;
+        Ok(backup)
+    }
+
+    /// Why the run must stop at this safe point, if it must.
+    fn stop_reason(&self, window_close: Option<DateTime<Utc>>) -> Option<String> {
+        if self.runner.stop.is_cancelled() {
+            Some("the agent is stopping".to_string())
+        } else if Instant::now() >= self.deadline {
+            Some(format!("timeout {:?} reached", self.tc.timeout()))
+        } else if window_close.is_some_and(|c| Utc::now() >= c) {
+            Some("the window closed".to_string())
+        } else {
+            None
+        }
+    }
+
+    /// Batches until the task says it is done, checking between batches.
+    async fn batches(
+        &self,
+        task: &mut AnyTask,
+        plan: &Plan,
+        guard: &mut Guard,
+        window_close: Option<DateTime<Utc>>,
+    ) -> Result<(), Stop> {
+        let mut pacing = Pacing::new(self.tc.batch_size(), self.tc.pause());
+        let mut batch_no = 0u64;
+        loop {
+            if let Some(why) = self.stop_reason(window_close) {
+                return Err(Stop::aborted(why));
+            }
+            match guard.check().await.0 {
+                GuardState::Unhealthy(why) => {
+                    return Err(Stop::aborted(format!("guarded probe unhealthy: {why}")));
+                }
+                GuardState::Degraded(why) => {
+                    self.book
+                        .step(
+                            self.run_id,
+                            Step::Pause,
+                            None,
+                            Some(GUARD_RECHECK),
+                            format!("guarded probe degraded: {why}"),
+                        )
+                        .await?;
+                    self.sleep(GUARD_RECHECK).await;
+                    continue;
+                }
+                GuardState::Healthy { slowest_ratio } => pacing.observe(slowest_ratio),
+            }
+            batch_no += 1;
+            let done = self.batch(task, plan, batch_no, &pacing).await?;
+            if done {
+                return Ok(());
+            }
+            self.sleep(pacing.pause).await;
+        }
+    }
+
+    /// One batch, counted and recorded; whether the task is done.
+    async fn batch(
+        &self,
+        task: &mut AnyTask,
+        plan: &Plan,
+        batch_no: u64,
+        pacing: &Pacing,
+    ) -> Result<bool, Stop> {
+        let t = Instant::now();
+        let left = self.deadline.saturating_duration_since(t);
+        let size = pacing.size;
+        let b = match tokio::time::timeout(left, task.apply_batch_boxed(&self.cx, plan, size)).await
+        {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                return Err(Stop::batch_failed(
+                    t.elapsed(),
+                    format!("batch {batch_no}: {e}"),
+                ));
+            }
+            Err(_) => {
+                return Err(Stop::batch_failed(
+                    t.elapsed(),
+                    format!(
+                        "batch {batch_no}: the run's timeout {:?} ran out",
+                        self.tc.timeout()
+                    ),
+                ));
+            }
+        };
+        let (run_id, rows) = (self.run_id, b.rows);
+        self.book.with(move |l| l.add_batch(run_id, rows)).await?;
+        self.book
+            .step(
+                run_id,
+                Step::Batch,
+                Some(b.rows),
+                Some(t.elapsed()),
+                format!(
+                    "batch {batch_no} (size {size}, pause {:?}): {}",
+                    pacing.pause, b.detail
+                ),
+            )
+            .await?;
+        if batch_no.is_multiple_of(SAVE_EVERY) {
+            self.save_backup(task.backup_state_dyn()).await?;
+        }
+        Ok(b.done)
+    }
+
+    /// Checks the result; rolls back when it is not what the plan said.
+    async fn validate(
+        &self,
+        task: &mut AnyTask,
+        plan: &Plan,
+        backup: Backup,
+    ) -> Result<RunStatus, Stop> {
+        let t = Instant::now();
+        let verdict = task
+            .validate_boxed(&self.cx, plan)
+            .await
+            .unwrap_or_else(|e| Verdict {
+                ok: false,
+                detail: format!("validation could not run: {e}"),
+                figures: Value::Null,
+            });
+        self.book
+            .set(self.run_id, Doc::Verdict, to_value(&verdict))
+            .await?;
+        self.book
+            .step(
+                self.run_id,
+                Step::Validate,
+                None,
+                Some(t.elapsed()),
+                verdict.detail.clone(),
+            )
+            .await?;
+        if let Ok(f) = task.figures_boxed().await {
+            self.book.set(self.run_id, Doc::After, f).await?;
+        }
+        if verdict.ok {
+            return Ok(RunStatus::Succeeded);
+        }
+        if !task.reversible_dyn() {
+            return Err(Stop::recorded(
+                RunStatus::Failed,
+                format!("validation failed: {}", verdict.detail),
+            ));
+        }
+        let backup = task.backup_state_dyn().unwrap_or(backup);
+        let t = Instant::now();
+        let (rows, detail, stop) = match task.rollback_boxed(&self.cx, &backup).await {
+            Ok(v) if v.ok => {
+                let run_id = self.run_id;
+                self.book
+                    .with(move |l| l.set_outcome(run_id, RunStatus::Failed))
+                    .await?;
+                (
+                    Some(backup.rows),
+                    v.detail,
+                    Stop::recorded(
+                        RunStatus::RolledBack,
+                        format!("validation failed, rolled back: {}", verdict.detail),
+                    ),
+                )
+            }
+            Ok(v) => {
+                let why = format!(
+                    "validation failed ({}) and the rollback is incomplete: {}",
+                    verdict.detail, v.detail
+                );
+                (None, v.detail, Stop::recorded(RunStatus::Failed, why))
+            }
+            Err(e) => {
+                let why = format!(
+                    "validation failed ({}) and the rollback failed: {e}",
+                    verdict.detail
+                );
+                (None, why.clone(), Stop::recorded(RunStatus::Failed, why))
+            }
+        };
+        self.book
+            .step(self.run_id, Step::Rollback, rows, Some(t.elapsed()), detail)
+            .await?;
+        Err(stop)
+    }
+
+    async fn save_backup(&self, backup: Option<Backup>) -> Result<(), StoreError> {
+        match backup {
+            Some(b) => self.book.set(self.run_id, Doc::Backup, to_value(&b)).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Sleeps, waking early when the agent stops.
+    async fn sleep(&self, d: Duration) {
+        if d.is_zero() {
+            return;
+        }
+        tokio::select! {
+            _ = self.runner.stop.cancelled() => {}
+            _ = tokio::time::sleep(d) => {}
+        }
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("serializable")
+}

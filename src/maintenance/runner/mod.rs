@@ -1,0 +1,315 @@
+//! Drives runs of a task, for the agent's schedule, the CLI and the API
+//! alike: the task's lock, the ledger row, then the steps of `drive.rs`
+//! (gate, plan, backup, batches, validate, with one abort path); the guard
+//! and pacing between batches are `guard.rs` and `pacing.rs`. Every step
+//! goes to the ledger as it happens. Also rollback on demand, from the
+//! backup a run recorded.
+
+mod drive;
+mod guard;
+pub mod pacing;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::ledger::{self, Doc, Ledger, RunStatus, Step, Trigger};
+use super::lock::TaskLock;
+use super::schedule::{AutoChoice, Schedule};
+use super::{AnyTask, Backup, Cx, Plan, TaskConfig};
+use crate::config::Config;
+use crate::sample::now_ms;
+use crate::store::StoreError;
+pub use pacing::{MAX_PAUSE, MIN_BATCH};
+
+/// How often a degraded guard is checked again while a run pauses.
+pub const GUARD_RECHECK: Duration = Duration::from_secs(2);
+/// Free space kept beyond the backup's own size.
+pub const DISK_MARGIN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub task: String,
+    pub trigger: Trigger,
+    pub dry_run: bool,
+    /// Run even outside the window (asked for explicitly on the CLI).
+    pub ignore_window: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub run_id: i64,
+    pub status: RunStatus,
+    pub error: Option<String>,
+    /// The seed's `MaintenanceResult` document of the run.
+    pub document: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("no maintenance task `{0}` is configured")]
+    NoSuchTask(String),
+    /// Another run holds the task's lock.
+    #[error("{0}")]
+    Busy(String),
+    #[error("no maintenance run {0} in the ledger")]
+    NoSuchRun(i64),
+    #[error("{0}")]
+    Refused(String),
+    #[error("maintenance ledger: {0}")]
+    Ledger(#[from] StoreError),
+}
+
+/// The ledger behind a lock, written off the async workers.
+#[derive(Clone)]
+struct Book(Arc<Mutex<Ledger>>);
+
+impl Book {
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Ledger) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let l = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&l.lock().expect("ledger lock")))
+            .await
+            .expect("ledger write panicked")
+    }
+
+    async fn step(
+        &self,
+        run: i64,
+        step: Step,
+        rows: Option<u64>,
+        took: Option<Duration>,
+        detail: String,
+    ) -> Result<(), StoreError> {
+        let ms = took.map(|d| d.as_millis() as u64);
+        self.with(move |l| l.step(run, now_ms(), step, rows, ms, &detail))
+            .await
+    }
+
+    async fn set(&self, run: i64, doc: Doc, v: Value) -> Result<(), StoreError> {
+        self.with(move |l| l.set(run, doc, &v)).await
+    }
+}
+
+/// Runs maintenance for one agent or one CLI invocation.
+pub struct Runner {
+    pub config: Arc<Config>,
+    pub data_dir: PathBuf,
+    /// Cancelled when the agent stops: a run stops at its next safe point.
+    pub stop: CancellationToken,
+}
+
+impl Runner {
+    fn task_config(&self, name: &str) -> Result<&TaskConfig, RunError> {
+        self.config
+            .maintenance
+            .get(name)
+            .ok_or_else(|| RunError::NoSuchTask(name.to_string()))
+    }
+
+    fn build(&self, name: &str) -> Result<AnyTask, RunError> {
+        super::build(name, &self.config).ok_or_else(|| RunError::NoSuchTask(name.to_string()))
+    }
+
+    fn cx(&self, name: &str, run_id: i64) -> Cx {
+        Cx {
+            name: name.to_string(),
+            run_id,
+            backup_dir: self
+                .data_dir
+                .join("backups")
+                .join(name)
+                .join(run_id.to_string()),
+        }
+    }
+
+    /// The plan alone: no lock, no ledger, no change.
+    pub async fn plan(&self, name: &str) -> Result<Plan, RunError> {
+        self.task_config(name)?;
+        let mut task = self.build(name)?;
+        let cx = self.cx(name, 0);
+        task.plan_boxed(&cx)
+            .await
+            .map_err(|e| RunError::Refused(format!("{name}: plan: {e}")))
+    }
+
+    /// One run. `started` hears the run's ledger id as soon as it has one.
+    pub async fn run(
+        &self,
+        req: Request,
+        auto: Option<&AutoChoice>,
+        started: Option<tokio::sync::oneshot::Sender<i64>>,
+    ) -> Result<Finished, RunError> {
+        let tc = self.task_config(&req.task)?.clone();
+        let schedule = Schedule::parse(&tc.common())
+            .map_err(|e| RunError::Refused(format!("{}: {}: {}", req.task, e[0].0, e[0].1)))?;
+        let lock =
+            TaskLock::try_take(&self.data_dir, &req.task, req.trigger).map_err(RunError::Busy)?;
+        let data_dir = self.data_dir.clone();
+        let book = Book(Arc::new(Mutex::new(
+            tokio::task::spawn_blocking(move || Ledger::open(&data_dir))
+                .await
+                .expect("opening the ledger panicked")?,
+        )));
+        let (name, kind, trigger, dry) = (req.task.clone(), tc.kind(), req.trigger, req.dry_run);
+        let run_id = book
+            .with(move |l| {
+                l.mark_interrupted(&name, now_ms())?;
+                l.start_run(&name, kind, trigger, dry, now_ms())
+            })
+            .await?;
+        if let Some(tx) = started {
+            let _ = tx.send(run_id);
+        }
+        let started_at = Instant::now();
+        let drive = drive::Drive {
+            runner: self,
+            req: &req,
+            tc: &tc,
+            run_id,
+            book: &book,
+            cx: self.cx(&req.task, run_id),
+            deadline: started_at + tc.timeout(),
+        };
+        let (status, error) = match drive.run(&schedule, auto).await {
+            Ok(status) => (status, None),
+            Err(stop) => (stop.status, Some(stop.why)),
+        };
+        if let Some(e) = &error {
+            let _ = book
+                .step(
+                    run_id,
+                    Step::End,
+                    None,
+                    Some(started_at.elapsed()),
+                    e.clone(),
+                )
+                .await;
+        }
+        let err = error.clone();
+        book.with(move |l| l.finish(run_id, now_ms(), status, err.as_deref()))
+            .await?;
+        drop(lock);
+        let document = book
+            .with(move |l| {
+                let (row, _) = ledger::run(l.conn(), run_id)
+                    .map_err(crate::store::sql_err(Path::new("history.db")))?
+                    .expect("the run just written");
+                Ok(ledger::result_document(&row))
+            })
+            .await?;
+        match &error {
+            Some(e) => {
+                tracing::warn!(task = %req.task, run_id, status = %status, "maintenance run ended: {e}")
+            }
+            None => {
+                tracing::info!(task = %req.task, run_id, status = %status, "maintenance run ended")
+            }
+        }
+        Ok(Finished {
+            run_id,
+            status,
+            error,
+            document,
+        })
+    }
+
+    /// Puts back what run `run_id` changed, from its backup in the ledger.
+    pub async fn rollback(&self, run_id: i64, trigger: Trigger) -> Result<Finished, RunError> {
+        let data_dir = self.data_dir.clone();
+        let ledger = tokio::task::spawn_blocking(move || Ledger::open(&data_dir))
+            .await
+            .expect("opening the ledger panicked")?;
+        let (row, _) = ledger::run(ledger.conn(), run_id)
+            .map_err(crate::store::sql_err(Path::new("history.db")))?
+            .ok_or(RunError::NoSuchRun(run_id))?;
+        let name = row.task.clone();
+        self.task_config(&name)?;
+        let backup: Backup = row
+            .backup
+            .clone()
+            .and_then(|b| serde_json::from_value(b).ok())
+            .ok_or_else(|| {
+                RunError::Refused(format!("run {run_id} of `{name}` has no backup to restore"))
+            })?;
+        if row.status == RunStatus::RolledBack {
+            return Err(RunError::Refused(format!(
+                "run {run_id} of `{name}` is already rolled back"
+            )));
+        }
+        if let Some(when) = row.backup_pruned_ms {
+            return Err(RunError::Refused(format!(
+                "run {run_id} of `{name}` cannot be rolled back: its backup was pruned at {} (maintenance.keep_backups / max_backup_bytes)",
+                crate::web::rfc3339(when)
+            )));
+        }
+        let lock = TaskLock::try_take(&self.data_dir, &name, trigger).map_err(RunError::Busy)?;
+        let book = Book(Arc::new(Mutex::new(ledger)));
+        let mut task = self.build(&name)?;
+        let cx = self.cx(&name, run_id);
+        let t = Instant::now();
+        let result = task.rollback_boxed(&cx, &backup).await;
+        let (status, error) = match result {
+            Ok(v) if v.ok => {
+                book.step(
+                    run_id,
+                    Step::Rollback,
+                    Some(backup.rows),
+                    Some(t.elapsed()),
+                    format!("on demand ({}): {}", trigger.as_str(), v.detail),
+                )
+                .await?;
+                let id = run_id;
+                book.with(move |l| l.set_rolled_back(id)).await?;
+                (RunStatus::RolledBack, None)
+            }
+            Ok(v) => {
+                let why = format!("rollback incomplete: {}", v.detail);
+                book.step(run_id, Step::Rollback, None, Some(t.elapsed()), why.clone())
+                    .await?;
+                (row.status, Some(why))
+            }
+            Err(e) => {
+                let why = format!("rollback failed: {e}");
+                book.step(run_id, Step::Rollback, None, Some(t.elapsed()), why.clone())
+                    .await?;
+                (row.status, Some(why))
+            }
+        };
+        drop(lock);
+        let document = book
+            .with(move |l| {
+                let (row, _) = ledger::run(l.conn(), run_id)
+                    .map_err(crate::store::sql_err(Path::new("history.db")))?
+                    .expect("the run exists");
+                Ok(ledger::result_document(&row))
+            })
+            .await?;
+        Ok(Finished {
+            run_id,
+            status,
+            error,
+            document,
+        })
+    }
+}
+
+/// Free bytes for an unprivileged writer on the filesystem of `path`.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `s` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(s.f_bavail as u64 * s.f_frsize as u64)
+}
