@@ -3,6 +3,7 @@
 //! # Layout
 //! - `config`: the TOML schema, defaults and `validate()` (every problem at once).
 //! - `sample`: series keys, readings, timestamps and statuses shared by all parts.
+//! - `fmt`: times (RFC 3339, one precision), bytes and counts as printed by every part.
 //! - `probes`: the `Probe` trait, the registry of kinds, thresholds and flap
 //!   damping; `probes::runner` drives one probe on its schedule; one file per kind.
 //! - `recorder`: the single writer; turns outcomes into live state, events and history.
@@ -20,6 +21,7 @@
 pub mod analysis;
 pub mod app;
 pub mod config;
+pub mod fmt;
 pub mod live;
 pub mod maintenance;
 pub mod paths;

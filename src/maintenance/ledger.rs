@@ -419,7 +419,7 @@ pub fn result_document(run: &RunRow) -> Value {
     });
     let errors: Vec<&str> = run.error.as_deref().into_iter().collect();
     serde_json::json!({
-        "timestamp": crate::web::rfc3339(run.started_ms),
+        "timestamp": crate::fmt::rfc3339(run.started_ms),
         "tasks": [{
             "name": run.task,
             "success": success,

@@ -31,7 +31,6 @@ use crate::app::ReloadReply;
 use crate::config::ApiConfig;
 use crate::live::Live;
 use crate::probes::runner::RunnerStats;
-use crate::sample::Ts;
 use crate::secret::Secret;
 
 pub mod api;
@@ -236,14 +235,6 @@ pub async fn blocking<T: Send + 'static>(
             format!("request handler failed: {e}"),
         ))
     })
-}
-
-/// A time in the API: RFC 3339, UTC, to the millisecond.
-pub fn rfc3339(ts: Ts) -> String {
-    humantime::format_rfc3339_millis(
-        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ts.max(0) as u64),
-    )
-    .to_string()
 }
 
 /// Rejections of the gate, turned into answers by [`recover`].
