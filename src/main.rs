@@ -627,7 +627,7 @@ fn run(at: Where) -> Result<(), Failure> {
         let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let mut api_reloads = app.take_reload_requests();
         let api_reload =
-            async |r: &mut Option<tokio::sync::mpsc::Receiver<upkeep::app::ReloadReply>>| match r {
+            async |r: &mut Option<tokio::sync::mpsc::Receiver<upkeep::web::ReloadReply>>| match r {
                 Some(rx) => rx.recv().await,
                 None => std::future::pending().await,
             };

@@ -27,7 +27,6 @@ use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use crate::app::ReloadReply;
 use crate::config::ApiConfig;
 use crate::live::Live;
 use crate::probes::runner::RunnerStats;
@@ -38,6 +37,10 @@ pub mod health;
 pub mod maintenance;
 pub mod metrics;
 pub mod page;
+
+/// A reload asked for over the API (`POST /api/v1/reload`), answered once
+/// the agent has reloaded. The agent holds the receiving end.
+pub type ReloadReply = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 /// Largest request body accepted by any route.
 pub const BODY_LIMIT: u64 = 64 * 1024;
