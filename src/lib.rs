@@ -22,6 +22,8 @@ pub mod analysis;
 pub mod app;
 pub mod config;
 pub mod fmt;
+#[cfg(test)]
+mod layers;
 pub mod live;
 pub mod maintenance;
 pub mod paths;
