@@ -17,6 +17,8 @@
 //! - `paths`: where config and data live when not given.
 //! - `systemd`: READY/STOPPING notifications and a watchdog fed by probe and recorder progress.
 //! - `secret`: passwords read from files, never printed.
+//! - `layers` (tests only): the one-way layers between these modules, checked
+//!   against the source.
 
 pub mod analysis;
 pub mod app;
