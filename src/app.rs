@@ -21,10 +21,7 @@ use crate::probes::{self, BuildContext};
 use crate::recorder::{Control, Recorder};
 use crate::sample::now_ms;
 use crate::store::writer::RunInfo;
-use crate::web;
-
-/// A reload asked for over the API, answered once the reload is done.
-pub type ReloadReply = tokio::sync::oneshot::Sender<Result<(), String>>;
+use crate::web::{self, ReloadReply};
 
 /// Outcomes in flight between probes and the recorder.
 const CHANNEL: usize = 1024;

@@ -3,6 +3,7 @@
 //! # Layout
 //! - `config`: the TOML schema, defaults and `validate()` (every problem at once).
 //! - `sample`: series keys, readings, timestamps and statuses shared by all parts.
+//! - `fmt`: times (RFC 3339, one precision), bytes and counts as printed by every part.
 //! - `probes`: the `Probe` trait, the registry of kinds, thresholds and flap
 //!   damping; `probes::runner` drives one probe on its schedule; one file per kind.
 //! - `recorder`: the single writer; turns outcomes into live state, events and history.
@@ -16,10 +17,15 @@
 //! - `paths`: where config and data live when not given.
 //! - `systemd`: READY/STOPPING notifications and a watchdog fed by probe and recorder progress.
 //! - `secret`: passwords read from files, never printed.
+//! - `layers` (tests only): the one-way layers between these modules, checked
+//!   against the source.
 
 pub mod analysis;
 pub mod app;
 pub mod config;
+pub mod fmt;
+#[cfg(test)]
+mod layers;
 pub mod live;
 pub mod maintenance;
 pub mod paths;

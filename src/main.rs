@@ -300,9 +300,9 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             at,
         } => {
             let now = now_ms();
-            let since = report::parse_time(&since, now)
+            let since = upkeep::fmt::parse_time(&since, now)
                 .map_err(|e| Failure::Usage(format!("--since: {e}")))?;
-            let until = report::parse_time(&until, now)
+            let until = upkeep::fmt::parse_time(&until, now)
                 .map_err(|e| Failure::Usage(format!("--until: {e}")))?;
             if step.is_some_and(|s| s.is_zero()) {
                 return Err(Failure::Usage("--step must be greater than 0".into()));
@@ -627,7 +627,7 @@ fn run(at: Where) -> Result<(), Failure> {
         let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let mut api_reloads = app.take_reload_requests();
         let api_reload =
-            async |r: &mut Option<tokio::sync::mpsc::Receiver<upkeep::app::ReloadReply>>| match r {
+            async |r: &mut Option<tokio::sync::mpsc::Receiver<upkeep::web::ReloadReply>>| match r {
                 Some(rx) => rx.recv().await,
                 None => std::future::pending().await,
             };

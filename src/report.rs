@@ -3,9 +3,10 @@
 //! be tested on a real history file without a process in between.
 
 use std::fmt::Write as _;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::analysis::{self, Forecast, ForecastInput};
+use crate::fmt::{parse_time, rfc3339};
 use crate::sample::Ts;
 use crate::store::StoreError;
 use crate::store::reader::{QueryAnswer, Reader};
@@ -25,29 +26,6 @@ pub enum Format {
     Table,
     Csv,
     Json,
-}
-
-/// `now`, a duration ago (`24h`, `90m`), or an RFC 3339 time
-/// (`2026-11-28T10:00:00Z`; without a zone, UTC).
-pub fn parse_time(s: &str, now: Ts) -> Result<Ts, String> {
-    let s = s.trim();
-    if s == "now" {
-        return Ok(now);
-    }
-    if let Ok(d) = humantime::parse_duration(s) {
-        return Ok(now - crate::sample::ms(d));
-    }
-    let t = humantime::parse_rfc3339_weak(s).map_err(|_| {
-        format!("`{s}` is neither a duration such as 24h nor a time such as 2026-11-28T10:00:00Z")
-    })?;
-    Ok(t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as Ts)
-        .unwrap_or(0))
-}
-
-pub fn rfc3339(ts: Ts) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ts.max(0) as u64))
-        .to_string()
 }
 
 fn human(ms: i64) -> String {
@@ -119,13 +97,7 @@ fn render_query(a: &QueryAnswer, format: Format) -> String {
             let mut f = ryu::Buffer::new();
             let mut i = itoa::Buffer::new();
             for p in &a.points {
-                let _ = write!(
-                    out,
-                    "{},",
-                    humantime::format_rfc3339_seconds(
-                        UNIX_EPOCH + Duration::from_millis(p.ts_ms.max(0) as u64)
-                    )
-                );
+                let _ = write!(out, "{},", rfc3339(p.ts_ms));
                 out.push_str(i.format(p.ts_ms));
                 for v in [p.avg, p.min, p.max] {
                     out.push(',');
@@ -150,13 +122,13 @@ fn render_query(a: &QueryAnswer, format: Format) -> String {
             );
             let _ = writeln!(
                 out,
-                "{:<22} {:>14} {:>14} {:>14} {:>7} {:>14}",
+                "{:<24} {:>14} {:>14} {:>14} {:>7} {:>14}",
                 "time", "avg", "min", "max", "count", "last"
             );
             for p in &a.points {
                 let _ = writeln!(
                     out,
-                    "{:<22} {:>14} {:>14} {:>14} {:>7} {:>14}",
+                    "{:<24} {:>14} {:>14} {:>14} {:>7} {:>14}",
                     rfc3339(p.ts_ms),
                     num(p.avg),
                     num(p.min),
@@ -421,26 +393,5 @@ fn push_f64(out: &mut String, f: &mut ryu::Buffer, i: &mut itoa::Buffer, v: f64)
         out.push_str(i.format(v as i64));
     } else {
         out.push_str(f.format(v));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_parse_as_durations_or_rfc3339() {
-        let now = 1_800_000_000_000;
-        assert_eq!(parse_time("now", now), Ok(now));
-        assert_eq!(parse_time("24h", now), Ok(now - 86_400_000));
-        assert_eq!(
-            parse_time("2026-11-28T10:00:00Z", now),
-            Ok(1_795_860_000_000)
-        );
-        assert!(
-            parse_time("yesterday-ish", now)
-                .unwrap_err()
-                .contains("`yesterday-ish`")
-        );
     }
 }

@@ -16,9 +16,9 @@ use super::runner::{Request, RunError, Runner};
 use super::schedule::{AUTO_LOOKBACK_DAYS, AutoChoice, Schedule, WindowSpec};
 use super::view::{AutoView, RunSummary, TaskView, TasksDocument};
 use crate::config::{Config, ProbeConfig};
+use crate::fmt::rfc3339;
 use crate::sample::now_ms;
 use crate::store::Reader;
-use crate::web::rfc3339;
 
 /// How often a scheduler without a start (auto window not chosen yet)
 /// looks again.

@@ -55,7 +55,7 @@ impl<'a> MaintenanceResult<'a> {
     pub fn of(run: &'a RunRow) -> MaintenanceResult<'a> {
         let success = run.status == RunStatus::Succeeded;
         MaintenanceResult {
-            timestamp: crate::web::rfc3339(run.started_ms),
+            timestamp: crate::fmt::rfc3339(run.started_ms),
             tasks: [TaskResult {
                 name: &run.task,
                 success,
@@ -71,7 +71,7 @@ impl<'a> MaintenanceResult<'a> {
                     batches: run.batches,
                     plan: &run.plan,
                     backup: &run.backup,
-                    backup_pruned: run.backup_pruned_ms.map(crate::web::rfc3339),
+                    backup_pruned: run.backup_pruned_ms.map(crate::fmt::rfc3339),
                     verdict: &run.verdict,
                     before: &run.before,
                     after: &run.after,

@@ -53,7 +53,7 @@ impl TaskLock {
             "pid {}, started by {} at {}",
             std::process::id(),
             trigger.as_str(),
-            crate::web::rfc3339(crate::sample::now_ms())
+            crate::fmt::rfc3339(crate::sample::now_ms())
         );
         let _ = file.set_len(0);
         let _ = file.seek(SeekFrom::Start(0));

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use super::ledger::{RunRow, StepRow};
 use super::schedule::Schedule;
 use crate::config::Config;
-use crate::web::rfc3339;
+use crate::fmt::rfc3339;
 
 /// Every task with its kind, schedule, next start and last run.
 pub fn list(

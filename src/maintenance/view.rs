@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ledger::{RunRow, RunStatus, Trigger};
 use super::schedule::{AutoChoice, day_name};
-use crate::web::rfc3339;
+use crate::fmt::rfc3339;
 
 /// `GET /api/v1/maintenance`.
 #[derive(Debug, Clone, Serialize)]

@@ -19,6 +19,9 @@
 //! | 16..24 | min (f64) |
 //! | 24..32 | max (f64) |
 //! | 32..40 | last (f64) |
+//!
+//! The tier tables' schema and the statements on their rows (`ChunkSql`,
+//! run by the writer; `range_sql`, also run by readers) are here too.
 
 use super::tiers::Agg;
 use crate::sample::Ts;
@@ -85,6 +88,48 @@ pub(crate) fn range_sql(table: &str) -> String {
         "SELECT chunk_ms, data FROM \"{table}\"
          WHERE series = ?1 AND chunk_ms > ?2 AND chunk_ms < ?3 ORDER BY chunk_ms"
     )
+}
+
+/// The table of one tier: a row per series and chunk of buckets. The rows
+/// are ordered by rowid; the index finds a series' chunks in time order.
+pub(crate) fn tier_table_sql(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS \"{table}\" (
+            series   INTEGER NOT NULL,
+            chunk_ms INTEGER NOT NULL,
+            data     BLOB NOT NULL,
+            UNIQUE (series, chunk_ms)
+        )"
+    )
+}
+
+/// The statements on one tier's chunk rows.
+pub(crate) struct ChunkSql {
+    /// `(series, chunk_ms)` → data.
+    pub(crate) get: String,
+    /// Inserts or replaces the data of `(series, chunk_ms)`.
+    pub(crate) put: String,
+    /// `(series, after, before)` → `(chunk_ms, data)` with `after < chunk_ms < before`.
+    pub(crate) range: String,
+    /// `(series, cutoff, span - step, chunk span)`: retention.
+    pub(crate) trim: String,
+}
+
+impl ChunkSql {
+    pub(crate) fn new(table: &str) -> ChunkSql {
+        ChunkSql {
+            get: format!("SELECT data FROM \"{table}\" WHERE series = ?1 AND chunk_ms = ?2"),
+            put: format!(
+                "INSERT INTO \"{table}\" (series, chunk_ms, data) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (series, chunk_ms) DO UPDATE SET data = excluded.data"
+            ),
+            range: range_sql(table),
+            trim: format!(
+                "DELETE FROM \"{table}\" WHERE series = ?1 AND chunk_ms <= max(?2, coalesce(
+                    (SELECT max(chunk_ms) FROM \"{table}\" WHERE series = ?1) - ?3, ?2)) - ?4"
+            ),
+        }
+    }
 }
 
 /// The buckets in `[from, until)` of a row of `range_sql`.
@@ -203,8 +248,7 @@ mod tests {
         // Full chunks of large series ids and far-off times, in the tier
         // table as the writer makes it: no overflow page anywhere.
         let conn = rusqlite::Connection::open_in_memory().unwrap();
-        conn.execute_batch(&super::super::writer::tier_table_sql("t"))
-            .unwrap();
+        conn.execute_batch(&super::tier_table_sql("t")).unwrap();
         for series in [1, i64::from(u32::MAX), i64::MAX] {
             conn.execute(
                 "INSERT INTO t (series, chunk_ms, data) VALUES (?1, ?2, ?3)",

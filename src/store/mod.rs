@@ -206,7 +206,7 @@ fn tiers_to_chunks(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<bool> {
         let old = format!("{table}_v2");
         tx.execute_batch(&format!(
             "ALTER TABLE \"{table}\" RENAME TO \"{old}\"; {}",
-            writer::tier_table_sql(&table)
+            chunk::tier_table_sql(&table)
         ))?;
         let series: Vec<i64> = tx
             .prepare(&format!("SELECT DISTINCT series FROM \"{old}\""))?

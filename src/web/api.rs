@@ -15,8 +15,9 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::{ApiError, State, blocking, json_or_error, rfc3339};
+use super::{ApiError, State, blocking, json_or_error};
 use crate::analysis::{self, ForecastInput};
+use crate::fmt::rfc3339;
 use crate::sample::{SeriesKey, Ts, now_ms};
 use crate::store::{Reader, StoreError};
 
@@ -83,7 +84,7 @@ impl Params {
     fn time(&self, k: &str, default: Ts, now: Ts) -> Result<Ts, ApiError> {
         match self.get(k) {
             None => Ok(default),
-            Some(v) => crate::report::parse_time(v, now)
+            Some(v) => crate::fmt::parse_time(v, now)
                 .map_err(|e| ApiError::bad_request(format!("`{k}`: {e}"))),
         }
     }

@@ -14,8 +14,8 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::analysis::{self, Forecast, ForecastInput, TrendClass};
+use crate::fmt::rfc3339;
 use crate::live::Live;
-use crate::report::rfc3339;
 use crate::sample::{Status, Ts};
 use crate::store::Reader;
 

@@ -118,7 +118,7 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
                                 .iter()
                                 .map(|st| {
                                     serde_json::json!({
-                                        "at": super::rfc3339(st.ts_ms),
+                                        "at": crate::fmt::rfc3339(st.ts_ms),
                                         "step": st.step,
                                         "rows": st.rows,
                                         "duration_ms": st.duration_ms,

@@ -27,11 +27,9 @@ use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use crate::app::ReloadReply;
 use crate::config::ApiConfig;
 use crate::live::Live;
 use crate::probes::runner::RunnerStats;
-use crate::sample::Ts;
 use crate::secret::Secret;
 
 pub mod api;
@@ -39,6 +37,10 @@ pub mod health;
 pub mod maintenance;
 pub mod metrics;
 pub mod page;
+
+/// A reload asked for over the API (`POST /api/v1/reload`), answered once
+/// the agent has reloaded. The agent holds the receiving end.
+pub type ReloadReply = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 /// Largest request body accepted by any route.
 pub const BODY_LIMIT: u64 = 64 * 1024;
@@ -236,14 +238,6 @@ pub async fn blocking<T: Send + 'static>(
             format!("request handler failed: {e}"),
         ))
     })
-}
-
-/// A time in the API: RFC 3339, UTC, to the millisecond.
-pub fn rfc3339(ts: Ts) -> String {
-    humantime::format_rfc3339_millis(
-        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ts.max(0) as u64),
-    )
-    .to_string()
 }
 
 /// Rejections of the gate, turned into answers by [`recover`].

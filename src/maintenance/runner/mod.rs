@@ -247,7 +247,7 @@ impl Runner {
         if let Some(when) = row.backup_pruned_ms {
             return Err(RunError::Refused(format!(
                 "run {run_id} of `{name}` cannot be rolled back: its backup was pruned at {} (maintenance.keep_backups / max_backup_bytes)",
-                crate::web::rfc3339(when)
+                crate::fmt::rfc3339(when)
             )));
         }
         let lock = TaskLock::try_take(&self.data_dir, &name, trigger).map_err(RunError::Busy)?;

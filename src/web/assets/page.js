@@ -105,7 +105,7 @@
     var units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     var i = 0;
     while (Math.abs(v) >= 1024 && i < units.length - 1) { v /= 1024; i++; }
-    return (i === 0 ? v.toFixed(0) : Math.abs(v) < 10 ? v.toFixed(1) : v.toFixed(0)) + " " + units[i];
+    return (i === 0 ? v.toFixed(0) : Math.abs(v) < 100 ? v.toFixed(1) : v.toFixed(0)) + " " + units[i];
   }
 
   function fmtNum(v) {

@@ -1,10 +1,11 @@
-//! Figures as people read them: percentages, bytes, durations, times and
-//! status symbols, shared by every part of the page's markup.
+//! Figures as people read them on the page: percentages, durations, times
+//! as `<time>` and status symbols, shared by every part of the page's
+//! markup. Bytes, counts and RFC 3339 come from `crate::fmt`.
 
 use maud::{Markup, html};
 
+use crate::fmt::{bytes, rfc3339};
 use crate::sample::{Status, Ts, Unit};
-use crate::web::rfc3339;
 
 pub(super) fn symbol(s: Status) -> &'static str {
     match s {
@@ -34,20 +35,6 @@ pub(super) fn uptime_percent(ratio: f64) -> String {
         "0%".into()
     } else {
         format!("{:.2}%", (ratio * 10_000.0).floor() / 100.0)
-    }
-}
-
-pub(super) fn bytes(v: f64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let (mut v, mut i) = (v, 0);
-    while v.abs() >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    match (i, v.abs() < 10.0) {
-        (0, _) => format!("{v:.0} B"),
-        (_, true) => format!("{v:.1} {}", UNITS[i]),
-        _ => format!("{v:.0} {}", UNITS[i]),
     }
 }
 
@@ -111,22 +98,6 @@ pub(super) fn took(ms: i64) -> String {
     } else {
         span(ms)
     }
-}
-
-/// A whole number with thousands separated: `12,345`.
-pub(super) fn count(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
-    if n < 0 {
-        out.push('-');
-    }
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// `2026-11-28 10:00:00 UTC` inside a `<time>` the script shows in local time.

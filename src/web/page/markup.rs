@@ -6,10 +6,11 @@
 
 use maud::{DOCTYPE, Markup, html};
 
-use super::format::{bytes, full_in, level, percent, span, symbol, time};
+use super::format::{full_in, level, percent, span, symbol, time};
 use super::maintenance::{self, run_link};
 use super::probe::{probe, sparkline};
 use super::view::View;
+use crate::fmt::bytes;
 use crate::sample::Status;
 
 fn asset(name: &str, version: &str) -> String {

@@ -8,8 +8,8 @@ use super::format::{
     encode, percent, seconds, symbol, time_of, uptime_class, uptime_percent, value,
 };
 use super::view::{Day, ProbeView, Spark, View};
+use crate::fmt::rfc3339;
 use crate::sample::Ts;
-use crate::web::rfc3339;
 
 pub(super) fn probe(v: &View, p: &ProbeView) -> Markup {
     let b = &p.body;

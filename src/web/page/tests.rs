@@ -4,10 +4,11 @@
 
 use std::sync::{Arc, RwLock};
 
-use super::format::{bytes, count, encode, percent, seconds, span, took, uptime_percent};
+use super::format::{encode, percent, seconds, span, took, uptime_percent};
 use super::view::{DAY_MS, overall};
 use super::*;
 use crate::config::ApiConfig;
+use crate::fmt::{bytes, count};
 use crate::live::{Live, ProbeMeta, ProbeState};
 use crate::sample::{SeriesKey, Status, Unit};
 use crate::web::api::ProbeBody;

@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use maud::{Markup, html};
 
 use super::{Auto, Section, Task, run_link};
+use crate::fmt::count;
 use crate::maintenance::ledger::{RunRow, RunStatus, status_words};
 use crate::sample::{Status, Ts, Unit};
 use crate::store::reader::SeriesInfo;
-use crate::web::page::format::{count, symbol, time, time_of, took, value};
+use crate::web::page::format::{symbol, time, time_of, took, value};
 
 /// How a run's status shows: class (colour), symbol and word together
 /// ("failed, then rolled back" where the ledger knows the outcome).
