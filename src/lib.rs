@@ -19,15 +19,19 @@
 
 pub mod analysis;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod live;
 pub mod maintenance;
 pub mod paths;
 pub mod probes;
 pub mod recorder;
-pub mod report;
 pub mod sample;
 pub mod secret;
 pub mod store;
 pub mod systemd;
 pub mod web;
+
+// The web layer still takes `parse_time` and `rfc3339` from the CLI's output
+// module under its old path, until both move to a neutral time-format module.
+pub use cli::report;

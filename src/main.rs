@@ -11,8 +11,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 
 use upkeep::app::App;
+use upkeep::cli::report::{self, Format, ReportError};
 use upkeep::config::Config;
-use upkeep::report::{self, Format, ReportError};
 use upkeep::sample::{self, now_ms};
 use upkeep::store::{self, Reader};
 use upkeep::systemd::Notifier;
@@ -418,7 +418,12 @@ fn maintenance(action: Maint, at: &Where) -> Result<(), Failure> {
             let last = ledger::last_runs(l.conn()).context("reading the ledger")?;
             print!(
                 "{}",
-                upkeep::maintenance::report::list(&config, &data_dir, &last, chrono::Utc::now())
+                upkeep::cli::maintenance::report::list(
+                    &config,
+                    &data_dir,
+                    &last,
+                    chrono::Utc::now()
+                )
             );
             Ok(())
         }
@@ -463,7 +468,7 @@ fn maintenance(action: Maint, at: &Where) -> Result<(), Failure> {
             let l = ledger_conn()?;
             let runs =
                 ledger::runs(l.conn(), task.as_deref(), limit).context("reading the ledger")?;
-            print!("{}", upkeep::maintenance::report::runs(&runs));
+            print!("{}", upkeep::cli::maintenance::report::runs(&runs));
             Ok(())
         }
         Maint::Show { run_id, json } => {
@@ -481,7 +486,7 @@ fn maintenance(action: Maint, at: &Where) -> Result<(), Failure> {
                     serde_json::to_string_pretty(&doc).context("printing the run")?
                 );
             } else {
-                print!("{}", upkeep::maintenance::report::show(&row, &steps));
+                print!("{}", upkeep::cli::maintenance::report::show(&row, &steps));
             }
             Ok(())
         }

@@ -1,0 +1,4 @@
+//! `upkeep maintenance`: list, plan, run, runs, show and rollback of the
+//! configured tasks.
+
+pub mod report;
