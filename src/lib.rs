@@ -10,7 +10,8 @@
 //!   size bound that follows from the config.
 //! - `live`: in-memory state: probe health, rings of recent values.
 //! - `analysis`: pure functions: trend, forecast with confidence, uptime with coverage.
-//! - `report`: the read commands of the CLI (series, query, uptime, trend) over a `Reader`.
+//! - `cli`: the `upkeep` command line: clap definitions, one file per command
+//!   group, and their output (`cli::report`: the read commands over a `Reader`).
 //! - `web`: the local HTTP server.
 //! - `app`: starts, reloads and stops the whole agent.
 //! - `paths`: where config and data live when not given.
