@@ -30,7 +30,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use upkeep::report;
+use upkeep::cli::report;
 use upkeep::sample::now_ms;
 use upkeep::store::Reader;
 

@@ -11,7 +11,8 @@
 //!   size bound that follows from the config.
 //! - `live`: in-memory state: probe health, rings of recent values.
 //! - `analysis`: pure functions: trend, forecast with confidence, uptime with coverage.
-//! - `report`: the read commands of the CLI (series, query, uptime, trend) over a `Reader`.
+//! - `cli`: the `upkeep` command line: clap definitions, one file per command
+//!   group, and their output (`cli::report`: the read commands over a `Reader`).
 //! - `web`: the local HTTP server.
 //! - `app`: starts, reloads and stops the whole agent.
 //! - `paths`: where config and data live when not given.
@@ -22,6 +23,7 @@
 
 pub mod analysis;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod fmt;
 #[cfg(test)]
@@ -31,7 +33,6 @@ pub mod maintenance;
 pub mod paths;
 pub mod probes;
 pub mod recorder;
-pub mod report;
 pub mod sample;
 pub mod secret;
 pub mod store;

@@ -11,7 +11,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::ledger::{self, Ledger, Trigger};
+use super::ledger::{self, Ledger, RunStatus, Trigger};
 use super::runner::{Request, RunError, Runner};
 use super::schedule::{AUTO_LOOKBACK_DAYS, AutoChoice, Schedule, WindowSpec};
 use super::view::{AutoView, RunSummary, TaskView, TasksDocument};
@@ -215,13 +215,13 @@ impl Maintenance {
                 row.task
             )));
         }
-        if row.status == "rolled_back" {
+        if row.status == RunStatus::RolledBack {
             return Err(RunError::Refused(format!(
                 "run {run_id} of `{}` is already rolled back",
                 row.task
             )));
         }
-        if row.status == "running" {
+        if row.status == RunStatus::Running {
             return Err(RunError::Busy(format!(
                 "run {run_id} of `{}` is still running",
                 row.task

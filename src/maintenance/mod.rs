@@ -16,7 +16,6 @@ pub mod ledger;
 pub mod lock;
 pub mod postgres_analyze;
 pub mod postgres_retention;
-pub mod report;
 pub mod runner;
 pub mod schedule;
 #[cfg(test)]

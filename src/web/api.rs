@@ -7,6 +7,7 @@
 //! released before any history read.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -129,77 +130,62 @@ fn query_params() -> BoxedFilter<(Query,)> {
     warp::query::<Query>().boxed()
 }
 
+/// `/api/v1/NAME` and nothing below it.
+fn path(name: &'static str) -> BoxedFilter<()> {
+    warp::path("api")
+        .and(warp::path("v1"))
+        .and(warp::path(name))
+        .and(warp::path::end())
+        .boxed()
+}
+
+/// `GET /api/v1/NAME` with its query string, answered by `handler` with
+/// the shared state.
+fn get<H, F>(name: &'static str, state: &State, handler: H) -> BoxedFilter<(Response,)>
+where
+    H: Fn(State, Query) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response> + Send + 'static,
+{
+    let state = state.clone();
+    path(name)
+        .and(warp::get())
+        .and(query_params())
+        .then(move |q: Query| handler(state.clone(), q))
+        .boxed()
+}
+
+/// A GET whose JSON answer reads the history file, on the blocking pool.
+fn get_json(
+    name: &'static str,
+    state: &State,
+    answer: fn(&State, Query) -> Result<serde_json::Value, ApiError>,
+) -> BoxedFilter<(Response,)> {
+    get(name, state, move |s, q| async move {
+        json_or_error(blocking(move || answer(&s, q)).await)
+    })
+}
+
 pub fn routes(state: State) -> BoxedFilter<(Response,)> {
-    let s = state.clone();
-    let info = warp::path!("api" / "v1" / "info")
-        .and(warp::get())
-        .and(query_params())
-        .map(move |q: Query| json_or_error(Params::parse(q, &[]).map(|_| info_body(&s))));
-    let s = state.clone();
-    let health = warp::path!("api" / "v1" / "health")
-        .and(warp::get())
-        .and(query_params())
-        .then(move |q: Query| {
-            let s = s.clone();
-            async move {
-                if let Err(e) = Params::parse(q, &[]) {
-                    return e.into_response();
-                }
-                health(s).await
-            }
-        });
-    let s = state.clone();
-    let probes = warp::path!("api" / "v1" / "probes")
-        .and(warp::get())
-        .and(query_params())
-        .then(move |q: Query| {
-            let s = s.clone();
-            async move {
-                json_or_error(match Params::parse(q, &[]) {
-                    Ok(_) => blocking(move || probes(&s)).await,
-                    Err(e) => Err(e),
-                })
-            }
-        });
-    let s = state.clone();
-    let series = warp::path!("api" / "v1" / "series")
-        .and(warp::get())
-        .and(query_params())
-        .then(move |q: Query| {
-            let s = s.clone();
-            async move { json_or_error(blocking(move || series(&s, q)).await) }
-        });
-    let s = state.clone();
-    let query = warp::path!("api" / "v1" / "query")
-        .and(warp::get())
-        .and(query_params())
-        .then(move |q: Query| {
-            let s = s.clone();
-            async move { json_or_error(blocking(move || query(&s, q)).await) }
-        });
-    let s = state.clone();
-    let trends = warp::path!("api" / "v1" / "trends")
-        .and(warp::get())
-        .and(query_params())
-        .then(move |q: Query| {
-            let s = s.clone();
-            async move { json_or_error(blocking(move || trends(&s, q)).await) }
-        });
-    let s = state.clone();
-    let events = warp::path!("api" / "v1" / "events")
-        .and(warp::get())
-        .and(query_params())
-        .then(move |q: Query| {
-            let s = s.clone();
-            async move { json_or_error(blocking(move || events(&s, q)).await) }
-        });
-    let openapi = warp::path!("api" / "v1" / "openapi.json")
-        .and(warp::get())
-        .map(|| {
-            warp::reply::with_header(OPENAPI, "content-type", "application/json").into_response()
-        });
+    let info = get("info", &state, |s, q| async move {
+        json_or_error(Params::parse(q, &[]).map(|_| info_body(&s)))
+    });
+    let health = get("health", &state, |s, q| async move {
+        if let Err(e) = Params::parse(q, &[]) {
+            return e.into_response();
+        }
+        health(s).await
+    });
+    let probes = get_json("probes", &state, probes);
+    let series = get_json("series", &state, series);
+    let query = get_json("query", &state, query);
+    let trends = get_json("trends", &state, trends);
+    let events = get_json("events", &state, events);
+    // Static: its query string is never parsed, so never refused.
+    let openapi = path("openapi.json").and(warp::get()).map(|| {
+        warp::reply::with_header(OPENAPI, "content-type", "application/json").into_response()
+    });
     let s = state;
-    let reload = warp::path!("api" / "v1" / "reload")
+    let reload = path("reload")
         .and(warp::post())
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::body::content_length_limit(super::BODY_LIMIT))
@@ -432,7 +418,8 @@ pub fn probe_bodies(
     Ok(out)
 }
 
-fn probes(s: &State) -> Result<serde_json::Value, ApiError> {
+fn probes(s: &State, q: Query) -> Result<serde_json::Value, ApiError> {
+    Params::parse(q, &[])?;
     let now = now_ms();
     // Without history the live part still answers; uptime is then empty.
     let reader = Reader::open(&s.info.data_dir).ok();

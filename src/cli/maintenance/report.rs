@@ -1,13 +1,15 @@
-//! The maintenance commands' text output: `list`, `runs`, `show`.
+//! The maintenance commands' text output: `list`, `runs`, `show`, called by
+//! `upkeep maintenance` ([`super`]).
 
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 
-use super::ledger::{RunRow, StepRow};
-use super::schedule::Schedule;
 use crate::config::Config;
 use crate::fmt::rfc3339;
+use crate::maintenance::agent;
+use crate::maintenance::ledger::{RunRow, StepRow};
+use crate::maintenance::schedule::Schedule;
 
 /// Every task with its kind, schedule, next start and last run.
 pub fn list(
@@ -30,9 +32,9 @@ pub fn list(
         let mut auto_line = None;
         let (next, describe) = match Schedule::parse(&tc.common()) {
             Ok(s) => {
-                let auto = super::agent::choose_auto_window(data_dir, config, name, &s);
+                let auto = agent::choose_auto_window(data_dir, config, name, &s);
                 let choice = auto.as_ref().and_then(|a| a.as_ref().ok());
-                auto_line = auto.as_ref().map(super::agent::describe_auto);
+                auto_line = auto.as_ref().map(agent::describe_auto);
                 (
                     s.next_start(now, choice)
                         .map_or("-".to_string(), |t| rfc3339(t.timestamp_millis())),

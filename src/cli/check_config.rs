@@ -1,0 +1,49 @@
+//! `upkeep check-config`: validates a config (an invalid one is a
+//! [`CliError::Config`]) and prints the largest size its history file can
+//! reach. Called by [`super::dispatch`].
+
+use std::path::Path;
+
+use super::{CliError, load_config};
+use crate::store;
+
+pub(super) fn check_config(path: Option<&Path>) -> Result<(), CliError> {
+    let (config, source) = load_config(path)?;
+    let bound = store::tiers::size_bound(&config.history);
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    match &source {
+        Some(p) => println!("{}: ok", p.display()),
+        None => println!("no config file: built-in defaults are valid"),
+    }
+    println!(
+        "probes: host{}",
+        config
+            .probe
+            .keys()
+            .map(|k| format!(", {k}"))
+            .collect::<String>()
+    );
+    println!(
+        "history file bound: {} bytes ({:.1} MiB) for at most {} series",
+        bound.total,
+        mib(bound.total),
+        config.history.max_series
+    );
+    for (table, bytes) in &bound.tiers {
+        println!("  {table}: {:.1} MiB", mib(*bytes));
+    }
+    println!(
+        "  journal {:.1} MiB, series {:.1} MiB, events {:.1} MiB, runs {:.1} MiB, maintenance ledger {:.1} MiB, schema {:.1} MiB",
+        mib(bound.journal),
+        mib(bound.series),
+        mib(bound.events),
+        mib(bound.runs),
+        mib(bound.maintenance),
+        mib(bound.fixed)
+    );
+    println!(
+        "  plus the write-ahead log, truncated to {:.0} MiB after each checkpoint",
+        mib(store::WAL_LIMIT_BYTES)
+    );
+    Ok(())
+}

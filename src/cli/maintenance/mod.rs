@@ -1,0 +1,188 @@
+//! `upkeep maintenance`: list, plan, run, runs, show and rollback of the
+//! configured tasks, through the same [`Runner`] and ledger as the agent.
+//! Called by [`super::dispatch`]; the text output is in [`report`].
+
+pub mod report;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Subcommand;
+
+use super::{CliError, Context, Where, config_and_data_dir};
+use crate::config::Config;
+use crate::maintenance::agent;
+use crate::maintenance::ledger::{self, Ledger, RunStatus, Trigger};
+use crate::maintenance::runner::{Finished, Request, RunError, Runner};
+use crate::maintenance::schedule::{AutoChoice, Schedule};
+
+/// `Where`, accepted before or after the maintenance action.
+#[derive(clap::Args, Clone)]
+pub struct MaintWhere {
+    /// Config file (default: $UPKEEP_CONFIG, else /etc/upkeep/agent.toml if present, else built-in defaults).
+    #[arg(long, short = 'c', value_name = "PATH", global = true)]
+    pub(super) config: Option<PathBuf>,
+    /// Directory of the history file and backups (default as for `run`).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub(super) data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum Maint {
+    /// Every configured task: kind, schedule, next start, last run.
+    List,
+    /// What a run of NAME would change right now (changes nothing).
+    Plan {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run NAME now: gate, plan, backup, batches, validate (and rollback when validation fails).
+    Run {
+        name: String,
+        /// Stop after the plan; record the run as a dry run.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run even outside the task's window.
+        #[arg(long)]
+        ignore_window: bool,
+    },
+    /// Recorded runs, newest first.
+    Runs {
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// One run: its result document and every step.
+    Show {
+        run_id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put back what run RUN_ID changed, from its backup.
+    Rollback { run_id: i64 },
+}
+
+pub(super) fn maintenance(action: Maint, at: &Where) -> Result<(), CliError> {
+    let (config, data_dir) = config_and_data_dir(at)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let runner = Runner {
+        config: Arc::new(config.clone()),
+        data_dir: data_dir.clone(),
+        stop: tokio_util::sync::CancellationToken::new(),
+    };
+    let ledger = || Ledger::open(&data_dir).map_err(CliError::runtime);
+    match action {
+        Maint::List => {
+            let last = ledger::last_runs(ledger()?.conn()).context("reading the ledger")?;
+            print!(
+                "{}",
+                report::list(&config, &data_dir, &last, chrono::Utc::now())
+            );
+            Ok(())
+        }
+        Maint::Plan { name, json } => {
+            let plan = rt.block_on(runner.plan(&name)).map_err(run_err)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan).context("printing the plan")?
+                );
+            } else {
+                println!("{}", plan.summary);
+                println!("rows: {}, bytes: {}", plan.rows, plan.bytes);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan.details).context("printing the plan")?
+                );
+            }
+            Ok(())
+        }
+        Maint::Run {
+            name,
+            dry_run,
+            ignore_window,
+        } => {
+            let auto = auto_window(&config, &data_dir, &name);
+            let req = Request {
+                task: name,
+                trigger: Trigger::Cli,
+                dry_run,
+                ignore_window,
+            };
+            let f = rt
+                .block_on(runner.run(req, auto.as_ref(), None))
+                .map_err(run_err)?;
+            finished(f)
+        }
+        Maint::Runs { task, limit } => {
+            let runs = ledger::runs(ledger()?.conn(), task.as_deref(), limit)
+                .context("reading the ledger")?;
+            print!("{}", report::runs(&runs));
+            Ok(())
+        }
+        Maint::Show { run_id, json } => {
+            let (row, steps) = ledger::run(ledger()?.conn(), run_id)
+                .context("reading the ledger")?
+                .ok_or_else(|| {
+                    CliError::Usage(format!("no maintenance run {run_id} in the ledger"))
+                })?;
+            if json {
+                let mut doc = ledger::result_document(&row);
+                doc["steps"] = serde_json::to_value(&steps).context("steps")?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&doc).context("printing the run")?
+                );
+            } else {
+                print!("{}", report::show(&row, &steps));
+            }
+            Ok(())
+        }
+        Maint::Rollback { run_id } => {
+            let f = rt
+                .block_on(runner.rollback(run_id, Trigger::Cli))
+                .map_err(run_err)?;
+            finished(f)
+        }
+    }
+}
+
+/// The auto window the agent would choose for task `name`, so that a run
+/// started here is gated as a scheduled one would be.
+fn auto_window(config: &Config, data_dir: &Path, name: &str) -> Option<AutoChoice> {
+    let tc = config.maintenance.get(name)?;
+    let s = Schedule::parse(&tc.common()).ok()?;
+    agent::choose_auto_window(data_dir, config, name, &s)?.ok()
+}
+
+/// An unknown task or run is a usage error; anything else a failed run.
+fn run_err(e: RunError) -> CliError {
+    match e {
+        RunError::NoSuchTask(_) | RunError::NoSuchRun(_) => CliError::Usage(e.to_string()),
+        e => CliError::runtime(e.to_string()),
+    }
+}
+
+/// Prints a run's document; a run that neither succeeded nor rolled back
+/// cleanly is a failure.
+fn finished(f: Finished) -> Result<(), CliError> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&f.document).context("printing the run")?
+    );
+    match f.status {
+        RunStatus::Succeeded | RunStatus::RolledBack if f.error.is_none() => Ok(()),
+        _ => Err(CliError::runtime(format!(
+            "run {} {}: {}",
+            f.run_id,
+            f.status,
+            f.error.unwrap_or_default()
+        ))),
+    }
+}
