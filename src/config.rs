@@ -26,9 +26,10 @@ pub struct Config {
     /// `[probe.NAME]` tables: keyed, so names are unique by construction.
     #[serde(default)]
     pub probe: BTreeMap<String, ProbeConfig>,
-    /// `[maintenance.NAME]` tables: the maintenance tasks.
+    /// `[maintenance]`: the backup budget, and `[maintenance.NAME]` tables,
+    /// the maintenance tasks.
     #[serde(default)]
-    pub maintenance: BTreeMap<String, crate::maintenance::TaskConfig>,
+    pub maintenance: crate::maintenance::config::MaintenanceSection,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

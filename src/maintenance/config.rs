@@ -4,6 +4,7 @@
 //! window, days, time zone, or `window = "auto"`), which probes guard it,
 //! and how long it may take.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,12 @@ macro_rules! task_config {
             /// Longest a run may take, guard pauses included.
             #[serde(default, with = "humantime_serde")]
             pub timeout: Option<std::time::Duration>,
+            /// This task's backups are pruned past this age; unset: `[maintenance] keep_backups`.
+            #[serde(default, with = "humantime_serde")]
+            pub keep_backups: Option<std::time::Duration>,
+            /// Bytes this task's backups may take; unset: `[maintenance] max_backup_bytes`.
+            #[serde(default)]
+            pub max_backup_bytes: Option<u64>,
             $($(#[$fm])* pub $f: $t,)*
         }
         impl $name {
@@ -52,6 +59,8 @@ macro_rules! task_config {
                     auto_series: self.auto_series.as_deref(),
                     guard: self.guard.as_deref(),
                     timeout: self.timeout,
+                    keep_backups: self.keep_backups,
+                    max_backup_bytes: self.max_backup_bytes,
                 }
             }
         }
@@ -68,6 +77,8 @@ pub struct TaskCommon<'a> {
     pub auto_series: Option<&'a str>,
     pub guard: Option<&'a [String]>,
     pub timeout: Option<Duration>,
+    pub keep_backups: Option<Duration>,
+    pub max_backup_bytes: Option<u64>,
 }
 
 /// Default longest run.
@@ -231,5 +242,120 @@ mod tests {
                 "task kind {kind} has no block in agent.toml.example"
             );
         }
+    }
+}
+
+/// Default of `[maintenance] keep_backups`.
+pub const DEFAULT_KEEP_BACKUPS: Duration = Duration::from_secs(30 * 86_400);
+/// Default of `[maintenance] max_backup_bytes`: 4 GiB.
+pub const DEFAULT_MAX_BACKUP_BYTES: u64 = 4 << 30;
+
+/// The `[maintenance]` table: the backup budget beside the
+/// `[maintenance.NAME]` task tables. Reads as the map of tasks (`get`,
+/// `keys`, `iter`), so that the task names stay keys of one table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaintenanceSection {
+    /// Backups of runs older than this are pruned (a task may set its own).
+    pub keep_backups: Duration,
+    /// Bytes all tasks' backups may take together; the oldest are pruned
+    /// past it (a task may set a budget of its own too).
+    pub max_backup_bytes: u64,
+    pub tasks: BTreeMap<String, TaskConfig>,
+}
+
+/// Keys of `[maintenance]` that are settings, not task names.
+pub const SECTION_SETTINGS: &[&str] = &["keep_backups", "max_backup_bytes"];
+
+impl Default for MaintenanceSection {
+    fn default() -> Self {
+        MaintenanceSection {
+            keep_backups: DEFAULT_KEEP_BACKUPS,
+            max_backup_bytes: DEFAULT_MAX_BACKUP_BYTES,
+            tasks: BTreeMap::new(),
+        }
+    }
+}
+
+impl std::ops::Deref for MaintenanceSection {
+    type Target = BTreeMap<String, TaskConfig>;
+    fn deref(&self) -> &Self::Target {
+        &self.tasks
+    }
+}
+
+impl<'a> IntoIterator for &'a MaintenanceSection {
+    type Item = (&'a String, &'a TaskConfig);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, TaskConfig>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.tasks.iter()
+    }
+}
+
+impl MaintenanceSection {
+    /// How long backups of task `name` are kept.
+    pub fn keep_backups_of(&self, name: &str) -> Duration {
+        self.tasks
+            .get(name)
+            .and_then(|t| t.common().keep_backups)
+            .unwrap_or(self.keep_backups)
+    }
+
+    /// The bytes task `name`'s backups may take (never more than the total).
+    pub fn max_backup_bytes_of(&self, name: &str) -> u64 {
+        self.tasks
+            .get(name)
+            .and_then(|t| t.common().max_backup_bytes)
+            .unwrap_or(self.max_backup_bytes)
+            .min(self.max_backup_bytes)
+    }
+}
+
+impl Serialize for MaintenanceSection {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(2 + self.tasks.len()))?;
+        m.serialize_entry(
+            "keep_backups",
+            &humantime::format_duration(self.keep_backups).to_string(),
+        )?;
+        m.serialize_entry("max_backup_bytes", &self.max_backup_bytes)?;
+        for (name, task) in &self.tasks {
+            m.serialize_entry(name, task)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for MaintenanceSection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Section;
+        impl<'de> serde::de::Visitor<'de> for Section {
+            type Value = MaintenanceSection;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("the backup budget and [maintenance.NAME] task tables")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<MaintenanceSection, A::Error> {
+                let mut out = MaintenanceSection::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "keep_backups" => {
+                            out.keep_backups = map
+                                .next_value::<humantime_serde::Serde<Duration>>()?
+                                .into_inner()
+                        }
+                        "max_backup_bytes" => out.max_backup_bytes = map.next_value()?,
+                        _ => {
+                            let task = map.next_value::<TaskConfig>()?;
+                            out.tasks.insert(key, task);
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Section)
     }
 }

@@ -469,6 +469,8 @@ mod tests {
             auto_series: None,
             guard: None,
             timeout: None,
+            keep_backups: None,
+            max_backup_bytes: None,
         }
     }
 
