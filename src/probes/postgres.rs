@@ -12,8 +12,8 @@ use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls, Statement};
 
-use super::{Probe, ProbeError};
-use crate::config::Threshold;
+use super::config::{ConfiguredKind, KindFacts, Threshold};
+use super::{AnyProbe, BuildContext, Probe, ProbeError};
 use crate::probe_config;
 use crate::sample::{Reading, Unit};
 
@@ -329,6 +329,21 @@ impl PostgresProbe {
         self.session = Some(session);
         self.prev = Some(cur);
         Ok(out)
+    }
+}
+
+impl KindFacts for PostgresConfig {
+    const HEADLINE: &'static str = "query_seconds";
+    const LATENCY: Option<&'static str> = Some("query_seconds");
+}
+
+impl ConfiguredKind for PostgresConfig {
+    fn default_thresholds() -> Vec<Threshold> {
+        default_thresholds()
+    }
+
+    fn build(&self, _name: &str, timeout: Duration, _ctx: &BuildContext) -> AnyProbe {
+        Box::new(PostgresProbe::new(self, timeout))
     }
 }
 

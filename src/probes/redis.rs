@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Client, ConnectionInfo, ErrorKind, IntoConnectionInfo};
 
-use super::{Probe, ProbeError};
-use crate::config::Threshold;
+use super::config::{ConfiguredKind, KindFacts, Threshold};
+use super::{AnyProbe, BuildContext, Probe, ProbeError};
 use crate::probe_config;
 use crate::sample::{Reading, Unit};
 
@@ -206,6 +206,21 @@ impl RedisProbe {
         self.conn = Some(conn);
         self.prev = cur;
         Ok(out)
+    }
+}
+
+impl KindFacts for RedisConfig {
+    const HEADLINE: &'static str = "ping_seconds";
+    const LATENCY: Option<&'static str> = Some("ping_seconds");
+}
+
+impl ConfiguredKind for RedisConfig {
+    fn default_thresholds() -> Vec<Threshold> {
+        default_thresholds()
+    }
+
+    fn build(&self, _name: &str, timeout: Duration, _ctx: &BuildContext) -> AnyProbe {
+        Box::new(RedisProbe::new(self, timeout))
     }
 }
 
