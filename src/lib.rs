@@ -5,6 +5,8 @@
 //! - `sample`: series keys, readings, timestamps and statuses shared by all parts.
 //! - `probes`: the `Probe` trait, the registry of kinds, thresholds and flap
 //!   damping; `probes::runner` drives one probe on its schedule; one file per kind.
+//! - `clients`: PostgreSQL and Redis connections shared by probes and maintenance
+//!   tasks: connect from a probe's settings, sessions, identifier quoting.
 //! - `recorder`: the single writer; turns outcomes into live state, events and history.
 //! - `store`: the SQLite history file: writer, read-only reader, RRD tiers and the
 //!   size bound that follows from the config.
@@ -19,6 +21,7 @@
 
 pub mod analysis;
 pub mod app;
+pub mod clients;
 pub mod config;
 pub mod live;
 pub mod maintenance;

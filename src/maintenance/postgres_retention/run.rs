@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::archive::{ArchiveReader, ArchiveWriter, MemberHeader};
-use super::catalog::{Session, bytes, count, timed};
+use super::catalog::{bytes, count};
 use super::target::{self, Target};
 use super::{Backup, Batch, MAX_BATCH, TaskError};
+use crate::clients::postgres::{Session, timed};
 
 /// `Backup::details` format of a gzip archive file.
 pub(super) const FORMAT_FILE: &str = "jsonl.gz";
