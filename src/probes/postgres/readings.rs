@@ -1,6 +1,7 @@
 //! The pure half of the postgres probe: query results (as plain values)
-//! into readings, counters into rates, errors into one-line reasons. Called
-//! by `postgres.rs` on every tick; unit-tested here without a server.
+//! into readings, counters into rates. Called by `postgres.rs` on every
+//! tick; unit-tested here without a server. Errors become one-line reasons
+//! in `crate::clients::postgres`.
 
 use std::time::Instant;
 
