@@ -6,6 +6,8 @@
 //! - `fmt`: times (RFC 3339, one precision), bytes and counts as printed by every part.
 //! - `probes`: the `Probe` trait, the registry of kinds, thresholds and flap
 //!   damping; `probes::runner` drives one probe on its schedule; one file per kind.
+//! - `clients`: PostgreSQL and Redis connections shared by probes and maintenance
+//!   tasks: connect from a probe's settings, sessions, identifier quoting.
 //! - `recorder`: the single writer; turns outcomes into live state, events and history.
 //! - `store`: the SQLite history file: writer, read-only reader, RRD tiers and the
 //!   size bound that follows from the config.
@@ -24,6 +26,7 @@
 pub mod analysis;
 pub mod app;
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod fmt;
 #[cfg(test)]

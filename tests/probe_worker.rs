@@ -340,3 +340,65 @@ async fn a_heartbeat_file_older_than_max_age_fails_and_a_fresh_one_passes() {
     let age = value(&rs, "heartbeat_age_seconds").unwrap();
     assert!((0.0..2.0).contains(&age), "{age}");
 }
+
+// The kind's checks as `upkeep check-config` reports them, with where.
+
+/// A worker table's problems as `Config::parse` reports them.
+fn worker_problems(body: &str) -> String {
+    let text = format!("[probe.w]\nkind = \"worker\"\n{body}");
+    match Config::parse("t.toml", &text) {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn exactly_one_way_to_find_the_worker() {
+    assert_eq!(worker_problems("name = \"margin-monitor\""), "");
+    assert!(worker_problems("").contains("set one of pidfile, name or cmdline_contains"));
+    let both = worker_problems("name = \"a\"\ncmdline_contains = \"b\"");
+    assert!(
+        both.contains(
+            "t.toml:4:20: probe.w.cmdline_contains: set only one of name, cmdline_contains"
+        ),
+        "{both}"
+    );
+    assert!(worker_problems("name = \"bin/a\"").contains("has no '/'"));
+    assert!(worker_problems("name = \"a\"\nmin_count = 0").contains("at least 1"));
+    let pid2 = worker_problems("pidfile = \"/run/a.pid\"\nmin_count = 2");
+    assert!(pid2.contains("a pidfile names one process"), "{pid2}");
+}
+
+#[test]
+fn a_heartbeat_is_one_source_with_a_max_age() {
+    let ok = "name = \"a\"\nheartbeat_file = \"/run/a.beat\"\nmax_age = \"1m\"";
+    assert_eq!(worker_problems(ok), "");
+    let cases = [
+        (
+            "heartbeat_file = \"/run/a.beat\"",
+            "a heartbeat needs max_age",
+        ),
+        (
+            "max_age = \"1m\"",
+            "needs heartbeat_file or heartbeat_redis_url",
+        ),
+        (
+            "heartbeat_redis_url = \"redis://127.0.0.1/\"\nmax_age = \"1m\"",
+            "heartbeat_redis_url needs a key",
+        ),
+        ("heartbeat_key = \"k\"", "needs heartbeat_redis_url"),
+        (
+            "heartbeat_redis_url = \"redis://:pw@127.0.0.1/\"\nheartbeat_key = \"k\"\nmax_age = \"1m\"",
+            "holds a password",
+        ),
+        (
+            "heartbeat_file = \"/a\"\nheartbeat_redis_url = \"redis://127.0.0.1/\"\nheartbeat_key = \"k\"\nmax_age = \"1m\"",
+            "not both",
+        ),
+    ];
+    for (body, want) in cases {
+        let got = worker_problems(&format!("name = \"a\"\n{body}"));
+        assert!(got.contains(want), "{body}: {got}");
+        assert!(!got.contains(":pw@"), "{got}");
+    }
+}

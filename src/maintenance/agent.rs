@@ -15,8 +15,9 @@ use super::ledger::{self, Ledger, RunStatus, Trigger};
 use super::runner::{Request, RunError, Runner};
 use super::schedule::{AUTO_LOOKBACK_DAYS, AutoChoice, Schedule, WindowSpec};
 use super::view::{AutoView, RunSummary, TaskView, TasksDocument};
-use crate::config::{Config, ProbeConfig};
+use crate::config::Config;
 use crate::fmt::rfc3339;
+use crate::probes::ProbeConfig;
 use crate::sample::now_ms;
 use crate::store::Reader;
 

@@ -85,7 +85,7 @@ pub struct TaskCommon<'a> {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The probe configs a task may refer to, by name.
-pub type Probes = std::collections::BTreeMap<String, crate::config::ProbeConfig>;
+pub type Probes = std::collections::BTreeMap<String, crate::probes::ProbeConfig>;
 
 /// What every task kind's config says about itself. Each kind implements
 /// it next to its config struct; [`TaskConfig`] dispatches with an
@@ -122,7 +122,7 @@ pub fn need_probe<'a>(
     name: &str,
     probe_kind: &str,
     task_kind: &str,
-) -> Result<&'a crate::config::ProbeConfig, String> {
+) -> Result<&'a crate::probes::ProbeConfig, String> {
     match probes.get(name) {
         Some(p) if p.kind() == probe_kind => Ok(p),
         Some(other) => Err(format!(

@@ -52,6 +52,18 @@ impl TaskError {
     }
 }
 
+/// The PostgreSQL client's errors keep their field: a task's `?` on a
+/// session or a catalog lookup needs nothing more.
+impl From<crate::clients::postgres::Error> for TaskError {
+    fn from(e: crate::clients::postgres::Error) -> TaskError {
+        use crate::clients::postgres::Error;
+        match e {
+            Error::Setting { field, message } => TaskError::Config { field, message },
+            Error::Failed(message) => TaskError::Failed(message),
+        }
+    }
+}
+
 /// What a run of a task is given besides its own config.
 #[derive(Debug, Clone)]
 pub struct Cx {

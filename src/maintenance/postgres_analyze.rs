@@ -8,9 +8,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::postgres_retention::catalog::{self, Session, count, millis, rfc3339};
-use super::postgres_retention::qualified_name;
 use super::{Backup, Batch, Cx, Plan, Task, TaskError, Verdict};
+use crate::clients::postgres::catalog;
+use crate::clients::postgres::{Session, millis, qualified_name, rfc3339_sql};
+use crate::fmt::count;
 use crate::probes::postgres::PostgresConfig;
 
 crate::task_config! {
@@ -56,7 +57,7 @@ impl super::config::TaskKind for AnalyzeConfig {
     }
     fn build(&self, name: &str, probes: &super::config::Probes) -> Option<super::AnyTask> {
         match probes.get(&self.probe)? {
-            crate::config::ProbeConfig::Postgres(pg) => {
+            crate::probes::ProbeConfig::Postgres(pg) => {
                 Some(Box::new(AnalyzeTask::new(name, self, pg)))
             }
             _ => None,
@@ -157,7 +158,13 @@ impl AnalyzeTask {
             return Ok(s);
         }
         let t = self.config.statement_timeout;
-        Session::open(&self.pg, &self.name, &[("statement_timeout", millis(t))], t).await
+        Ok(Session::open(
+            &self.pg.connection(),
+            &self.name,
+            &[("statement_timeout", millis(t))],
+            t,
+        )
+        .await?)
     }
 
     /// Runs `f` on the session, putting it back only when `f` succeeds.
@@ -234,8 +241,8 @@ async fn states(
          LEFT JOIN pg_class c ON c.relnamespace = ns.oid AND c.relname = u.n \
          LEFT JOIN pg_stat_all_tables st ON st.relid = c.oid \
          ORDER BY u.i",
-        rfc3339(analyzed),
-        rfc3339("greatest(st.last_vacuum, st.last_autovacuum)"),
+        rfc3339_sql(analyzed),
+        rfc3339_sql("greatest(st.last_vacuum, st.last_autovacuum)"),
     );
     let rows = s
         .timed(s.client.query(&sql, &[&schemas, &names, &since]))
@@ -294,7 +301,7 @@ impl Task for AnalyzeTask {
             let started: String = s
                 .timed(
                     s.client
-                        .query_one(&format!("SELECT {}", rfc3339("now()")), &[]),
+                        .query_one(&format!("SELECT {}", rfc3339_sql("now()")), &[]),
                 )
                 .await
                 .map_err(|e| TaskError::failed(format!("reading the server's clock: {e}")))?

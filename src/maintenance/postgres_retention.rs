@@ -7,11 +7,11 @@
 //! its transaction, so a rollback in any process knows which batches
 //! committed. Config names reach SQL only through catalog lookups
 //! (`target.rs`); a batch is in `run.rs`, the archive format in
-//! `archive.rs`, rollback in `restore.rs`, and what the PostgreSQL tasks
-//! share in `catalog.rs`.
+//! `archive.rs`, rollback in `restore.rs`. The session, quoting and
+//! catalog lookups it shares with the other PostgreSQL tasks are in
+//! `crate::clients::postgres`.
 
 mod archive;
-pub(crate) mod catalog;
 mod restore;
 mod run;
 mod target;
@@ -21,9 +21,10 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{Backup, Batch, Cx, Plan, Task, TaskError, Verdict};
+use crate::clients::postgres::{Session, identifier, millis, qualified_name, rfc3339_sql};
+use crate::fmt::{bytes, count};
 use crate::probes::postgres::PostgresConfig;
 use archive::ArchiveWriter;
-use catalog::{Session, bytes, count, millis};
 use run::{BackupDetails, FORMAT_FILE, FORMAT_TABLE, PlanDetails, Run, recount, xact_status};
 use target::Target;
 
@@ -100,7 +101,7 @@ impl super::config::TaskKind for RetentionConfig {
     }
     fn build(&self, name: &str, probes: &super::config::Probes) -> Option<super::AnyTask> {
         match probes.get(&self.probe)? {
-            crate::config::ProbeConfig::Postgres(pg) => {
+            crate::probes::ProbeConfig::Postgres(pg) => {
                 Some(Box::new(RetentionTask::new(name, self, pg)))
             }
             _ => None,
@@ -158,58 +159,6 @@ impl RetentionConfig {
     }
 }
 
-/// PostgreSQL keeps the first 63 bytes of an identifier (NAMEDATALEN − 1).
-pub const MAX_IDENTIFIER_BYTES: usize = 63;
-
-/// A plain identifier as it may appear in config: lower case (unquoted
-/// identifiers fold to it), letters, digits, `_` and `$`, not starting with
-/// a digit or `$`, at most 63 bytes. Quoted identifiers are refused rather
-/// than guessed at.
-pub fn identifier(s: &str) -> Result<&str, String> {
-    if s.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if s.starts_with('"') || s.ends_with('"') {
-        return Err(format!(
-            "`{s}`: quoted identifiers are not supported; name a plain lower-case identifier"
-        ));
-    }
-    if s.len() > MAX_IDENTIFIER_BYTES {
-        let cut = s
-            .char_indices()
-            .take_while(|(i, c)| i + c.len_utf8() <= MAX_IDENTIFIER_BYTES)
-            .map(|(i, c)| i + c.len_utf8())
-            .last()
-            .unwrap_or(0);
-        return Err(format!(
-            "`{s}` is {} bytes: PostgreSQL would truncate it to `{}`, which may name another object",
-            s.len(),
-            &s[..cut]
-        ));
-    }
-    let first = s.as_bytes()[0];
-    let ok = (first.is_ascii_lowercase() || first == b'_')
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'$');
-    if !ok {
-        return Err(format!(
-            "`{s}` is not a plain identifier (lower-case letters, digits, `_`, `$`; not starting with a digit)"
-        ));
-    }
-    Ok(s)
-}
-
-/// `table` or `schema.table`, each a plain identifier; returns (schema,
-/// table) with the schema defaulting to `public`.
-pub fn qualified_name(s: &str) -> Result<(String, String), String> {
-    let parts: Vec<&str> = s.split('.').collect();
-    match parts.as_slice() {
-        [t] => Ok(("public".into(), identifier(t)?.to_string())),
-        [schema, t] => Ok((identifier(schema)?.to_string(), identifier(t)?.to_string())),
-        _ => Err(format!("`{s}` is not `table` or `schema.table`")),
-    }
-}
-
 /// The column an archive table has besides the table's: the ledger id of
 /// the run that archived the row, so that a rollback puts back its own
 /// run's rows only.
@@ -246,8 +195,8 @@ impl RetentionTask {
             return Ok(s);
         }
         let c = &self.config;
-        Session::open(
-            &self.pg,
+        let session = Session::open(
+            &self.pg.connection(),
             &self.name,
             &[
                 ("lock_timeout", millis(c.lock_timeout)),
@@ -259,7 +208,8 @@ impl RetentionTask {
             ],
             c.statement_timeout,
         )
-        .await
+        .await?;
+        Ok(session)
     }
 
     /// The run `plan` describes: this task's own since `plan`, or, for a
@@ -295,7 +245,7 @@ impl RetentionTask {
             .timed(s.client.query_one(
                 &format!(
                     "SELECT {}",
-                    catalog::rfc3339("now() - $1::int8 * interval '1 millisecond'")
+                    rfc3339_sql("now() - $1::int8 * interval '1 millisecond'")
                 ),
                 &[&older_ms],
             ))
@@ -333,7 +283,7 @@ impl RetentionTask {
                 "delete {} rows (about {}) of {table} with {} before {cutoff} (older than \
                  {older_than}), in about {batches} batches of {batch_size} by {by}, {to}",
                 count(rows),
-                bytes(size),
+                bytes(size as f64),
                 target.ts
             )
         };

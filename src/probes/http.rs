@@ -12,13 +12,13 @@ mod wire;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{Probe, ProbeError};
-use crate::config::Threshold;
+use super::config::{ConfiguredKind, KindFacts, Threshold};
+use super::{AnyProbe, BuildContext, Probe, ProbeError};
 use crate::probe_config;
 use crate::sample::{Reading, Unit};
 
@@ -178,6 +178,21 @@ impl HttpProbe {
     }
 }
 
+impl KindFacts for HttpConfig {
+    const HEADLINE: &'static str = "response_seconds";
+    const LATENCY: Option<&'static str> = Some("response_seconds");
+}
+
+impl ConfiguredKind for HttpConfig {
+    fn default_thresholds() -> Vec<Threshold> {
+        default_thresholds()
+    }
+
+    fn build(&self, _name: &str, _timeout: Duration, _ctx: &BuildContext) -> AnyProbe {
+        Box::new(HttpProbe::new(self))
+    }
+}
+
 impl Probe for HttpProbe {
     async fn sample(&mut self) -> Result<Vec<Reading>, ProbeError> {
         let started = Instant::now();
@@ -288,16 +303,20 @@ fn json_equal(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, ProbeConfig};
 
+    /// The table as `[probe.api] kind = "http"` holds it, checked by the
+    /// kind's own `validate`.
     fn parse(body: &str) -> Result<HttpConfig, String> {
-        let text = format!("[probe.api]\nkind = \"http\"\n{body}");
-        match Config::parse("t.toml", &text) {
-            Ok(c) => match c.probe["api"].clone() {
-                ProbeConfig::Http(h) => Ok(h),
-                other => panic!("{other:?}"),
-            },
-            Err(e) => Err(e.to_string()),
+        let c: HttpConfig = toml::from_str(body).map_err(|e| e.to_string())?;
+        let problems: Vec<String> = c
+            .validate()
+            .into_iter()
+            .map(|(field, message)| format!("{field}: {message}"))
+            .collect();
+        if problems.is_empty() {
+            Ok(c)
+        } else {
+            Err(problems.join("\n"))
         }
     }
 

@@ -1,9 +1,12 @@
-//! Probes: the `Probe` trait every kind implements, the registry of kinds
-//! (`ProbeKind`, built from config), and the assessment of readings into a
-//! status with thresholds and flap damping. The runner that drives a probe on
-//! its schedule lives in `runner.rs`.
+//! Probes: the `Probe` trait every kind implements, `build` (every
+//! configured probe from a `ProbeSet`), and the assessment of readings into
+//! a status with thresholds and flap damping. The registry of kinds
+//! (`ProbeKind`, `ProbeConfig`) and the settings every kind shares are in
+//! `config.rs`; the runner that drives a probe on its schedule lives in
+//! `runner.rs`. Called by `App` and the maintenance runner (its guards).
 
 pub mod access_log;
+pub mod config;
 pub mod host;
 pub mod http;
 pub mod postgres;
@@ -17,8 +20,11 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::config::{Config, ProbeConfig, Threshold};
 use crate::sample::{Reading, Status};
+
+pub use config::{
+    ConfiguredKind, KindFacts, ProbeCommon, ProbeConfig, ProbeKind, ProbeSet, Threshold,
+};
 
 /// Why one probe tick produced no readings. The text names the subject and
 /// never contains a secret.
@@ -85,55 +91,37 @@ pub struct ProbeSpec {
     pub success_threshold: u32,
 }
 
-/// Builds every configured probe. Building never connects to anything: a
-/// probe opens its connections on its first tick.
-pub fn build(config: &Config, ctx: &BuildContext) -> Vec<(ProbeSpec, AnyProbe)> {
+/// Builds every configured probe (`config` is a `ProbeSet`, or the agent's
+/// `Config`). Building never connects to anything: a probe opens its
+/// connections on its first tick.
+pub fn build<'a>(
+    config: impl Into<ProbeSet<'a>>,
+    ctx: &BuildContext,
+) -> Vec<(ProbeSpec, AnyProbe)> {
+    let config: ProbeSet<'a> = config.into();
     let mut out = Vec::new();
     if config.host.enabled {
-        let h = &config.host;
+        let h = config.host;
+        let interval = h.interval.unwrap_or(config.interval);
         let spec = ProbeSpec {
             name: "host".to_string(),
-            kind: "host",
-            interval: h.interval.unwrap_or(config.agent.interval),
-            timeout: h
-                .timeout
-                .unwrap_or_else(|| default_timeout(h.interval.unwrap_or(config.agent.interval))),
+            kind: ProbeKind::Host.name(),
+            interval,
+            timeout: h.timeout.unwrap_or_else(|| default_timeout(interval)),
             thresholds: host::thresholds(h),
-            failure_threshold: config.agent.failure_threshold,
-            success_threshold: config.agent.success_threshold,
+            failure_threshold: config.failure_threshold,
+            success_threshold: config.success_threshold,
         };
         out.push((spec, Box::new(host::HostProbe::new(h)) as AnyProbe));
     }
-    for (name, p) in &config.probe {
+    for (name, p) in config.probes {
         // The tick's timeout: a probe that bounds its own statements needs it.
         let common = p.common();
-        let interval = common.interval.unwrap_or(config.agent.interval);
+        let interval = common.interval.unwrap_or(config.interval);
         let timeout = common.timeout.unwrap_or_else(|| default_timeout(interval));
-        // THE registry: one arm per kind.
-        let (probe, defaults): (AnyProbe, _) = match p {
-            ProbeConfig::Tcp(c) => (Box::new(tcp::TcpProbe::new(c)), tcp::default_thresholds()),
-            ProbeConfig::Http(c) => (
-                Box::new(http::HttpProbe::new(c)),
-                http::default_thresholds(),
-            ),
-            ProbeConfig::Worker(c) => (Box::new(worker::WorkerProbe::new(c)), Vec::new()),
-            ProbeConfig::AccessLog(c) => (
-                Box::new(access_log::AccessLogProbe::new(name, c, ctx)),
-                access_log::default_thresholds(),
-            ),
-            ProbeConfig::Postgres(c) => (
-                Box::new(postgres::PostgresProbe::new(c, timeout)),
-                postgres::default_thresholds(),
-            ),
-            ProbeConfig::Redis(c) => (
-                Box::new(redis::RedisProbe::new(c, timeout)),
-                redis::default_thresholds(),
-            ),
-        };
-        let kind = p.kind();
-        let p = p.common();
+        let (probe, defaults) = p.build(name, timeout, ctx);
         let mut thresholds = defaults;
-        for (metric, t) in p.thresholds {
+        for (metric, t) in common.thresholds {
             thresholds.retain(|d| &d.metric != metric);
             let mut t = t.clone();
             t.metric = metric.clone();
@@ -141,16 +129,12 @@ pub fn build(config: &Config, ctx: &BuildContext) -> Vec<(ProbeSpec, AnyProbe)> 
         }
         let spec = ProbeSpec {
             name: name.clone(),
-            kind,
+            kind: p.kind(),
             interval,
             timeout,
             thresholds,
-            failure_threshold: p
-                .failure_threshold
-                .unwrap_or(config.agent.failure_threshold),
-            success_threshold: p
-                .success_threshold
-                .unwrap_or(config.agent.success_threshold),
+            failure_threshold: common.failure_threshold.unwrap_or(config.failure_threshold),
+            success_threshold: common.success_threshold.unwrap_or(config.success_threshold),
         };
         out.push((spec, probe));
     }
@@ -158,10 +142,11 @@ pub fn build(config: &Config, ctx: &BuildContext) -> Vec<(ProbeSpec, AnyProbe)> 
 }
 
 /// Names of the probes a config defines, without building them.
-pub fn names(config: &Config) -> Vec<String> {
+pub fn names<'a>(config: impl Into<ProbeSet<'a>>) -> Vec<String> {
+    let config: ProbeSet<'a> = config.into();
     let host = config.host.enabled.then(|| "host".to_string());
     host.into_iter()
-        .chain(config.probe.keys().cloned())
+        .chain(config.probes.keys().cloned())
         .collect()
 }
 

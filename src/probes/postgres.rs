@@ -8,20 +8,18 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinHandle;
-use tokio_postgres::config::SslMode;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
+use tokio_util::task::AbortOnDropHandle;
 
-use super::{Probe, ProbeError};
-use crate::config::Threshold;
+use super::config::{ConfiguredKind, KindFacts, Threshold};
+use super::{AnyProbe, BuildContext, Probe, ProbeError};
+use crate::clients;
+use crate::clients::postgres::{describe, dial, endpoint, set_password};
 use crate::probe_config;
 use crate::sample::{Reading, Unit};
 
 mod readings;
-use readings::{
-    Counters, activity_readings, cause, count, counter_readings, describe, endpoint, seconds,
-    table_readings,
-};
+use readings::{Counters, activity_readings, count, counter_readings, seconds, table_readings};
 
 probe_config! {
     /// `[probe.NAME] kind = "postgres"`.
@@ -54,48 +52,20 @@ fn default_connect_timeout() -> Duration {
 }
 
 impl PostgresConfig {
-    /// The connection settings without a password, as the probe uses them.
-    fn pg_config(&self) -> Result<tokio_postgres::Config, String> {
-        let mut c: tokio_postgres::Config = self.conninfo.parse().map_err(|e| {
-            // The parser's messages name options, never values.
-            format!(
-                "not a libpq key/value string or postgres:// URL: {}",
-                cause(&e)
-            )
-        })?;
-        if c.get_password().is_some() {
-            return Err(
-                "a password in conninfo is not allowed: put it in the file named by password_file"
-                    .into(),
-            );
+    /// Where and as whom to connect: the table's connection settings.
+    pub fn connection(&self) -> clients::postgres::Settings<'_> {
+        clients::postgres::Settings {
+            conninfo: &self.conninfo,
+            user: &self.user,
+            password_file: self.password_file.as_deref(),
+            dbname: self.dbname.as_deref(),
+            connect_timeout: self.connect_timeout,
         }
-        if c.get_user().is_some() {
-            return Err("a user in conninfo is not allowed: set it with `user`".into());
-        }
-        if c.get_hosts().is_empty() {
-            return Err("names no host (host=... or postgres://HOST/)".into());
-        }
-        if matches!(c.get_ssl_mode(), SslMode::Require) {
-            return Err("sslmode=require: this probe does not speak TLS yet".into());
-        }
-        match (&self.dbname, c.get_dbname()) {
-            (Some(_), Some(_)) => return Err("sets dbname, and so does the `dbname` field".into()),
-            (Some(db), None) => {
-                c.dbname(db);
-            }
-            _ => {}
-        }
-        c.user(&self.user);
-        if c.get_application_name().is_none() {
-            c.application_name("upkeep");
-        }
-        c.connect_timeout(self.connect_timeout);
-        Ok(c)
     }
 
     pub fn validate(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        if let Err(e) = self.pg_config() {
+        if let Err(e) = self.connection().parse() {
             out.push(("conninfo", e));
         }
         if self.user.trim().is_empty() {
@@ -158,21 +128,11 @@ const TABLES_SQL: &str = "SELECT s.n_dead_tup, s.n_live_tup, \
 /// One open session with its prepared statements.
 struct Session {
     client: Client,
-    _task: AbortOnDrop,
+    /// Ends the task driving the connection when the session is dropped.
+    _task: AbortOnDropHandle<()>,
     stats: Statement,
     activity: Statement,
     tables: Statement,
-}
-
-/// The task driving a connection, ended when its session is dropped: a
-/// connection waiting on a server that stopped answering would otherwise
-/// outlive the tick that gave up on it.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 pub struct PostgresProbe {
@@ -206,7 +166,7 @@ impl PostgresProbe {
     /// Never connects. `timeout` is the probe's tick timeout, the default
     /// statement timeout.
     pub fn new(config: &PostgresConfig, timeout: Duration) -> PostgresProbe {
-        let parsed = config.pg_config();
+        let parsed = config.connection().parse();
         PostgresProbe {
             endpoint: parsed
                 .as_ref()
@@ -224,20 +184,8 @@ impl PostgresProbe {
 
     async fn connect(&self) -> Result<Session, String> {
         let mut config = self.config.clone()?;
-        if let Some(path) = &self.password_file {
-            config.password(crate::secret::read(path)?.expose());
-        }
-        let limit = self.connect_timeout;
-        let (client, connection) = tokio::time::timeout(limit, config.connect(NoTls))
-            .await
-            .map_err(|_| format!("connect timed out after {limit:?}"))?
-            .map_err(|e| describe(&e))?;
-        drop(config);
-        let task = AbortOnDrop(tokio::spawn(async move {
-            // Ends when the server goes away or the client is dropped;
-            // `Client::is_closed` tells the next tick.
-            let _ = connection.await;
-        }));
+        set_password(&mut config, self.password_file.as_deref())?;
+        let (client, task) = dial(config, self.connect_timeout).await?;
         let limit = self.statement_timeout;
         let set = format!("SET statement_timeout = {}", limit.as_millis().max(1));
         timed(limit, client.simple_query(&set)).await?;
@@ -332,6 +280,21 @@ impl PostgresProbe {
     }
 }
 
+impl KindFacts for PostgresConfig {
+    const HEADLINE: &'static str = "query_seconds";
+    const LATENCY: Option<&'static str> = Some("query_seconds");
+}
+
+impl ConfiguredKind for PostgresConfig {
+    fn default_thresholds() -> Vec<Threshold> {
+        default_thresholds()
+    }
+
+    fn build(&self, _name: &str, timeout: Duration, _ctx: &BuildContext) -> AnyProbe {
+        Box::new(PostgresProbe::new(self, timeout))
+    }
+}
+
 impl Probe for PostgresProbe {
     async fn sample(&mut self) -> Result<Vec<Reading>, ProbeError> {
         let prev = self.prev.take();
@@ -339,33 +302,6 @@ impl Probe for PostgresProbe {
             .await
             .map_err(|e| ProbeError::Failed(format!("postgres {}: {e}", self.endpoint)))
     }
-}
-
-/// Opens a session with `config`'s settings (conninfo, user, password
-/// file, connect timeout) for another user than the probe, such as a
-/// maintenance task; `application_name` names it in `pg_stat_activity`.
-/// The connection is driven by a task that ends when the returned handle
-/// is dropped. Errors name the endpoint, never the password.
-pub async fn connect(
-    config: &PostgresConfig,
-    application_name: &str,
-) -> Result<(Client, tokio_util::task::AbortOnDropHandle<()>), String> {
-    let mut pg = config.pg_config()?;
-    let at = endpoint(&pg);
-    pg.application_name(application_name);
-    if let Some(path) = &config.password_file {
-        pg.password(crate::secret::read(path)?.expose());
-    }
-    let limit = config.connect_timeout;
-    let (client, connection) = tokio::time::timeout(limit, pg.connect(NoTls))
-        .await
-        .map_err(|_| format!("postgres {at}: connect timed out after {limit:?}"))?
-        .map_err(|e| format!("postgres {at}: {}", describe(&e)))?;
-    drop(pg);
-    let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-        let _ = connection.await;
-    }));
-    Ok((client, task))
 }
 
 /// Runs one statement (or a batch sent together) within `limit`.

@@ -7,11 +7,12 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use ::redis::ConnectionInfo;
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, Client, ConnectionInfo, ErrorKind, IntoConnectionInfo};
 
-use super::{Probe, ProbeError};
-use crate::config::Threshold;
+use super::config::{ConfiguredKind, KindFacts, Threshold};
+use super::{AnyProbe, BuildContext, Probe, ProbeError};
+use crate::clients;
 use crate::probe_config;
 use crate::sample::{Reading, Unit};
 
@@ -41,36 +42,19 @@ fn default_connect_timeout() -> Duration {
 }
 
 impl RedisConfig {
-    /// Where and as whom to connect, without a password.
-    fn connection_info(&self) -> Result<ConnectionInfo, String> {
-        let url = ::redis::parse_redis_url(&self.url)
-            .ok_or("not a redis://HOST:PORT/DB or redis+unix:///PATH URL")?;
-        if url.password().is_some() {
-            return Err(
-                "a password in the URL is not allowed: put it in the file named by password_file"
-                    .into(),
-            );
+    /// Where and as whom to connect: the table's connection settings.
+    pub fn connection(&self) -> clients::redis::Settings<'_> {
+        clients::redis::Settings {
+            url: &self.url,
+            username: self.username.as_deref(),
+            password_file: self.password_file.as_deref(),
+            connect_timeout: self.connect_timeout,
         }
-        if !url.username().is_empty() && self.username.is_some() {
-            return Err("names a user, and so does `username`".into());
-        }
-        let info = self
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| e.to_string())?;
-        Ok(match &self.username {
-            Some(user) => {
-                let settings = info.redis_settings().clone().set_username(user);
-                info.set_redis_settings(settings)
-            }
-            None => info,
-        })
     }
 
     pub fn validate(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        if let Err(e) = self.connection_info() {
+        if let Err(e) = self.connection().connection_info() {
             out.push(("url", e));
         }
         if self.username.as_ref().is_some_and(|u| u.is_empty()) {
@@ -122,12 +106,9 @@ impl std::fmt::Debug for RedisProbe {
 impl RedisProbe {
     /// Never connects. `timeout` is the probe's tick timeout.
     pub fn new(config: &RedisConfig, timeout: Duration) -> RedisProbe {
-        let info = config.connection_info();
+        let info = config.connection().connection_info();
         let (endpoint, db) = match &info {
-            Ok(i) => (
-                i.addr().to_string(),
-                u32::try_from(i.redis_settings().db()).unwrap_or(0),
-            ),
+            Ok(i) => clients::redis::endpoint(i),
             Err(_) => ("(invalid url)".to_string(), 0),
         };
         RedisProbe {
@@ -143,36 +124,13 @@ impl RedisProbe {
     }
 
     async fn connect(&self) -> Result<MultiplexedConnection, String> {
-        let mut info = self.info.clone()?;
-        if let Some(path) = &self.password_file {
-            let secret = crate::secret::read(path)?;
-            let settings = info.redis_settings().clone().set_password(secret.expose());
-            info = info.set_redis_settings(settings);
-        }
-        let user = info
-            .redis_settings()
-            .username()
-            .unwrap_or("default")
-            .to_string();
-        let client = Client::open(info).map_err(|e| e.to_string())?;
-        let limit = self.connect_timeout;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(limit))
-            .set_response_timeout(Some(self.timeout));
-        // The library's own timeout covers the socket; this one also covers
-        // the handshake (AUTH, SELECT) on a server that accepts and stalls.
-        tokio::time::timeout(
-            limit,
-            client.get_multiplexed_async_connection_with_config(&config),
+        clients::redis::connect(
+            self.info.clone()?,
+            self.password_file.as_deref(),
+            self.connect_timeout,
+            self.timeout,
         )
         .await
-        .map_err(|_| format!("connect timed out after {limit:?}"))?
-        .map_err(|e| match e.kind() {
-            // The library drops the server's words (WRONGPASS).
-            ErrorKind::AuthenticationFailed => format!("authentication failed for user `{user}`"),
-            _ if e.is_timeout() => format!("connect timed out after {limit:?}"),
-            _ => e.to_string(),
-        })
     }
 
     async fn tick(&mut self, prev: Option<Counters>) -> Result<Vec<Reading>, String> {
@@ -206,6 +164,21 @@ impl RedisProbe {
         self.conn = Some(conn);
         self.prev = cur;
         Ok(out)
+    }
+}
+
+impl KindFacts for RedisConfig {
+    const HEADLINE: &'static str = "ping_seconds";
+    const LATENCY: Option<&'static str> = Some("ping_seconds");
+}
+
+impl ConfiguredKind for RedisConfig {
+    fn default_thresholds() -> Vec<Threshold> {
+        default_thresholds()
+    }
+
+    fn build(&self, _name: &str, timeout: Duration, _ctx: &BuildContext) -> AnyProbe {
+        Box::new(RedisProbe::new(self, timeout))
     }
 }
 

@@ -1,12 +1,12 @@
 //! `kind = "tcp"`: can a TCP connection be opened to an address, and how
 //! long does it take? The simplest service check (a port that answers).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use super::{Probe, ProbeError};
-use crate::config::Threshold;
+use super::config::{ConfiguredKind, KindFacts, Threshold};
+use super::{AnyProbe, BuildContext, Probe, ProbeError};
 use crate::probe_config;
 use crate::sample::{Reading, Unit};
 
@@ -43,6 +43,21 @@ impl TcpProbe {
         TcpProbe {
             address: config.address.clone(),
         }
+    }
+}
+
+impl KindFacts for TcpConfig {
+    const HEADLINE: &'static str = "connect_seconds";
+    const LATENCY: Option<&'static str> = Some("connect_seconds");
+}
+
+impl ConfiguredKind for TcpConfig {
+    fn default_thresholds() -> Vec<Threshold> {
+        default_thresholds()
+    }
+
+    fn build(&self, _name: &str, _timeout: Duration, _ctx: &BuildContext) -> AnyProbe {
+        Box::new(TcpProbe::new(self))
     }
 }
 

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System, ThreadKind};
 
-use super::{Probe, ProbeError};
+use super::config::{ConfiguredKind, KindFacts, Threshold};
+use super::{AnyProbe, BuildContext, Probe, ProbeError};
 use crate::probe_config;
 use crate::sample::{Reading, Unit};
 
@@ -128,6 +129,23 @@ impl WorkerProbe {
             heartbeat: heartbeat::Heartbeat::new(config),
             state: None,
         }
+    }
+}
+
+impl KindFacts for WorkerConfig {
+    const HEADLINE: &'static str = "processes";
+    /// A worker is judged by its processes and heartbeat, not by a latency:
+    /// the tick's own duration stands in.
+    const LATENCY: Option<&'static str> = None;
+}
+
+impl ConfiguredKind for WorkerConfig {
+    fn default_thresholds() -> Vec<Threshold> {
+        Vec::new()
+    }
+
+    fn build(&self, _name: &str, _timeout: Duration, _ctx: &BuildContext) -> AnyProbe {
+        Box::new(WorkerProbe::new(self))
     }
 }
 
@@ -273,69 +291,5 @@ impl State {
             .collect();
         self.prev_at = Some(now);
         Tick { readings, problems }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::config::Config;
-
-    fn problems(body: &str) -> String {
-        let text = format!("[probe.w]\nkind = \"worker\"\n{body}");
-        match Config::parse("t.toml", &text) {
-            Ok(_) => String::new(),
-            Err(e) => e.to_string(),
-        }
-    }
-
-    #[test]
-    fn exactly_one_way_to_find_the_worker() {
-        assert_eq!(problems("name = \"margin-monitor\""), "");
-        assert!(problems("").contains("set one of pidfile, name or cmdline_contains"));
-        let both = problems("name = \"a\"\ncmdline_contains = \"b\"");
-        assert!(
-            both.contains(
-                "t.toml:4:20: probe.w.cmdline_contains: set only one of name, cmdline_contains"
-            ),
-            "{both}"
-        );
-        assert!(problems("name = \"bin/a\"").contains("has no '/'"));
-        assert!(problems("name = \"a\"\nmin_count = 0").contains("at least 1"));
-        let pid2 = problems("pidfile = \"/run/a.pid\"\nmin_count = 2");
-        assert!(pid2.contains("a pidfile names one process"), "{pid2}");
-    }
-
-    #[test]
-    fn a_heartbeat_is_one_source_with_a_max_age() {
-        let ok = "name = \"a\"\nheartbeat_file = \"/run/a.beat\"\nmax_age = \"1m\"";
-        assert_eq!(problems(ok), "");
-        let cases = [
-            (
-                "heartbeat_file = \"/run/a.beat\"",
-                "a heartbeat needs max_age",
-            ),
-            (
-                "max_age = \"1m\"",
-                "needs heartbeat_file or heartbeat_redis_url",
-            ),
-            (
-                "heartbeat_redis_url = \"redis://127.0.0.1/\"\nmax_age = \"1m\"",
-                "heartbeat_redis_url needs a key",
-            ),
-            ("heartbeat_key = \"k\"", "needs heartbeat_redis_url"),
-            (
-                "heartbeat_redis_url = \"redis://:pw@127.0.0.1/\"\nheartbeat_key = \"k\"\nmax_age = \"1m\"",
-                "holds a password",
-            ),
-            (
-                "heartbeat_file = \"/a\"\nheartbeat_redis_url = \"redis://127.0.0.1/\"\nheartbeat_key = \"k\"\nmax_age = \"1m\"",
-                "not both",
-            ),
-        ];
-        for (body, want) in cases {
-            let got = problems(&format!("name = \"a\"\n{body}"));
-            assert!(got.contains(want), "{body}: {got}");
-            assert!(!got.contains(":pw@"), "{got}");
-        }
     }
 }

@@ -44,16 +44,10 @@ pub struct ResourceUsage {
     pub trend: Option<TrendClass>,
 }
 
-/// The series that says how long a check of each kind took, in seconds.
+/// The series that says how long a check of each kind took, in seconds:
+/// the kind's own `KindFacts::LATENCY`.
 fn latency_metric(kind: &str) -> Option<&'static str> {
-    match kind {
-        "tcp" => Some("connect_seconds"),
-        "postgres" => Some("query_seconds"),
-        "redis" => Some("ping_seconds"),
-        "http" => Some("response_seconds"),
-        "access_log" => Some("latency_p50_seconds"),
-        _ => None,
-    }
+    crate::probes::ProbeKind::from_name(kind).and_then(crate::probes::ProbeKind::latency_metric)
 }
 
 fn service(live: &Live, name: &str) -> ServiceHealth {

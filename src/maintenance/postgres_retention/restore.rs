@@ -17,9 +17,10 @@ use serde_json::json;
 use tokio_postgres::Transaction;
 
 use super::archive::{self, ArchiveReader, Member, Restored};
-use super::catalog::{Session, count, timed};
 use super::target::{ArchiveTable, Target};
 use super::{BackupDetails, FORMAT_FILE, FORMAT_TABLE, RetentionConfig, xact_status};
+use crate::clients::postgres::{Session, timed};
+use crate::fmt::count;
 use crate::maintenance::{Backup, TaskError, Verdict};
 
 /// What a rollback did so far.

@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::archive::{ArchiveReader, ArchiveWriter, MemberHeader};
-use super::catalog::{Session, bytes, count, timed};
 use super::target::{self, Target};
 use super::{Backup, Batch, MAX_BATCH, TaskError};
+use crate::clients::postgres::{Session, timed};
+use crate::fmt::{bytes, count};
 
 /// `Backup::details` format of a gzip archive file.
 pub(super) const FORMAT_FILE: &str = "jsonl.gz";
@@ -267,7 +268,10 @@ impl Run {
         }
         let archive = match &self.target.archive {
             Some(a) => format!("moved to {a}"),
-            None => format!("archived ({} in the archive)", bytes(self.archive_bytes)),
+            None => format!(
+                "archived ({} in the archive)",
+                bytes(self.archive_bytes as f64)
+            ),
         };
         Ok(Batch {
             rows,

@@ -3,8 +3,9 @@
 //! parameter is either fixed text or an identifier the catalog returned,
 //! quoted.
 
-use super::catalog::{self, Column, Relation, Session, quote};
-use super::{RUN_COLUMN, RetentionConfig, qualified_name};
+use super::{RUN_COLUMN, RetentionConfig};
+use crate::clients::postgres::catalog::{self, Column, Relation};
+use crate::clients::postgres::{Session, qualified_name, quote};
 use crate::maintenance::TaskError;
 
 /// A ctid `(page, item)` as one number, `page << TID_SHIFT | item`, so

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use self::parse::TimeUnit;
 use self::tail::{Position, StartAt, Tail};
-use super::{BuildContext, Probe, ProbeError};
-use crate::config::Threshold;
+use super::config::{ConfiguredKind, KindFacts, Threshold};
+use super::{AnyProbe, BuildContext, Probe, ProbeError};
 use crate::probe_config;
 use crate::sample::{Reading, Unit};
 
@@ -235,6 +235,22 @@ fn save(file: &PathBuf, tails: &[Tail]) -> std::io::Result<()> {
     let tmp = file.with_extension("json.tmp");
     std::fs::write(&tmp, serde_json::to_vec(&map).expect("positions serialize"))?;
     std::fs::rename(&tmp, file)
+}
+
+impl KindFacts for AccessLogConfig {
+    const HEADLINE: &'static str = "requests_per_second";
+    /// The median request latency the log reports.
+    const LATENCY: Option<&'static str> = Some("latency_p50_seconds");
+}
+
+impl ConfiguredKind for AccessLogConfig {
+    fn default_thresholds() -> Vec<Threshold> {
+        default_thresholds()
+    }
+
+    fn build(&self, name: &str, _timeout: Duration, ctx: &BuildContext) -> AnyProbe {
+        Box::new(AccessLogProbe::new(name, self, ctx))
+    }
 }
 
 impl Probe for AccessLogProbe {

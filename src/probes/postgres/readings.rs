@@ -1,10 +1,9 @@
 //! The pure half of the postgres probe: query results (as plain values)
-//! into readings, counters into rates, errors into one-line reasons. Called
-//! by `postgres.rs` on every tick; unit-tested here without a server.
+//! into readings, counters into rates. Called by `postgres.rs` on every
+//! tick; unit-tested here without a server. Errors become one-line reasons
+//! in `crate::clients::postgres`.
 
 use std::time::Instant;
-
-use tokio_postgres::config::Host;
 
 use crate::sample::{Reading, Unit};
 
@@ -133,47 +132,6 @@ pub(super) fn table_readings<'a>(
     (out, missing)
 }
 
-/// `host:port/dbname` of the server; every host when several.
-pub(super) fn endpoint(c: &tokio_postgres::Config) -> String {
-    let ports = c.get_ports();
-    let hosts: Vec<String> = c
-        .get_hosts()
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-            match h {
-                Host::Tcp(h) if h.contains(':') => format!("[{h}]:{port}"),
-                Host::Tcp(h) => format!("{h}:{port}"),
-                Host::Unix(p) => format!("{}:{port}", p.display()),
-            }
-        })
-        .collect();
-    let db = c.get_dbname().or(c.get_user()).unwrap_or("");
-    format!("{}/{db}", hosts.join(","))
-}
-
-/// One line: the server's own message for a server error, else the
-/// library's words and their cause ("error connecting to server: ...").
-pub(super) fn describe(e: &tokio_postgres::Error) -> String {
-    let text = match e.as_db_error() {
-        Some(db) => match db.detail() {
-            Some(d) => format!("{} ({d})", db.message()),
-            None => db.message().to_string(),
-        },
-        None => cause(e),
-    };
-    text.replace('\n', "; ")
-}
-
-/// An error and its direct cause, which tokio-postgres keeps apart.
-pub(super) fn cause(e: &dyn std::error::Error) -> String {
-    match e.source() {
-        Some(s) => format!("{e}: {s}"),
-        None => e.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,14 +247,5 @@ mod tests {
                 ("table_live_tuples", "fresh"),
             ]
         );
-    }
-
-    #[test]
-    fn endpoint_names_host_port_and_database() {
-        let c = |s: &str| endpoint(&s.parse().unwrap());
-        assert_eq!(c("host=127.0.0.1 dbname=app"), "127.0.0.1:5432/app");
-        assert_eq!(c("postgres://db.example:6432/x"), "db.example:6432/x");
-        assert_eq!(c("host=a,b port=1,2 user=u"), "a:1,b:2/u");
-        assert_eq!(c("host=::1 port=5433 dbname=d"), "[::1]:5433/d");
     }
 }

@@ -102,31 +102,17 @@ pub(super) struct Day {
     pub(super) coverage: f64,
 }
 
-/// The series that stands for a probe of each kind in its sparkline.
+/// The series that stands for a probe of each kind in its sparkline: the
+/// kind's own `KindFacts::HEADLINE`; none for a kind the registry does not
+/// know (a test's).
 fn main_metric(kind: &str) -> &'static str {
-    match kind {
-        "host" => "cpu_used_ratio",
-        "tcp" => "connect_seconds",
-        "postgres" => "query_seconds",
-        "redis" => "ping_seconds",
-        "http" => "response_seconds",
-        "access_log" => "requests_per_second",
-        "worker" => "processes",
-        _ => "",
-    }
+    crate::probes::ProbeKind::from_name(kind).map_or("", crate::probes::ProbeKind::headline_metric)
 }
 
 /// The reading that says how long a check of each kind took, in seconds
-/// (as in the health document).
+/// (as in the health document): the kind's own `KindFacts::LATENCY`.
 fn latency_metric(kind: &str) -> Option<&'static str> {
-    match kind {
-        "tcp" => Some("connect_seconds"),
-        "postgres" => Some("query_seconds"),
-        "redis" => Some("ping_seconds"),
-        "http" => Some("response_seconds"),
-        "access_log" => Some("latency_p50_seconds"),
-        _ => None,
-    }
+    crate::probes::ProbeKind::from_name(kind).and_then(crate::probes::ProbeKind::latency_metric)
 }
 
 pub(super) fn gather(s: &State, now: Ts) -> View {

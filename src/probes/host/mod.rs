@@ -15,8 +15,11 @@ use std::time::Instant;
 
 use sysinfo::{DiskRefreshKind, Disks, Networks, System};
 
+mod config;
+
+pub use config::{HostConfig, Levels, thresholds};
+
 use super::{Probe, ProbeError};
-use crate::config::{HostConfig, Levels, Threshold};
 use crate::sample::{Reading, Unit};
 
 /// Filesystem types that hold no user data (kernel views, memory, snaps).
@@ -34,22 +37,6 @@ const NET_RATES: [(&str, Unit); 6] = [
     ("net_rx_errors_per_second", Unit::PerSecond),
     ("net_tx_errors_per_second", Unit::PerSecond),
 ];
-
-/// The three host thresholds; `disk_used_ratio` is judged per `mount`.
-pub fn thresholds(config: &HostConfig) -> Vec<Threshold> {
-    let t = |metric: &str, l: &Levels| Threshold {
-        metric: metric.to_string(),
-        degraded: l.degraded,
-        unhealthy: Some(l.unhealthy),
-        sustained: l.sustained,
-        below: false,
-    };
-    vec![
-        t("cpu_used_ratio", &config.cpu),
-        t("memory_used_ratio", &config.memory),
-        t("disk_used_ratio", &config.disk),
-    ]
-}
 
 /// What to watch, fixed at construction.
 #[derive(Debug)]
