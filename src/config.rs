@@ -392,6 +392,10 @@ impl Config {
     }
 
     fn validate_maintenance(&self, bad: &mut dyn FnMut(&[&str], String)) {
+        for (path, msg) in self.maintenance.validate_budget() {
+            let path: Vec<&str> = path.iter().map(String::as_str).collect();
+            bad(&path, msg);
+        }
         for (name, m) in &self.maintenance {
             let n = name.as_str();
             if !valid_name(name) {

@@ -1,6 +1,6 @@
 //! `upkeep check-config`: validates a config (an invalid one is a
 //! [`CliError::Config`]) and prints the largest size its history file can
-//! reach. Called by [`super::dispatch`].
+//! reach, and the budget of maintenance backups. Called by [`super::dispatch`].
 
 use std::path::Path;
 
@@ -45,5 +45,24 @@ pub(super) fn check_config(path: Option<&Path>) -> Result<(), CliError> {
         "  plus the write-ahead log, truncated to {:.0} MiB after each checkpoint",
         mib(store::WAL_LIMIT_BYTES)
     );
+    let m = &config.maintenance;
+    println!(
+        "maintenance backup budget: {} bytes ({:.1} MiB) in all, each kept {}{}",
+        m.max_backup_bytes,
+        mib(m.max_backup_bytes),
+        humantime::format_duration(m.keep_backups),
+        if m.is_empty() { " (no tasks)" } else { "" }
+    );
+    for name in m.keys() {
+        let (keep, max) = (m.keep_backups_of(name), m.max_backup_bytes_of(name));
+        if keep != m.keep_backups || max != m.max_backup_bytes {
+            println!(
+                "  {name}: {:.1} MiB, each kept {}",
+                mib(max),
+                humantime::format_duration(keep)
+            );
+        }
+    }
+    println!("  the newest successful run's backup of each task is kept beyond the budget");
     Ok(())
 }

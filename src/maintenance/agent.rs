@@ -36,7 +36,12 @@ pub struct Maintenance {
     schedulers: Mutex<CancellationToken>,
     /// The latest `window = "auto"` choice (or why there is none) per task.
     auto: Mutex<std::collections::BTreeMap<String, Result<AutoChoice, String>>>,
+    /// Wakes the backup pruner early: a run just ended.
+    prune_now: Arc<tokio::sync::Notify>,
 }
+
+/// How often backups are pruned when no run wakes the pruner sooner.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 impl Maintenance {
     pub fn new(config: Arc<Config>, data_dir: PathBuf) -> Arc<Maintenance> {
@@ -52,6 +57,7 @@ impl Maintenance {
             stop,
             schedulers: Mutex::new(CancellationToken::new()),
             auto: Mutex::new(Default::default()),
+            prune_now: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -59,9 +65,14 @@ impl Maintenance {
         self.runner.read().expect("runner lock").clone()
     }
 
-    /// Starts one scheduler per task of the current config.
+    /// Starts one scheduler per task of the current config, and the
+    /// backup pruner.
     pub fn start(self: &Arc<Self>) {
         let token = self.schedulers.lock().expect("schedulers lock").clone();
+        let me = self.clone();
+        let prune_token = token.clone();
+        self.runs
+            .spawn(async move { me.prune_loop(prune_token).await });
         let names: Vec<String> = self.runner().config.maintenance.keys().cloned().collect();
         for name in names {
             let me = self.clone();
@@ -98,6 +109,42 @@ impl Maintenance {
             tracing::warn!(
                 "a maintenance run did not reach a safe point within {grace:?}; its batch in flight is rolled back by the server, and the ledger marks the run interrupted at the next start"
             );
+        }
+    }
+
+    /// Prunes backups now, hourly, and whenever a run ends, until `token`
+    /// is cancelled (a reload starts a new loop with the new budget).
+    async fn prune_loop(self: Arc<Self>, token: CancellationToken) {
+        loop {
+            let runner = self.runner();
+            let data_dir = self.data_dir.clone();
+            let pass = tokio::task::spawn_blocking(move || {
+                super::prune::prune(&data_dir, &runner.config.maintenance, now_ms())
+            })
+            .await;
+            match pass {
+                Ok(Ok(report)) => {
+                    if !report.pruned.is_empty() || !report.failed.is_empty() {
+                        tracing::info!(
+                            pruned = report.pruned.len(),
+                            kept_bytes = report.kept_bytes,
+                            "maintenance backups pruned{}",
+                            if report.failed.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; not removed: {}", report.failed.join("; "))
+                            }
+                        );
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!("maintenance backups not pruned: {e}"),
+                Err(e) => tracing::warn!("maintenance backup pruning panicked: {e}"),
+            }
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = self.prune_now.notified() => {}
+                _ = tokio::time::sleep(PRUNE_EVERY) => {}
+            }
         }
     }
 
@@ -144,7 +191,9 @@ impl Maintenance {
                 dry_run: false,
                 ignore_window: false,
             };
-            match runner.run(req, auto.as_ref(), None).await {
+            let result = runner.run(req, auto.as_ref(), None).await;
+            self.prune_now.notify_one();
+            match result {
                 Ok(f) => {
                     tracing::info!(task = %name, run_id = f.run_id, status = %f.status, "scheduled maintenance run ended")
                 }
@@ -180,9 +229,12 @@ impl Maintenance {
             dry_run: false,
             ignore_window: false,
         };
-        let handle = self
-            .runs
-            .spawn(async move { runner.run(req, auto.as_ref(), Some(tx)).await });
+        let prune_now = self.prune_now.clone();
+        let handle = self.runs.spawn(async move {
+            let result = runner.run(req, auto.as_ref(), Some(tx)).await;
+            prune_now.notify_one();
+            result
+        });
         match rx.await {
             Ok(id) => Ok(id),
             Err(_) => match handle.await {

@@ -310,6 +310,45 @@ impl MaintenanceSection {
     }
 }
 
+/// Shortest `keep_backups`: a rollback needs its backup for longer than
+/// the run takes to be noticed.
+const MIN_KEEP_BACKUPS: Duration = Duration::from_secs(3600);
+/// Smallest `max_backup_bytes`.
+const MIN_BACKUP_BYTES: u64 = 1 << 20;
+
+impl MaintenanceSection {
+    /// Problems of the backup budget, the section's and each task's, as
+    /// (key path, message).
+    pub fn validate_budget(&self) -> Vec<(Vec<String>, String)> {
+        let mut out = Vec::new();
+        let mut check = |path: Vec<String>, keep: Option<Duration>, max: Option<u64>| {
+            if keep.is_some_and(|k| k < MIN_KEEP_BACKUPS) {
+                let mut p = path.clone();
+                p.push("keep_backups".into());
+                out.push((p, "must be at least 1h".into()));
+            }
+            if max.is_some_and(|m| m < MIN_BACKUP_BYTES) {
+                let mut p = path;
+                p.push("max_backup_bytes".into());
+                out.push((p, "must be at least 1 MiB (1048576)".into()));
+            }
+        };
+        let root = vec!["maintenance".to_string()];
+        check(
+            root.clone(),
+            Some(self.keep_backups),
+            Some(self.max_backup_bytes),
+        );
+        for (name, t) in &self.tasks {
+            let c = t.common();
+            let mut path = root.clone();
+            path.push(name.clone());
+            check(path, c.keep_backups, c.max_backup_bytes);
+        }
+        out
+    }
+}
+
 impl Serialize for MaintenanceSection {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;

@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod lock;
 pub mod postgres_analyze;
 pub mod postgres_retention;
+pub mod prune;
 pub mod runner;
 pub mod schedule;
 #[cfg(test)]

@@ -514,6 +514,24 @@ pub fn runs(conn: &Connection, task: Option<&str>, limit: usize) -> rusqlite::Re
         .collect()
 }
 
+/// One run without its steps.
+pub fn run_only(conn: &Connection, id: i64) -> rusqlite::Result<Option<RunRow>> {
+    let sql = format!(
+        "SELECT {} FROM maintenance_runs WHERE id = ?1",
+        run_columns(conn)?
+    );
+    conn.query_row(&sql, [id], run_row).optional()
+}
+
+/// The newest run of `task` that changed something and succeeded.
+pub fn newest_succeeded(conn: &Connection, task: &str) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(
+        "SELECT max(id) FROM maintenance_runs WHERE task = ?1 AND status = ?2 AND NOT dry_run",
+        params![task, RunStatus::Succeeded],
+        |r| r.get(0),
+    )
+}
+
 /// One run with its steps.
 pub fn run(conn: &Connection, id: i64) -> rusqlite::Result<Option<(RunRow, Vec<StepRow>)>> {
     let sql = format!(
