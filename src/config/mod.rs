@@ -1,0 +1,184 @@
+//! The typed TOML schema of `agent.toml` and its defaults, composed of each
+//! seam's own config types. Validation (`validate.rs`, every problem at
+//! once) and reading a file with FILE:LINE:COL errors (`errors.rs`) sit
+//! beside it. Nothing here opens a connection or touches the history file;
+//! `App::start` builds the running agent from a validated `Config`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+mod errors;
+mod validate;
+
+pub use errors::{ConfigError, ConfigIssue, line_col};
+pub use validate::valid_name;
+
+// Each seam keeps its config types in its own folder; these names are the
+// ones the rest of the crate (and the tests) have always used.
+pub use crate::probes::config::{ProbeCommon, ProbeConfig, ProbeSet, Threshold};
+pub use crate::probes::host::{HostConfig, Levels};
+
+/// A parsed and validated configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub agent: AgentConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub history: HistoryConfig,
+    #[serde(default)]
+    pub host: HostConfig,
+    /// `[probe.NAME]` tables: keyed, so names are unique by construction.
+    #[serde(default)]
+    pub probe: BTreeMap<String, ProbeConfig>,
+    /// `[maintenance]`: the backup budget, and `[maintenance.NAME]` tables,
+    /// the maintenance tasks.
+    #[serde(default)]
+    pub maintenance: crate::maintenance::config::MaintenanceSection,
+}
+
+impl<'a> From<&'a Config> for ProbeSet<'a> {
+    fn from(c: &'a Config) -> ProbeSet<'a> {
+        ProbeSet {
+            host: &c.host,
+            probes: &c.probe,
+            interval: c.agent.interval,
+            failure_threshold: c.agent.failure_threshold,
+            success_threshold: c.agent.success_threshold,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Default probe interval.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Where the history file lives; resolved at start when unset.
+    pub data_dir: Option<PathBuf>,
+    /// Name of this host in API output; the system host name when unset.
+    pub hostname: Option<String>,
+    /// Ticks in a row before a worse status is believed.
+    pub failure_threshold: u32,
+    /// Ticks in a row before a better status is believed.
+    pub success_threshold: u32,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            interval: Duration::from_secs(10),
+            data_dir: None,
+            hostname: None,
+            failure_threshold: 3,
+            success_threshold: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub enabled: bool,
+    /// Address the API binds to; loopback by default.
+    pub listen: String,
+    /// File holding the bearer token of the mutating routes (first line,
+    /// mode 0640 or stricter). Unset: those routes are disabled. Required
+    /// when `listen` is not a loopback address.
+    pub token_file: Option<PathBuf>,
+    /// Host names, besides localhost, 127.0.0.1, [::1] and the listen
+    /// address, that requests may name in their Host header (a guard
+    /// against DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            enabled: true,
+            listen: "127.0.0.1:8711".to_string(),
+            token_file: None,
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+/// One RRD tier: buckets of `step`, kept for `span`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    #[serde(with = "humantime_serde")]
+    pub step: Duration,
+    #[serde(with = "humantime_serde")]
+    pub span: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Finest first. Each step divides the next; each span holds at least two
+    /// steps of the next tier (the next tier is rebuilt from it after a crash).
+    pub tiers: Vec<TierConfig>,
+    /// Series beyond this many are not stored (counted and logged once).
+    pub max_series: u32,
+    /// Status-transition events kept, newest first.
+    pub max_events: u32,
+    /// Agent runs remembered (each start of the agent is one).
+    pub max_runs: u32,
+    /// Shortest probe interval the size bound assumes; shorter intervals are
+    /// rejected by validation.
+    #[serde(with = "humantime_serde")]
+    pub min_interval: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        let t = |step: u64, span: u64| TierConfig {
+            step: Duration::from_secs(step),
+            span: Duration::from_secs(span),
+        };
+        const DAY: u64 = 86_400;
+        HistoryConfig {
+            tiers: vec![
+                t(10, DAY),
+                t(60, 7 * DAY),
+                t(3600, 400 * DAY),
+                t(DAY, 3650 * DAY),
+            ],
+            max_series: 500,
+            max_events: 100_000,
+            max_runs: 10_000,
+            min_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Config {
+    /// The hostname to report.
+    pub fn hostname(&self) -> String {
+        self.agent
+            .hostname
+            .clone()
+            .or_else(sysinfo::System::host_name)
+            .unwrap_or_else(|| "localhost".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_text_is_the_default_config() {
+        let c = Config::parse("a.toml", "").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.history.tiers.len(), 4);
+        assert_eq!(c.api.listen, "127.0.0.1:8711");
+    }
+}
