@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::probes::{ProbeConfig, ProbeKind};
+
 /// Adds the runner's fields to a task kind's config struct, so that
 /// `deny_unknown_fields` covers both (serde cannot flatten into a struct
 /// that denies unknown fields).
@@ -85,16 +87,13 @@ pub struct TaskCommon<'a> {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The probe configs a task may refer to, by name.
-pub type Probes = std::collections::BTreeMap<String, crate::probes::ProbeConfig>;
+pub type Probes = BTreeMap<String, ProbeConfig>;
 
-/// What every task kind's config says about itself. Each kind implements
-/// it next to its config struct; [`TaskConfig`] dispatches with an
-/// exhaustive match, so a kind that lacks a fact does not compile.
+/// What every task kind's config says about itself beyond its name (the
+/// registry below) and its runner fields ([`task_config!`]). Each kind
+/// implements it next to its config struct; [`TaskConfig`] dispatches with
+/// an exhaustive match, so a kind that lacks a fact does not compile.
 pub trait TaskKind {
-    /// Its `kind = "..."` name.
-    fn kind(&self) -> &'static str;
-    /// The runner's fields (from [`task_config!`]).
-    fn common(&self) -> TaskCommon<'_>;
     /// The probe whose connection settings the task uses: `None` for a kind
     /// that needs no probe (files, logs), which is then guarded by its
     /// `guard` list alone, or gated by its window alone.
@@ -120,56 +119,80 @@ pub trait TaskKind {
 pub fn need_probe<'a>(
     probes: &'a Probes,
     name: &str,
-    probe_kind: &str,
+    probe_kind: ProbeKind,
     task_kind: &str,
-) -> Result<&'a crate::probes::ProbeConfig, String> {
+) -> Result<&'a ProbeConfig, String> {
     match probes.get(name) {
-        Some(p) if p.kind() == probe_kind => Ok(p),
+        Some(p) if p.probe_kind() == probe_kind => Ok(p),
         Some(other) => Err(format!(
-            "`{name}` is a {} probe; a {task_kind} task needs a {probe_kind} probe",
-            other.kind()
+            "`{name}` is a {} probe; a {task_kind} task needs a {} probe",
+            other.kind(),
+            probe_kind.name()
         )),
         None => Err(format!("no probe `{name}` is configured ([probe.{name}])")),
     }
 }
 
-/// `[maintenance.NAME]` with `kind = "..."`: THE registry of task kinds.
-/// A new kind is one variant here, one `KINDS` entry (a test checks the
-/// two agree) and one commented block in `agent.toml.example`.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum TaskConfig {
-    PostgresRetention(super::postgres_retention::RetentionConfig),
-    PostgresAnalyze(super::postgres_analyze::AnalyzeConfig),
-    /// A kind that needs no probe, for the runner's own tests.
-    #[cfg(test)]
-    Scratch(super::scratch::ScratchConfig),
+/// Declares THE registry of task kinds from one list: the `TaskConfig`
+/// enum (`[maintenance.NAME]` with `kind = "..."`), `TaskConfig::KINDS`
+/// and the dispatch to each kind's [`TaskKind`] facts. Kinds under
+/// `test_only` exist in unit tests alone.
+macro_rules! task_kinds {
+    (
+        kinds { $($v:ident = $name:literal => $ty:ty,)* }
+        test_only { $($tv:ident = $tname:literal => $tty:ty,)* }
+    ) => {
+        /// `[maintenance.NAME]` with `kind = "..."`: one variant per kind.
+        #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+        #[serde(tag = "kind")]
+        pub enum TaskConfig {
+            $(#[serde(rename = $name)] $v($ty),)*
+            $(#[cfg(test)] #[serde(rename = $tname)] $tv($tty),)*
+        }
+
+        impl TaskConfig {
+            /// Every kind's `kind = "..."` name (checked against serde and
+            /// `agent.toml.example` in tests).
+            pub const KINDS: &'static [&'static str] = &[$($name,)*];
+
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(TaskConfig::$v(_) => $name,)*
+                    $(#[cfg(test)] TaskConfig::$tv(_) => $tname,)*
+                }
+            }
+
+            pub fn common(&self) -> TaskCommon<'_> {
+                match self {
+                    $(TaskConfig::$v(c) => c.common(),)*
+                    $(#[cfg(test)] TaskConfig::$tv(c) => c.common(),)*
+                }
+            }
+
+            fn facts(&self) -> &dyn TaskKind {
+                match self {
+                    $(TaskConfig::$v(c) => c,)*
+                    $(#[cfg(test)] TaskConfig::$tv(c) => c,)*
+                }
+            }
+        }
+    };
+}
+
+task_kinds! {
+    kinds {
+        PostgresRetention = "postgres_retention" => super::postgres_retention::RetentionConfig,
+        PostgresAnalyze = "postgres_analyze" => super::postgres_analyze::AnalyzeConfig,
+    }
+    test_only {
+        Scratch = "scratch" => super::scratch::ScratchConfig,
+    }
 }
 
 /// Alias: the table under `[maintenance]` is a task config.
 pub type MaintenanceConfig = TaskConfig;
 
 impl TaskConfig {
-    /// Every kind's `kind = "..."` name (checked against serde in a test).
-    pub const KINDS: &'static [&'static str] = &["postgres_retention", "postgres_analyze"];
-
-    fn facts(&self) -> &dyn TaskKind {
-        match self {
-            TaskConfig::PostgresRetention(c) => c,
-            TaskConfig::PostgresAnalyze(c) => c,
-            #[cfg(test)]
-            TaskConfig::Scratch(c) => c,
-        }
-    }
-
-    pub fn kind(&self) -> &'static str {
-        self.facts().kind()
-    }
-
-    pub fn common(&self) -> TaskCommon<'_> {
-        self.facts().common()
-    }
-
     /// The probe whose connection settings the task uses, if its kind needs one.
     pub fn probe(&self) -> Option<&str> {
         self.facts().probe()

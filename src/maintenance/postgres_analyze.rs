@@ -37,20 +37,17 @@ fn default_statement_timeout() -> std::time::Duration {
 }
 
 impl super::config::TaskKind for AnalyzeConfig {
-    fn kind(&self) -> &'static str {
-        "postgres_analyze"
-    }
-    fn common(&self) -> super::config::TaskCommon<'_> {
-        AnalyzeConfig::common(self)
-    }
     fn probe(&self) -> Option<&str> {
         Some(&self.probe)
     }
     fn validate(&self, probes: &super::config::Probes) -> Vec<(&'static str, String)> {
         let mut out = Self::validate(self);
-        if let Err(e) =
-            super::config::need_probe(probes, &self.probe, "postgres", "postgres_analyze")
-        {
+        if let Err(e) = super::config::need_probe(
+            probes,
+            &self.probe,
+            crate::probes::ProbeKind::Postgres,
+            "postgres_analyze",
+        ) {
             out.push(("probe", e));
         }
         out

@@ -81,20 +81,17 @@ fn default_statement_timeout() -> Duration {
 pub const MAX_BATCH: u64 = 100_000;
 
 impl super::config::TaskKind for RetentionConfig {
-    fn kind(&self) -> &'static str {
-        "postgres_retention"
-    }
-    fn common(&self) -> super::config::TaskCommon<'_> {
-        RetentionConfig::common(self)
-    }
     fn probe(&self) -> Option<&str> {
         Some(&self.probe)
     }
     fn validate(&self, probes: &super::config::Probes) -> Vec<(&'static str, String)> {
         let mut out = Self::validate(self);
-        if let Err(e) =
-            super::config::need_probe(probes, &self.probe, "postgres", "postgres_retention")
-        {
+        if let Err(e) = super::config::need_probe(
+            probes,
+            &self.probe,
+            crate::probes::ProbeKind::Postgres,
+            "postgres_retention",
+        ) {
             out.push(("probe", e));
         }
         out

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::config::{Probes, TaskCommon, TaskKind};
+use super::config::{Probes, TaskKind};
 use super::{AnyTask, Backup, Batch, Cx, Plan, Task, TaskError, Verdict};
 
 crate::task_config! {
@@ -25,12 +25,6 @@ crate::task_config! {
 }
 
 impl TaskKind for ScratchConfig {
-    fn kind(&self) -> &'static str {
-        "scratch"
-    }
-    fn common(&self) -> TaskCommon<'_> {
-        ScratchConfig::common(self)
-    }
     fn probe(&self) -> Option<&str> {
         None
     }
