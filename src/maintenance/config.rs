@@ -133,6 +133,32 @@ pub fn need_probe<'a>(
     }
 }
 
+/// A kind's own problems plus, when its `probe` is missing or of another
+/// kind than `probe_kind`, that one on the `probe` field.
+pub fn with_probe_check(
+    mut own: Vec<(&'static str, String)>,
+    probes: &Probes,
+    name: &str,
+    probe_kind: ProbeKind,
+    task_kind: &str,
+) -> Vec<(&'static str, String)> {
+    if let Err(e) = need_probe(probes, name, probe_kind, task_kind) {
+        own.push(("probe", e));
+    }
+    own
+}
+
+/// The postgres probe `name`, whose connection settings a task uses.
+pub fn postgres_probe<'a>(
+    probes: &'a Probes,
+    name: &str,
+) -> Option<&'a crate::probes::postgres::PostgresConfig> {
+    match probes.get(name)? {
+        ProbeConfig::Postgres(pg) => Some(pg),
+        _ => None,
+    }
+}
+
 /// Declares THE registry of task kinds from one list: the `TaskConfig`
 /// enum (`[maintenance.NAME]` with `kind = "..."`), `TaskConfig::KINDS`
 /// and the dispatch to each kind's [`TaskKind`] facts. Kinds under

@@ -12,6 +12,7 @@ use super::{Backup, Batch, Cx, Plan, Task, TaskError, Verdict};
 use crate::clients::postgres::catalog;
 use crate::clients::postgres::{Session, millis, qualified_name, rfc3339_sql};
 use crate::fmt::count;
+use crate::probes::ProbeKind;
 use crate::probes::postgres::PostgresConfig;
 
 crate::task_config! {
@@ -41,24 +42,18 @@ impl super::config::TaskKind for AnalyzeConfig {
         Some(&self.probe)
     }
     fn validate(&self, probes: &super::config::Probes) -> Vec<(&'static str, String)> {
-        let mut out = Self::validate(self);
-        if let Err(e) = super::config::need_probe(
+        let own = Self::validate(self);
+        super::config::with_probe_check(
+            own,
             probes,
             &self.probe,
-            crate::probes::ProbeKind::Postgres,
+            ProbeKind::Postgres,
             "postgres_analyze",
-        ) {
-            out.push(("probe", e));
-        }
-        out
+        )
     }
     fn build(&self, name: &str, probes: &super::config::Probes) -> Option<super::AnyTask> {
-        match probes.get(&self.probe)? {
-            crate::probes::ProbeConfig::Postgres(pg) => {
-                Some(Box::new(AnalyzeTask::new(name, self, pg)))
-            }
-            _ => None,
-        }
+        let pg = super::config::postgres_probe(probes, &self.probe)?;
+        Some(Box::new(AnalyzeTask::new(name, self, pg)))
     }
 }
 

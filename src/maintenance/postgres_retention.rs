@@ -23,6 +23,7 @@ use serde_json::json;
 use super::{Backup, Batch, Cx, Plan, Task, TaskError, Verdict};
 use crate::clients::postgres::{Session, identifier, millis, qualified_name, rfc3339_sql};
 use crate::fmt::{bytes, count};
+use crate::probes::ProbeKind;
 use crate::probes::postgres::PostgresConfig;
 use archive::ArchiveWriter;
 use run::{BackupDetails, FORMAT_FILE, FORMAT_TABLE, PlanDetails, Run, recount, xact_status};
@@ -85,24 +86,18 @@ impl super::config::TaskKind for RetentionConfig {
         Some(&self.probe)
     }
     fn validate(&self, probes: &super::config::Probes) -> Vec<(&'static str, String)> {
-        let mut out = Self::validate(self);
-        if let Err(e) = super::config::need_probe(
+        let own = Self::validate(self);
+        super::config::with_probe_check(
+            own,
             probes,
             &self.probe,
-            crate::probes::ProbeKind::Postgres,
+            ProbeKind::Postgres,
             "postgres_retention",
-        ) {
-            out.push(("probe", e));
-        }
-        out
+        )
     }
     fn build(&self, name: &str, probes: &super::config::Probes) -> Option<super::AnyTask> {
-        match probes.get(&self.probe)? {
-            crate::probes::ProbeConfig::Postgres(pg) => {
-                Some(Box::new(RetentionTask::new(name, self, pg)))
-            }
-            _ => None,
-        }
+        let pg = super::config::postgres_probe(probes, &self.probe)?;
+        Some(Box::new(RetentionTask::new(name, self, pg)))
     }
     fn batch_size(&self) -> u64 {
         self.batch_size
