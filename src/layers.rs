@@ -22,6 +22,14 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("store", "web"),
     ("store", "app"),
     ("store", "report"),
+    // `[history]` is the store's own (`store::config`); the root composes it.
+    ("store", "config"),
+    // Connections shared by probes and tasks know neither.
+    ("clients", "config"),
+    ("clients", "maintenance"),
+    ("clients", "store"),
+    ("clients", "web"),
+    ("clients", "app"),
     ("maintenance", "web"),
     ("maintenance", "app"),
     ("maintenance", "cli"),

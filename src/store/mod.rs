@@ -12,6 +12,7 @@
 //! - `agent_runs`: when the agent was running, so downtime reads as no data.
 
 pub mod chunk;
+pub mod config;
 pub mod ledger;
 pub mod reader;
 pub mod tiers;
@@ -402,8 +403,8 @@ impl Event {
 
 #[cfg(test)]
 mod tests {
+    use super::config::HistoryConfig;
     use super::*;
-    use crate::config::HistoryConfig;
     use crate::store::writer::{RunInfo, Writer};
 
     const MIN: Ts = 60_000;

@@ -3,7 +3,7 @@
 //! the config.
 
 use super::chunk::CHUNK_BUCKETS;
-use crate::config::HistoryConfig;
+use super::config::HistoryConfig;
 use crate::sample::Ts;
 
 /// One RRD tier: buckets of `step_ms` kept for `span_ms`, in table `table`.

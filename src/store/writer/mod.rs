@@ -24,9 +24,9 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, params};
 
-use crate::config::HistoryConfig;
 use crate::sample::{SeriesKey, Ts, Unit};
 use crate::store::chunk::ChunkSql;
+use crate::store::config::HistoryConfig;
 use crate::store::tiers::{self, Agg, MAX_KEY_BYTES, MAX_MESSAGE_BYTES, Tier};
 use crate::store::{Event, FILE_NAME, StoreError, move_aside, sql_err};
 use recovery::{open_checked, quick_check};
