@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::util::{
-    Agent, Table, free_port, get, history_sql, request, stderr, stdout, temp_dir, upkeep,
-    write_file,
+    Agent, Table, free_port, get, history_sql, psql, request, stderr, stdout, temp_dir, upkeep,
+    wait_for, write_file,
 };
 
 /// A config with the task `trim` on `table`, guarded by `guard` (a tcp
@@ -657,4 +657,94 @@ fn the_agent_runs_both_kinds_on_their_schedule() {
     let (code, _, err) = agent.wait_exit(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{err}");
     drop(guard);
+}
+
+/// Backups are pruned by the agent: a retention run's archive past
+/// `keep_backups` goes (recorded in the ledger, then refused for rollback),
+/// while the newest successful run keeps its backup however old it is.
+#[test]
+fn the_agent_prunes_old_backups_but_keeps_the_newest_success() {
+    let t = Table::new("upkeep_mp", 4_000, 1_200); // 4k rows over 55 days
+    let dir = temp_dir();
+    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = config(
+        dir.path(),
+        &t.name(),
+        &guard.local_addr().unwrap().to_string(),
+        "batch_size = 500\npause = \"0s\"",
+        "[maintenance]\nkeep_backups = \"7d\"\n",
+    );
+    let data = dir.path().join("data");
+    let run = |args: &[&str]| {
+        let out = cli(&cfg, &data, args);
+        assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+        let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        doc["tasks"][0]["details"]["run_id"].as_i64().unwrap()
+    };
+    let first = run(&["run", "trim"]);
+    // Rows that aged past the cutoff since: the second run has work too.
+    psql(&format!(
+        "UPDATE {} SET created_at = created_at - interval '40 days' WHERE id BETWEEN 1000 AND 1200",
+        t.name()
+    ));
+    let second = run(&["run", "trim"]);
+    let backup = |id: i64| data.join("backups").join("trim").join(id.to_string());
+    assert!(backup(first).join("rows.jsonl.gz").exists());
+    assert!(backup(second).join("rows.jsonl.gz").exists());
+    // Both runs ended weeks ago, as far as the ledger knows.
+    rusqlite::Connection::open(data.join("history.db"))
+        .unwrap()
+        .execute(
+            "UPDATE maintenance_runs SET started_ms = started_ms - 20 * 86400000, ended_ms = ended_ms - 20 * 86400000",
+            [],
+        )
+        .unwrap();
+
+    let port = free_port();
+    let api = format!("[api]\nlisten = \"127.0.0.1:{port}\"\n");
+    let cfg_agent = config(
+        dir.path(),
+        &t.name(),
+        &guard.local_addr().unwrap().to_string(),
+        "",
+        &format!("{api}\n[maintenance]\nkeep_backups = \"7d\"\n"),
+    );
+    let agent = Agent::start(Some(&cfg_agent), &data, port);
+    wait_for("the first run's backup to be pruned", || {
+        !backup(first).exists()
+    });
+    assert!(
+        backup(second).join("rows.jsonl.gz").exists(),
+        "the newest successful run's backup was pruned"
+    );
+    let pruned: Option<i64> = history_sql(&data)
+        .query_row(
+            "SELECT backup_pruned_ms FROM maintenance_runs WHERE id = ?1",
+            [first],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(pruned.is_some());
+    drop(agent);
+
+    let out = cli(&cfg, &data, &["show", &first.to_string()]);
+    let text = stdout(&out);
+    assert!(text.contains(" prune "), "{text}");
+    assert!(text.contains("past keep_backups 7 days"), "{text}");
+    let out = cli(&cfg, &data, &["rollback", &first.to_string()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("its backup was pruned at"),
+        "{}",
+        stderr(&out)
+    );
+    // The kept backup still rolls its run back.
+    let out = cli(&cfg, &data, &["rollback", &second.to_string()]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let out = cli(&cfg, &data, &["runs"]);
+    assert!(
+        stdout(&out).contains("succeeded, then rolled back"),
+        "{}",
+        stdout(&out)
+    );
 }
