@@ -1,21 +1,41 @@
 //! upkeep: a per-host health and maintenance agent.
 //!
 //! # Layout
-//! - `config`: the TOML schema, defaults and `validate()` (every problem at once).
+//! Layers point one way (`layers` checks it): `cli` → `app` → `web` →
+//! `maintenance` → `store` → `probes`, `clients` → `sample`, `fmt`,
+//! `analysis`; `config` composes each seam's own config types.
+//!
+//! - `config/`: the `agent.toml` schema composed of the seams' config types
+//!   (`mod.rs`), `validate.rs` (every problem at once), `errors.rs` (FILE:LINE:COL).
 //! - `sample`: series keys, readings, timestamps and statuses shared by all parts.
-//! - `fmt`: times (RFC 3339, one precision), bytes and counts as printed by every part.
-//! - `probes`: the `Probe` trait, the registry of kinds, thresholds and flap
-//!   damping; `probes::runner` drives one probe on its schedule; one file per kind.
+//! - `fmt`: times (RFC 3339 to the millisecond, `parse_time`), bytes and
+//!   counts as every part prints them.
+//! - `probes`: the `Probe` trait, thresholds and flap damping; `probes::config`
+//!   is the registry of kinds (`probe_kinds!`, `KindFacts`); `probes::runner`
+//!   drives one probe on its schedule; one file or folder per kind.
 //! - `clients`: PostgreSQL and Redis connections shared by probes and maintenance
 //!   tasks: connect from a probe's settings, sessions, identifier quoting.
 //! - `recorder`: the single writer; turns outcomes into live state, events and history.
-//! - `store`: the SQLite history file: writer, read-only reader, RRD tiers and the
-//!   size bound that follows from the config.
+//! - `store`: the SQLite history file and every table in it: `writer/`
+//!   (recovery, flush, trim), `reader`, `chunk`, `tiers` (and the size bound),
+//!   `ledger` (the maintenance tables `maintenance_runs`, `maintenance_steps`,
+//!   `RunStatus`, `Step`).
+//! - `maintenance`: the `Task` trait and what a run passes between its steps.
+//!   - `config`: the task registry `TaskConfig`, `TaskKind`, `task_config!`,
+//!     the `[maintenance]` backup budget.
+//!   - `runner/`: one run or rollback (`Runner`); `drive` (gate, plan, backup,
+//!     batches, validate, one abort path), `guard`, `pacing`.
+//!   - `ledger`: the seed's `MaintenanceResult` over `store::ledger`.
+//!   - `prune` (backups past their age or budget), `schedule` (cron, windows,
+//!     `auto`), `lock` (one run per task, across processes), `agent` (the
+//!     agent's schedulers), `view` (tasks and runs for the API and the page).
+//!   - the kinds: `postgres_retention/`, `postgres_analyze`; `scratch`
+//!     (tests only, needs no probe).
 //! - `live`: in-memory state: probe health, rings of recent values.
 //! - `analysis`: pure functions: trend, forecast with confidence, uptime with coverage.
 //! - `cli`: the `upkeep` command line: clap definitions, one file per command
-//!   group, and their output (`cli::report`: the read commands over a `Reader`).
-//! - `web`: the local HTTP server.
+//!   group, and their output (`cli::report`, `cli::maintenance::report`).
+//! - `web`: the local HTTP server: the API, `/metrics`, the status page.
 //! - `app`: starts, reloads and stops the whole agent.
 //! - `paths`: where config and data live when not given.
 //! - `systemd`: READY/STOPPING notifications and a watchdog fed by probe and recorder progress.
