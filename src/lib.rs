@@ -19,7 +19,7 @@
 //! - `store`: the SQLite history file and every table in it: `writer/`
 //!   (recovery, flush, trim), `reader`, `chunk`, `tiers` (and the size bound),
 //!   `ledger` (the maintenance tables `maintenance_runs`, `maintenance_steps`,
-//!   `RunStatus`, `Step`).
+//!   `RunStatus`, `Step`), `config` (`[history]`).
 //! - `maintenance`: the `Task` trait and what a run passes between its steps.
 //!   - `config`: the task registry `TaskConfig`, `TaskKind`, `task_config!`,
 //!     the `[maintenance]` backup budget.

@@ -1,6 +1,6 @@
 //! Maintenance: the `Task` trait every kind implements, the registry of
-//! kinds (`TaskConfig`), and the types a run passes between its steps. The
-//! runner (`runner.rs`) owns everything around a task — gate, schedule and
+//! kinds (`TaskConfig`, in `config.rs`), and the types a run passes between
+//! its steps. The runner (`runner/`) owns everything around a task — gate, schedule and
 //! window, the cross-process lock, the health guard between batches,
 //! pacing, timeouts and the ledger — so that a task only says what it would
 //! change, saves it, changes it a batch at a time, checks the result and
@@ -8,7 +8,9 @@
 //!
 //! A run: gate → plan → backup → batches (guard between) → validate →
 //! rollback when validation fails; every step goes to the ledger
-//! (`maintenance_runs`, `maintenance_steps` in the history file).
+//! (`maintenance_runs`, `maintenance_steps` in the history file, whose SQL
+//! is the store's: `store::ledger`). `prune.rs` keeps the runs' backups
+//! within their budget.
 
 pub mod agent;
 pub mod config;

@@ -6,10 +6,15 @@
 //! Layout (documented for `sqlite3` users in README):
 //! - `series`: the registry of series keys;
 //! - `tiers`: the configured tiers, their tables and watermarks;
-//! - `tier_<step>s`: one table per tier, `(series, bucket_ms)` ordered;
+//! - `tier_<step>s`: one table per tier, a row per series and chunk of
+//!   buckets (`chunk.rs`);
 //! - `journal`: samples not yet consolidated into the first tier;
 //! - `events`: status transitions and agent/history events;
-//! - `agent_runs`: when the agent was running, so downtime reads as no data.
+//! - `agent_runs`: when the agent was running, so downtime reads as no data;
+//! - `maintenance_runs`, `maintenance_steps`: the maintenance ledger
+//!   (`ledger.rs`).
+//!
+//! `config.rs` holds `[history]`, the store's own settings.
 
 pub mod chunk;
 pub mod config;
