@@ -423,6 +423,52 @@ mod tests {
         (bucket, x, x - 1.0, x + 2.5, 6, x + 0.25, bucket + 50_000)
     }
 
+    /// A ledger as 0.1.0 wrote it (schema 3): read as it is by the
+    /// read-only reader, then migrated by the writing side with every run
+    /// and step intact.
+    #[test]
+    fn a_version_3_ledger_reads_before_and_after_its_migration() {
+        use super::ledger::{self, Ledger, RunStatus, Step, Trigger};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        {
+            let mut conn = open_rw(&path).unwrap();
+            migrate_to(&mut conn, &path, 3).unwrap();
+            conn.execute_batch(
+                "INSERT INTO maintenance_runs (id, task, kind, trigger, dry_run, started_ms, ended_ms, status, rows_changed, batches, error)
+                   VALUES (7, 'trim', 'postgres_retention', 'api', 0, 1000, 2000, 'rolled_back', 12, 3, NULL),
+                          (8, 'trim', 'postgres_retention', 'schedule', 0, 3000, NULL, 'interrupted', 0, 0, 'gone');
+                 INSERT INTO maintenance_steps (run_id, ts_ms, step, rows, duration_ms, detail)
+                   VALUES (7, 1500, 'batch', 12, 40, 'batch 1'), (7, 1900, 'rollback', 12, 9, 'put back');",
+            )
+            .unwrap();
+        }
+        let check = |conn: &Connection| {
+            let (run, steps) = ledger::run(conn, 7).unwrap().unwrap();
+            assert_eq!(
+                (run.status, run.trigger, run.outcome, run.backup_pruned_ms),
+                (RunStatus::RolledBack, Trigger::Api, None, None)
+            );
+            let steps: Vec<Step> = steps.iter().map(|s| s.step).collect();
+            assert_eq!(steps, [Step::Batch, Step::Rollback]);
+            let last = ledger::last_runs(conn).unwrap();
+            assert_eq!(last[0].status, RunStatus::Interrupted);
+        };
+        let reader = Reader::open(dir.path()).expect("a version 3 file reads");
+        let runs = reader.maintenance_runs(None, 10).unwrap();
+        assert_eq!(runs.len(), 2);
+        check(&open_ro(&path).unwrap());
+        drop(reader);
+
+        let l = Ledger::open(dir.path()).unwrap();
+        let version: i64 = l
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        check(l.conn());
+    }
+
     #[test]
     fn a_version_2_file_is_converted_to_chunk_rows_and_reads_the_same() {
         let dir = tempfile::tempdir().unwrap();
