@@ -1,7 +1,8 @@
 //! The local API: every route through `warp::test` on a state built from a
 //! real history file, and through a real socket on the running agent; JSON
-//! shapes; errors; hostile requests (rebinding Host headers, oversized
-//! bodies, unknown routes, a 10-year query at 1 s); the bearer token of the
+//! shapes; errors; hostile requests (rebinding, repeated or port-less Host
+//! headers, absolute-form targets, oversized and chunked bodies, unknown
+//! routes and parameters, a 10-year query at 1 s); HEAD; the bearer token of the
 //! mutating route; the OpenAPI document against the routes; schemathesis
 //! against the running agent.
 
