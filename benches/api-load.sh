@@ -106,7 +106,7 @@ phase() {
     local w=$!
     if [ -n "$path" ]; then
         wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$work/rate.lua" \
-            -H "Host: 127.0.0.1" "http://127.0.0.1:$port$path" >"$work/wrk" 2>&1
+            -H "Host: 127.0.0.1:$port" "http://127.0.0.1:$port$path" >"$work/wrk" 2>&1
     else
         sleep "$DURATION"
     fi

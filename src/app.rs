@@ -124,6 +124,7 @@ impl App {
                     token,
                     Some(reload_tx),
                 )
+                .listening_on(addr)
                 .with_maintenance(maintenance.clone()),
             );
             web_tracker.spawn(web::serve(listener, shared, web_token.clone()));

@@ -270,7 +270,7 @@ fn post(port: u16, path: &str) -> crate::util::Answer {
     request(
         port,
         &format!(
-            "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer m41nt-t0ken\r\nContent-Length: 0\r\n\r\n"
+            "POST {path} HTTP/1.1\r\nHost: localhost:{port}\r\nAuthorization: Bearer m41nt-t0ken\r\nContent-Length: 0\r\n\r\n"
         ),
     )
     .expect("the agent answers")
@@ -322,7 +322,7 @@ fn the_agent_and_the_cli_never_run_one_task_at_once_and_the_api_runs_and_rolls_b
     assert_eq!(v["tasks"][0]["guards"], serde_json::json!(["db", "gate"]));
 
     // Without the token: refused.
-    let r = request(port, "POST /api/v1/maintenance/trim/run HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let r = request(port, &format!("POST /api/v1/maintenance/trim/run HTTP/1.1\r\nHost: localhost:{port}\r\nContent-Length: 0\r\n\r\n")).unwrap();
     assert_eq!(r.code, 401, "{}", r.body);
     assert_eq!(post(port, "/api/v1/maintenance/nope/run").code, 404);
 

@@ -301,7 +301,7 @@ impl Drop for Agent {
 pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let r = request(
         port,
-        &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+        &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"),
     )?;
     Some((r.code, r.body))
 }

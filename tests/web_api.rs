@@ -1,7 +1,8 @@
 //! The local API: every route through `warp::test` on a state built from a
 //! real history file, and through a real socket on the running agent; JSON
-//! shapes; errors; hostile requests (rebinding Host headers, oversized
-//! bodies, unknown routes, a 10-year query at 1 s); the bearer token of the
+//! shapes; errors; hostile requests (rebinding, repeated or port-less Host
+//! headers, absolute-form targets, oversized and chunked bodies, unknown
+//! routes and parameters, a 10-year query at 1 s); HEAD; the bearer token of the
 //! mutating route; the OpenAPI document against the routes; schemathesis
 //! against the running agent.
 
@@ -396,9 +397,9 @@ async fn every_route_answers_in_process_with_its_json_shape() {
     assert_eq!(doc["openapi"], "3.0.3");
     assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
 
-    let r = call(&s, "GET", "/-/healthy", "localhost").await;
+    let r = call(&s, "GET", "/-/healthy", "localhost:8711").await;
     assert_eq!((r.code, r.json()["status"].clone()), (200, "ok".into()));
-    let r = call(&s, "GET", "/-/ready", "localhost").await;
+    let r = call(&s, "GET", "/-/ready", "localhost:8711").await;
     assert_eq!(r.code, 200, "{}", r.body);
 }
 
@@ -430,7 +431,10 @@ async fn the_openapi_document_lists_every_route_and_only_routes_that_answer() {
             &s,
             &method.to_uppercase(),
             concrete,
-            &[("host", "localhost"), ("authorization", "Bearer wrong")],
+            &[
+                ("host", "localhost:8711"),
+                ("authorization", "Bearer wrong"),
+            ],
             b"",
         )
         .await;
@@ -486,7 +490,7 @@ async fn bad_parameters_are_400s_that_name_the_parameter() {
         ("/api/v1/events?limit=-1", "`limit`"),
         ("/api/v1/trends?window=1", "`window`"),
     ] {
-        let r = call(&s, "GET", path, "localhost").await;
+        let r = call(&s, "GET", path, "localhost:8711").await;
         assert_eq!(r.code, 400, "{path}: {}", r.body);
         let msg = r.json()["error"].as_str().unwrap().to_string();
         assert!(msg.contains(words), "{path}: {msg}");
@@ -495,7 +499,7 @@ async fn bad_parameters_are_400s_that_name_the_parameter() {
         &s,
         "GET",
         "/api/v1/query?key=host.nothing%3Cscript%3E",
-        "localhost",
+        "localhost:8711",
     )
     .await;
     assert_eq!(r.code, 404, "{}", r.body);
@@ -541,20 +545,28 @@ async fn host_headers_that_do_not_name_this_agent_are_refused() {
     };
     let s = state(dir.path(), None, api);
     for host in [
-        "localhost",
         "localhost:8711",
-        "LOCALHOST",
-        "127.0.0.1",
+        "LOCALHOST:8711",
         "127.0.0.1:8711",
-        "[::1]",
         "[::1]:8711",
-        "agent.example.org",
+        "agent.example.org:8711",
         "agent.example.org.:8711",
     ] {
         let r = call(&s, "GET", "/api/v1/info", host).await;
         assert_eq!(r.code, 200, "Host {host}: {}", r.body);
     }
     for host in [
+        // The port is part of the origin: a page served by another port
+        // of this host, or one that names no port (port 80), is foreign.
+        "localhost",
+        "LOCALHOST",
+        "127.0.0.1",
+        "[::1]",
+        "agent.example.org",
+        "localhost:8712",
+        "localhost:80",
+        "127.0.0.1:18711",
+        "[::1]:87110",
         "evil.example.com",
         "localhost.evil.example.com",
         "127.0.0.1.nip.io",
@@ -580,6 +592,22 @@ async fn host_headers_that_do_not_name_this_agent_are_refused() {
             assert!(!r.body.contains("test-host"));
         }
     }
+    // Listening on port 80, a Host without a port is how clients name it.
+    let dir = temp_dir();
+    let api = ApiConfig {
+        listen: "127.0.0.1:80".into(),
+        ..ApiConfig::default()
+    };
+    let s = state(dir.path(), None, api);
+    for (host, code) in [
+        ("localhost", 200),
+        ("localhost:80", 200),
+        ("127.0.0.1", 200),
+        ("localhost:8711", 403),
+    ] {
+        let r = call(&s, "GET", "/api/v1/info", host).await;
+        assert_eq!(r.code, code, "Host {host}: {}", r.body);
+    }
 }
 
 #[tokio::test]
@@ -598,15 +626,15 @@ async fn unknown_routes_and_methods_are_json_errors() {
         "/assets/..%5c..%5cetc%5cpasswd",
         "/%2e%2e/etc/passwd",
     ] {
-        let r = call(&s, "GET", path, "localhost").await;
+        let r = call(&s, "GET", path, "localhost:8711").await;
         assert_eq!(r.code, 404, "{path}: {}", r.body);
         assert!(r.json()["error"].is_string(), "{path}");
         assert!(!r.body.contains("root:"), "{path}");
     }
-    let r = call(&s, "DELETE", "/api/v1/info", "localhost").await;
+    let r = call(&s, "DELETE", "/api/v1/info", "localhost:8711").await;
     assert_eq!(r.code, 405, "{}", r.body);
-    assert_eq!(r.header("allow"), "GET");
-    let r = call(&s, "GET", "/api/v1/reload", "localhost").await;
+    assert_eq!(r.header("allow"), "GET, HEAD");
+    let r = call(&s, "GET", "/api/v1/reload", "localhost:8711").await;
     assert_eq!((r.code, r.header("allow")), (405, "POST"), "{}", r.body);
 }
 
@@ -615,7 +643,7 @@ async fn every_answer_carries_the_security_headers() {
     let dir = temp_dir();
     let s = state(dir.path(), None, ApiConfig::default());
     for path in ["/", "/api/v1/info", "/nope", "/metrics"] {
-        let r = call(&s, "GET", path, "localhost").await;
+        let r = call(&s, "GET", path, "localhost:8711").await;
         let csp = r.header("content-security-policy");
         assert!(csp.contains("default-src 'none'"), "{path}: {csp}");
         assert!(csp.contains("script-src 'self'"), "{path}: {csp}");
@@ -632,7 +660,7 @@ async fn every_answer_carries_the_security_headers() {
         "OPTIONS",
         "/api/v1/info",
         &[
-            ("host", "localhost"),
+            ("host", "localhost:8711"),
             ("origin", "http://evil.example.com"),
             ("access-control-request-method", "GET"),
         ],
@@ -652,7 +680,10 @@ async fn the_reload_route_needs_the_token_and_a_body_within_the_limit() {
         &s,
         "POST",
         "/api/v1/reload",
-        &[("host", "localhost"), ("authorization", "Bearer anything")],
+        &[
+            ("host", "localhost:8711"),
+            ("authorization", "Bearer anything"),
+        ],
         b"",
     )
     .await;
@@ -669,7 +700,7 @@ async fn the_reload_route_needs_the_token_and_a_body_within_the_limit() {
         (Some("Basic Y29ycmVjdC1ob3JzZQ=="), 401, "Bearer"),
         (Some("correct-horse"), 401, "Bearer"),
     ] {
-        let mut headers = vec![("host", "localhost")];
+        let mut headers = vec![("host", "localhost:8711")];
         if let Some(a) = auth {
             headers.push(("authorization", a));
         }
@@ -685,7 +716,7 @@ async fn the_reload_route_needs_the_token_and_a_body_within_the_limit() {
         "POST",
         "/api/v1/reload",
         &[
-            ("host", "localhost"),
+            ("host", "localhost:8711"),
             ("authorization", "Bearer correct-horse"),
         ],
         b"",
@@ -702,7 +733,7 @@ async fn the_reload_route_needs_the_token_and_a_body_within_the_limit() {
             method,
             path,
             &[
-                ("host", "localhost"),
+                ("host", "localhost:8711"),
                 ("authorization", "Bearer correct-horse"),
                 ("content-length", &len),
             ],
@@ -763,7 +794,9 @@ fn post(port: u16, path: &str, auth: Option<&str>) -> crate::util::Answer {
     let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
     request(
         port,
-        &format!("POST {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\n\r\n"),
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost:{port}\r\n{auth}Content-Length: 0\r\n\r\n"
+        ),
     )
     .expect("the agent answers")
 }
@@ -809,7 +842,7 @@ fn every_route_answers_over_a_real_socket_and_reload_works_with_the_token() {
     let r = request(
         port,
         &format!(
-            "POST /api/v1/reload HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer s3cret-t0ken\r\nContent-Length: {}\r\n\r\n{big}",
+            "POST /api/v1/reload HTTP/1.1\r\nHost: localhost:{port}\r\nAuthorization: Bearer s3cret-t0ken\r\nContent-Length: {}\r\n\r\n{big}",
             big.len()
         ),
     )
@@ -859,6 +892,197 @@ fn every_route_answers_over_a_real_socket_and_reload_works_with_the_token() {
     let (code, _, err) = agent.wait_exit(std::time::Duration::from_secs(10));
     assert_eq!(code, Some(0), "{err}");
     assert!(!err.contains("s3cret-t0ken"), "the token was logged");
+}
+
+/// The Host gate over a real socket: the Host must carry the listen port,
+/// a second Host header is refused whichever comes first, and an
+/// absolute-form request target must name this agent as the Host does.
+#[test]
+fn the_host_gate_checks_the_port_a_second_host_and_an_absolute_target() {
+    let dir = temp_dir();
+    let port = free_port();
+    let (_agent, _) = agent_with_token(dir.path(), port, "");
+    let ask = |raw: String| request(port, &raw).expect("the agent answers");
+    let own = format!("localhost:{port}");
+    let r = ask(format!("GET /api/v1/info HTTP/1.1\r\nHost: {own}\r\n\r\n"));
+    assert_eq!(r.code, 200, "{}", r.body);
+
+    for host in [
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        format!("localhost:{}", port + 1),
+        "127.0.0.1:80".to_string(),
+    ] {
+        let r = ask(format!("GET /api/v1/info HTTP/1.1\r\nHost: {host}\r\n\r\n"));
+        assert_eq!(r.code, 403, "Host {host}: {}", r.body);
+        assert!(r.body.contains("Host"), "{}", r.body);
+    }
+
+    for (first, second) in [
+        (own.as_str(), "evil.example"),
+        ("evil.example", own.as_str()),
+        (own.as_str(), own.as_str()),
+    ] {
+        let r = ask(format!(
+            "GET /api/v1/info HTTP/1.1\r\nHost: {first}\r\nHost: {second}\r\n\r\n"
+        ));
+        assert_eq!(r.code, 400, "Host {first} + {second}: {}", r.body);
+        assert!(r.body.contains("more than one Host header"), "{}", r.body);
+    }
+
+    // The target's authority is what HTTP says the request is for.
+    for target in [
+        "http://evil.example/api/v1/info".to_string(),
+        format!("http://evil.example:{port}/api/v1/info"),
+        format!("http://localhost:{}/api/v1/info", port + 1),
+    ] {
+        let r = ask(format!("GET {target} HTTP/1.1\r\nHost: {own}\r\n\r\n"));
+        assert_eq!(r.code, 403, "{target}: {}", r.body);
+        assert!(!r.body.contains("hostname"), "{}", r.body);
+        // Without a Host header (HTTP/1.0) the target alone is judged.
+        let r = ask(format!("GET {target} HTTP/1.0\r\n\r\n"));
+        assert_eq!(r.code, 403, "{target} over HTTP/1.0: {}", r.body);
+    }
+    let target = format!("http://{own}/api/v1/info");
+    let r = ask(format!("GET {target} HTTP/1.1\r\nHost: {own}\r\n\r\n"));
+    assert_eq!(r.code, 200, "{target}: {}", r.body);
+    let r = ask(format!("GET {target} HTTP/1.0\r\n\r\n"));
+    assert_eq!(r.code, 200, "{target} over HTTP/1.0: {}", r.body);
+}
+
+/// Every GET route answers HEAD with GET's status and headers and no body.
+#[test]
+fn head_is_answered_on_every_get_route_as_get_without_a_body() {
+    let dir = temp_dir();
+    let port = free_port();
+    let (_agent, _) = agent_with_token(dir.path(), port, "");
+    wait_for("history", || {
+        get(port, "/api/v1/query?key=host.cpu_used_ratio&since=1h")
+            .is_some_and(|(code, _)| code == 200)
+    });
+    for (method, _, path, _, code) in ROUTES {
+        if *method != "get" {
+            continue;
+        }
+        let ask = |m: &str| {
+            request(
+                port,
+                &format!("{m} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"),
+            )
+            .expect("the agent answers")
+        };
+        let (got, head) = (ask("GET"), ask("HEAD"));
+        assert_eq!(got.code, *code, "GET {path}: {}", got.body);
+        assert_eq!(head.code, got.code, "HEAD {path}: {}", head.body);
+        assert_eq!(head.body, "", "HEAD {path} has no body");
+        for h in [
+            "content-type",
+            "cache-control",
+            "content-security-policy",
+            "x-content-type-options",
+        ] {
+            assert_eq!(head.header(h), got.header(h), "HEAD {path}: {h}");
+        }
+    }
+    // A static answer announces the length GET sends.
+    for path in ["/api/v1/openapi.json", "/assets/page.css"] {
+        let r = request(
+            port,
+            &format!("HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"),
+        )
+        .unwrap();
+        let (_, body) = get(port, path).unwrap();
+        assert_eq!(
+            r.header("content-length"),
+            Some(body.len().to_string().as_str()),
+            "{path}"
+        );
+    }
+}
+
+/// Every route refuses a query parameter it does not take, naming it; the
+/// parameters the status page and its assets use are taken.
+#[test]
+fn every_route_refuses_unknown_query_parameters() {
+    let dir = temp_dir();
+    let port = free_port();
+    let (_agent, _) = agent_with_token(dir.path(), port, "");
+    for (method, _, path, ..) in ROUTES {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let path = format!("{path}{sep}bogus=1");
+        let r = if *method == "post" {
+            post(port, &path, Some("Bearer s3cret-t0ken"))
+        } else {
+            request(
+                port,
+                &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"),
+            )
+            .expect("the agent answers")
+        };
+        assert_eq!(r.code, 400, "{method} {path}: {}", r.body);
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("unknown query parameter `bogus`"),
+            "{method} {path}: {v}"
+        );
+    }
+    for path in [
+        "/?series=host.cpu_used_ratio&range=7d",
+        "/assets/page.css?v=1",
+    ] {
+        assert_eq!(get(port, path).unwrap().0, 200, "{path}");
+    }
+}
+
+/// A chunked body is read: within the limit it is taken, past it the
+/// answer is 413 (never 411 for a missing Content-Length), on every POST
+/// route, and the agent answers on.
+#[test]
+fn a_chunked_body_is_taken_within_the_limit_and_refused_past_it() {
+    let dir = temp_dir();
+    let port = free_port();
+    let (_agent, _) = agent_with_token(dir.path(), port, "");
+    let chunked = |path: &str, chunks: &[String]| {
+        let mut body = String::new();
+        for c in chunks {
+            body.push_str(&format!("{:x}\r\n{c}\r\n", c.len()));
+        }
+        body.push_str("0\r\n\r\n");
+        request(
+            port,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: localhost:{port}\r\n\
+                 Authorization: Bearer s3cret-t0ken\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+            ),
+        )
+        .expect("the agent answers")
+    };
+    let r = chunked("/api/v1/reload", &["{}".to_string()]);
+    assert_eq!(r.code, 200, "{}", r.body);
+    // Exactly the limit is still taken.
+    let half = "x".repeat(web::BODY_LIMIT as usize / 2);
+    let r = chunked("/api/v1/reload", &[half.clone(), half]);
+    assert_eq!(r.code, 200, "{}", r.body);
+
+    let piece = "x".repeat(16 * 1024);
+    let over = vec![piece; 5];
+    for path in [
+        "/api/v1/reload",
+        "/api/v1/maintenance/nightly/run",
+        "/api/v1/maintenance/runs/1/rollback",
+    ] {
+        let r = chunked(path, &over);
+        assert_eq!(r.code, 413, "{path}: {}", r.body);
+        assert!(
+            r.body.contains("over the limit of 65536 bytes"),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(get(port, "/-/healthy").unwrap().0, 200);
 }
 
 /// schemathesis (PyPI) fuzzes every operation of the OpenAPI document

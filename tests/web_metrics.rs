@@ -143,7 +143,11 @@ fn the_running_agent_exports_probes_and_its_health() {
     let before = written(&m);
     wait_for("more samples written", || written(&metrics(port)) > before);
 
-    let answer = request(port, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let answer = request(
+        port,
+        &format!("GET /metrics HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n"),
+    )
+    .unwrap();
     assert_eq!(answer.code, 200);
     assert_eq!(answer.header("content-type"), Some(TEXT_FORMAT));
     promtool_check(&answer.body);
@@ -200,14 +204,17 @@ impl Server {
             .block_on(upkeep::web::bind("127.0.0.1:0"))
             .expect("binding a loopback port");
         let port = listener.local_addr().unwrap().port();
-        let state = Arc::new(Shared::new(
-            info(),
-            Arc::new(RwLock::new(live)),
-            Arc::new(RunnerStats::default()),
-            &ApiConfig::default(),
-            None,
-            None,
-        ));
+        let state = Arc::new(
+            Shared::new(
+                info(),
+                Arc::new(RwLock::new(live)),
+                Arc::new(RunnerStats::default()),
+                &ApiConfig::default(),
+                None,
+                None,
+            )
+            .listening_on(listener.local_addr().ok()),
+        );
         let stop = CancellationToken::new();
         runtime.spawn(upkeep::web::serve(listener, state, stop.clone()));
         Server {
@@ -288,7 +295,10 @@ fn only_get_and_head_are_served() {
     let ask = |method: &str, path: &str| {
         request(
             server.port,
-            &format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"),
+            &format!(
+                "{method} {path} HTTP/1.1\r\nHost: localhost:{}\r\nContent-Length: 0\r\n\r\n",
+                server.port
+            ),
         )
         .expect("the server answers")
     };

@@ -336,7 +336,10 @@ fn the_summary_reads_without_javascript() {
         let path = format!("/assets/{}", rest.split('"').next().unwrap());
         let a = request(
             site.port(),
-            &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+                site.port()
+            ),
         )
         .unwrap();
         assert_eq!(a.code, 200, "{path}");
@@ -344,7 +347,10 @@ fn the_summary_reads_without_javascript() {
     }
     let a = request(
         site.port(),
-        "GET /assets/%2e%2e%2f%2e%2e%2fCargo.toml HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        &format!(
+            "GET /assets/%2e%2e%2f%2e%2e%2fCargo.toml HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+            site.port()
+        ),
     )
     .unwrap();
     assert_eq!(

@@ -330,7 +330,8 @@ pub fn agent_get(listen: &str, path: &str) -> Result<String, ReportError> {
     let timeout = Duration::from_secs(5);
     let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(unreachable)?;
     s.set_read_timeout(Some(timeout)).map_err(unreachable)?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\nConnection: close\r\n\r\n").map_err(unreachable)?;
+    // The Host names the address and port, as the API's Host guard wants.
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n").map_err(unreachable)?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).map_err(unreachable)?;
     let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));

@@ -148,7 +148,7 @@ where
 {
     let state = state.clone();
     path(name)
-        .and(warp::get())
+        .and(super::get())
         .and(query_params())
         .then(move |q: Query| handler(state.clone(), q))
         .boxed()
@@ -180,17 +180,19 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
     let query = get_json("query", &state, query);
     let trends = get_json("trends", &state, trends);
     let events = get_json("events", &state, events);
-    // Static: its query string is never parsed, so never refused.
-    let openapi = path("openapi.json").and(warp::get()).map(|| {
-        warp::reply::with_header(OPENAPI, "content-type", "application/json").into_response()
-    });
+    let openapi = path("openapi.json")
+        .and(super::get())
+        .and(super::params(&[]))
+        .map(|_| {
+            warp::reply::with_header(OPENAPI, "content-type", "application/json").into_response()
+        });
     let s = state;
     let reload = path("reload")
         .and(warp::post())
+        .and(super::params(&[]))
         .and(warp::header::optional::<String>("authorization"))
-        .and(warp::body::content_length_limit(super::BODY_LIMIT))
-        .and(warp::body::bytes())
-        .then(move |auth: Option<String>, _body: bytes::Bytes| {
+        .and(super::body())
+        .then(move |_, auth: Option<String>, _body: bytes::Bytes| {
             let s = s.clone();
             async move { reload(&s, auth.as_deref()).await }
         });

@@ -42,7 +42,7 @@ type Query = Vec<(String, String)>;
 pub fn routes(state: State) -> BoxedFilter<(Response,)> {
     let s = state.clone();
     let list = warp::path!("api" / "v1" / "maintenance")
-        .and(warp::get())
+        .and(super::get())
         .and(warp::query::<Query>())
         .then(move |q: Query| {
             let s = s.clone();
@@ -59,7 +59,7 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         });
     let s = state.clone();
     let runs = warp::path!("api" / "v1" / "maintenance" / "runs")
-        .and(warp::get())
+        .and(super::get())
         .and(warp::query::<Query>())
         .then(move |q: Query| {
             let s = s.clone();
@@ -94,8 +94,9 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         });
     let s = state.clone();
     let one = warp::path!("api" / "v1" / "maintenance" / "runs" / String)
-        .and(warp::get())
-        .then(move |id: String| {
+        .and(super::get())
+        .and(super::params(&[]))
+        .then(move |id: String, _| {
             let s = s.clone();
             async move {
                 json_or_error(
@@ -136,11 +137,11 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
     let s = state.clone();
     let run = warp::path!("api" / "v1" / "maintenance" / String / "run")
         .and(warp::post())
+        .and(super::params(&[]))
         .and(warp::header::optional::<String>("authorization"))
-        .and(warp::body::content_length_limit(super::BODY_LIMIT))
-        .and(warp::body::bytes())
+        .and(super::body())
         .then(
-            move |name: String, auth: Option<String>, _body: bytes::Bytes| {
+            move |name: String, _, auth: Option<String>, _body: bytes::Bytes| {
                 let s = s.clone();
                 async move {
                     if let Err(e) = s.authorized(auth.as_deref()) {
@@ -159,11 +160,11 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
     let s = state;
     let rollback = warp::path!("api" / "v1" / "maintenance" / "runs" / String / "rollback")
         .and(warp::post())
+        .and(super::params(&[]))
         .and(warp::header::optional::<String>("authorization"))
-        .and(warp::body::content_length_limit(super::BODY_LIMIT))
-        .and(warp::body::bytes())
+        .and(super::body())
         .then(
-            move |id: String, auth: Option<String>, _body: bytes::Bytes| {
+            move |id: String, _, auth: Option<String>, _body: bytes::Bytes| {
                 let s = s.clone();
                 async move {
                     if let Err(e) = s.authorized(auth.as_deref()) {

@@ -2,9 +2,12 @@
 //! port is a clear startup error.
 //!
 //! Every request passes the same gate before any route sees it: the Host
-//! header must name this host (a DNS-rebinding guard), and a body larger
-//! than [`BODY_LIMIT`] is refused with 413. Every response carries the
-//! security headers of [`secure`]. Routes:
+//! header (exactly one) and an absolute-form request target must name this
+//! host and its listen port (a DNS-rebinding guard), and a body larger than
+//! [`BODY_LIMIT`] is refused with 413, whether it announces its length or
+//! comes chunked ([`body`]). Every GET route answers HEAD too ([`get`]) and
+//! refuses query parameters it does not take ([`params`]). Every response
+//! carries the security headers of [`secure`]. Routes:
 //!
 //! - `/-/healthy`, `/-/ready`: liveness and readiness;
 //! - `/api/v1/...`: the JSON API ([`api`]), described by
@@ -14,6 +17,7 @@
 //!
 //! Errors are `{"error": "..."}` with the matching status code.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,7 +27,9 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warp::filters::BoxedFilter;
-use warp::http::{HeaderValue, StatusCode};
+use warp::host::Authority;
+use warp::http::header::{CONTENT_LENGTH, HOST};
+use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
@@ -44,6 +50,9 @@ pub type ReloadReply = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 /// Largest request body accepted by any route.
 pub const BODY_LIMIT: u64 = 64 * 1024;
+/// How much of a chunked body over the limit is read and dropped before
+/// the 413 is sent.
+const DRAIN_LIMIT: u64 = 4 * BODY_LIMIT;
 
 /// What `/api/v1/info` reports besides the live state.
 #[derive(Debug, Clone, Serialize)]
@@ -63,6 +72,9 @@ pub struct Shared {
     token: Option<Secret>,
     /// Lower-case host names (without port) the Host header may name.
     allowed_hosts: Vec<String>,
+    /// The port the API listens on, which the Host header must name (or
+    /// leave out when it is 80, as clients do for the default port).
+    port: u16,
     /// Where `POST /api/v1/reload` asks the agent to reload.
     reloads: Option<tokio::sync::mpsc::Sender<ReloadReply>>,
     /// The health document, served again for a second.
@@ -89,7 +101,8 @@ impl Shared {
             .into_iter()
             .map(String::from)
             .collect();
-        if let Ok(a) = api.listen.parse::<SocketAddr>()
+        let listen = api.listen.parse::<SocketAddr>().ok();
+        if let Some(a) = listen
             && !a.ip().is_unspecified()
         {
             allowed_hosts.push(match a {
@@ -104,6 +117,7 @@ impl Shared {
             stats,
             token,
             allowed_hosts,
+            port: listen.map_or(0, |a| a.port()),
             reloads,
             maintenance: None,
             health_cache: Default::default(),
@@ -117,35 +131,42 @@ impl Shared {
         self
     }
 
-    /// Whether a Host header value (`name[:port]`) names this agent.
+    /// The address actually bound, whose port the Host header must name
+    /// (it differs from `api.listen` when that asks for any port, `:0`).
+    pub fn listening_on(mut self, addr: Option<SocketAddr>) -> Shared {
+        if let Some(a) = addr {
+            self.port = a.port();
+        }
+        self
+    }
+
+    /// Whether a Host header value (`name[:port]`) names this agent: an
+    /// allowed name and the listen port. Without a port it names port 80,
+    /// as a browser leaves the port out only for the scheme's default.
     pub fn host_allowed(&self, host: &str) -> bool {
         let host = host.trim().to_ascii_lowercase();
-        // Strip a port: after `]` for IPv6 literals, else after the only `:`.
-        let name = if host.starts_with('[') {
+        // Split off a port: after `]` for IPv6 literals, else after the only `:`.
+        let (name, port) = if host.starts_with('[') {
             match host.find(']') {
-                Some(end) => {
-                    let rest = &host[end + 1..];
-                    if !(rest.is_empty() || port_ok(rest)) {
-                        return false;
-                    }
-                    &host[..=end]
-                }
+                Some(end) => (&host[..=end], &host[end + 1..]),
                 None => return false,
             }
         } else {
-            match host.rsplit_once(':') {
-                Some((n, p)) if !n.contains(':') => {
-                    if !port_ok(&format!(":{p}")) {
-                        return false;
-                    }
-                    n
-                }
+            match host.find(':') {
+                Some(i) if !host[i + 1..].contains(':') => (&host[..i], &host[i..]),
                 Some(_) => return false,
-                None => &host,
+                None => (host.as_str(), ""),
             }
         };
+        let port = match port {
+            "" => 80,
+            p => match port_of(p) {
+                Some(p) => p,
+                None => return false,
+            },
+        };
         let name = name.strip_suffix('.').unwrap_or(name);
-        self.allowed_hosts.iter().any(|h| h == name)
+        port == self.port && self.allowed_hosts.iter().any(|h| h == name)
     }
 
     /// Checks `Authorization: Bearer <token>` in constant time.
@@ -177,9 +198,11 @@ impl Shared {
     }
 }
 
-fn port_ok(rest: &str) -> bool {
+/// The port of a `:port` suffix: one to five digits.
+fn port_of(rest: &str) -> Option<u16> {
     rest.strip_prefix(':')
-        .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|p| p.parse().ok())
 }
 
 /// An error answer: `{"error": message}` with `status`.
@@ -245,30 +268,135 @@ pub async fn blocking<T: Send + 'static>(
 struct ForeignHost(String);
 impl warp::reject::Reject for ForeignHost {}
 
+/// An absolute-form request target whose authority is not the Host header's.
 #[derive(Debug)]
-struct BodyTooLarge(u64);
+struct ForeignTarget;
+impl warp::reject::Reject for ForeignTarget {}
+
+#[derive(Debug)]
+struct DuplicateHost;
+impl warp::reject::Reject for DuplicateHost {}
+
+/// A body over [`BODY_LIMIT`]: its announced length, or `None` when it came
+/// chunked and was read that far.
+#[derive(Debug)]
+struct BodyTooLarge(Option<u64>);
 impl warp::reject::Reject for BodyTooLarge {}
 
-/// The gate every request passes: Host names this agent, body not too large.
+/// A request a route refuses with this answer before its handler runs
+/// (an unknown query parameter, a body that cannot be read).
+#[derive(Debug)]
+struct Refused(ApiError);
+impl warp::reject::Reject for Refused {}
+
+/// The gate every request passes: exactly one Host header, naming this
+/// agent and its port; an absolute-form target naming the same; body not
+/// announced as too large.
 fn gate(state: State) -> BoxedFilter<()> {
-    warp::header::optional::<String>("host")
-        .and(warp::header::optional::<u64>("content-length"))
-        .and_then(move |host: Option<String>, len: Option<u64>| {
-            let state = state.clone();
-            async move {
-                match host {
-                    Some(h) if state.host_allowed(&h) => {}
-                    Some(h) => return Err(warp::reject::custom(ForeignHost(h))),
-                    None => return Err(warp::reject::custom(ForeignHost(String::new()))),
+    // The request target's authority where it agrees with the Host header;
+    // warp rejects a disagreement, kept here as `Err` to be answered below.
+    let target = warp::host::optional()
+        .map(Ok)
+        .or(warp::any().map(|| Err(())))
+        .unify();
+    warp::header::headers_cloned()
+        .and(target)
+        .and_then(
+            move |headers: HeaderMap, target: Result<Option<Authority>, ()>| {
+                let state = state.clone();
+                async move {
+                    let mut hosts = headers.get_all(HOST).iter();
+                    let host = hosts.next();
+                    if hosts.next().is_some() {
+                        return Err(warp::reject::custom(DuplicateHost));
+                    }
+                    match (host, target) {
+                        (Some(h), target) => {
+                            let h = String::from_utf8_lossy(h.as_bytes()).into_owned();
+                            if !state.host_allowed(&h) {
+                                return Err(warp::reject::custom(ForeignHost(h)));
+                            }
+                            if target.is_err() {
+                                return Err(warp::reject::custom(ForeignTarget));
+                            }
+                        }
+                        // No Host header (HTTP/1.0): an absolute-form target
+                        // stands in for it.
+                        (None, Ok(Some(a))) if state.host_allowed(a.as_str()) => {}
+                        (None, Ok(Some(a))) => {
+                            return Err(warp::reject::custom(ForeignHost(a.to_string())));
+                        }
+                        (None, _) => return Err(warp::reject::custom(ForeignHost(String::new()))),
+                    }
+                    let len = headers
+                        .get(CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok());
+                    match len {
+                        Some(n) if n > BODY_LIMIT => {
+                            Err(warp::reject::custom(BodyTooLarge(Some(n))))
+                        }
+                        _ => Ok(()),
+                    }
                 }
-                match len {
-                    Some(n) if n > BODY_LIMIT => Err(warp::reject::custom(BodyTooLarge(n))),
-                    _ => Ok(()),
-                }
-            }
-        })
+            },
+        )
         .untuple_one()
         .boxed()
+}
+
+/// GET, and HEAD answered alike: same status and headers, and the server
+/// leaves the body out.
+pub fn get() -> BoxedFilter<()> {
+    warp::get().or(warp::head()).unify().boxed()
+}
+
+/// The query parameters of a route that takes `known`, each at most once;
+/// any other is refused with 400 naming it.
+pub fn params(known: &'static [&'static str]) -> BoxedFilter<(BTreeMap<String, String>,)> {
+    warp::query::<Vec<(String, String)>>()
+        .and_then(move |q: Vec<(String, String)>| async move {
+            api::check_params(q, known).map_err(|e| warp::reject::custom(Refused(e)))
+        })
+        .boxed()
+}
+
+/// The request body, at most [`BODY_LIMIT`] bytes. A length announced over
+/// the limit is refused by the gate; a chunked body is read until it passes
+/// the limit and then refused with 413 too, so no client has to send a
+/// Content-Length.
+pub fn body() -> BoxedFilter<(bytes::Bytes,)> {
+    warp::body::stream().and_then(read_limited).boxed()
+}
+
+async fn read_limited<B: bytes::Buf>(
+    stream: impl futures_core::Stream<Item = Result<B, warp::Error>>,
+) -> Result<bytes::Bytes, Rejection> {
+    use bytes::BufMut;
+    let mut stream = std::pin::pin!(stream);
+    let mut out = bytes::BytesMut::new();
+    while let Some(chunk) = std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)).await {
+        let chunk = chunk.map_err(|e| {
+            warp::reject::custom(Refused(ApiError::bad_request(format!(
+                "reading the request body: {e}"
+            ))))
+        })?;
+        if (out.len() + chunk.remaining()) as u64 > BODY_LIMIT {
+            // Read on a little, discarding, so that the 413 reaches a
+            // client still sending: a socket closed with unread data is
+            // reset, and the reset can overtake the answer.
+            let mut read = out.len() as u64 + chunk.remaining() as u64;
+            while read < DRAIN_LIMIT {
+                match std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)).await {
+                    Some(Ok(c)) => read += c.remaining() as u64,
+                    _ => break,
+                }
+            }
+            return Err(warp::reject::custom(BodyTooLarge(None)));
+        }
+        out.put(chunk);
+    }
+    Ok(out.freeze())
 }
 
 /// Adds the security headers to every answer.
@@ -296,10 +424,11 @@ fn secure(mut r: Response) -> Response {
 
 pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let healthy = warp::path!("-" / "healthy")
-        .and(warp::get())
-        .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
+        .and(get())
+        .and(params(&[]))
+        .map(|_| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
     let s = state.clone();
-    let ready = warp::path!("-" / "ready").and(warp::get()).map(move || {
+    let ready = warp::path!("-" / "ready").and(get()).and(params(&[])).map(move |_| {
         let live = s.live.read().expect("live lock");
         let ready = live.ready && live.store.open;
         let body = serde_json::json!({"ready": ready, "history_open": live.store.open, "probes_started": live.ready});
@@ -344,7 +473,7 @@ fn allowed_methods(path: &str) -> &'static str {
     let post = path == "/api/v1/reload"
         || (path.starts_with("/api/v1/maintenance/")
             && (path.ends_with("/run") || path.ends_with("/rollback")));
-    if post { "POST" } else { "GET" }
+    if post { "POST" } else { "GET, HEAD" }
 }
 
 async fn recover(r: Rejection) -> Result<Response, Infallible> {
@@ -355,30 +484,38 @@ async fn recover(r: Rejection) -> Result<Response, Infallible> {
                 "a Host header is required".to_string()
             } else {
                 format!(
-                    "Host `{}` is not this agent: use localhost or a name in api.allowed_hosts",
+                    "Host `{}` is not this agent: use localhost or a name in api.allowed_hosts, \
+                     with the port the API listens on",
                     h.chars().take(100).collect::<String>()
                 )
             },
         )
+    } else if r.find::<ForeignTarget>().is_some() {
+        (
+            StatusCode::FORBIDDEN,
+            "the request target names another host than the Host header".to_string(),
+        )
+    } else if r.find::<DuplicateHost>().is_some() {
+        (
+            StatusCode::BAD_REQUEST,
+            "more than one Host header".to_string(),
+        )
     } else if let Some(BodyTooLarge(n)) = r.find() {
         (
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body of {n} bytes is over the limit of {BODY_LIMIT} bytes"),
+            match n {
+                Some(n) => {
+                    format!("request body of {n} bytes is over the limit of {BODY_LIMIT} bytes")
+                }
+                None => format!("request body is over the limit of {BODY_LIMIT} bytes"),
+            },
         )
+    } else if let Some(Refused(e)) = r.find() {
+        (e.status, e.message.clone())
     } else if r.is_not_found() {
         (StatusCode::NOT_FOUND, "no such route".to_string())
     } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
         (StatusCode::BAD_REQUEST, format!("bad query string: {e}"))
-    } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is over the limit of {BODY_LIMIT} bytes"),
-        )
-    } else if r.find::<warp::reject::LengthRequired>().is_some() {
-        (
-            StatusCode::LENGTH_REQUIRED,
-            "a Content-Length header is required".to_string(),
-        )
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
         (
             StatusCode::METHOD_NOT_ALLOWED,

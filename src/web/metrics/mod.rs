@@ -83,8 +83,9 @@ pub fn render(live: &Live, stats: &RunnerStats, info: &Info) -> String {
 /// encoded.
 pub fn routes(state: State) -> BoxedFilter<(Response,)> {
     warp::path!("metrics")
-        .and(warp::get().or(warp::head()).unify())
-        .map(move || {
+        .and(super::get())
+        .and(super::params(&[]))
+        .map(move |_| {
             let families = {
                 let live = state.live.read().expect("live lock");
                 collect(&live, &state.stats, &state.info)

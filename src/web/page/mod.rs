@@ -110,14 +110,18 @@ pub fn find_asset(name: &str) -> Option<&'static Asset> {
 }
 
 pub fn routes(state: State) -> BoxedFilter<(Response,)> {
+    // `series` and `range` pick the chart (the script reads them; the form
+    // sends them without it); asset URLs carry `v`, the version.
     let page = warp::path::end()
-        .and(warp::get())
-        .then(move || page(state.clone()));
+        .and(super::get())
+        .and(super::params(&["series", "range"]))
+        .then(move |_| page(state.clone()));
     let assets = warp::path("assets")
         .and(warp::path::param::<String>())
         .and(warp::path::end())
-        .and(warp::get())
-        .and_then(|name: String| async move {
+        .and(super::get())
+        .and(super::params(&["v"]))
+        .and_then(|name: String, _| async move {
             find_asset(&name)
                 .map(asset_response)
                 .ok_or_else(warp::reject::not_found)

@@ -69,7 +69,7 @@ async fn get(s: &State, path: &str) -> warp::http::Response<bytes::Bytes> {
     warp::test::request()
         .method("GET")
         .path(path)
-        .header("host", "127.0.0.1")
+        .header("host", "127.0.0.1:8711")
         .reply(&crate::web::routes(s.clone()))
         .await
 }
