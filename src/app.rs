@@ -30,6 +30,10 @@ const CHANNEL: usize = 1024;
 pub enum AppError {
     #[error("{0}")]
     Api(String),
+    /// `api.token_file` cannot be used (missing, unreadable, too open,
+    /// empty): a config problem, as `check-config` reports it.
+    #[error("api.token_file: {0}")]
+    Token(String),
 }
 
 pub struct App {
@@ -50,9 +54,9 @@ pub struct App {
 }
 
 impl App {
-    /// Starts the agent. Only a failure to bind the API stops it from
-    /// starting; a history file that cannot be opened is retried while the
-    /// probes run.
+    /// Starts the agent. Only the API stops it from starting (a token file
+    /// that cannot be used, an address that cannot be bound); a history
+    /// file that cannot be opened is retried while the probes run.
     pub async fn start(
         config: Config,
         config_path: Option<PathBuf>,
@@ -60,10 +64,7 @@ impl App {
     ) -> Result<App, AppError> {
         let listener = if config.api.enabled {
             let token = match &config.api.token_file {
-                Some(p) => Some(
-                    crate::secret::read(p)
-                        .map_err(|e| AppError::Api(format!("api.token_file: {e}")))?,
-                ),
+                Some(p) => Some(crate::secret::read_token(p).map_err(AppError::Token)?),
                 None => None,
             };
             Some((

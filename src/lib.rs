@@ -39,7 +39,7 @@
 //! - `app`: starts, reloads and stops the whole agent.
 //! - `paths`: where config and data live when not given.
 //! - `systemd`: READY/STOPPING notifications and a watchdog fed by probe and recorder progress.
-//! - `secret`: passwords read from files, never printed.
+//! - `secret`: passwords and the API token read from files, never printed.
 //! - `layers` (tests only): the one-way layers between these modules, checked
 //!   against the source.
 

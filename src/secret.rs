@@ -1,7 +1,7 @@
-//! Secrets (passwords) read from files. A `Secret` never prints: `Debug`
-//! shows `[redacted]`, there is no `Display`, and `Serialize` writes
-//! `[redacted]`. Only the code that sends it over a connection calls
-//! `expose()`.
+//! Secrets (passwords, the API token) read from files. A `Secret` never
+//! prints: `Debug` shows `[redacted]`, there is no `Display`, and
+//! `Serialize` writes `[redacted]`. Only the code that sends or compares it
+//! calls `expose()`.
 
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
@@ -46,23 +46,44 @@ pub fn resolve(path: &Path) -> PathBuf {
 /// must not be readable by others (mode at most 0640). Errors name the file,
 /// never its content.
 pub fn read(path: &Path) -> Result<Secret, String> {
+    first_line(path, "password file").map(Secret)
+}
+
+/// Reads the API's bearer token file, as `read` reads a password file but
+/// with surrounding whitespace trimmed (the presented token is trimmed too,
+/// so an editor's stray space must not lock every client out). A token that
+/// is empty once trimmed is refused: it would match an empty credential.
+pub fn read_token(path: &Path) -> Result<Secret, String> {
+    let line = first_line(path, "token file")?;
+    let token = line.trim();
+    if token.is_empty() {
+        return Err(format!(
+            "token file {}: its first line holds no token (only whitespace)",
+            resolve(path).display()
+        ));
+    }
+    Ok(Secret(token.to_string()))
+}
+
+/// The first line of a secret file (`what` names it in errors), after
+/// checking its mode.
+fn first_line(path: &Path, what: &str) -> Result<String, String> {
     let path = resolve(path);
-    let meta =
-        std::fs::metadata(&path).map_err(|e| format!("password file {}: {e}", path.display()))?;
+    let meta = std::fs::metadata(&path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o137 != 0 {
         return Err(format!(
-            "password file {}: mode {mode:04o} lets others read or anyone write it; use 0640 or stricter",
+            "{what} {}: mode {mode:04o} lets others read or anyone write it; use 0640 or stricter",
             path.display()
         ));
     }
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("password file {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
     let line = text.lines().next().unwrap_or("");
     if line.is_empty() {
-        return Err(format!("password file {}: empty", path.display()));
+        return Err(format!("{what} {}: empty", path.display()));
     }
-    Ok(Secret(line.to_string()))
+    Ok(line.to_string())
 }
 
 #[cfg(test)]
@@ -92,5 +113,32 @@ mod tests {
         assert_eq!(read(&p).unwrap().expose(), "canary-pw");
         let err = read(&dir.path().join("missing")).unwrap_err();
         assert!(err.starts_with("password file "), "{err}");
+    }
+
+    #[test]
+    fn a_token_is_trimmed_and_an_empty_one_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("token");
+        let write = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        write(" \tcanary-t0ken  \r\nsecond line\n");
+        assert_eq!(read_token(&p).unwrap().expose(), "canary-t0ken");
+        for empty in ["", "\n", "   \n", "\t \r\n"] {
+            write(empty);
+            let err = read_token(&p).unwrap_err();
+            assert!(
+                err.starts_with(&format!("token file {}: ", p.display())),
+                "{empty:?}: {err}"
+            );
+        }
+        write("canary-t0ken\n");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_token(&p).unwrap_err();
+        assert!(
+            err.contains("mode 0644") && !err.contains("canary-t0ken"),
+            "{err}"
+        );
     }
 }

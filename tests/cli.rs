@@ -55,6 +55,45 @@ fn a_non_loopback_listen_without_a_token_file_is_refused() {
     );
 }
 
+/// `check-config` runs every check `run` makes of the token file at start,
+/// and `run` reports a failed one as a config error (78), alike.
+#[test]
+fn a_token_file_run_would_refuse_is_refused_by_check_config_too() {
+    let dir = temp_dir();
+    let token = dir.path().join("token");
+    let config = format!("[api]\ntoken_file = \"{}\"\n", token.display());
+    let cases: [(&str, u32, &str); 4] = [
+        ("", 0o600, "empty"),
+        ("   \t\n", 0o600, "holds no token"),
+        ("t0ken\n", 0o644, "mode 0644 lets others read"),
+        ("t0ken\n", 0o660, "mode 0660"),
+    ];
+    for (text, mode, words) in cases {
+        std::fs::write(&token, text).unwrap();
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .unwrap();
+        let err = rejected(&config);
+        assert!(
+            err.starts_with(&format!(
+                "FILE: api.token_file: token file {}: ",
+                token.display()
+            )),
+            "{text:?} {mode:o}: {err}"
+        );
+        assert!(err.contains(words), "{text:?} {mode:o}: {err}");
+        assert!(!err.contains("t0ken\n"), "{err}");
+    }
+    std::fs::remove_file(&token).unwrap();
+    let err = rejected(&config);
+    assert!(err.contains("No such file"), "{err}");
+    // A good token file passes.
+    std::fs::write(&token, "t0ken\n").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    let cfg = write_file(dir.path(), "agent.toml", &config);
+    let out = upkeep(&["check-config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 #[test]
 fn hostile_or_mistaken_maintenance_names_are_config_errors_naming_the_field() {
     let base = "[probe.db]\nkind = \"postgres\"\nconninfo = \"host=127.0.0.1\"\nuser = \"u\"\n\n\

@@ -748,3 +748,160 @@ fn the_agent_prunes_old_backups_but_keeps_the_newest_success() {
         stdout(&out)
     );
 }
+
+/// Batch steps recorded so far for `run`, read from the history file.
+fn batches_recorded(data: &Path, run: i64) -> i64 {
+    history_sql(data)
+        .query_row(
+            "SELECT count(*) FROM maintenance_steps WHERE run_id = ?1 AND step = 'batch'",
+            [run],
+            |r| r.get(0),
+        )
+        .unwrap_or(0)
+}
+
+/// `kill -9` of the agent in the middle of an API-started run: after a
+/// restart the row reads `interrupted`, ending at its last step, and the
+/// run rolls back over the API to the table as it was.
+#[test]
+fn a_run_the_agent_was_killed_in_reads_interrupted_after_a_restart_and_rolls_back() {
+    let t = Table::new("upkeep_mk", 40_000, 120); // ~18k rows past 30 days
+    let dir = temp_dir();
+    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let token = write_file(dir.path(), "token", "m41nt-t0ken\n");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let port = free_port();
+    let api = format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n",
+        token.display()
+    );
+    // Small batches with a pause: the run lasts far longer than the test
+    // waits before the kill.
+    let cfg = config(
+        dir.path(),
+        &t.name(),
+        &guard.local_addr().unwrap().to_string(),
+        "batch_size = 200\npause = \"300ms\"",
+        &api,
+    );
+    let data = dir.path().join("data");
+    let before = t.checksum();
+    let agent = Agent::start(Some(&cfg), &data, port);
+    let r = post(port, "/api/v1/maintenance/trim/run");
+    assert_eq!(r.code, 202, "{}", r.body);
+    let run: i64 = serde_json::from_str::<Value>(&r.body).unwrap()["run_id"]
+        .as_i64()
+        .unwrap();
+    wait_for("three batches", || batches_recorded(&data, run) >= 3);
+    agent.signal(libc::SIGKILL);
+    let (code, _, _) = agent.wait_exit(Duration::from_secs(5));
+    assert_eq!(code, None, "killed by a signal");
+    assert_eq!(ledger_status(&data, run), "running");
+    let old_left = t.count("WHERE created_at < now() - interval '30 days'");
+
+    let agent = Agent::start(Some(&cfg), &data, port);
+    let v = wait_status(port, run, "interrupted");
+    let steps = v["steps"].as_array().unwrap();
+    let last = steps.last().unwrap();
+    assert_eq!(last["step"], "end", "{v}");
+    assert!(
+        last["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("interrupted: "),
+        "{v}"
+    );
+    // It ended at its last step before the kill.
+    let before_end = &steps[steps.len() - 2];
+    assert_eq!(before_end["step"], "batch", "{v}");
+    assert_eq!(v["run"]["ended_at"], before_end["at"], "{v}");
+    assert_eq!(last["at"], before_end["at"], "{v}");
+    // The start settled the row without running the task again.
+    assert_eq!(
+        t.count("WHERE created_at < now() - interval '30 days'"),
+        old_left
+    );
+
+    let r = post(port, &format!("/api/v1/maintenance/runs/{run}/rollback"));
+    assert_eq!(r.code, 202, "{}", r.body);
+    let v = wait_status(port, run, "rolled_back");
+    assert_eq!(v["run"]["outcome"], "interrupted", "{v}");
+    assert_eq!(v["run"]["ended_at"], before_end["at"], "{v}");
+    assert_eq!(
+        t.checksum(),
+        before,
+        "the rollback did not restore the table"
+    );
+
+    agent.signal(libc::SIGTERM);
+    let (code, _, err) = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{err}");
+    drop(guard);
+}
+
+/// `kill -9` of a CLI run, then a CLI rollback: the row is rolled back
+/// with an end, and reads how it had ended (interrupted).
+#[test]
+fn a_cli_rollback_of_a_killed_cli_run_leaves_the_row_with_an_end() {
+    let t = Table::new("upkeep_mk", 40_000, 120);
+    let dir = temp_dir();
+    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = config(
+        dir.path(),
+        &t.name(),
+        &guard.local_addr().unwrap().to_string(),
+        "batch_size = 200\npause = \"300ms\"",
+        "",
+    );
+    let data = dir.path().join("data");
+    let before = t.checksum();
+    let mut child = Command::new(crate::util::bin())
+        .args(["maintenance", "run", "trim", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(&data)
+        .env_remove("UPKEEP_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting the CLI run");
+    let run_id = || -> Option<i64> {
+        history_sql(&data)
+            .query_row("SELECT max(id) FROM maintenance_runs", [], |r| r.get(0))
+            .ok()
+            .flatten()
+    };
+    wait_for("two batches", || {
+        data.join(upkeep::store::FILE_NAME).exists()
+            && run_id().is_some_and(|id| batches_recorded(&data, id) >= 2)
+    });
+    let run = run_id().unwrap();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(ledger_status(&data, run), "running");
+
+    let out = cli(&cfg, &data, &["rollback", &run.to_string()]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        t.checksum(),
+        before,
+        "the rollback did not restore the table"
+    );
+    let (status, outcome, ended): (String, Option<String>, Option<i64>) = history_sql(&data)
+        .query_row(
+            "SELECT status, outcome, ended_ms FROM maintenance_runs WHERE id = ?1",
+            [run],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(status, "rolled_back");
+    assert_eq!(outcome.as_deref(), Some("interrupted"));
+    assert!(ended.is_some(), "a rolled-back run without an end");
+    let out = cli(&cfg, &data, &["runs"]);
+    assert!(
+        stdout(&out).contains("interrupted, then rolled back"),
+        "{}",
+        stdout(&out)
+    );
+    drop(guard);
+}

@@ -1,14 +1,16 @@
 //! `upkeep check-config`: validates a config (an invalid one is a
-//! [`CliError::Config`]) and prints the largest size its history file can
+//! [`CliError::Config`]), checks the files `run` reads at start (the API
+//! token file), and prints the largest size its history file can
 //! reach, and the budget of maintenance backups. Called by [`super::dispatch`].
 
 use std::path::Path;
 
-use super::{CliError, load_config};
+use super::{CliError, check_token_file, load_config};
 use crate::store;
 
 pub(super) fn check_config(path: Option<&Path>) -> Result<(), CliError> {
     let (config, source) = load_config(path)?;
+    check_token_file(&config, source.as_deref())?;
     let bound = store::tiers::size_bound(&config.history);
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     match &source {

@@ -255,6 +255,30 @@ fn load_config(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), CliErro
     }
 }
 
+/// The API token file checked as `run` reads it at start (there, readable,
+/// mode 0640 or stricter, a token on its first line), so that
+/// `check-config` passes only what `run` accepts.
+fn check_token_file(config: &Config, source: Option<&Path>) -> Result<(), CliError> {
+    match &config.api.token_file {
+        Some(p) if config.api.enabled => crate::secret::read_token(p)
+            .map(drop)
+            .map_err(|e| token_file_error(source, e)),
+        _ => Ok(()),
+    }
+}
+
+/// A token file that cannot be used is a config error (exit 78), reported
+/// against the config file that names it.
+fn token_file_error(source: Option<&Path>, why: String) -> CliError {
+    let issue = crate::config::ConfigIssue {
+        file: source.map_or_else(|| "config".to_string(), |p| p.display().to_string()),
+        line: None,
+        col: None,
+        message: format!("api.token_file: {why}"),
+    };
+    CliError::Config(issue.to_string())
+}
+
 /// The config named by `at` and the data directory it resolves to.
 fn config_and_data_dir(at: &Where) -> Result<(Config, PathBuf), CliError> {
     let (config, _) = load_config(at.config.as_deref())?;

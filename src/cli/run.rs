@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc::Receiver;
 
-use super::{CliError, Context, Where, load_config};
-use crate::app::App;
+use super::{CliError, Context, Where, load_config, token_file_error};
+use crate::app::{App, AppError};
 use crate::config::Config;
 use crate::systemd::Notifier;
 
@@ -33,7 +33,10 @@ pub(super) fn run(at: Where) -> Result<(), CliError> {
     rt.block_on(async move {
         let mut app = App::start(config, source.clone(), data_dir)
             .await
-            .map_err(CliError::runtime)?;
+            .map_err(|e| match e {
+                AppError::Token(why) => token_file_error(source.as_deref(), why),
+                e => CliError::runtime(e),
+            })?;
         // The API is bound: READY=1 follows once history is open.
         let systemd = Notifier::start(app.live(), app.progress(), app.config());
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

@@ -92,8 +92,9 @@ pub struct ApiConfig {
     /// Address the API binds to; loopback by default.
     pub listen: String,
     /// File holding the bearer token of the mutating routes (first line,
-    /// mode 0640 or stricter). Unset: those routes are disabled. Required
-    /// when `listen` is not a loopback address.
+    /// trimmed, not empty; mode 0640 or stricter; read by `secret::read_token`
+    /// at start and by `check-config`). Unset: those routes are disabled.
+    /// Required when `listen` is not a loopback address.
     pub token_file: Option<PathBuf>,
     /// Host names, besides localhost, 127.0.0.1, [::1] and the listen
     /// address, that requests may name in their Host header (a guard

@@ -113,12 +113,17 @@ impl Maintenance {
     }
 
     /// Prunes backups now, hourly, and whenever a run ends, until `token`
-    /// is cancelled (a reload starts a new loop with the new budget).
+    /// is cancelled (a reload starts a new loop with the new budget). Each
+    /// pass first marks runs left `running` by a process that is gone as
+    /// interrupted (so at start, a run the last agent was killed in).
     async fn prune_loop(self: Arc<Self>, token: CancellationToken) {
         loop {
             let runner = self.runner();
             let data_dir = self.data_dir.clone();
             let pass = tokio::task::spawn_blocking(move || {
+                if let Err(e) = super::runner::settle_all(&data_dir) {
+                    tracing::warn!("maintenance runs left running not settled: {e}");
+                }
                 super::prune::prune(&data_dir, &runner.config.maintenance, now_ms())
             })
             .await;
@@ -255,10 +260,26 @@ impl Maintenance {
         let dir = self.data_dir.clone();
         let row = tokio::task::spawn_blocking(move || -> Result<_, RunError> {
             let l = Ledger::open(&dir)?;
-            ledger::run(l.conn(), run_id)
-                .map_err(crate::store::sql_err(&dir))?
-                .map(|(r, _)| r)
-                .ok_or(RunError::NoSuchRun(run_id))
+            let read = || {
+                ledger::run(l.conn(), run_id)
+                    .map_err(crate::store::sql_err(&dir))?
+                    .map(|(r, _)| r)
+                    .ok_or(RunError::NoSuchRun(run_id))
+            };
+            let row = read()?;
+            if row.status != RunStatus::Running {
+                return Ok(row);
+            }
+            // A run whose process is gone is interrupted, not running: it
+            // can be rolled back. One that holds its lock is still going.
+            match super::runner::settle(&l, &dir, &row.task, trigger) {
+                Ok(()) => read(),
+                Err(RunError::Busy(_)) => Err(RunError::Busy(format!(
+                    "run {run_id} of `{}` is still running",
+                    row.task
+                ))),
+                Err(e) => Err(e),
+            }
         })
         .await
         .expect("reading the ledger panicked")?;
@@ -271,12 +292,6 @@ impl Maintenance {
         if row.status == RunStatus::RolledBack {
             return Err(RunError::Refused(format!(
                 "run {run_id} of `{}` is already rolled back",
-                row.task
-            )));
-        }
-        if row.status == RunStatus::Running {
-            return Err(RunError::Busy(format!(
-                "run {run_id} of `{}` is still running",
                 row.task
             )));
         }

@@ -412,12 +412,14 @@ impl Ledger {
     }
 
     /// Marks a finished run rolled back (on demand), keeping how it had
-    /// ended before in `outcome`.
-    pub fn set_rolled_back(&self, run_id: i64) -> Result<(), StoreError> {
+    /// ended before in `outcome`. A run without an end (written before
+    /// every end was recorded) ends `now`.
+    pub fn set_rolled_back(&self, run_id: i64, now: Ts) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "UPDATE maintenance_runs SET outcome = coalesce(outcome, status), status = ?1 WHERE id = ?2",
-                params![RunStatus::RolledBack, run_id],
+                "UPDATE maintenance_runs SET outcome = coalesce(outcome, status), status = ?1,
+                 ended_ms = coalesce(ended_ms, ?2) WHERE id = ?3",
+                params![RunStatus::RolledBack, now, run_id],
             )
             .map_err(self.err())?;
         Ok(())
@@ -447,16 +449,77 @@ impl Ledger {
         self.step(run_id, now, Step::Prune, None, None, why)
     }
 
-    /// Runs of `task` left `running` by a process that is gone: the caller
-    /// holds the task's lock, so nothing else can be running it.
-    pub fn mark_interrupted(&self, task: &str, now: Ts) -> Result<usize, StoreError> {
+    /// Runs of `task` left `running` by a process that is gone become
+    /// `interrupted`, ending at their last step (their start when they have
+    /// none): the last moment anything is known of them. An `end` step
+    /// says so. The caller holds the task's lock, so nothing else can be
+    /// running it. Returns the runs marked.
+    pub fn mark_interrupted(&self, task: &str, now: Ts) -> Result<Vec<i64>, StoreError> {
+        let tx = self.conn.unchecked_transaction().map_err(self.err())?;
+        let runs: Vec<(i64, Ts)> = {
+            let mut st = tx
+                .prepare(
+                    "SELECT r.id, coalesce(max(s.ts_ms), r.started_ms) FROM maintenance_runs r
+                     LEFT JOIN maintenance_steps s ON s.run_id = r.id
+                     WHERE r.task = ?1 AND r.status = ?2 GROUP BY r.id ORDER BY r.id",
+                )
+                .map_err(self.err())?;
+            st.query_map(params![task, RunStatus::Running], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(self.err())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.err())?
+        };
+        let why = "the process running it stopped before the run ended";
+        for &(id, last) in &runs {
+            tx.execute(
+                "UPDATE maintenance_runs SET status = ?1, ended_ms = ?2,
+                 error = coalesce(error, ?3) WHERE id = ?4",
+                params![RunStatus::Interrupted, last, why, id],
+            )
+            .map_err(self.err())?;
+            tx.execute(
+                "INSERT INTO maintenance_steps (run_id, ts_ms, step, rows, duration_ms, detail)
+                 SELECT ?1, ?2, ?3, NULL, NULL, ?4
+                 WHERE (SELECT count(*) FROM maintenance_steps WHERE run_id = ?1) < ?5",
+                params![
+                    id,
+                    last,
+                    Step::End,
+                    format!("interrupted: {why} (found at {})", crate::fmt::rfc3339(now)),
+                    MAX_STEPS
+                ],
+            )
+            .map_err(self.err())?;
+        }
+        tx.commit().map_err(self.err())?;
+        Ok(runs.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// Gives an end to runs that ended without one (rolled back on demand
+    /// by a version that did not record it): the time of their last step.
+    pub fn fill_missing_ends(&self) -> Result<usize, StoreError> {
         self.conn
             .execute(
-                "UPDATE maintenance_runs SET status = 'interrupted', ended_ms = ?1,
-                 error = coalesce(error, 'the process running it stopped before the run ended')
-                 WHERE task = ?2 AND status = 'running'",
-                params![now, task],
+                "UPDATE maintenance_runs SET ended_ms = coalesce(
+                   (SELECT max(ts_ms) FROM maintenance_steps s WHERE s.run_id = maintenance_runs.id),
+                   started_ms)
+                 WHERE ended_ms IS NULL AND status != ?1",
+                params![RunStatus::Running],
             )
+            .map_err(self.err())
+    }
+
+    /// Tasks with a run recorded as `running`.
+    pub fn running_tasks(&self) -> Result<Vec<String>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT DISTINCT task FROM maintenance_runs WHERE status = ?1 ORDER BY task")
+            .map_err(self.err())?;
+        st.query_map([RunStatus::Running], |r| r.get(0))
+            .map_err(self.err())?
+            .collect::<rusqlite::Result<_>>()
             .map_err(self.err())
     }
 

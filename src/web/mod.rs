@@ -169,7 +169,9 @@ impl Shared {
         port == self.port && self.allowed_hosts.iter().any(|h| h == name)
     }
 
-    /// Checks `Authorization: Bearer <token>` in constant time.
+    /// Checks `Authorization: Bearer <token>` in constant time. The scheme
+    /// name is case-insensitive (RFC 9110 11.1) and the token is trimmed,
+    /// as the token file's is.
     pub fn authorized(&self, header: Option<&str>) -> Result<(), ApiError> {
         use subtle::ConstantTimeEq;
         let Some(token) = &self.token else {
@@ -178,15 +180,19 @@ impl Shared {
                 "mutating routes are disabled: set api.token_file to enable them",
             ));
         };
-        let given = header
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "this route needs an Authorization: Bearer <token> header",
-                )
-            })?;
+        /// The credentials of `Bearer <token>`: scheme name in any case,
+        /// then spaces or tabs, then the token, trimmed; none when empty.
+        fn bearer_token(header: &str) -> Option<&str> {
+            let (scheme, rest) = header.trim_start().split_once([' ', '\t'])?;
+            let token = rest.trim();
+            (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+        }
+        let given = header.and_then(bearer_token).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "this route needs an Authorization: Bearer <token> header",
+            )
+        })?;
         if bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
             Ok(())
         } else {

@@ -62,9 +62,12 @@ pub fn list(
 }
 
 fn duration(r: &RunRow) -> String {
-    r.ended_ms.map_or("running".into(), |e| {
-        format!("{:.1}s", (e - r.started_ms) as f64 / 1000.0)
-    })
+    match r.ended_ms {
+        Some(e) => format!("{:.1}s", (e - r.started_ms) as f64 / 1000.0),
+        // Ended without a recorded end (an older version's rollback).
+        None if r.status.ended() => "-".into(),
+        None => "running".into(),
+    }
 }
 
 /// Runs, one line each.

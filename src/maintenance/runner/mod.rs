@@ -3,7 +3,8 @@
 //! (gate, plan, backup, batches, validate, with one abort path); the guard
 //! and pacing between batches are `guard.rs` and `pacing.rs`. Every step
 //! goes to the ledger as it happens. Also rollback on demand, from the
-//! backup a run recorded.
+//! backup a run recorded, and `settle`: runs left `running` by a process
+//! that died become `interrupted` once their task's lock is free.
 
 mod drive;
 mod guard;
@@ -161,7 +162,7 @@ impl Runner {
         let (name, kind, trigger, dry) = (req.task.clone(), tc.kind(), req.trigger, req.dry_run);
         let run_id = book
             .with(move |l| {
-                l.mark_interrupted(&name, now_ms())?;
+                settle_held(l, &name)?;
                 l.start_run(&name, kind, trigger, dry, now_ms())
             })
             .await?;
@@ -227,11 +228,19 @@ impl Runner {
         let ledger = tokio::task::spawn_blocking(move || Ledger::open(&data_dir))
             .await
             .expect("opening the ledger panicked")?;
-        let (row, _) = ledger::run(ledger.conn(), run_id)
-            .map_err(crate::store::sql_err(Path::new("history.db")))?
-            .ok_or(RunError::NoSuchRun(run_id))?;
-        let name = row.task.clone();
+        let read = |l: &Ledger| {
+            ledger::run(l.conn(), run_id)
+                .map_err(crate::store::sql_err(Path::new("history.db")))?
+                .map(|(row, _)| row)
+                .ok_or(RunError::NoSuchRun(run_id))
+        };
+        let name = read(&ledger)?.task;
         self.task_config(&name)?;
+        let lock = TaskLock::try_take(&self.data_dir, &name, trigger).map_err(RunError::Busy)?;
+        // With the lock held, a run still `running` is one whose process
+        // is gone: it is interrupted, and its backup can be put back.
+        settle_held(&ledger, &name)?;
+        let row = read(&ledger)?;
         let backup: Backup = row
             .backup
             .clone()
@@ -250,7 +259,6 @@ impl Runner {
                 crate::fmt::rfc3339(when)
             )));
         }
-        let lock = TaskLock::try_take(&self.data_dir, &name, trigger).map_err(RunError::Busy)?;
         let book = Book(Arc::new(Mutex::new(ledger)));
         let mut task = self.build(&name)?;
         let cx = self.cx(&name, run_id);
@@ -267,7 +275,7 @@ impl Runner {
                 )
                 .await?;
                 let id = run_id;
-                book.with(move |l| l.set_rolled_back(id)).await?;
+                book.with(move |l| l.set_rolled_back(id, now_ms())).await?;
                 (RunStatus::RolledBack, None)
             }
             Ok(v) => {
@@ -301,6 +309,46 @@ impl Runner {
     }
 }
 
+/// Marks `task`'s runs left `running` as interrupted; the caller holds the
+/// task's lock, so their process is gone.
+fn settle_held(l: &Ledger, task: &str) -> Result<(), StoreError> {
+    for id in l.mark_interrupted(task, now_ms())? {
+        tracing::warn!(
+            task,
+            run_id = id,
+            "maintenance run marked interrupted: the process running it stopped before the run ended"
+        );
+    }
+    Ok(())
+}
+
+/// Marks the runs of `task` left `running` as interrupted when the task's
+/// lock is free (its holder is gone: the kernel dropped the lock with it).
+/// `Err(Busy)` when a live process holds the lock: the run is going on.
+pub fn settle(l: &Ledger, data_dir: &Path, task: &str, trigger: Trigger) -> Result<(), RunError> {
+    let lock = TaskLock::try_take(data_dir, task, trigger).map_err(RunError::Busy)?;
+    settle_held(l, task)?;
+    drop(lock);
+    Ok(())
+}
+
+/// Every run left `running` whose task lock is free becomes interrupted,
+/// and every ended run without an end gets one: the agent calls this at
+/// start and after runs, so that a killed run's row never says `running`
+/// for ever. A task whose lock is held is left to its holder.
+pub fn settle_all(data_dir: &Path) -> Result<(), StoreError> {
+    let l = Ledger::open(data_dir)?;
+    l.fill_missing_ends()?;
+    for task in l.running_tasks()? {
+        match settle(&l, data_dir, &task, Trigger::Schedule) {
+            Ok(()) | Err(RunError::Busy(_)) => {}
+            Err(RunError::Ledger(e)) => return Err(e),
+            Err(e) => tracing::warn!(task, "maintenance runs not settled: {e}"),
+        }
+    }
+    Ok(())
+}
+
 /// Free bytes for an unprivileged writer on the filesystem of `path`.
 pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -312,4 +360,71 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(s.f_bavail as u64 * s.f_frsize as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(l: &Ledger, id: i64) -> (RunStatus, Option<i64>, Vec<Step>) {
+        let (r, steps) = ledger::run(l.conn(), id).unwrap().unwrap();
+        (r.status, r.ended_ms, steps.iter().map(|s| s.step).collect())
+    }
+
+    #[test]
+    fn runs_left_running_end_at_their_last_step_unless_their_lock_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(dir.path()).unwrap();
+        let t0 = 1_700_000_000_000;
+        let stepped = l
+            .start_run("a", "scratch", Trigger::Api, false, t0)
+            .unwrap();
+        l.step(
+            stepped,
+            t0 + 5_000,
+            Step::Batch,
+            Some(10),
+            Some(3),
+            "batch 1",
+        )
+        .unwrap();
+        let bare = l
+            .start_run("b", "scratch", Trigger::Cli, false, t0)
+            .unwrap();
+        // Rolled back on demand by a version that recorded no end.
+        let old = l
+            .start_run("c", "scratch", Trigger::Cli, false, t0)
+            .unwrap();
+        l.step(old, t0 + 9_000, Step::Rollback, Some(1), None, "on demand")
+            .unwrap();
+        l.conn()
+            .execute(
+                "UPDATE maintenance_runs SET status = 'rolled_back' WHERE id = ?1",
+                [old],
+            )
+            .unwrap();
+
+        let held = TaskLock::try_take(dir.path(), "b", Trigger::Cli).unwrap();
+        settle_all(dir.path()).unwrap();
+        assert_eq!(
+            row(&l, stepped),
+            (
+                RunStatus::Interrupted,
+                Some(t0 + 5_000),
+                vec![Step::Batch, Step::End]
+            )
+        );
+        assert_eq!(row(&l, bare), (RunStatus::Running, None, vec![]));
+        assert_eq!(row(&l, old).1, Some(t0 + 9_000));
+
+        drop(held);
+        settle_all(dir.path()).unwrap();
+        assert_eq!(
+            row(&l, bare),
+            (RunStatus::Interrupted, Some(t0), vec![Step::End])
+        );
+        // Settled runs are not settled again.
+        settle_all(dir.path()).unwrap();
+        assert_eq!(row(&l, stepped).2, vec![Step::Batch, Step::End]);
+    }
 }

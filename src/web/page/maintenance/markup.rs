@@ -37,10 +37,12 @@ fn status_badge(r: &RunRow) -> Markup {
     }
 }
 
-/// How long a run took, or has been running.
+/// How long a run took, or has been running. An ended run without an
+/// end (written by an older version) has no known duration.
 fn duration(r: &RunRow, now: Ts) -> String {
     match r.ended_ms {
         Some(end) => took(end - r.started_ms),
+        None if r.status.ended() => "—".to_string(),
         None => format!("{} so far", took(now - r.started_ms)),
     }
 }

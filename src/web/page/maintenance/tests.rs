@@ -228,6 +228,24 @@ fn recent_runs_show_status_in_words_and_link_from_events() {
     assert_eq!(run_link(&s, 3), "/api/v1/maintenance/runs/3");
 }
 
+#[test]
+fn an_ended_run_without_an_end_is_not_running_so_far() {
+    // Rolled back on demand by a version that recorded no end.
+    let mut old = run(7, "trim", "rolled_back", None);
+    old.ended_ms = None;
+    let html = html_of(&Section {
+        runs: vec![old],
+        ..Section::default()
+    });
+    let row = &html[html.find("id=\"maint-run-7\"").unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(!row.contains("so far"), "{row}");
+    assert!(
+        row.contains("<span class=\"word\">rolled back</span>"),
+        "{row}"
+    );
+}
+
 /// The seam: the agent's own document reads, for every kind of schedule.
 #[test]
 fn the_agent_s_tasks_document_reads() {
