@@ -761,7 +761,7 @@ async fn the_bearer_scheme_is_case_insensitive_and_the_token_trimmed() {
             &s,
             "POST",
             "/api/v1/reload",
-            &[("host", "localhost"), ("authorization", auth)],
+            &[("host", "localhost:8711"), ("authorization", auth)],
             b"",
         )
         .await;
@@ -777,7 +777,7 @@ async fn the_bearer_scheme_is_case_insensitive_and_the_token_trimmed() {
             &s,
             "POST",
             "/api/v1/reload",
-            &[("host", "localhost"), ("authorization", auth)],
+            &[("host", "localhost:8711"), ("authorization", auth)],
             b"",
         )
         .await;
