@@ -62,6 +62,12 @@ impl App {
         config_path: Option<PathBuf>,
         data_dir: PathBuf,
     ) -> Result<App, AppError> {
+        // Idle API clients must not starve probes and history of
+        // descriptors: take all the kernel allows, and the API's share is
+        // capped below it (`web::conn`).
+        if let Some(n) = web::conn::raise_fd_limit() {
+            tracing::debug!("open-file limit {n}");
+        }
         let listener = if config.api.enabled {
             let token = match &config.api.token_file {
                 Some(p) => Some(crate::secret::read_token(p).map_err(AppError::Token)?),
@@ -128,7 +134,12 @@ impl App {
                 .listening_on(addr)
                 .with_maintenance(maintenance.clone()),
             );
-            web_tracker.spawn(web::serve(listener, shared, web_token.clone()));
+            web_tracker.spawn(web::serve_with(
+                listener,
+                shared,
+                web::conn::Limits::new(&config.api),
+                web_token.clone(),
+            ));
             if let Some(a) = addr {
                 tracing::info!("api on http://{a}/");
             }

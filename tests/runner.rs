@@ -1,5 +1,6 @@
 //! The probe runner: a hanging probe never delays another, failures are
-//! unhealthy gaps with a reason, and missed ticks are skipped, not burst.
+//! unhealthy gaps with a reason, a tick the agent could not make (out of
+//! file descriptors) is unknown, and missed ticks are skipped, not burst.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -208,4 +209,112 @@ async fn a_full_recorder_channel_drops_and_counts_instead_of_blocking() {
     );
     assert!(stats.dropped_outcomes.load(Ordering::Relaxed) >= 8);
     assert_eq!(rx.try_iter().count(), 2);
+}
+
+const OUT_OF_FDS_CHILD: &str = "UPKEEP_TEST_OUT_OF_FDS_CHILD";
+
+/// Runs [`out_of_fds_child`] in a process of its own: it lowers its own
+/// descriptor limit, which must not touch the other tests.
+#[test]
+fn a_probe_out_of_descriptors_is_unknown_not_unhealthy() {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([
+            "runner::out_of_fds_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(OUT_OF_FDS_CHILD, "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+}
+
+#[tokio::test]
+#[ignore = "run in a process of its own by a_probe_out_of_descriptors_is_unknown_not_unhealthy"]
+async fn out_of_fds_child() {
+    use upkeep::probes::tcp::{self, TcpConfig, TcpProbe};
+
+    if std::env::var_os(OUT_OF_FDS_CHILD).is_none() {
+        return;
+    }
+    async fn next(rx: &Receiver<Outcome>) -> Outcome {
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Ok(o) = rx.try_recv() {
+                return o;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no outcome within 5 s");
+    }
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = TcpConfig {
+        interval: None,
+        timeout: None,
+        failure_threshold: None,
+        success_threshold: None,
+        thresholds: Default::default(),
+        address: target.local_addr().unwrap().to_string(),
+    };
+    let spec = ProbeSpec {
+        name: "target".into(),
+        kind: "tcp",
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_secs(1),
+        thresholds: tcp::default_thresholds(),
+        failure_threshold: 3,
+        success_threshold: 2,
+    };
+    let (tx, rx) = sync_channel(64);
+    let stop = CancellationToken::new();
+    tokio::spawn(run(
+        spec,
+        TcpProbe::new(&config),
+        tx,
+        Arc::new(RunnerStats::default()),
+        stop.clone(),
+    ));
+    assert_eq!(next(&rx).await.status, Status::Healthy);
+
+    // Every descriptor the process may open, taken.
+    let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own, in a process of our own.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    lim.rlim_cur = open + 16;
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    let mut hog = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        hog.push(f);
+    }
+    while rx.try_recv().is_ok() {}
+    let o = next(&rx).await;
+    assert_eq!(
+        (o.raw_status, o.status),
+        (Status::Unknown, Status::Unknown),
+        "{o:?}"
+    );
+    let reason = o.reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("target: agent out of file descriptors (connect to "),
+        "{reason}"
+    );
+
+    // Descriptors back: the next outcome is believed at once.
+    drop(hog);
+    while rx.try_recv().is_ok() {}
+    let o = next(&rx).await;
+    assert_eq!((o.raw_status, o.status), (Status::Healthy, Status::Healthy));
+    stop.cancel();
 }

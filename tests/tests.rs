@@ -17,5 +17,6 @@ mod store_faults;
 mod store_history;
 mod systemd;
 mod web_api;
+mod web_conn;
 mod web_metrics;
 mod web_page;

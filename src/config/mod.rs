@@ -100,6 +100,16 @@ pub struct ApiConfig {
     /// address, that requests may name in their Host header (a guard
     /// against DNS rebinding).
     pub allowed_hosts: Vec<String>,
+    /// API connections open at once; at the cap, the one idle the longest
+    /// is closed to make room for a new one.
+    pub max_connections: usize,
+    /// Time a client has to send a request's head, from connecting or from
+    /// the first byte of a request on a kept-alive connection.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -109,6 +119,9 @@ impl Default for ApiConfig {
             listen: "127.0.0.1:8711".to_string(),
             token_file: None,
             allowed_hosts: Vec::new(),
+            max_connections: 256,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -12,6 +12,10 @@ use super::{Config, TierConfig};
 /// wrong.
 type Bad<'a> = dyn FnMut(&[&str], String) + 'a;
 
+/// Each API connection may hold a few descriptors; more than this many
+/// connections is a typo, not a plan.
+const MAX_API_CONNECTIONS: usize = 65_536;
+
 impl Config {
     /// Every problem of the config, each with the key path it is about.
     /// Offline: never touches the network or the history file.
@@ -76,6 +80,20 @@ impl Config {
                     &["api", "allowed_hosts"],
                     format!("`{h}` is not a host name"),
                 );
+            }
+        }
+        if !(1..=MAX_API_CONNECTIONS).contains(&self.api.max_connections) {
+            bad(
+                &["api", "max_connections"],
+                format!("must be between 1 and {MAX_API_CONNECTIONS}"),
+            );
+        }
+        for (key, d) in [
+            ("header_read_timeout", self.api.header_read_timeout),
+            ("idle_timeout", self.api.idle_timeout),
+        ] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+                bad(&["api", key], "must be between 100ms and 1h".into());
             }
         }
     }
@@ -352,5 +370,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("tier 2: step must be at most 49d"), "{err}");
+    }
+
+    #[test]
+    fn api_connection_limits_are_checked_by_name() {
+        let ok = Config::parse(
+            "a.toml",
+            "[api]\nmax_connections = 8\nheader_read_timeout = \"2s\"\nidle_timeout = \"1m\"\n",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        let err = Config::parse(
+            "a.toml",
+            "[api]\nmax_connections = 0\nheader_read_timeout = \"0s\"\nidle_timeout = \"2h\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in ["max_connections", "header_read_timeout", "idle_timeout"] {
+            assert!(err.contains(&format!("api.{key}")), "{key}: {err}");
+        }
     }
 }

@@ -34,6 +34,28 @@ pub enum ProbeError {
     Timeout(Duration),
     #[error("{0}")]
     Failed(String),
+    /// The agent could not make the attempt: it is out of file descriptors.
+    /// Says nothing about the target, so the tick is `unknown`, not
+    /// `unhealthy`.
+    #[error("agent out of file descriptors ({0})")]
+    OutOfFds(String),
+}
+
+impl ProbeError {
+    /// A failed I/O step named by `what`: the agent's own fault when the
+    /// process or the host has no descriptor left (EMFILE, ENFILE), else a
+    /// failure of the target.
+    pub fn io(what: impl std::fmt::Display, e: &std::io::Error) -> ProbeError {
+        match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => ProbeError::OutOfFds(format!("{what}: {e}")),
+            _ => ProbeError::Failed(format!("{what}: {e}")),
+        }
+    }
+
+    /// Whether the agent, not the target, failed the tick.
+    pub fn is_agent_fault(&self) -> bool {
+        matches!(self, ProbeError::OutOfFds(_))
+    }
 }
 
 /// A probe keeps state across ticks (`&mut self`): a long-lived handle, a
@@ -323,6 +345,21 @@ mod tests {
             sustained: Duration::from_secs(sustained),
             below: false,
         }
+    }
+
+    #[test]
+    fn out_of_descriptors_is_the_agents_fault() {
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let e = ProbeError::io("connect to db:5432", &emfile);
+        assert!(e.is_agent_fault(), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("agent out of file descriptors (connect to db:5432: ")
+        );
+        let enfile = std::io::Error::from_raw_os_error(libc::ENFILE);
+        assert!(ProbeError::io("x", &enfile).is_agent_fault());
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert!(!ProbeError::io("x", &refused).is_agent_fault());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Drives one probe on its own schedule: one tokio task per probe, each tick
 //! bounded by the probe's timeout, a missed tick skipped (never burst). A
 //! failed or timed-out tick is `unhealthy` with a reason and no readings (a
-//! gap in history, never a zero). Outcomes go to the recorder through a
+//! gap in history, never a zero); a tick the agent itself could not make
+//! (out of file descriptors) is `unknown`, never a target outage. Outcomes go to the recorder through a
 //! bounded channel that never blocks a probe: when full, the outcome is
 //! dropped and counted.
 
@@ -87,10 +88,22 @@ pub async fn run<P: Probe>(
             }
             Err(e) => {
                 let msg = format!("{}: {e}", spec.name);
-                (Vec::new(), Status::Unhealthy, Some(msg.clone()), Some(msg))
+                let raw = if e.is_agent_fault() {
+                    Status::Unknown
+                } else {
+                    Status::Unhealthy
+                };
+                (Vec::new(), raw, Some(msg.clone()), Some(msg))
             }
         };
-        let status = damper.step(raw, spec.failure_threshold, spec.success_threshold);
+        let status = if raw == Status::Unknown {
+            // The agent could not look: what it last saw is no longer known,
+            // and the next real outcome is believed as a first one is.
+            damper = Damper::default();
+            Status::Unknown
+        } else {
+            damper.step(raw, spec.failure_threshold, spec.success_threshold)
+        };
         if reason.is_some() {
             last_reason = reason;
         } else if raw == Status::Healthy && status == Status::Healthy {

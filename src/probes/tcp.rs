@@ -66,7 +66,7 @@ impl Probe for TcpProbe {
         let started = Instant::now();
         let stream = TcpStream::connect(&self.address)
             .await
-            .map_err(|e| ProbeError::Failed(format!("connect to {}: {e}", self.address)))?;
+            .map_err(|e| ProbeError::io(format_args!("connect to {}", self.address), &e))?;
         let took = started.elapsed();
         drop(stream);
         Ok(vec![Reading::new(

@@ -39,6 +39,7 @@ use crate::probes::runner::RunnerStats;
 use crate::secret::Secret;
 
 pub mod api;
+pub mod conn;
 pub mod health;
 pub mod maintenance;
 pub mod metrics;
@@ -540,16 +541,23 @@ pub async fn bind(listen: &str) -> Result<TcpListener, String> {
     let addr: SocketAddr = listen
         .parse()
         .map_err(|e| format!("api.listen `{listen}`: {e}"))?;
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("api.listen {addr}: cannot bind: {e}"))
+    conn::listen(addr).map_err(|e| format!("api.listen {addr}: cannot bind: {e}"))
 }
 
-/// Serves until `shutdown` is cancelled, then finishes open requests.
+/// Serves until `shutdown` is cancelled, then finishes open requests, with
+/// the default connection limits.
 pub async fn serve(listener: TcpListener, state: State, shutdown: CancellationToken) {
-    warp::serve(routes(state))
-        .incoming(listener)
-        .graceful(shutdown.cancelled_owned())
-        .run()
-        .await;
+    serve_with(listener, state, conn::Limits::default(), shutdown).await;
+}
+
+/// Serves until `shutdown` is cancelled, then finishes open requests; the
+/// connections are bounded by `limits` ([`conn`]).
+pub async fn serve_with(
+    listener: TcpListener,
+    state: State,
+    limits: conn::Limits,
+    shutdown: CancellationToken,
+) {
+    let service = hyper_util::service::TowerToHyperService::new(warp::service(routes(state)));
+    conn::serve(listener, service, limits, shutdown).await;
 }
