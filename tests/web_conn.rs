@@ -180,7 +180,7 @@ fn a_request_head_that_never_ends_is_cut_off_after_the_header_timeout() {
     let config = api_config(port, "header_read_timeout = \"1s\"\nidle_timeout = \"30s\"");
     let agent = agent_under_ulimit(dir.path(), &config, port, 1024, "info");
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    s.write_all(format!("GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n").as_bytes())
         .unwrap();
     // A header line every 100 ms: bytes keep coming, the head never ends.
     let took = closed_after(&mut s, Duration::from_secs(5), Some(b"X-Slow: 1\r\n"))
@@ -207,7 +207,7 @@ fn a_kept_alive_connection_is_closed_after_the_idle_timeout_not_the_header_timeo
     );
     let agent = agent_under_ulimit(dir.path(), &config, port, 1024, "info");
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    s.write_all(format!("GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes())
         .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = [0u8; 4096];
@@ -255,8 +255,10 @@ fn clients_leaving_mid_request_are_debug_lines_at_most_once_a_second() {
     let started = Instant::now();
     for _ in 0..50 {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.write_all(b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Cut: ")
-            .unwrap();
+        s.write_all(
+            format!("GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Cut: ").as_bytes(),
+        )
+        .unwrap();
     }
     // Every one of them has ended by the time this answers.
     std::thread::sleep(Duration::from_millis(300));
