@@ -153,7 +153,7 @@ fn a_typoed_key_names_its_line_and_column() {
 fn a_typo_inside_a_probe_table_is_an_error_not_ignored() {
     let err =
         rejected("[probe.db]\nkind = \"tcp\"\naddress = \"127.0.0.1:5432\"\nadress = \"x\"\n");
-    assert!(err.starts_with("FILE:1:1: unknown field `adress`"), "{err}");
+    assert!(err.starts_with("FILE:4:1: unknown field `adress`"), "{err}");
 }
 
 #[test]
@@ -218,6 +218,162 @@ fn every_problem_is_reported_at_once_in_file_order() {
             "FILE:13:11: probe.Bad.address: `nowhere` is not host:port",
         ]
     );
+}
+
+/// Each table is read on its own: a wrong type in one probe does not hide
+/// the others' problems, and each problem is at its own value or key, in
+/// a kind's table and under dotted keys too.
+#[test]
+fn every_table_s_problems_are_reported_at_once_each_at_its_place() {
+    let err = rejected(
+        "nope = 1\n\
+         probe.c.kind = \"tcp\"\n\
+         probe.c.address = 3\n\
+         \n\
+         [agent]\n\
+         failure_threshold = \"three\"\n\
+         \n\
+         [probe.a]\n\
+         kind = \"tcp\"\n\
+         address = \"127.0.0.1:1\"\n\
+         interval = 5\n\
+         \n\
+         [probe.b]\n\
+         kind = \"tcp\"\n\
+         address = \"127.0.0.1:2\"\n\
+         adress = \"x\"\n\
+         thresholds.latency.degraded = \"high\"\n\
+         \n\
+         [probe.d]\n\
+         kind = \"tcpp\"\n\
+         \n\
+         [maintenance.t]\n\
+         kind = \"postgres_analyze\"\n\
+         timeout = 60\n",
+    );
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "FILE:1:1: unknown field `nope`, expected one of `agent`, `api`, `history`, `host`, `probe`, `maintenance`",
+            "FILE:3:19: invalid type: integer `3`, expected a string",
+            "FILE:6:21: invalid type: string \"three\", expected u32",
+            "FILE:11:12: invalid type: integer `5`, expected a duration",
+            "FILE:16:1: unknown field `adress`, expected one of `interval`, `timeout`, `failure_threshold`, `success_threshold`, `thresholds`, `address`",
+            "FILE:20:8: unknown variant `tcpp`, expected one of `tcp`, `http`, `worker`, `access_log`, `postgres`, `redis`",
+            "FILE:24:11: invalid type: integer `60`, expected a duration",
+        ]
+    );
+}
+
+/// A name or value from the file is echoed with its control characters
+/// escaped: a newline in a probe name cannot forge a line of the report,
+/// nor an escape sequence reach the terminal.
+#[test]
+fn names_from_the_config_are_echoed_escaped() {
+    let err = rejected(
+        "[probe.\"db\\nFILE:1:1: all good\"]\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\n\n\
+         [maintenance.\"t\\u001b[2J\"]\nkind = \"postgres_analyze\"\nprobe = \"db\"\n",
+    );
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 4, "{err}");
+    assert!(
+        lines[0].starts_with(r"FILE:1:8: probe.db\nFILE:1:1: all good: probe names are"),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with(r"FILE:5:14: maintenance.t\u{1b}[2J: task names are"),
+        "{err}"
+    );
+    let err = rejected("\"a\\rb\" = 1\n");
+    assert!(
+        err.starts_with(r"FILE:1:1: unknown field `a\rb`"),
+        "{err:?}"
+    );
+}
+
+/// `upkeep check-config` on `path`, in a shell bounding its memory, killed
+/// if it has not answered within 10 s.
+fn check_config_bounded(path: &Path) -> std::process::Output {
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "ulimit -v 2000000; exec \"$0\" check-config \"$1\""])
+        .arg(crate::util::bin())
+        .arg(path)
+        .env("UPKEEP_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("check-config {} hung", path.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The config is a regular file of at most 1 MiB: a device, a FIFO with
+/// no writer or a huge file is refused at once, naming the file.
+#[test]
+fn a_config_that_is_not_a_small_regular_file_is_refused() {
+    let dir = temp_dir();
+    let fifo = dir.path().join("fifo.toml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let comment = |len: usize| format!("#{}\n", "x".repeat(len - 2));
+    let big = write_file(dir.path(), "big.toml", &comment((1 << 20) + 1));
+    let cases = [
+        (
+            Path::new("/dev/zero").to_path_buf(),
+            "not a regular file (a device)",
+        ),
+        (fifo, "not a regular file (a FIFO)"),
+        (big, "larger than 1048576 bytes (1 MiB)"),
+    ];
+    for (path, words) in cases {
+        let o = check_config_bounded(&path);
+        assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+        assert!(
+            stderr(&o).starts_with(&format!(
+                "{}: cannot read config file: {words}",
+                path.display()
+            )),
+            "{}",
+            stderr(&o)
+        );
+    }
+    // Exactly 1 MiB is still a config.
+    let edge = write_file(dir.path(), "edge.toml", &comment(1 << 20));
+    let o = check_config_bounded(&edge);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+/// `probes:` lists the probes that run: not the host probe when it is
+/// disabled.
+#[test]
+fn check_config_lists_the_probes_that_run() {
+    let dir = temp_dir();
+    let web = "[probe.web]\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\n";
+    for (text, want) in [
+        (String::new(), "probes: host"),
+        (web.to_string(), "probes: host, web"),
+        (format!("[host]\nenabled = false\n\n{web}"), "probes: web"),
+        ("[host]\nenabled = false\n".to_string(), "probes: none"),
+    ] {
+        let cfg = write_file(dir.path(), "agent.toml", &text);
+        let o = upkeep(&["check-config", cfg.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(
+            stdout(&o).lines().any(|l| l == want),
+            "{text}\n{}",
+            stdout(&o)
+        );
+    }
 }
 
 #[test]

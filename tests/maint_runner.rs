@@ -144,6 +144,60 @@ fn plan_dry_run_run_show_and_rollback_from_the_cli() {
     drop(guard);
 }
 
+/// A run's backup is private whatever the umask of the shell that runs
+/// it: under `umask 000` the directories are still 0750, the archive and
+/// the restore journal a rollback writes 0640.
+#[test]
+fn backups_are_0750_and_0640_under_a_permissive_umask() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let t = Table::new("upkeep_bm", 2_000, 3600); // 2k rows over 83 days
+    let dir = temp_dir();
+    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = config(
+        dir.path(),
+        &t.name(),
+        &guard.local_addr().unwrap().to_string(),
+        "batch_size = 500\npause = \"0s\"",
+        "",
+    );
+    let data = dir.path().join("data");
+    let under_umask_000 = |args: &[&str]| {
+        Command::new("sh")
+            .args(["-c", "umask 000; exec \"$0\" \"$@\""])
+            .arg(crate::util::bin())
+            .arg("maintenance")
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("UPKEEP_CONFIG")
+            .env_remove("STATE_DIRECTORY")
+            .env("UPKEEP_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = under_umask_000(&["run", "trim"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let run_id = doc["tasks"][0]["details"]["run_id"].as_i64().unwrap();
+    let out = under_umask_000(&["rollback", &run_id.to_string()]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let backups = data.join("backups");
+    let run_dir = backups.join("trim").join(run_id.to_string());
+    for d in [backups.clone(), backups.join("trim"), run_dir.clone()] {
+        assert_eq!(mode(&d), 0o750, "{}", d.display());
+    }
+    for f in ["rows.jsonl.gz", "restored.jsonl"] {
+        let f = run_dir.join(f);
+        assert_eq!(mode(&f), 0o640, "{}", f.display());
+    }
+    drop(guard);
+}
+
 #[test]
 fn a_closed_window_refuses_the_run_unless_told_to_ignore_it() {
     let t = Table::new("upkeep_mr", 2_000, 3_600);

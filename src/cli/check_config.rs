@@ -1,11 +1,12 @@
 //! `upkeep check-config`: validates a config (an invalid one is a
 //! [`CliError::Config`]), checks the files `run` reads at start (the API
-//! token file), and prints the largest size its history file can
-//! reach, and the budget of maintenance backups. Called by [`super::dispatch`].
+//! token file), and prints the probes that run, the largest size its
+//! history file can reach, and the budget of maintenance backups. Called by [`super::dispatch`].
 
 use std::path::Path;
 
 use super::{CliError, check_token_file, load_config};
+use crate::config::escape;
 use crate::store;
 
 pub(super) fn check_config(path: Option<&Path>) -> Result<(), CliError> {
@@ -17,14 +18,15 @@ pub(super) fn check_config(path: Option<&Path>) -> Result<(), CliError> {
         Some(p) => println!("{}: ok", p.display()),
         None => println!("no config file: built-in defaults are valid"),
     }
-    println!(
-        "probes: host{}",
-        config
-            .probe
-            .keys()
-            .map(|k| format!(", {k}"))
-            .collect::<String>()
-    );
+    // The probes that run, as the agent builds them: no `host` when
+    // `[host] enabled = false`.
+    let probes = crate::probes::names(&config);
+    if probes.is_empty() {
+        println!("probes: none");
+    } else {
+        let probes: Vec<_> = probes.iter().map(|p| escape(p)).collect();
+        println!("probes: {}", probes.join(", "));
+    }
     println!(
         "history file bound: {} bytes ({:.1} MiB) for at most {} series",
         bound.total,
@@ -59,7 +61,8 @@ pub(super) fn check_config(path: Option<&Path>) -> Result<(), CliError> {
         let (keep, max) = (m.keep_backups_of(name), m.max_backup_bytes_of(name));
         if keep != m.keep_backups || max != m.max_backup_bytes {
             println!(
-                "  {name}: {:.1} MiB, each kept {}",
+                "  {}: {:.1} MiB, each kept {}",
+                escape(name),
                 mib(max),
                 humantime::format_duration(keep)
             );

@@ -16,7 +16,7 @@ pub use crate::store::config::{HistoryConfig, TierConfig};
 mod errors;
 mod validate;
 
-pub use errors::{ConfigError, ConfigIssue, line_col};
+pub use errors::{ConfigError, ConfigIssue, MAX_CONFIG_BYTES, escape, line_col};
 pub use validate::valid_name;
 
 // Each seam keeps its config types in its own folder; these names are the

@@ -181,6 +181,21 @@ macro_rules! task_kinds {
             /// `agent.toml.example` in tests).
             pub const KINDS: &'static [&'static str] = &[$($name,)*];
 
+            /// Reads the table of kind `kind` with its `kind` key taken
+            /// out, straight into that kind's struct, so that errors keep
+            /// their place in the file (see `ProbeConfig::deserialize_kind`).
+            /// `None`: no such kind.
+            pub fn deserialize_kind<'de, D: serde::Deserializer<'de>>(
+                kind: &str,
+                d: D,
+            ) -> Option<Result<TaskConfig, D::Error>> {
+                match kind {
+                    $($name => Some(<$ty as Deserialize>::deserialize(d).map(TaskConfig::$v)),)*
+                    $(#[cfg(test)] $tname => Some(<$tty as Deserialize>::deserialize(d).map(TaskConfig::$tv)),)*
+                    _ => None,
+                }
+            }
+
             pub fn kind(&self) -> &'static str {
                 match self {
                     $(TaskConfig::$v(_) => $name,)*

@@ -13,6 +13,7 @@
 //! within their budget.
 
 pub mod agent;
+pub mod backup_files;
 pub mod config;
 pub mod ledger;
 pub mod lock;

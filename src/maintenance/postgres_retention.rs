@@ -322,7 +322,7 @@ impl RetentionTask {
                 let path = cx.backup_dir.join(archive::FILE_NAME);
                 let p = path.clone();
                 let writer = tokio::task::spawn_blocking(move || {
-                    std::fs::create_dir_all(p.parent().unwrap_or(&p))?;
+                    super::backup_files::create_dir(p.parent().unwrap_or(&p))?;
                     ArchiveWriter::create(&p)
                 })
                 .await

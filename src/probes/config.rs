@@ -196,6 +196,21 @@ macro_rules! probe_kinds {
             /// serde in a test).
             pub const KINDS: &'static [&'static str] = &[$($cname,)*];
 
+            /// Reads the table of kind `kind` with its `kind` key taken
+            /// out, straight into that kind's struct: serde's internally
+            /// tagged enum buffers the table first and loses where in the
+            /// file each value was, which config errors need. `None`: no
+            /// such kind.
+            pub fn deserialize_kind<'de, D: serde::Deserializer<'de>>(
+                kind: &str,
+                d: D,
+            ) -> Option<Result<ProbeConfig, D::Error>> {
+                match kind {
+                    $($cname => Some(<$cty as Deserialize>::deserialize(d).map(ProbeConfig::$cv)),)*
+                    _ => None,
+                }
+            }
+
             pub fn probe_kind(&self) -> ProbeKind {
                 match self {
                     $(ProbeConfig::$cv(_) => ProbeKind::$cv,)*

@@ -13,11 +13,14 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use flate2::Compression;
 use flate2::GzBuilder;
 use serde::{Deserialize, Serialize};
+
+use crate::maintenance::backup_files::FILE_MODE;
 
 /// The archive's file name in the run's backup dir.
 pub const FILE_NAME: &str = "rows.jsonl.gz";
@@ -49,7 +52,11 @@ impl ArchiveWriter {
     /// Creates `path` (its directory must exist). An archive that already
     /// holds rows is never appended to or replaced: a run writes its own.
     pub fn create(path: &Path) -> io::Result<ArchiveWriter> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(FILE_MODE)
+            .open(path)?;
         let len = file.metadata()?.len();
         if len > 0 {
             return Err(io::Error::new(
@@ -210,7 +217,11 @@ pub struct Restored {
 
 /// Appends `entry` to the journal at `path` and fsyncs it.
 pub fn journal_append(path: &Path, entry: &Restored) -> io::Result<()> {
-    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(FILE_MODE)
+        .open(path)?;
     let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
     line.push(b'\n');
     file.write_all(&line)?;

@@ -240,7 +240,7 @@ impl Drive<'_> {
                 format!("backup dir {}: {e}", dir.display()),
             )
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        crate::maintenance::backup_files::create_dir(dir).map_err(io)?;
         let free = free_bytes(dir).map_err(io)?;
         if free < need.saturating_add(DISK_MARGIN_BYTES) {
             return Err(Stop::refused(format!(
