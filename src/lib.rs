@@ -17,7 +17,8 @@
 //!   tasks: connect from a probe's settings, sessions, identifier quoting.
 //! - `recorder`: the single writer; turns outcomes into live state, events and history.
 //! - `store`: the SQLite history file and every table in it: `writer/`
-//!   (recovery, flush, trim), `reader`, `chunk`, `tiers` (and the size bound),
+//!   (recovery, flush, trim), `salvage` (a damaged file copied row by row into
+//!   a fresh one), `reader`, `chunk`, `tiers` (and the size bound),
 //!   `ledger` (the maintenance tables `maintenance_runs`, `maintenance_steps`,
 //!   `RunStatus`, `Step`), `config` (`[history]`).
 //! - `maintenance`: the `Task` trait and what a run passes between its steps.
