@@ -24,7 +24,8 @@
 //! - `maintenance`: the `Task` trait and what a run passes between its steps.
 //!   - `config`: the task registry `TaskConfig`, `TaskKind`, `task_config!`,
 //!     the `[maintenance]` backup budget.
-//!   - `runner/`: one run or rollback (`Runner`); `drive` (gate, plan, backup,
+//!   - `runner/`: one run or rollback (`Runner`; from a backup dir alone with
+//!     `run_file`, the run.json kept there); `drive` (gate, plan, backup,
 //!     batches, validate, one abort path), `guard`, `pacing`.
 //!   - `ledger`: the seed's `MaintenanceResult` over `store::ledger`.
 //!   - `prune` (backups past their age or budget), `schedule` (cron, windows,

@@ -1,5 +1,6 @@
 //! Faults of the history store as a spec: kill -9 while writing, a full
-//! disk, a read-only data dir, a corrupt or foreign history file. The kill
+//! disk, a read-only data dir, a corrupt or foreign history file, a damaged
+//! page of a tier, of the events or of the ledger (salvaged). The kill
 //! test runs this test binary again as the child that writes; the disk tests
 //! mount a tmpfs, which needs root: without it they fail, they never skip.
 
