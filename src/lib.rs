@@ -17,13 +17,15 @@
 //!   tasks: connect from a probe's settings, sessions, identifier quoting.
 //! - `recorder`: the single writer; turns outcomes into live state, events and history.
 //! - `store`: the SQLite history file and every table in it: `writer/`
-//!   (recovery, flush, trim), `reader`, `chunk`, `tiers` (and the size bound),
+//!   (recovery, flush, trim), `salvage` (a damaged file copied row by row into
+//!   a fresh one), `reader`, `chunk`, `tiers` (and the size bound),
 //!   `ledger` (the maintenance tables `maintenance_runs`, `maintenance_steps`,
 //!   `RunStatus`, `Step`), `config` (`[history]`).
 //! - `maintenance`: the `Task` trait and what a run passes between its steps.
 //!   - `config`: the task registry `TaskConfig`, `TaskKind`, `task_config!`,
 //!     the `[maintenance]` backup budget.
-//!   - `runner/`: one run or rollback (`Runner`); `drive` (gate, plan, backup,
+//!   - `runner/`: one run or rollback (`Runner`; from a backup dir alone with
+//!     `run_file`, the run.json kept there); `drive` (gate, plan, backup,
 //!     batches, validate, one abort path), `guard`, `pacing`.
 //!   - `ledger`: the seed's `MaintenanceResult` over `store::ledger`.
 //!   - `prune` (backups past their age or budget), `schedule` (cron, windows,

@@ -1,5 +1,6 @@
 //! Maintenance runs end to end, against the real PostgreSQL on 127.0.0.1:
-//! the CLI (plan, dry run, run, runs, show, rollback, the window), the
+//! the CLI (plan, dry run, run, runs, show, rollback, rollback from a
+//! backup dir alone with the history file gone, the window), the
 //! guard stopping a run between batches, the agent and the CLI never
 //! running one task at once, and the API starting a run and a rollback.
 //! Each test makes its own schema and drops it.
@@ -957,5 +958,137 @@ fn a_cli_rollback_of_a_killed_cli_run_leaves_the_row_with_an_end() {
         "{}",
         stdout(&out)
     );
+    drop(guard);
+}
+
+/// Copies the files of `from` into a new dir `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// A run's backup dir keeps its ledger row in `run.json`: with the history
+/// file deleted (and the backup dir copied elsewhere), the run is rolled
+/// back from the dir alone, the table is restored exactly, a fresh ledger
+/// row records it, and a second rollback is refused. A dir without
+/// `run.json`, or naming a task not configured, is refused with a reason.
+#[test]
+fn a_run_rolls_back_from_its_backup_dir_alone_when_the_history_file_is_gone() {
+    let t = Table::new("upkeep_fb", 6_000, 900); // 6k rows over 62.5 days
+    let dir = temp_dir();
+    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = config(
+        dir.path(),
+        &t.name(),
+        &guard.local_addr().unwrap().to_string(),
+        "batch_size = 1000\npause = \"0s\"",
+        "",
+    );
+    let data = dir.path().join("data");
+    let before = t.checksum();
+    let out = cli(&cfg, &data, &["run", "trim"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let run_id = doc["tasks"][0]["details"]["run_id"].as_i64().unwrap();
+    assert_ne!(t.checksum(), before, "the run deleted rows");
+
+    let backup = data.join("backups").join("trim").join(run_id.to_string());
+    let kept: Value =
+        serde_json::from_slice(&std::fs::read(backup.join("run.json")).expect("run.json")).unwrap();
+    assert_eq!(kept["run"]["id"], run_id, "{kept}");
+    assert_eq!(kept["run"]["task"], "trim", "{kept}");
+    assert_eq!(kept["run"]["status"], "succeeded", "{kept}");
+    assert!(kept["run"]["plan"]["summary"].is_string(), "{kept}");
+    assert!(kept["run"]["backup"]["location"].is_string(), "{kept}");
+
+    // The history file goes, and the backup dir is moved elsewhere.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(data.join(format!("history.db{suffix}")));
+    }
+    let moved = dir.path().join("saved-backup");
+    copy_dir(&backup, &moved);
+    std::fs::remove_dir_all(&backup).unwrap();
+    let out = cli(&cfg, &data, &["rollback", &run_id.to_string()]);
+    assert!(!out.status.success(), "no ledger row, no rollback by id");
+
+    let from = moved.to_str().unwrap();
+    let out = cli(&cfg, &data, &["rollback", "--from-backup", from]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        t.checksum(),
+        before,
+        "the rollback from the backup dir did not restore the table exactly"
+    );
+    let (id, task, status, outcome, plan): (i64, String, String, String, Option<String>) =
+        history_sql(&data)
+            .query_row(
+                "SELECT id, task, status, outcome, plan FROM maintenance_runs",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .expect("a fresh ledger row records the rollback");
+    assert_eq!(
+        (task.as_str(), status.as_str(), outcome.as_str()),
+        ("trim", "rolled_back", "succeeded")
+    );
+    assert!(plan.is_some(), "the fresh row keeps the run's plan");
+    let detail: String = history_sql(&data)
+        .query_row(
+            "SELECT detail FROM maintenance_steps WHERE run_id = ?1 AND step = 'rollback'",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        detail.contains(&format!("the backup of run {run_id}")) && detail.contains(from),
+        "{detail}"
+    );
+    let kept: Value =
+        serde_json::from_slice(&std::fs::read(moved.join("run.json")).unwrap()).unwrap();
+    assert_eq!(kept["run"]["status"], "rolled_back", "{kept}");
+    let out = cli(&cfg, &data, &["rollback", "--from-backup", from]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("already rolled back"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(t.checksum(), before);
+
+    // Refusals that say why.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = cli(
+        &cfg,
+        &data,
+        &["rollback", "--from-backup", empty.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("holds no run.json"),
+        "{}",
+        stderr(&out)
+    );
+    let other = dir.path().join("other");
+    copy_dir(&moved, &other);
+    let mut doc = kept.clone();
+    doc["run"]["task"] = "gone".into();
+    doc["run"]["status"] = "succeeded".into();
+    std::fs::write(other.join("run.json"), doc.to_string()).unwrap();
+    let out = cli(
+        &cfg,
+        &data,
+        &["rollback", "--from-backup", other.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("task `gone`, which is not configured"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(t.checksum(), before);
     drop(guard);
 }

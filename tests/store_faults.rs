@@ -1,5 +1,6 @@
 //! Faults of the history store as a spec: kill -9 while writing, a full
-//! disk, a read-only data dir, a corrupt or foreign history file. The kill
+//! disk, a read-only data dir, a corrupt or foreign history file, a damaged
+//! page of a tier, of the events or of the ledger (salvaged). The kill
 //! test runs this test binary again as the child that writes; the disk tests
 //! mount a tmpfs, which needs root: without it they fail, they never skip.
 
@@ -772,4 +773,229 @@ fn a_history_file_of_a_newer_upkeep_is_refused_and_left_untouched() {
     );
     let error = opened.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(error.contains("newer"), "open refuses the file: {error:?}");
+}
+
+// ---- salvage of a damaged file ----
+
+/// When the salvage test's history ends (and the file is opened again).
+const SALVAGE_END: Ts = 1_700_006_400_000;
+const SALVAGE_TABLES: &[&str] = &[
+    "series",
+    "tiers",
+    "tier_60s",
+    "tier_3600s",
+    "events",
+    "agent_runs",
+    "maintenance_runs",
+    "maintenance_steps",
+];
+
+/// A closed history file of some size: twelve hours of 40 series in two
+/// tiers, an event a minute, and a ledger of 150 runs with their steps.
+fn salvage_file(dir: &Path) {
+    use upkeep::store::ledger::{Doc, Ledger, RunStatus, Step, Trigger};
+    let history = history_with_tiers(&[(60, 30 * 86_400), (3_600, 400 * 86_400)]);
+    let start = SALVAGE_END - 12 * 3_600_000;
+    let mut writer = temp_writer(dir, &history, start);
+    let ids: Vec<i64> = (0..40)
+        .map(|s| {
+            writer
+                .series_id(&kill_key(s), Unit::Count, start)
+                .unwrap()
+                .unwrap()
+        })
+        .collect();
+    for t in 0..=720 {
+        let now = start + t * 60_000;
+        let batch: Vec<Sample> = ids
+            .iter()
+            .map(|&series| Sample {
+                series,
+                ts: now,
+                value: (series * 1000 + t) as f64,
+            })
+            .collect();
+        let event = upkeep::store::Event::agent(
+            now,
+            "agent",
+            format!("minute {t} of the salvage test's history, padded to some length"),
+        );
+        writer.write(&batch, &[event], now).unwrap();
+    }
+    let ledger = Ledger::open(dir).unwrap();
+    for n in 0..150 {
+        let at = start + n * 60_000;
+        let run = ledger
+            .start_run("trim", "postgres_retention", Trigger::Schedule, false, at)
+            .unwrap();
+        let plan = serde_json::json!({"summary": format!("delete rows of run {n}"), "padding": "p".repeat(600)});
+        ledger.set(run, Doc::Plan, &plan).unwrap();
+        for step in [
+            Step::Gate,
+            Step::Plan,
+            Step::Backup,
+            Step::Batch,
+            Step::Validate,
+        ] {
+            ledger
+                .step(
+                    run,
+                    at + 1,
+                    step,
+                    Some(10),
+                    Some(5),
+                    &format!("{step} of run {n}"),
+                )
+                .unwrap();
+        }
+        ledger
+            .finish(run, at + 2, RunStatus::Succeeded, None)
+            .unwrap();
+    }
+    drop(ledger);
+    // Closing the last connection folds the write-ahead log into the file.
+    drop(writer);
+    assert!(!dir.join(format!("{FILE_NAME}-wal")).exists());
+}
+
+/// Every row of `table` by rowid.
+fn table_rows(
+    conn: &rusqlite::Connection,
+    table: &str,
+) -> std::collections::BTreeMap<i64, Vec<rusqlite::types::Value>> {
+    let mut st = conn
+        .prepare(&format!("SELECT rowid, * FROM \"{table}\" ORDER BY rowid"))
+        .unwrap();
+    let n = st.column_count();
+    st.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            (1..n)
+                .map(|i| r.get::<_, rusqlite::types::Value>(i))
+                .collect::<rusqlite::Result<Vec<_>>>()?,
+        ))
+    })
+    .unwrap()
+    .collect::<rusqlite::Result<_>>()
+    .unwrap()
+}
+
+/// Overwrites a leaf page in the middle of `table` with garbage; returns
+/// how many rows that page held.
+fn damage_a_page_of(path: &Path, table: &str) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    let leaves: Vec<(i64, i64)> = conn
+        .prepare("SELECT pageno, ncell FROM dbstat WHERE name = ?1 AND pagetype = 'leaf' ORDER BY pageno")
+        .unwrap()
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    drop(conn);
+    assert!(
+        leaves.len() >= 3,
+        "{table} spans {} leaf pages",
+        leaves.len()
+    );
+    let (page, cells) = leaves[leaves.len() / 2];
+    assert!(cells > 0);
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = ((page - 1) * page_size) as usize;
+    for (i, b) in bytes[at..at + page_size as usize].iter_mut().enumerate() {
+        *b = (i * 131 % 251) as u8 | 0x80;
+    }
+    std::fs::write(path, &bytes).unwrap();
+    cells
+}
+
+/// A page of a tier, of the events table and of the ledger, each damaged
+/// in turn: the next start salvages the file. The other tables keep every
+/// row, the damaged one every row but those of its page, an event names
+/// the table and the rows lost, and the damaged file is kept aside as it
+/// was.
+#[test]
+fn a_damaged_page_costs_only_its_rows_and_the_salvage_says_which() {
+    for damaged in ["tier_60s", "events", "maintenance_runs"] {
+        let dir = temp_dir();
+        salvage_file(dir.path());
+        let path = dir.path().join(FILE_NAME);
+        let before: Vec<_> = {
+            let conn = history_sql(dir.path());
+            SALVAGE_TABLES
+                .iter()
+                .map(|t| table_rows(&conn, t))
+                .collect()
+        };
+        let cells = damage_a_page_of(&path, damaged);
+        let damaged_bytes = std::fs::read(&path).unwrap();
+
+        let history = history_with_tiers(&[(60, 30 * 86_400), (3_600, 400 * 86_400)]);
+        let (writer, events) = Writer::open(dir.path(), &history, SALVAGE_END, &run_info())
+            .expect("a damaged file does not stop the writer");
+        drop(writer);
+
+        let aside: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("history.db.corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{damaged}: {aside:?}");
+        assert!(
+            std::fs::read(dir.path().join(&aside[0])).unwrap() == damaged_bytes,
+            "{damaged}: the damaged file is kept aside as it was"
+        );
+        assert_eq!(integrity(dir.path()), "ok", "{damaged}");
+
+        let conn = history_sql(dir.path());
+        for (table, was) in SALVAGE_TABLES.iter().zip(&before) {
+            let now = table_rows(&conn, table);
+            let kept: Vec<_> = was.keys().filter(|id| now.contains_key(id)).collect();
+            for id in &kept {
+                assert!(
+                    now[id] == was[id],
+                    "{damaged}: {table} row {id} read back as it was"
+                );
+            }
+            let lost = (was.len() - kept.len()) as i64;
+            if *table == damaged {
+                assert_eq!(
+                    lost, cells,
+                    "{damaged}: exactly the rows of the damaged page are lost"
+                );
+            } else {
+                assert_eq!(lost, 0, "{damaged}: {table} keeps every row");
+            }
+            eprintln!("{damaged}: {table} kept {} of {}", kept.len(), was.len());
+        }
+
+        let said = events
+            .iter()
+            .find(|e| e.kind == "history" && e.message.contains("salvaged"))
+            .unwrap_or_else(|| panic!("{damaged}: no salvage event in {events:#?}"));
+        eprintln!("{}", said.message);
+        for word in [
+            format!("lost: table {damaged} rows with rowid"),
+            format!("moved aside to {}", dir.path().join(&aside[0]).display()),
+        ] {
+            assert!(
+                said.message.contains(&word),
+                "{damaged}: {word:?} in {:?}",
+                said.message
+            );
+        }
+        let stored = Reader::open(dir.path())
+            .unwrap()
+            .events(None, 0, Ts::MAX, 10)
+            .unwrap();
+        assert!(
+            stored.iter().any(|e| e.message.contains("salvaged")
+                && e.message
+                    .contains(&format!("lost: table {damaged} rows with rowid"))
+                && e.message.contains(&aside[0])),
+            "{damaged}: the salvage is recorded in events"
+        );
+    }
 }

@@ -189,8 +189,8 @@ impl Doc {
     }
 }
 
-/// One run as recorded.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One run as recorded (also kept beside its backup: `run.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRow {
     pub id: i64,
     pub task: String,

@@ -1,7 +1,8 @@
 //! The history file: one SQLite database in WAL mode with a single writer
 //! (`Writer`, owned by the recorder) and any number of read-only readers
 //! (`Reader`, used by the CLI and the API). This file opens it, applies the
-//! schema migrations (`PRAGMA user_version`), and moves a corrupt file aside.
+//! schema migrations (`PRAGMA user_version`), and moves a corrupt file aside
+//! once `salvage.rs` has copied what reads back of it into a fresh file.
 //!
 //! Layout (documented for `sqlite3` users in README):
 //! - `series`: the registry of series keys;
@@ -20,6 +21,7 @@ pub mod chunk;
 pub mod config;
 pub mod ledger;
 pub mod reader;
+pub mod salvage;
 pub mod tiers;
 pub mod writer;
 

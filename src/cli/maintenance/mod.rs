@@ -1,5 +1,6 @@
-//! `upkeep maintenance`: list, plan, run, runs, show and rollback of the
-//! configured tasks, through the same [`Runner`] and ledger as the agent.
+//! `upkeep maintenance`: list, plan, run, runs, show and rollback (by run
+//! id, or from a backup dir alone) of the configured tasks, through the
+//! same [`Runner`] and ledger as the agent.
 //! Called by [`super::dispatch`]; the text output is in [`report`].
 
 pub mod report;
@@ -61,7 +62,15 @@ pub enum Maint {
         json: bool,
     },
     /// Put back what run RUN_ID changed, from its backup.
-    Rollback { run_id: i64 },
+    Rollback {
+        #[arg(required_unless_present = "from_backup")]
+        run_id: Option<i64>,
+        /// Roll back from a run's backup dir alone (DATA_DIR/backups/NAME/RUN_ID,
+        /// or a copy of it), using the run.json kept there: works without the
+        /// run's ledger row or the history file.
+        #[arg(long, value_name = "DIR", conflicts_with = "run_id")]
+        from_backup: Option<PathBuf>,
+    },
 }
 
 pub(super) fn maintenance(action: Maint, at: &Where) -> Result<(), CliError> {
@@ -144,10 +153,16 @@ pub(super) fn maintenance(action: Maint, at: &Where) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Maint::Rollback { run_id } => {
-            let f = rt
-                .block_on(runner.rollback(run_id, Trigger::Cli))
-                .map_err(run_err)?;
+        Maint::Rollback {
+            run_id,
+            from_backup,
+        } => {
+            let f = match (run_id, from_backup) {
+                (_, Some(dir)) => rt.block_on(runner.rollback_from_backup(&dir, Trigger::Cli)),
+                (Some(id), None) => rt.block_on(runner.rollback(id, Trigger::Cli)),
+                (None, None) => unreachable!("clap requires RUN_ID or --from-backup"),
+            }
+            .map_err(run_err)?;
             finished(f)
         }
     }

@@ -3,7 +3,9 @@
 //! pacing, window, timeout and shutdown checked between them) → validate →
 //! rollback when validation fails. Each step either goes on or ends the
 //! run through the one abort path, [`Drive::end`], which saves the backup
-//! as it stands, records the step and says how the run ended.
+//! as it stands, records the step and says how the run ended. Each save of
+//! the backup's state also refreshes the copy of the run's ledger row kept
+//! in the backup dir (`run_file`).
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +14,7 @@ use serde_json::Value;
 
 use super::guard::{Guard, GuardState};
 use super::pacing::Pacing;
-use super::{Book, DISK_MARGIN_BYTES, GUARD_RECHECK, Request, Runner, free_bytes};
+use super::{Book, DISK_MARGIN_BYTES, GUARD_RECHECK, Request, Runner, free_bytes, run_file};
 use crate::maintenance::ledger::{Doc, RunStatus, Step};
 use crate::maintenance::schedule::{AutoChoice, Schedule};
 use crate::maintenance::{AnyTask, Backup, Cx, Plan, TaskConfig, Verdict};
@@ -259,6 +261,7 @@ impl Drive<'_> {
         self.book
             .set(self.run_id, Doc::Backup, to_value(&backup))
             .await?;
+        self.keep_run_file().await;
         self.book
             .step(
                 self.run_id,
@@ -456,9 +459,32 @@ impl Drive<'_> {
 
     async fn save_backup(&self, backup: Option<Backup>) -> Result<(), StoreError> {
         match backup {
-            Some(b) => self.book.set(self.run_id, Doc::Backup, to_value(&b)).await,
+            Some(b) => {
+                self.book
+                    .set(self.run_id, Doc::Backup, to_value(&b))
+                    .await?;
+                self.keep_run_file().await;
+                Ok(())
+            }
             None => Ok(()),
         }
+    }
+
+    /// Copies the run's ledger row into its backup dir (`run.json`), so
+    /// that the backup can be put back without the ledger. The run goes
+    /// on without it: the ledger still has everything.
+    async fn keep_run_file(&self) {
+        let (run_id, dir) = (self.run_id, self.cx.backup_dir.clone());
+        let why = match self
+            .book
+            .with(move |l| Ok(run_file::save(l, run_id, &dir, false)))
+            .await
+        {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(task = %self.req.task, run_id, "run.json not written: {why}");
     }
 
     /// Sleeps, waking early when the agent stops.

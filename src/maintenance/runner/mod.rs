@@ -3,12 +3,15 @@
 //! (gate, plan, backup, batches, validate, with one abort path); the guard
 //! and pacing between batches are `guard.rs` and `pacing.rs`. Every step
 //! goes to the ledger as it happens. Also rollback on demand, from the
-//! backup a run recorded, and `settle`: runs left `running` by a process
-//! that died become `interrupted` once their task's lock is free.
+//! backup a run recorded, or from a backup dir alone (`run_file`: the copy
+//! of the run's ledger row kept beside its backup), and `settle`: runs left
+//! `running` by a process that died become `interrupted` once their task's
+//! lock is free.
 
 mod drive;
 mod guard;
 pub mod pacing;
+pub mod run_file;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -195,8 +198,13 @@ impl Runner {
                 .await;
         }
         let err = error.clone();
-        book.with(move |l| l.finish(run_id, now_ms(), status, err.as_deref()))
-            .await?;
+        let dir = drive.cx.backup_dir.clone();
+        book.with(move |l| {
+            l.finish(run_id, now_ms(), status, err.as_deref())?;
+            refresh_run_file(l, run_id, &dir);
+            Ok(())
+        })
+        .await?;
         drop(lock);
         let document = book
             .with(move |l| {
@@ -274,8 +282,13 @@ impl Runner {
                     format!("on demand ({}): {}", trigger.as_str(), v.detail),
                 )
                 .await?;
-                let id = run_id;
-                book.with(move |l| l.set_rolled_back(id, now_ms())).await?;
+                let (id, dir) = (run_id, cx.backup_dir.clone());
+                book.with(move |l| {
+                    l.set_rolled_back(id, now_ms())?;
+                    refresh_run_file(l, id, &dir);
+                    Ok(())
+                })
+                .await?;
                 (RunStatus::RolledBack, None)
             }
             Ok(v) => {
@@ -306,6 +319,164 @@ impl Runner {
             error,
             document,
         })
+    }
+
+    /// Puts back what a run changed from its backup dir alone: `run.json`
+    /// there says which run, of which task, with which plan and backup.
+    /// Works when the run's ledger row, or the whole history file, is gone.
+    /// The rollback is recorded on the run's row when the ledger still has
+    /// it, else on a fresh row when the history file can be opened, and in
+    /// `run.json` in any case.
+    pub async fn rollback_from_backup(
+        &self,
+        dir: &Path,
+        trigger: Trigger,
+    ) -> Result<Finished, RunError> {
+        let file = run_file::read(dir).map_err(RunError::Refused)?;
+        let mut row = file.run;
+        let (name, run_id) = (row.task.clone(), row.id);
+        if self.config.maintenance.get(&name).is_none() {
+            return Err(RunError::Refused(format!(
+                "{}: the backup is of run {run_id} of task `{name}`, which is not configured (a rollback needs the task's settings)",
+                dir.display()
+            )));
+        }
+        let mut backup: Backup = row
+            .backup
+            .clone()
+            .and_then(|b| serde_json::from_value(b).ok())
+            .ok_or_else(|| {
+                RunError::Refused(format!(
+                    "{}: run {run_id} of `{name}` has no backup to restore",
+                    dir.display()
+                ))
+            })?;
+        backup.location = run_file::relocate(&backup.location, &file.backup_dir, dir);
+        let lock = TaskLock::try_take(&self.data_dir, &name, trigger).map_err(RunError::Busy)?;
+        let data_dir = self.data_dir.clone();
+        let ledger = match tokio::task::spawn_blocking(move || Ledger::open(&data_dir))
+            .await
+            .expect("opening the ledger panicked")
+        {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(task = %name, run_id, "the rollback from {} is not recorded in the ledger: {e}", dir.display());
+                None
+            }
+        };
+        // The same run (same id, task and start) when the ledger still has it.
+        let same = ledger.as_ref().and_then(|l| {
+            ledger::run_only(l.conn(), run_id)
+                .ok()
+                .flatten()
+                .filter(|r| r.task == row.task && r.started_ms == row.started_ms)
+        });
+        let known = same.as_ref().unwrap_or(&row);
+        if known.status == RunStatus::RolledBack {
+            return Err(RunError::Refused(format!(
+                "run {run_id} of `{name}` is already rolled back"
+            )));
+        }
+        if let Some(when) = known.backup_pruned_ms {
+            return Err(RunError::Refused(format!(
+                "run {run_id} of `{name}` cannot be rolled back: its backup was pruned at {}",
+                crate::fmt::rfc3339(when)
+            )));
+        }
+        let mut task = self.build(&name)?;
+        let cx = Cx {
+            name: name.clone(),
+            run_id,
+            backup_dir: dir.to_path_buf(),
+        };
+        let t = Instant::now();
+        let (rows, error) = match task.rollback_boxed(&cx, &backup).await {
+            Ok(v) if v.ok => (Some(backup.rows), Ok(v.detail)),
+            Ok(v) => (None, Err(format!("rollback incomplete: {}", v.detail))),
+            Err(e) => (None, Err(format!("rollback failed: {e}"))),
+        };
+        let took = t.elapsed().as_millis() as u64;
+        let now = now_ms();
+        let from = format!("from {} ({})", dir.display(), trigger.as_str());
+        let detail = match &error {
+            Ok(d) => format!("on demand {from}: {d}"),
+            Err(why) => format!("{from}: {why}"),
+        };
+        // The ledger row the rollback is recorded on, if any.
+        let recorded: Option<i64> = match (&ledger, &same) {
+            (Some(l), Some(_)) => {
+                l.step(run_id, now, Step::Rollback, rows, Some(took), &detail)?;
+                if error.is_ok() {
+                    l.set_rolled_back(run_id, now)?;
+                }
+                Some(run_id)
+            }
+            (Some(l), None) => {
+                // The run's row is gone: a fresh one holds the run's plan
+                // and backup as `run.json` kept them, and the rollback.
+                let id = l.start_run(&name, &row.kind, trigger, false, now)?;
+                for (doc, v) in [(Doc::Plan, &row.plan), (Doc::Backup, &row.backup)] {
+                    if let Some(v) = v {
+                        l.set(id, doc, v)?;
+                    }
+                }
+                // Which run comes first: a step's detail is capped.
+                let what = match &error {
+                    Ok(d) => d,
+                    Err(why) => why,
+                };
+                let note = format!(
+                    "on demand {from}, the backup of run {run_id} (started {}) whose ledger row is gone: {what}",
+                    crate::fmt::rfc3339(row.started_ms)
+                );
+                l.step(id, now, Step::Rollback, rows, Some(took), &note)?;
+                match &error {
+                    Ok(_) => {
+                        l.finish(id, now, row.status, None)?;
+                        l.set_rolled_back(id, now)?;
+                    }
+                    Err(why) => l.finish(id, now, RunStatus::Failed, Some(why))?,
+                }
+                Some(id)
+            }
+            (None, _) => None,
+        };
+        drop(lock);
+        if error.is_ok() {
+            row.outcome = row.outcome.or(Some(row.status));
+            row.status = RunStatus::RolledBack;
+            row.ended_ms = row.ended_ms.or(Some(now));
+            if let Err(e) = run_file::write(dir, &row) {
+                tracing::warn!(task = %name, run_id, "run.json not updated: {e}");
+            }
+        }
+        let document = match (&ledger, recorded) {
+            (Some(l), Some(id)) => {
+                let r = ledger::run_only(l.conn(), id)
+                    .map_err(crate::store::sql_err(Path::new("history.db")))?
+                    .expect("the run just written");
+                ledger::result_document(&r)
+            }
+            _ => ledger::result_document(&row),
+        };
+        let (status, error) = match error {
+            Ok(_) => (RunStatus::RolledBack, None),
+            Err(why) => (row.status, Some(why)),
+        };
+        Ok(Finished {
+            run_id: recorded.unwrap_or(run_id),
+            status,
+            error,
+            document,
+        })
+    }
+}
+
+/// Brings the run's `run.json` up to date with its ledger row, when the
+/// backup dir has one; a failure is only logged (the ledger has it all).
+fn refresh_run_file(l: &Ledger, run_id: i64, dir: &Path) {
+    if let Err(e) = run_file::save(l, run_id, dir, true) {
+        tracing::warn!(run_id, "run.json not updated: {e}");
     }
 }
 

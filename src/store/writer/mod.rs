@@ -28,8 +28,8 @@ use crate::sample::{SeriesKey, Ts, Unit};
 use crate::store::chunk::ChunkSql;
 use crate::store::config::HistoryConfig;
 use crate::store::tiers::{self, Agg, MAX_KEY_BYTES, MAX_MESSAGE_BYTES, Tier};
-use crate::store::{Event, FILE_NAME, StoreError, move_aside, sql_err};
-use recovery::{open_checked, quick_check};
+use crate::store::{Event, FILE_NAME, StoreError, sql_err};
+use recovery::{open_or_salvage, quick_check};
 
 mod flush;
 mod recovery;
@@ -94,9 +94,10 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Opens (creating if needed) the history file in `dir`, moving a corrupt
-    /// one aside, and starts a new agent run. Returns the events that opening
-    /// produced (already recorded), such as a corrupt file moved aside.
+    /// Opens (creating if needed) the history file in `dir`, salvaging a
+    /// corrupt one into a fresh file and moving it aside, and starts a new
+    /// agent run. Returns the events that opening produced (already
+    /// recorded), such as what a salvage kept and lost.
     pub fn open(
         dir: &Path,
         history: &HistoryConfig,
@@ -109,20 +110,7 @@ impl Writer {
         })?;
         let path = dir.join(FILE_NAME);
         let mut events = Vec::new();
-        let conn = match open_checked(&path) {
-            Ok(c) => c,
-            Err(e) if e.is_corrupt() => {
-                let aside = move_aside(&path, now)?;
-                let msg = format!(
-                    "history file was corrupt ({e}); moved aside to {} and started a fresh one",
-                    aside.display()
-                );
-                tracing::error!("{msg}");
-                events.push(Event::agent(now, "history", msg));
-                open_checked(&path)?
-            }
-            Err(e) => return Err(e),
-        };
+        let conn = open_or_salvage(&path, now, &mut events)?;
         // A flush, a trim and a batch use about 15 statements: all stay
         // prepared.
         conn.set_prepared_statement_cache_capacity(32);

@@ -1,5 +1,6 @@
 //! Opening and crash recovery of the history writer: the file is checked
-//! (a corrupt one is moved aside by `Writer::open`), the tier tables are
+//! (what reads back of a corrupt one is salvaged into a fresh file, and the
+//! damaged one moved aside: `store::salvage`), the tier tables are
 //! matched to the config, and the accumulators and watermarks are rebuilt
 //! exactly from what is committed, at open and after a failed write. The
 //! start of a run reports a predecessor that never stopped cleanly.
@@ -13,7 +14,7 @@ use super::{Acc, RunInfo, Writer, add, decode};
 use crate::sample::Ts;
 use crate::store::chunk::{self, tier_table_sql};
 use crate::store::tiers::Agg;
-use crate::store::{Event, StoreError, migrate, open_rw, sql_err};
+use crate::store::{Event, StoreError, migrate, open_rw, salvage, sql_err};
 
 impl Writer {
     /// Creates the configured tier tables, drops tiers no longer configured,
@@ -222,4 +223,31 @@ pub(super) fn open_checked(path: &Path) -> Result<Connection, StoreError> {
         .optional()
         .map_err(sql_err(path))?;
     Ok(conn)
+}
+
+/// Opens the checked file; a corrupt one is salvaged first (what reads back
+/// is copied into a fresh file, the damaged file moved aside), with an
+/// event saying what was kept and lost.
+pub(super) fn open_or_salvage(
+    path: &Path,
+    now: Ts,
+    events: &mut Vec<Event>,
+) -> Result<Connection, StoreError> {
+    match open_checked(path) {
+        Ok(c) => Ok(c),
+        Err(e) if e.is_corrupt() => {
+            let saved = salvage::salvage(path, now)?;
+            // What was lost comes first: an event's message is capped.
+            let msg = format!(
+                "history file was corrupt and was salvaged into a fresh file; lost: {}; the damaged file was moved aside to {}; kept {}; the check said: {e}",
+                saved.lost(),
+                saved.aside.display(),
+                saved.kept()
+            );
+            tracing::error!("{msg}");
+            events.push(Event::agent(now, "history", msg));
+            open_checked(path)
+        }
+        Err(e) => Err(e),
+    }
 }
