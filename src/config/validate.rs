@@ -100,6 +100,14 @@ impl Config {
                 "must be at least 100ms".into(),
             );
         }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600))
+            .contains(&self.history.checkpoint_interval)
+        {
+            bad(
+                &["history", "checkpoint_interval"],
+                "must be between 1s and 1h".into(),
+            );
+        }
         if tiers
             .first()
             .is_some_and(|first| self.history.min_interval > first.step)
@@ -352,5 +360,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("tier 2: step must be at most 49d"), "{err}");
+    }
+
+    #[test]
+    fn a_checkpoint_interval_outside_1s_to_1h_is_refused_naming_the_field() {
+        let text = |v: &str| format!("[history]\ncheckpoint_interval = \"{v}\"\n");
+        for v in ["1s", "60s", "1h"] {
+            let ok = Config::parse("a.toml", &text(v));
+            assert!(ok.is_ok(), "{v}: {ok:?}");
+        }
+        for v in ["500ms", "2h"] {
+            let err = Config::parse("a.toml", &text(v)).unwrap_err().to_string();
+            assert!(
+                err.contains("history.checkpoint_interval") && err.contains("between 1s and 1h"),
+                "{v}: {err}"
+            );
+        }
     }
 }
