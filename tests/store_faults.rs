@@ -1,5 +1,7 @@
 //! Faults of the history store as a spec: kill -9 while writing, a full
-//! disk, a read-only data dir, a corrupt or foreign history file. The kill
+//! disk, a read-only data dir, a corrupt or foreign history file, a
+//! write-ahead log removed under the agent; the log kept small by
+//! checkpoints, and `/-/ready` telling why history fails. The kill
 //! test runs this test binary again as the child that writes; the disk tests
 //! mount a tmpfs, which needs root: without it they fail, they never skip.
 
