@@ -194,6 +194,32 @@ impl Live {
 mod tests {
     use super::*;
 
+    /// A write that has not returned for more than the limit is a fault
+    /// the blocked recorder cannot report itself: readiness computes it.
+    #[test]
+    fn a_history_write_blocked_past_the_limit_is_a_fault() {
+        let mut s = StoreHealth {
+            open: true,
+            busy_since_ms: Some(1_000),
+            ..StoreHealth::default()
+        };
+        assert_eq!(s.fault_at(1_000 + HISTORY_BLOCKED_AFTER_MS), None);
+        let f = s.fault_at(1_000 + HISTORY_BLOCKED_AFTER_MS + 2_000);
+        assert_eq!(
+            f.as_deref(),
+            Some("a history write has been blocked for 12 s")
+        );
+        s.busy_since_ms = None;
+        s.fault = Some("history cannot be written (disk full): ...".into());
+        assert_eq!(s.fault_at(i64::MAX / 2), s.fault);
+        s.open = false;
+        s.last_error = Some("no room".into());
+        assert_eq!(
+            s.fault_at(0).as_deref(),
+            Some("history is not open: no room")
+        );
+    }
+
     #[test]
     fn ring_keeps_only_the_recent_window() {
         let mut live = Live::default();
