@@ -27,12 +27,29 @@ pub struct ProbeState {
     pub last_error: Option<String>,
 }
 
+/// A history write or read check that has not returned for this long
+/// makes the agent unready: the disk is frozen or hung.
+pub const HISTORY_BLOCKED_AFTER_MS: Ts = 10_000;
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StoreHealth {
     pub open: bool,
+    /// The error of the current outage; `None` once history works again.
     pub last_error: Option<String>,
+    /// When `last_error` was seen last.
+    pub last_error_ms: Option<Ts>,
+    /// Why history cannot be written or read now (full disk, read-only
+    /// filesystem, I/O error, a blocked write); `None` while it works.
+    /// The API computes it with [`StoreHealth::fault_at`].
+    pub fault: Option<String>,
     pub samples_written: u64,
     pub write_errors: u64,
+    /// Failed read checks of the history file since the agent started.
+    pub read_errors: u64,
+    /// When the recorder's history write (or read check) in progress began:
+    /// it is blocked once this is older than [`HISTORY_BLOCKED_AFTER_MS`].
+    #[serde(skip)]
+    pub busy_since_ms: Option<Ts>,
     /// Samples waiting for the history file to accept writes again.
     pub pending_samples: usize,
     /// Samples given up because the pending buffer was full.
@@ -40,6 +57,29 @@ pub struct StoreHealth {
     pub refused_series: u64,
     pub file_bytes: u64,
     pub bound_bytes: u64,
+}
+
+impl StoreHealth {
+    /// Why history cannot be written or read at `now`: the recorder's last
+    /// failure, or a write that has not returned for too long (which the
+    /// blocked recorder cannot report itself).
+    pub fn fault_at(&self, now: Ts) -> Option<String> {
+        if let Some(since) = self.busy_since_ms
+            && now - since > HISTORY_BLOCKED_AFTER_MS
+        {
+            return Some(format!(
+                "a history write has been blocked for {} s",
+                (now - since) / 1000
+            ));
+        }
+        if !self.open {
+            return Some(match &self.last_error {
+                Some(e) => format!("history is not open: {e}"),
+                None => "history is not open yet".into(),
+            });
+        }
+        self.fault.clone()
+    }
 }
 
 /// A probe as configured (it may not have ticked yet).
@@ -153,6 +193,32 @@ impl Live {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write that has not returned for more than the limit is a fault
+    /// the blocked recorder cannot report itself: readiness computes it.
+    #[test]
+    fn a_history_write_blocked_past_the_limit_is_a_fault() {
+        let mut s = StoreHealth {
+            open: true,
+            busy_since_ms: Some(1_000),
+            ..StoreHealth::default()
+        };
+        assert_eq!(s.fault_at(1_000 + HISTORY_BLOCKED_AFTER_MS), None);
+        let f = s.fault_at(1_000 + HISTORY_BLOCKED_AFTER_MS + 2_000);
+        assert_eq!(
+            f.as_deref(),
+            Some("a history write has been blocked for 12 s")
+        );
+        s.busy_since_ms = None;
+        s.fault = Some("history cannot be written (disk full): ...".into());
+        assert_eq!(s.fault_at(i64::MAX / 2), s.fault);
+        s.open = false;
+        s.last_error = Some("no room".into());
+        assert_eq!(
+            s.fault_at(0).as_deref(),
+            Some("history is not open: no room")
+        );
+    }
 
     #[test]
     fn ring_keeps_only_the_recent_window() {

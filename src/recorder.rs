@@ -14,11 +14,12 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::config::HistoryConfig;
+use crate::live::StoreHealth;
 use crate::live::{Live, ProbeState};
 use crate::probes::runner::Outcome;
 use crate::sample::{SeriesKey, Status, Ts, Unit, now_ms};
 use crate::store::writer::{RunInfo, Sample, Writer};
-use crate::store::{Event, StoreError};
+use crate::store::{Event, Reader, StoreError};
 
 /// Samples held while the history file refuses writes; beyond this the
 /// oldest are dropped (and counted).
@@ -30,6 +31,9 @@ pub const MAX_PENDING_EVENTS: usize = 10_000;
 const MAX_BATCH: usize = 512;
 /// How often a failed history file is retried.
 const RETRY_EVERY: Duration = Duration::from_secs(5);
+/// How often the recorder checks that a fresh reader (as the API and the
+/// CLI open) reads the file: a write can succeed where reads fail.
+const READ_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 struct Pending {
     key: SeriesKey,
@@ -54,6 +58,7 @@ pub struct Recorder {
     events: Vec<Event>,
     last_attempt: Option<Instant>,
     failing: bool,
+    last_read_check: Option<Instant>,
     /// Grows with every loop (at least once a second): the systemd watchdog
     /// is fed only while it does.
     pub heartbeat: Arc<AtomicU64>,
@@ -76,6 +81,7 @@ impl Recorder {
             events: Vec::new(),
             last_attempt: None,
             failing: false,
+            last_read_check: None,
             heartbeat: Arc::default(),
         }
     }
@@ -84,7 +90,10 @@ impl Recorder {
     /// data lives); on failure the recorder keeps retrying in the background.
     pub fn open(&mut self) -> Result<(), StoreError> {
         self.last_attempt = Some(Instant::now());
-        match Writer::open(&self.data_dir, &self.history, now_ms(), &self.run) {
+        set_busy(&self.live, true);
+        let opened = Writer::open(&self.data_dir, &self.history, now_ms(), &self.run);
+        set_busy(&self.live, false);
+        match opened {
             Ok((w, _events)) => {
                 self.writer = Some(w);
                 self.set_store_ok();
@@ -223,6 +232,7 @@ impl Recorder {
         if self.failing && self.last_attempt.is_some_and(|t| t.elapsed() < RETRY_EVERY) {
             return;
         }
+        set_busy(&self.live, true);
         let writer = self.writer.as_mut().expect("opened above");
         self.last_attempt = Some(Instant::now());
         let result = (|| {
@@ -238,6 +248,7 @@ impl Recorder {
             }
             writer.write(&samples, &self.events, now)
         })();
+        set_busy(&self.live, false);
         match result {
             Ok(stats) => {
                 if self.failing {
@@ -254,7 +265,8 @@ impl Recorder {
                 live.store.refused_series = refused;
                 live.store.pending_samples = 0;
                 live.store.open = true;
-                live.store.last_error = None;
+                drop(live);
+                self.check_reads();
             }
             Err(e) => {
                 if !self.failing {
@@ -274,7 +286,75 @@ impl Recorder {
                 }
                 let mut live = self.live.write().expect("live lock");
                 live.store.write_errors += 1;
-                live.store.last_error = Some(e.to_string());
+                set_fault(
+                    &mut live.store,
+                    format!("history cannot be written ({})", e.fault_kind()),
+                    &e,
+                );
+            }
+        }
+    }
+
+    /// After a good write: whether a fresh reader reads the file too (at
+    /// most every [`READ_CHECK_EVERY`]), and whether the write-ahead log
+    /// is still where readers look for it. Clears the fault once both hold.
+    fn check_reads(&mut self) {
+        let Some(lost) = self.writer.as_ref().map(Writer::wal_lost) else {
+            return;
+        };
+        if lost {
+            // This connection still holds the removed log: copy it into the
+            // main file, then reopen so that a new log takes its place.
+            tracing::error!(
+                "the history file's write-ahead log was removed under the agent; \
+                 copying it into the main file and reopening"
+            );
+            set_busy(&self.live, true);
+            if let Some(w) = self.writer.take() {
+                w.checkpoint();
+            }
+            set_busy(&self.live, false);
+            self.last_attempt = None;
+            let mut live = self.live.write().expect("live lock");
+            live.store.read_errors += 1;
+            live.store.fault = Some(
+                "history cannot be read (I/O error): its write-ahead log was removed; reopening"
+                    .into(),
+            );
+            live.store.last_error = live.store.fault.clone();
+            live.store.last_error_ms = Some(now_ms());
+            return;
+        }
+        let due = self
+            .last_read_check
+            .is_none_or(|t| t.elapsed() >= READ_CHECK_EVERY);
+        let faulty = self.live.read().expect("live lock").store.fault.is_some();
+        if !due && !faulty {
+            return;
+        }
+        self.last_read_check = Some(Instant::now());
+        set_busy(&self.live, true);
+        let read = Reader::open(&self.data_dir).and_then(|r| r.series().map(|_| ()));
+        set_busy(&self.live, false);
+        let mut live = self.live.write().expect("live lock");
+        match read {
+            Ok(()) => {
+                if live.store.fault.is_some() {
+                    tracing::info!("history reads and writes work again");
+                }
+                live.store.fault = None;
+                live.store.last_error = None;
+            }
+            Err(e) => {
+                if live.store.fault.is_none() {
+                    tracing::error!("history cannot be read: {e}");
+                }
+                live.store.read_errors += 1;
+                set_fault(
+                    &mut live.store,
+                    format!("history cannot be read ({})", e.fault_kind()),
+                    &e,
+                );
             }
         }
     }
@@ -283,6 +363,7 @@ impl Recorder {
         let mut live = self.live.write().expect("live lock");
         live.store.open = true;
         live.store.last_error = None;
+        live.store.fault = None;
         live.store.bound_bytes = crate::store::tiers::size_bound(&self.history).total;
     }
 
@@ -295,7 +376,24 @@ impl Recorder {
             );
         }
         live.store.open = false;
-        live.store.last_error = Some(e.to_string());
+        set_fault(
+            &mut live.store,
+            format!("history cannot be opened ({})", e.fault_kind()),
+            e,
+        );
         live.store.bound_bytes = crate::store::tiers::size_bound(&self.history).total;
     }
+}
+
+/// Records a failure: why history does not work, and the error itself.
+fn set_fault(store: &mut StoreHealth, what: String, e: &StoreError) {
+    store.fault = Some(format!("{what}: {e}"));
+    store.last_error = Some(e.to_string());
+    store.last_error_ms = Some(now_ms());
+}
+
+/// Marks a history operation of the recorder as begun or ended, so that
+/// readiness sees a write that does not return.
+fn set_busy(live: &RwLock<Live>, busy: bool) {
+    live.write().expect("live lock").store.busy_since_ms = busy.then(now_ms);
 }

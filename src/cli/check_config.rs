@@ -46,7 +46,8 @@ pub(super) fn check_config(path: Option<&Path>) -> Result<(), CliError> {
         mib(bound.fixed)
     );
     println!(
-        "  plus the write-ahead log, truncated to {:.0} MiB after each checkpoint",
+        "  plus the write-ahead log, checkpointed every {} and past {:.0} MiB",
+        humantime::format_duration(config.history.checkpoint_interval),
         mib(store::WAL_LIMIT_BYTES)
     );
     let m = &config.maintenance;

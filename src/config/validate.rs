@@ -118,6 +118,14 @@ impl Config {
                 "must be at least 100ms".into(),
             );
         }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600))
+            .contains(&self.history.checkpoint_interval)
+        {
+            bad(
+                &["history", "checkpoint_interval"],
+                "must be between 1s and 1h".into(),
+            );
+        }
         if tiers
             .first()
             .is_some_and(|first| self.history.min_interval > first.step)
@@ -387,6 +395,22 @@ mod tests {
         .to_string();
         for key in ["max_connections", "header_read_timeout", "idle_timeout"] {
             assert!(err.contains(&format!("api.{key}")), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_interval_outside_1s_to_1h_is_refused_naming_the_field() {
+        let text = |v: &str| format!("[history]\ncheckpoint_interval = \"{v}\"\n");
+        for v in ["1s", "60s", "1h"] {
+            let ok = Config::parse("a.toml", &text(v));
+            assert!(ok.is_ok(), "{v}: {ok:?}");
+        }
+        for v in ["500ms", "2h"] {
+            let err = Config::parse("a.toml", &text(v)).unwrap_err().to_string();
+            assert!(
+                err.contains("history.checkpoint_interval") && err.contains("between 1s and 1h"),
+                "{v}: {err}"
+            );
         }
     }
 }

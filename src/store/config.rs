@@ -32,6 +32,11 @@ pub struct HistoryConfig {
     /// rejected by validation.
     #[serde(with = "humantime_serde")]
     pub min_interval: Duration,
+    /// How often the write-ahead log is copied into the main file and
+    /// truncated (a checkpoint), so that the main file holds all but this
+    /// last stretch of history.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for HistoryConfig {
@@ -52,6 +57,7 @@ impl Default for HistoryConfig {
             max_events: 100_000,
             max_runs: 10_000,
             min_interval: Duration::from_secs(1),
+            checkpoint_interval: Duration::from_secs(60),
         }
     }
 }

@@ -79,6 +79,31 @@ impl StoreError {
             || self.to_string().contains("disk I/O error")
     }
 
+    /// What kind of trouble this is, as readiness names it.
+    pub fn fault_kind(&self) -> &'static str {
+        let os = match self {
+            StoreError::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        };
+        if self.code() == Some(ErrorCode::DiskFull)
+            || matches!(os, Some(libc::ENOSPC | libc::EFBIG))
+        {
+            "disk full"
+        } else if self.code() == Some(ErrorCode::ReadOnly) || os == Some(libc::EROFS) {
+            "read-only filesystem"
+        } else if matches!(
+            self.code(),
+            Some(ErrorCode::SystemIoFailure | ErrorCode::CannotOpen)
+        ) || os.is_some()
+        {
+            "I/O error"
+        } else if self.is_corrupt() {
+            "corrupt file"
+        } else {
+            "error"
+        }
+    }
+
     /// The file is not a usable database.
     pub fn is_corrupt(&self) -> bool {
         matches!(
@@ -106,18 +131,17 @@ pub(crate) fn open_rw(path: &Path) -> Result<Connection, StoreError> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(&err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(&err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
     // WAL: readers never block the writer; NORMAL: a commit survives a
     // process crash (kill -9); only a power loss may take the last commits.
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(&err)?;
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(&err)?;
-    // Checkpoint every ~40 MiB of log rather than 4: the last page of each
-    // series is rewritten by every flush, and a rarer checkpoint copies it
-    // once instead of many times.
-    conn.pragma_update(None, "wal_autocheckpoint", 10_000)
+    // The agent's writer checkpoints on its own budget (`Writer::write`);
+    // the automatic one, at about the same size, is the backstop for a
+    // large transaction and for the CLI's writers.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_LIMIT_BYTES / 4096)
         .map_err(&err)?;
     conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES as i64)
         .map_err(&err)?;
@@ -126,8 +150,12 @@ pub(crate) fn open_rw(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// The write-ahead log is truncated back to this size after a checkpoint.
-pub const WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+/// How long a statement waits for a lock another connection holds.
+pub(crate) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The write-ahead log's budget: past it the writer checkpoints and
+/// truncates it, and it is truncated back to it after any checkpoint.
+pub const WAL_LIMIT_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Opens the database read-only. Works while the agent writes (WAL) and when
 /// it is stopped.
@@ -147,8 +175,7 @@ pub(crate) fn open_ro(path: &Path) -> Result<Connection, StoreError> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(&err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(&err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
     Ok(conn)
 }
 

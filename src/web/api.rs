@@ -222,7 +222,7 @@ struct InfoBody<'a> {
     started_at: String,
     history_bytes: u64,
     history_bound_bytes: u64,
-    history: &'a crate::live::StoreHealth,
+    history: crate::live::StoreHealth,
     last_reload: Option<ReloadBody>,
 }
 
@@ -240,7 +240,10 @@ fn info_body(s: &State) -> serde_json::Value {
         started_at: rfc3339(live.started_ms),
         history_bytes: live.store.file_bytes,
         history_bound_bytes: live.store.bound_bytes,
-        history: &live.store,
+        history: crate::live::StoreHealth {
+            fault: live.store.fault_at(crate::sample::now_ms()),
+            ..live.store.clone()
+        },
         last_reload: live.last_reload.as_ref().map(|r| ReloadBody {
             at: rfc3339(r.ts_ms),
             ok: r.ok,

@@ -21,10 +21,12 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use warp::filters::BoxedFilter;
 use warp::host::Authority;
@@ -258,16 +260,52 @@ pub fn json_or_error<T: Serialize>(r: Result<T, ApiError>) -> Response {
     }
 }
 
-/// Runs blocking work (history reads) off the async workers.
+/// How long a request waits for a history read before it is answered 503.
+pub const READ_DEADLINE: Duration = Duration::from_secs(5);
+/// History reads running at once at most. A read past its deadline keeps
+/// its slot until it returns, so a hung disk ties up at most this many
+/// threads of the blocking pool; further requests are answered 503.
+pub const MAX_READS: usize = 16;
+
+static READS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(MAX_READS)));
+
+/// Runs blocking work (history reads) off the async workers, within
+/// [`READ_DEADLINE`] and at most [`MAX_READS`] at once.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(ApiError::new(
+    within(&READS, READ_DEADLINE, f).await
+}
+
+/// [`blocking`] with its slots and deadline given: waiting for a slot
+/// counts against the deadline too.
+async fn within<T: Send + 'static>(
+    slots: &Arc<Semaphore>,
+    deadline: Duration,
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let not_answering = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("history is not answering (no answer within {deadline:?})"),
+        )
+    };
+    let give_up = tokio::time::Instant::now() + deadline;
+    let Ok(Ok(slot)) = tokio::time::timeout_at(give_up, slots.clone().acquire_owned()).await else {
+        return Err(not_answering());
+    };
+    let task = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        f()
+    });
+    match tokio::time::timeout_at(give_up, task).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("request handler failed: {e}"),
-        ))
-    })
+        )),
+        Err(_) => Err(not_answering()),
+    }
 }
 
 /// Rejections of the gate, turned into answers by [`recover`].
@@ -435,17 +473,31 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
         .and(params(&[]))
         .map(|_| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
     let s = state.clone();
-    let ready = warp::path!("-" / "ready").and(get()).and(params(&[])).map(move |_| {
-        let live = s.live.read().expect("live lock");
-        let ready = live.ready && live.store.open;
-        let body = serde_json::json!({"ready": ready, "history_open": live.store.open, "probes_started": live.ready});
-        let code = if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        warp::reply::with_status(warp::reply::json(&body), code).into_response()
-    });
+    let ready = warp::path!("-" / "ready")
+        .and(get())
+        .and(params(&[]))
+        .map(move |_| {
+            let live = s.live.read().expect("live lock");
+            let fault = live.store.fault_at(crate::sample::now_ms());
+            let ready = live.ready && fault.is_none();
+            let reason = match fault {
+                Some(f) => Some(f),
+                None if !live.ready => Some("probes have not started yet".to_string()),
+                None => None,
+            };
+            let body = serde_json::json!({
+                "ready": ready,
+                "history_open": live.store.open,
+                "probes_started": live.ready,
+                "reason": reason,
+            });
+            let code = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            warp::reply::with_status(warp::reply::json(&body), code).into_response()
+        });
     let routed = gate(state.clone())
         .and(
             healthy
@@ -560,4 +612,58 @@ pub async fn serve_with(
 ) {
     let service = hyper_util::service::TowerToHyperService::new(warp::service(routes(state)));
     conn::serve(listener, service, limits, shutdown).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    /// A read that does not return (a frozen disk) is answered 503 at its
+    /// deadline; it keeps its slot until it does return, so hung reads
+    /// cannot pile up: with every slot taken, the next request is answered
+    /// 503 without running. Once the read returns, reads run again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_past_its_deadline_answers_503_and_hung_reads_do_not_pile_up() {
+        let slots = Arc::new(Semaphore::new(1));
+        let deadline = Duration::from_millis(300);
+        let (release, hung) = std::sync::mpsc::channel::<()>();
+        let started = Instant::now();
+        let e = within(&slots, deadline, move || {
+            let _ = hung.recv();
+            Ok(())
+        })
+        .await
+        .expect_err("a hung read is not awaited for ever");
+        let took = started.elapsed();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            e.message.contains("history is not answering"),
+            "{}",
+            e.message
+        );
+        assert!(
+            took >= deadline && took < deadline * 3,
+            "answered after {took:?}, deadline {deadline:?}"
+        );
+
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = ran.clone();
+        let e = within(&slots, deadline, move || {
+            r.store(true, Ordering::SeqCst);
+            Ok(())
+        })
+        .await
+        .expect_err("no slot while the hung read holds it");
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            !ran.load(Ordering::SeqCst),
+            "the read waited for a slot, never ran"
+        );
+
+        release.send(()).unwrap();
+        let answer = within(&slots, deadline, || Ok(42)).await;
+        assert_eq!(answer.map_err(|e| e.message), Ok(42));
+    }
 }

@@ -110,6 +110,7 @@ impl Writer {
                 }
             }
             self.watermarks[k] = new_w;
+            self.truncate_due |= self.tiers[k].step_ms >= 60_000;
             self.conn
                 .prepare_cached("UPDATE tiers SET watermark_ms = ?1 WHERE tbl = ?2")
                 .map_err(&err)?

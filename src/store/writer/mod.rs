@@ -20,7 +20,9 @@
 //! in `store::chunk`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
 
@@ -28,7 +30,7 @@ use crate::sample::{SeriesKey, Ts, Unit};
 use crate::store::chunk::ChunkSql;
 use crate::store::config::HistoryConfig;
 use crate::store::tiers::{self, Agg, MAX_KEY_BYTES, MAX_MESSAGE_BYTES, Tier};
-use crate::store::{Event, FILE_NAME, StoreError, sql_err};
+use crate::store::{BUSY_TIMEOUT, Event, FILE_NAME, StoreError, WAL_LIMIT_BYTES, sql_err};
 use recovery::{open_or_salvage, quick_check};
 
 mod flush;
@@ -44,6 +46,8 @@ const REFUSED_REMEMBERED: usize = 10_000;
 const CACHE_KIB_PER_SERIES: i64 = 32;
 /// The page cache of a writer with few series.
 const CACHE_KIB_MIN: i64 = 512;
+/// How long a truncating checkpoint waits for readers to leave the log.
+const CHECKPOINT_WAIT: Duration = Duration::from_millis(200);
 
 /// One value of one registered series.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -91,6 +95,15 @@ pub struct Writer {
     refused_series: u64,
     /// Keys refused so far, so each is counted once (bounded).
     refused: std::collections::HashSet<String>,
+    /// How often a passive checkpoint runs (`history.checkpoint_interval`).
+    checkpoint_every: Duration,
+    last_checkpoint: Instant,
+    /// A tier of a minute or coarser was flushed: checkpoint after this
+    /// batch.
+    truncate_due: bool,
+    /// The inode of the write-ahead log this connection writes, to notice
+    /// the log removed (or replaced by a reader's fresh one) under it.
+    wal_ino: Option<u64>,
 }
 
 impl Writer {
@@ -132,6 +145,10 @@ impl Writer {
             run_id: 0,
             refused_series: 0,
             refused: std::collections::HashSet::new(),
+            checkpoint_every: history.checkpoint_interval,
+            last_checkpoint: Instant::now(),
+            truncate_due: false,
+            wal_ino: None,
         };
         events.extend(w.sync_tiers(now)?);
         w.load_series()?;
@@ -139,6 +156,7 @@ impl Writer {
         w.recover()?;
         events.extend(w.start_run(now, run)?);
         w.write(&[], &events, now)?;
+        w.wal_ino = std::fs::metadata(w.wal_path()).ok().map(|m| m.ino());
         Ok((w, events))
     }
 
@@ -234,7 +252,10 @@ impl Writer {
             .map_err(self.err())?;
         match self.write_in_tx(samples, events, now) {
             Ok(stats) => match self.conn.execute_batch("COMMIT") {
-                Ok(()) => Ok(stats),
+                Ok(()) => {
+                    self.checkpoint_on_budget();
+                    Ok(stats)
+                }
                 Err(e) => Err(self.fail(e)),
             },
             Err(e) => {
@@ -347,9 +368,66 @@ impl Writer {
     /// Copies the write-ahead log into the main file and truncates it; used
     /// when the disk is full. Failure is expected then and ignored.
     pub fn checkpoint(&self) {
-        let _ = self
+        let _ = self.checkpoint_now();
+    }
+
+    /// Keeps the log small and the main file current: a checkpoint every
+    /// `checkpoint_interval`, once the log passes [`WAL_LIMIT_BYTES`], and
+    /// after each flush of a tier of a minute or coarser. A lost log then
+    /// loses at most that last stretch, and the log alone never fills a
+    /// disk. Each checkpoint also truncates the log, so that the next
+    /// commit grows the file again and a full disk shows at once rather
+    /// than once the reused log has been written over.
+    fn checkpoint_on_budget(&mut self) {
+        if !(self.truncate_due
+            || self.last_checkpoint.elapsed() >= self.checkpoint_every
+            || self.wal_bytes() > WAL_LIMIT_BYTES)
+        {
+            return;
+        }
+        self.truncate_due = false;
+        self.last_checkpoint = Instant::now();
+        // A reader in the middle of a long query keeps its part of the log;
+        // the next checkpoint copies it.
+        if let Err(e) = self.checkpoint_now() {
+            tracing::debug!("checkpoint of the history file: {e}");
+        }
+    }
+
+    /// Copies the log into the main file and truncates it. It waits for
+    /// readers to leave the log, but only briefly: the probes' samples wait
+    /// behind it.
+    fn checkpoint_now(&self) -> rusqlite::Result<()> {
+        self.conn.busy_timeout(CHECKPOINT_WAIT)?;
+        let done = self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        done
+    }
+
+    /// Bytes the write-ahead log takes now.
+    pub fn wal_bytes(&self) -> u64 {
+        std::fs::metadata(self.wal_path())
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    fn wal_path(&self) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push("-wal");
+        p.into()
+    }
+
+    /// The write-ahead log was removed from the data dir while this writer
+    /// had it open (a reader may have created an empty one in its place):
+    /// new readers can no longer see what it holds. The cure is to
+    /// checkpoint it (this connection still reads it) and reopen.
+    pub fn wal_lost(&self) -> bool {
+        match std::fs::metadata(self.wal_path()) {
+            Ok(m) => self.wal_ino.is_some_and(|ino| ino != m.ino()),
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        }
     }
 
     /// Bytes the history file takes now (pages in use and free).

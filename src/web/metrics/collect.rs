@@ -216,6 +216,25 @@ fn store_families(f: &mut Families, live: &Live) {
         "Failed writes to the history file since the agent started.",
         s.write_errors,
     );
+    f.counter(
+        "upkeep_history_read_errors_total",
+        "Failed read checks of the history file since the agent started.",
+        s.read_errors,
+    );
+    f.gauge(
+        "upkeep_history_ok",
+        "Whether the history file can be written and read now (0: /-/ready says why).",
+        &[],
+        bool_value(s.fault_at(crate::sample::now_ms()).is_none()),
+    );
+    if let Some(ts) = s.last_error_ms {
+        f.gauge(
+            "upkeep_history_last_error_timestamp_seconds",
+            "When the history file last failed, in unix seconds.",
+            &[],
+            seconds(ts),
+        );
+    }
     f.gauge(
         "upkeep_history_pending_samples",
         "Samples waiting in memory for the history file to accept writes.",
