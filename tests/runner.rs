@@ -237,23 +237,70 @@ fn a_probe_out_of_descriptors_is_unknown_not_unhealthy() {
     assert!(text.contains("1 passed"), "{text}");
 }
 
+/// Answers every connection with `200 ok`, from a thread of its own; an
+/// accept that fails (out of descriptors) is retried.
+fn http_server() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/health", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        loop {
+            let Ok((mut conn, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    url
+}
+
+/// The first outcome of each of `names` from a tick that started at or
+/// after `since` (ms): a tick already under way when the descriptors were
+/// taken or given back says nothing either way.
+async fn first_since(
+    rx: &Receiver<Outcome>,
+    names: &[&str],
+    since: i64,
+) -> std::collections::BTreeMap<String, Outcome> {
+    let mut got = std::collections::BTreeMap::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    while got.len() < names.len() {
+        assert!(
+            Instant::now() < end,
+            "no outcome within 10 s from {:?}",
+            names
+                .iter()
+                .filter(|n| !got.contains_key(**n))
+                .collect::<Vec<_>>()
+        );
+        match rx.try_recv() {
+            Ok(o) if o.ts >= since && names.contains(&o.probe.as_str()) => {
+                got.entry(o.probe.clone()).or_insert(o);
+            }
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    got
+}
+
 #[tokio::test]
 #[ignore = "run in a process of its own by a_probe_out_of_descriptors_is_unknown_not_unhealthy"]
 async fn out_of_fds_child() {
+    use upkeep::probes::access_log::{self, AccessLogConfig, AccessLogProbe};
+    use upkeep::probes::http::{self, HttpConfig, HttpProbe};
+    use upkeep::probes::postgres::{self, PostgresConfig, PostgresProbe};
+    use upkeep::probes::redis::{self, RedisConfig, RedisProbe};
     use upkeep::probes::tcp::{self, TcpConfig, TcpProbe};
+    use upkeep::probes::worker::{WorkerConfig, WorkerProbe};
+    use upkeep::sample::now_ms;
 
     if std::env::var_os(OUT_OF_FDS_CHILD).is_none() {
         return;
-    }
-    async fn next(rx: &Receiver<Outcome>) -> Outcome {
-        let end = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < end {
-            if let Ok(o) = rx.try_recv() {
-                return o;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("no outcome within 5 s");
     }
     let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let config = TcpConfig {
@@ -264,25 +311,56 @@ async fn out_of_fds_child() {
         thresholds: Default::default(),
         address: target.local_addr().unwrap().to_string(),
     };
-    let spec = ProbeSpec {
-        name: "target".into(),
-        kind: "tcp",
+    let spec = |name: &str, kind: &'static str, thresholds| ProbeSpec {
+        name: name.into(),
+        kind,
         interval: Duration::from_millis(100),
-        timeout: Duration::from_secs(1),
-        thresholds: tcp::default_thresholds(),
+        timeout: Duration::from_secs(2),
+        thresholds,
         failure_threshold: 3,
         success_threshold: 2,
     };
-    let (tx, rx) = sync_channel(64);
+    let (tx, rx) = sync_channel(256);
     let stop = CancellationToken::new();
-    tokio::spawn(run(
-        spec,
-        TcpProbe::new(&config),
-        tx,
-        Arc::new(RunnerStats::default()),
-        stop.clone(),
-    ));
-    assert_eq!(next(&rx).await.status, Status::Healthy);
+    let stats = Arc::new(RunnerStats::default());
+    let start = |spec: ProbeSpec, probe: upkeep::probes::AnyProbe| {
+        tokio::spawn(run(spec, probe, tx.clone(), stats.clone(), stop.clone()));
+    };
+    start(
+        spec("target", "tcp", tcp::default_thresholds()),
+        Box::new(TcpProbe::new(&config)),
+    );
+    // Every other kind that opens a descriptor on a tick: a fresh
+    // connection per request, a pidfile, /proc.
+    let web: HttpConfig = toml::from_str(&format!("url = \"{}\"", http_server())).unwrap();
+    start(
+        spec("web", "http", http::default_thresholds()),
+        Box::new(HttpProbe::new(&web)),
+    );
+    let mut worker = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("worker.pid");
+    std::fs::write(&pidfile, format!("{}\n", worker.id())).unwrap();
+    let log_path = dir.path().join("access.log");
+    std::fs::write(&log_path, "").unwrap();
+    let by_pidfile: WorkerConfig =
+        toml::from_str(&format!("pidfile = \"{}\"", pidfile.display())).unwrap();
+    start(
+        spec("by_pidfile", "worker", Vec::new()),
+        Box::new(WorkerProbe::new(&by_pidfile)),
+    );
+    let by_name: WorkerConfig = toml::from_str("name = \"sleep\"").unwrap();
+    start(
+        spec("by_name", "worker", Vec::new()),
+        Box::new(WorkerProbe::new(&by_name)),
+    );
+    let opened = ["target", "web", "by_pidfile", "by_name"];
+    for (name, o) in first_since(&rx, &opened, now_ms()).await {
+        assert_eq!(o.status, Status::Healthy, "{name}: {o:?}");
+    }
 
     // Every descriptor the process may open, taken.
     let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
@@ -298,23 +376,69 @@ async fn out_of_fds_child() {
     while let Ok(f) = std::fs::File::open("/dev/null") {
         hog.push(f);
     }
-    while rx.try_recv().is_ok() {}
-    let o = next(&rx).await;
-    assert_eq!(
-        (o.raw_status, o.status),
-        (Status::Unknown, Status::Unknown),
-        "{o:?}"
+    let taken = now_ms();
+    // These start now, so that their first connect or open finds no
+    // descriptor (a session or an open log made before would be reused).
+    let db: PostgresConfig = toml::from_str(
+        "conninfo = \"host=127.0.0.1 port=5432 dbname=postgres\"\nuser = \"postgres\"",
+    )
+    .unwrap();
+    start(
+        spec("db", "postgres", postgres::default_thresholds()),
+        Box::new(PostgresProbe::new(&db, Duration::from_secs(2))),
     );
-    let reason = o.reason.unwrap_or_default();
-    assert!(
-        reason.starts_with("target: agent out of file descriptors (connect to "),
-        "{reason}"
+    let cache: RedisConfig = toml::from_str("url = \"redis://127.0.0.1:6379/0\"").unwrap();
+    start(
+        spec("cache", "redis", redis::default_thresholds()),
+        Box::new(RedisProbe::new(&cache, Duration::from_secs(2))),
     );
+    let log: AccessLogConfig =
+        toml::from_str(&format!("paths = [\"{}\"]", log_path.display())).unwrap();
+    let ctx = upkeep::probes::BuildContext {
+        data_dir: dir.path().to_path_buf(),
+    };
+    start(
+        spec("log", "access_log", access_log::default_thresholds()),
+        Box::new(AccessLogProbe::new("log", &log, &ctx)),
+    );
+    let all = [
+        "target",
+        "web",
+        "by_pidfile",
+        "by_name",
+        "db",
+        "cache",
+        "log",
+    ];
+    for (name, o) in first_since(&rx, &all, taken).await {
+        assert_eq!(
+            (o.raw_status, o.status),
+            (Status::Unknown, Status::Unknown),
+            "{name}: {o:?}"
+        );
+        let reason = o.reason.unwrap_or_default();
+        assert!(
+            reason.starts_with(&format!("{name}: agent out of file descriptors (")),
+            "{reason}"
+        );
+        if name == "target" {
+            assert!(
+                reason.starts_with("target: agent out of file descriptors (connect to "),
+                "{reason}"
+            );
+        }
+    }
 
     // Descriptors back: the next outcome is believed at once.
     drop(hog);
-    while rx.try_recv().is_ok() {}
-    let o = next(&rx).await;
-    assert_eq!((o.raw_status, o.status), (Status::Healthy, Status::Healthy));
+    for (name, o) in first_since(&rx, &all, now_ms()).await {
+        assert_eq!(
+            (o.raw_status, o.status),
+            (Status::Healthy, Status::Healthy),
+            "{name}: {o:?}"
+        );
+    }
     stop.cancel();
+    let _ = worker.kill();
+    let _ = worker.wait();
 }

@@ -14,6 +14,8 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Client, NoTls};
 use tokio_util::task::AbortOnDropHandle;
 
+use super::Failure;
+
 /// Why a task's use of the server failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
@@ -118,15 +120,16 @@ pub fn set_password(
 /// the connection is up) within `limit`. The connection is driven by a task
 /// that ends when the returned handle is dropped: a connection waiting on a
 /// server that stopped answering would otherwise outlive whoever gave up
-/// on it. `Client::is_closed` tells when the server went away.
+/// on it. `Client::is_closed` tells when the server went away. A failure
+/// keeps the library's error as its cause.
 pub async fn dial(
     config: tokio_postgres::Config,
     limit: Duration,
-) -> Result<(Client, AbortOnDropHandle<()>), String> {
+) -> Result<(Client, AbortOnDropHandle<()>), Failure> {
     let (client, connection) = tokio::time::timeout(limit, config.connect(NoTls))
         .await
         .map_err(|_| format!("connect timed out after {limit:?}"))?
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| Failure::caused_by(describe(&e), e))?;
     drop(config);
     let task = AbortOnDropHandle::new(tokio::spawn(async move {
         let _ = connection.await;

@@ -9,6 +9,8 @@ use std::time::Duration;
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Client, ConnectionInfo, ErrorKind, IntoConnectionInfo};
 
+use super::Failure;
+
 /// Where and as whom to connect: what a `kind = "redis"` probe table holds
 /// about its server, borrowed.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +62,7 @@ impl Settings<'_> {
             response_timeout,
         )
         .await
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -75,13 +78,14 @@ pub fn endpoint(info: &ConnectionInfo) -> (String, u32) {
 /// Opens one connection to `info` (parsed once by the caller), reading the
 /// password from `password_file` now. `connect_timeout` bounds the socket
 /// and the handshake (AUTH, SELECT) on a server that accepts and stalls;
-/// `response_timeout` bounds every command's answer afterwards.
+/// `response_timeout` bounds every command's answer afterwards. A failure
+/// keeps the library's error as its cause.
 pub async fn connect(
     mut info: ConnectionInfo,
     password_file: Option<&Path>,
     connect_timeout: Duration,
     response_timeout: Duration,
-) -> Result<MultiplexedConnection, String> {
+) -> Result<MultiplexedConnection, Failure> {
     if let Some(path) = password_file {
         let secret = crate::secret::read(path)?;
         let settings = info.redis_settings().clone().set_password(secret.expose());
@@ -105,11 +109,14 @@ pub async fn connect(
     )
     .await
     .map_err(|_| format!("connect timed out after {limit:?}"))?
-    .map_err(|e| match e.kind() {
-        // The library drops the server's words (WRONGPASS).
-        ErrorKind::AuthenticationFailed => format!("authentication failed for user `{user}`"),
-        _ if e.is_timeout() => format!("connect timed out after {limit:?}"),
-        _ => e.to_string(),
+    .map_err(|e| {
+        let message = match e.kind() {
+            // The library drops the server's words (WRONGPASS).
+            ErrorKind::AuthenticationFailed => format!("authentication failed for user `{user}`"),
+            _ if e.is_timeout() => format!("connect timed out after {limit:?}"),
+            _ => e.to_string(),
+        };
+        Failure::caused_by(message, e)
     })
 }
 

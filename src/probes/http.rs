@@ -208,7 +208,7 @@ impl Probe for HttpProbe {
                 .client
                 .send(self.method, &url)
                 .await
-                .map_err(|e| fail(&url, e))?;
+                .map_err(|e| ProbeError::caused_by(format!("{method} {url}: {e}"), &e))?;
             if let Some(d) = resp.cert_days {
                 cert_days = Some(cert_days.map_or(d, |c: f64| c.min(d)));
             }

@@ -46,9 +46,17 @@ impl ProbeError {
     /// process or the host has no descriptor left (EMFILE, ENFILE), else a
     /// failure of the target.
     pub fn io(what: impl std::fmt::Display, e: &std::io::Error) -> ProbeError {
-        match e.raw_os_error() {
-            Some(libc::EMFILE | libc::ENFILE) => ProbeError::OutOfFds(format!("{what}: {e}")),
-            _ => ProbeError::Failed(format!("{what}: {e}")),
+        ProbeError::caused_by(format!("{what}: {e}"), e)
+    }
+
+    /// A failure described by `message` whose cause is `cause`: the agent's
+    /// own fault when anything in the cause's chain is out of descriptors
+    /// (`out_of_fds`), else a failure of the target.
+    pub fn caused_by(message: String, cause: &(dyn std::error::Error + 'static)) -> ProbeError {
+        if out_of_fds(cause) {
+            ProbeError::OutOfFds(message)
+        } else {
+            ProbeError::Failed(message)
         }
     }
 
@@ -56,6 +64,35 @@ impl ProbeError {
     pub fn is_agent_fault(&self) -> bool {
         matches!(self, ProbeError::OutOfFds(_))
     }
+}
+
+/// Whether `e`, or any error in its source chain, is the process or the
+/// host having no descriptor left (EMFILE, ENFILE). Libraries nest the
+/// `io::Error` differently: tokio-postgres and hyper give it as a source, an
+/// `io::Error` of their own may wrap it (`get_ref`, which `source` skips),
+/// and redis keeps it behind an `Arc`, whose `source` skips it too.
+pub fn out_of_fds(e: &(dyn std::error::Error + 'static)) -> bool {
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(io.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                return true;
+            }
+            if let Some(inner) = io.get_ref()
+                && out_of_fds(inner)
+            {
+                return true;
+            }
+        }
+        if let Some(inner) = e.downcast_ref::<Shared>()
+            && out_of_fds(&**inner)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// A probe keeps state across ticks (`&mut self`): a long-lived handle, a
@@ -360,6 +397,28 @@ mod tests {
         assert!(ProbeError::io("x", &enfile).is_agent_fault());
         let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
         assert!(!ProbeError::io("x", &refused).is_agent_fault());
+    }
+
+    #[test]
+    fn out_of_descriptors_is_found_however_deep() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("connecting")]
+        struct Outer(#[source] std::io::Error);
+        let emfile = || std::io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(out_of_fds(&Outer(emfile())));
+        let wrapped = std::io::Error::other(Outer(emfile()));
+        assert!(out_of_fds(&wrapped));
+        let shared: std::sync::Arc<dyn std::error::Error + Send + Sync> =
+            std::sync::Arc::new(emfile());
+        assert!(out_of_fds(&Outer(std::io::Error::other(shared))));
+        assert!(!out_of_fds(&Outer(std::io::Error::from_raw_os_error(
+            libc::ENOENT
+        ))));
+        let e = ProbeError::caused_by("postgres db:5432/app: connecting".into(), &Outer(emfile()));
+        assert_eq!(
+            e,
+            ProbeError::OutOfFds("postgres db:5432/app: connecting".into())
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tokio_util::task::AbortOnDropHandle;
 use super::config::{ConfiguredKind, KindFacts, Threshold};
 use super::{AnyProbe, BuildContext, Probe, ProbeError};
 use crate::clients;
+use crate::clients::Failure;
 use crate::clients::postgres::{describe, dial, endpoint, set_password};
 use crate::probe_config;
 use crate::sample::{Reading, Unit};
@@ -182,7 +183,7 @@ impl PostgresProbe {
         }
     }
 
-    async fn connect(&self) -> Result<Session, String> {
+    async fn connect(&self) -> Result<Session, Failure> {
         let mut config = self.config.clone()?;
         set_password(&mut config, self.password_file.as_deref())?;
         let (client, task) = dial(config, self.connect_timeout).await?;
@@ -206,7 +207,7 @@ impl PostgresProbe {
         })
     }
 
-    async fn tick(&mut self, prev: Option<Counters>) -> Result<Vec<Reading>, String> {
+    async fn tick(&mut self, prev: Option<Counters>) -> Result<Vec<Reading>, Failure> {
         let mut out = Vec::new();
         let session = match self.session.take() {
             Some(s) if !s.client.is_closed() => s,
@@ -300,7 +301,7 @@ impl Probe for PostgresProbe {
         let prev = self.prev.take();
         self.tick(prev)
             .await
-            .map_err(|e| ProbeError::Failed(format!("postgres {}: {e}", self.endpoint)))
+            .map_err(|e| ProbeError::caused_by(format!("postgres {}: {e}", self.endpoint), &e))
     }
 }
 

@@ -13,6 +13,7 @@ use ::redis::aio::MultiplexedConnection;
 use super::config::{ConfiguredKind, KindFacts, Threshold};
 use super::{AnyProbe, BuildContext, Probe, ProbeError};
 use crate::clients;
+use crate::clients::Failure;
 use crate::probe_config;
 use crate::sample::{Reading, Unit};
 
@@ -123,7 +124,7 @@ impl RedisProbe {
         }
     }
 
-    async fn connect(&self) -> Result<MultiplexedConnection, String> {
+    async fn connect(&self) -> Result<MultiplexedConnection, Failure> {
         clients::redis::connect(
             self.info.clone()?,
             self.password_file.as_deref(),
@@ -133,7 +134,7 @@ impl RedisProbe {
         .await
     }
 
-    async fn tick(&mut self, prev: Option<Counters>) -> Result<Vec<Reading>, String> {
+    async fn tick(&mut self, prev: Option<Counters>) -> Result<Vec<Reading>, Failure> {
         let mut out = Vec::new();
         let mut conn = match self.conn.take() {
             Some(c) => c,
@@ -187,7 +188,7 @@ impl Probe for RedisProbe {
         let prev = self.prev.take();
         self.tick(prev)
             .await
-            .map_err(|e| ProbeError::Failed(format!("redis {}: {e}", self.endpoint)))
+            .map_err(|e| ProbeError::caused_by(format!("redis {}: {e}", self.endpoint), &e))
     }
 }
 

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System, ThreadKind};
 
 use super::config::{ConfiguredKind, KindFacts, Threshold};
-use super::{AnyProbe, BuildContext, Probe, ProbeError};
+use super::{AnyProbe, BuildContext, Probe, ProbeError, out_of_fds};
+use crate::clients::Failure;
 use crate::probe_config;
 use crate::sample::{Reading, Unit};
 
@@ -161,7 +162,7 @@ impl Probe for WorkerProbe {
             let mut state = state.unwrap_or_default();
             let mut tick = state.tick(&selector, min_count);
             if let Some((path, max_age)) = file_beat {
-                tick.beat(heartbeat::file_age(&path), max_age);
+                tick.beat(heartbeat::file_age(&path).map_err(Failure::from), max_age);
             }
             (state, tick)
         })
@@ -180,6 +181,8 @@ impl Probe for WorkerProbe {
         }
         if tick.problems.is_empty() {
             Ok(tick.readings)
+        } else if tick.out_of_fds {
+            Err(ProbeError::OutOfFds(tick.problems.join("; ")))
         } else {
             Err(ProbeError::Failed(tick.problems.join("; ")))
         }
@@ -190,10 +193,18 @@ impl Probe for WorkerProbe {
 struct Tick {
     readings: Vec<Reading>,
     problems: Vec<String>,
+    /// A problem was the agent's own: it could not open a file or socket
+    /// for want of descriptors, so the tick says nothing of the worker.
+    out_of_fds: bool,
 }
 
 impl Tick {
-    fn beat(&mut self, age: Result<f64, String>, max_age: Duration) {
+    fn problem(&mut self, e: Failure) {
+        self.out_of_fds |= out_of_fds(&e);
+        self.problems.push(e.to_string());
+    }
+
+    fn beat(&mut self, age: Result<f64, Failure>, max_age: Duration) {
         match age {
             Ok(age) => {
                 self.readings
@@ -206,7 +217,7 @@ impl Tick {
                     ));
                 }
             }
-            Err(e) => self.problems.push(e),
+            Err(e) => self.problem(e),
         }
     }
 }
@@ -223,11 +234,15 @@ struct State {
 
 impl State {
     fn tick(&mut self, selector: &Selector, min_count: u32) -> Tick {
-        let mut problems = Vec::new();
+        let mut tick = Tick {
+            readings: Vec::new(),
+            problems: Vec::new(),
+            out_of_fds: false,
+        };
         let pids = match selector.find(std::process::id()) {
             Ok(pids) => pids,
             Err(e) => {
-                problems.push(e);
+                tick.problem(e);
                 Vec::new()
             }
         };
@@ -249,8 +264,8 @@ impl State {
             .filter(|p| p.thread_kind() != Some(ThreadKind::Kernel))
             .collect();
         let count = alive.len() as u32;
-        if problems.is_empty() && count < min_count {
-            problems.push(selector.too_few(count, min_count));
+        if tick.problems.is_empty() && count < min_count {
+            tick.problems.push(selector.too_few(count, min_count));
         }
         let mut readings = vec![
             Reading::new("processes", f64::from(count), Unit::Count),
@@ -290,6 +305,7 @@ impl State {
             .map(|p| (p.pid(), (p.start_time(), p.accumulated_cpu_time())))
             .collect();
         self.prev_at = Some(now);
-        Tick { readings, problems }
+        tick.readings = readings;
+        tick
     }
 }

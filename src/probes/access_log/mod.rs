@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use self::parse::TimeUnit;
 use self::tail::{Position, StartAt, Tail};
 use super::config::{ConfiguredKind, KindFacts, Threshold};
-use super::{AnyProbe, BuildContext, Probe, ProbeError};
+use super::{AnyProbe, BuildContext, Probe, ProbeError, out_of_fds};
 use crate::probe_config;
 use crate::sample::{Reading, Unit};
 
@@ -202,11 +202,20 @@ impl AccessLogProbe {
         }
     }
 
-    fn fresh_state(&self) -> State {
-        let saved: BTreeMap<PathBuf, Position> = std::fs::read(&self.state_file)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+    /// The tails, at the positions saved last. Fails only when the agent is
+    /// out of descriptors: starting over without the saved positions would
+    /// skip or count lines again.
+    fn fresh_state(&self) -> Result<State, ProbeError> {
+        let saved: BTreeMap<PathBuf, Position> = match std::fs::read(&self.state_file) {
+            Err(e) if out_of_fds(&e) => {
+                let what = format!("reading positions from {}", self.state_file.display());
+                return Err(ProbeError::io(what, &e));
+            }
+            read => read
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default(),
+        };
         let tails = self
             .config
             .paths
@@ -220,7 +229,7 @@ impl AccessLogProbe {
                 )
             })
             .collect();
-        State { tails, last: None }
+        Ok(State { tails, last: None })
     }
 }
 
@@ -257,13 +266,15 @@ impl Probe for AccessLogProbe {
     async fn sample(&mut self) -> Result<Vec<Reading>, ProbeError> {
         let mut state = match self.state.take() {
             Some(s) => s,
-            None => Box::new(self.fresh_state()),
+            None => Box::new(self.fresh_state()?),
         };
         let cfg = self.config.clone();
         let state_file = self.state_file.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let mut counts = Counts::new();
             let mut errors = Vec::new();
+            // An error opening a file for want of descriptors is the agent's.
+            let mut fds_out = false;
             for t in state.tails.iter_mut() {
                 let mut line = |l: &[u8]| {
                     counts.add(match cfg.format {
@@ -274,10 +285,12 @@ impl Probe for AccessLogProbe {
                     })
                 };
                 if let Err(e) = t.poll(&mut line) {
+                    fds_out |= out_of_fds(&e);
                     errors.push(format!("access log {}: {e}", t.path().display()));
                 }
             }
             if let Err(e) = save(&state_file, &state.tails) {
+                fds_out |= out_of_fds(&e);
                 errors.push(format!(
                     "saving read positions to {}: {e}",
                     state_file.display()
@@ -286,12 +299,15 @@ impl Probe for AccessLogProbe {
             let now = Instant::now();
             let elapsed = state.last.map(|l| now - l);
             state.last = Some(now);
-            (state, counts, elapsed, errors)
+            (state, counts, elapsed, errors, fds_out)
         })
         .await;
-        let (state, counts, elapsed, errors) =
+        let (state, counts, elapsed, errors, fds_out) =
             joined.map_err(|e| ProbeError::Failed(format!("access log: reading failed: {e}")))?;
         self.state = Some(state);
+        if fds_out {
+            return Err(ProbeError::OutOfFds(errors.join("; ")));
+        }
         if !errors.is_empty() {
             return Err(ProbeError::Failed(errors.join("; ")));
         }

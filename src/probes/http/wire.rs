@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use url::{Host, Url};
 
 use super::Method;
+use crate::clients::Failure;
 
 const AGENT: &str = concat!("upkeep/", env!("CARGO_PKG_VERSION"));
 
@@ -88,13 +89,15 @@ impl Client {
     }
 
     /// Sends one request to `url` and returns once the response head is in.
-    pub async fn send(&mut self, method: Method, url: &Url) -> Result<Response, String> {
+    /// A failure to connect or to read `ca_file` keeps its `io::Error` as
+    /// the cause: the caller tells the agent's own faults from the server's.
+    pub async fn send(&mut self, method: Method, url: &Url) -> Result<Response, Failure> {
         let host = url.host().ok_or("no host")?;
         let port = url.port_or_known_default().ok_or("no port")?;
         let host_str = url.host_str().unwrap_or_default();
         let tcp = TcpStream::connect((host_str.trim_matches(['[', ']']), port))
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|e| Failure::caused_by(format!("connect: {e}"), e))?;
         let _ = tcp.set_nodelay(true);
         let authority = match url.port() {
             Some(p) => format!("{host_str}:{p}"),
@@ -125,7 +128,7 @@ impl Client {
             resp.cert_days = days;
             Ok(resp)
         } else {
-            self.exchange(tcp, method, &authority, target).await
+            Ok(self.exchange(tcp, method, &authority, target).await?)
         }
     }
 
@@ -179,7 +182,7 @@ impl Client {
         })
     }
 
-    fn tls_config(&mut self) -> Result<Arc<rustls::ClientConfig>, String> {
+    fn tls_config(&mut self) -> Result<Arc<rustls::ClientConfig>, Failure> {
         if let Some(c) = &self.tls {
             return Ok(Arc::clone(c));
         }
@@ -187,12 +190,12 @@ impl Client {
             rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = &self.ca_file {
             let fail = |e: &dyn std::fmt::Display| format!("ca_file {}: {e}", path.display());
-            let pem = std::fs::read(path).map_err(|e| fail(&e))?;
+            let pem = std::fs::read(path).map_err(|e| Failure::caused_by(fail(&e), e))?;
             let certs: Vec<CertificateDer> = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<_, _>>()
                 .map_err(|e| fail(&e))?;
             if certs.is_empty() {
-                return Err(fail(&"no PEM certificates in it"));
+                return Err(fail(&"no PEM certificates in it").into());
             }
             for cert in certs {
                 roots.add(cert).map_err(|e| fail(&e))?;

@@ -13,6 +13,7 @@ use redis::IntoConnectionInfo;
 use redis::aio::MultiplexedConnection;
 
 use super::WorkerConfig;
+use crate::clients::Failure;
 
 /// Later than this, a "seconds" value is really milliseconds (year 5138).
 const MAX_UNIX_SECONDS: f64 = 1e11;
@@ -107,7 +108,7 @@ impl Heartbeat {
     }
 
     /// Age of the Redis heartbeat; `None` for a file heartbeat.
-    pub async fn redis_age(&mut self) -> Option<Result<f64, String>> {
+    pub async fn redis_age(&mut self) -> Option<Result<f64, Failure>> {
         let Source::Redis {
             url,
             key,
@@ -129,21 +130,22 @@ impl Heartbeat {
             Ok(value) => {
                 *conn = Some(c);
                 match value {
-                    None => Err(format!("heartbeat key `{key}` is not set")),
+                    None => Err(format!("heartbeat key `{key}` is not set").into()),
                     Some(v) => parse_beat(&v)
                         .map(age_of)
-                        .map_err(|e| format!("heartbeat key `{key}`: {e}")),
+                        .map_err(|e| format!("heartbeat key `{key}`: {e}").into()),
                 }
             }
-            Err(e) => Err(format!("heartbeat key `{key}`: {e}")),
+            Err(e) => Err(Failure::caused_by(format!("heartbeat key `{key}`: {e}"), e)),
         })
     }
 }
 
+/// A failure to connect keeps the library's error as its cause.
 async fn connect(
     url: &str,
     password_file: Option<&PathBuf>,
-) -> Result<MultiplexedConnection, String> {
+) -> Result<MultiplexedConnection, Failure> {
     let fail = |e: &dyn std::fmt::Display| format!("heartbeat redis: {e}");
     let mut info = url.into_connection_info().map_err(|e| fail(&e))?;
     if let Some(path) = password_file {
@@ -159,7 +161,7 @@ async fn connect(
     client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .map_err(|e| fail(&e))
+        .map_err(|e| Failure::caused_by(fail(&e), e))
 }
 
 /// Seconds since the file was last modified (0 when its mtime is ahead).

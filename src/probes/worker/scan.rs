@@ -1,10 +1,15 @@
 //! Which processes are the worker: a pidfile, or a scan of /proc by name
 //! (comm) or command line. Matching is pure and unit-tested; the reads of
-//! /proc are the only I/O.
+//! /proc are the only I/O. A read the agent could not make for want of a
+//! descriptor is an error with its `io::Error` kept, never "no process".
 
+use std::io;
 use std::path::{Path, PathBuf};
 
 use sysinfo::Pid;
+
+use crate::clients::Failure;
+use crate::probes::out_of_fds;
 
 /// The kernel keeps 15 bytes of a process name (TASK_COMM_LEN - 1).
 const COMM_LEN: usize = 15;
@@ -20,21 +25,22 @@ impl Selector {
     /// The pids that match now (alive or not: the caller checks), never
     /// `own` (the agent does not count itself). A pidfile that cannot be read
     /// or holds no pid is an error naming the file.
-    pub fn find(&self, own: u32) -> Result<Vec<Pid>, String> {
+    pub fn find(&self, own: u32) -> Result<Vec<Pid>, Failure> {
         match self {
             Selector::Pidfile(path) => read_pidfile(path).map(|pid| vec![Pid::from_u32(pid)]),
-            Selector::Name(name) => Ok(scan(own, |pid| {
-                let comm = std::fs::read(format!("/proc/{pid}/comm")).ok()?;
+            Selector::Name(name) => scan(own, |pid| {
+                let comm = std::fs::read(format!("/proc/{pid}/comm"))?;
+                // The name already matched: a failed read of argv0 is no match.
                 let argv0 = || {
                     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
                     raw.split(|b| *b == 0).next().map(<[u8]>::to_vec)
                 };
-                Some(name_matches(name, &comm, argv0))
-            })),
-            Selector::Cmdline(part) => Ok(scan(own, |pid| {
-                let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-                Some(cmdline_text(&raw).contains(part.as_str()))
-            })),
+                Ok(name_matches(name, &comm, argv0))
+            }),
+            Selector::Cmdline(part) => scan(own, |pid| {
+                let raw = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+                Ok(cmdline_text(&raw).contains(part.as_str()))
+            }),
         }
     }
 
@@ -55,22 +61,32 @@ impl Selector {
     }
 }
 
-/// Every pid in /proc for which `matches` says yes (`None`: the process
-/// ended while being read).
-fn scan(own: u32, mut matches: impl FnMut(u32) -> Option<bool>) -> Vec<Pid> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != own && matches(pid) == Some(true))
-        .map(Pid::from_u32)
-        .collect()
+/// Every pid in /proc for which `matches` says yes. A process whose files
+/// cannot be read ended while being read, unless the agent is out of
+/// descriptors: then nothing read is to be believed, and the scan fails.
+fn scan(own: u32, mut matches: impl FnMut(u32) -> io::Result<bool>) -> Result<Vec<Pid>, Failure> {
+    let failed = |e: io::Error| Failure::caused_by(format!("scanning /proc: {e}"), e);
+    let dir = std::fs::read_dir("/proc").map_err(failed)?;
+    let mut out = Vec::new();
+    for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+        if pid == own {
+            continue;
+        }
+        match matches(pid) {
+            Ok(true) => out.push(Pid::from_u32(pid)),
+            Ok(false) => {}
+            Err(e) if out_of_fds(&e) => return Err(failed(e)),
+            Err(_) => {}
+        }
+    }
+    Ok(out)
 }
 
-fn read_pidfile(path: &Path) -> Result<u32, String> {
+fn read_pidfile(path: &Path) -> Result<u32, Failure> {
     let fail = |why: String| format!("pidfile {}: {why}", path.display());
-    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-    parse_pid(&text).ok_or_else(|| fail(format!("`{}` is not a pid", text.trim())))
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Failure::caused_by(fail(e.to_string()), e))?;
+    Ok(parse_pid(&text).ok_or_else(|| fail(format!("`{}` is not a pid", text.trim())))?)
 }
 
 /// The first line of a pidfile as a pid.
