@@ -32,6 +32,17 @@ fn config(dir: &Path, table: &str, guard_addr: &str, extra: &str, api: &str) -> 
     )
 }
 
+/// The `[api]` table of an agent on `port` whose mutating routes take the
+/// token `m41nt-t0ken` (from a 0600 file in `dir`).
+fn api_with_token(dir: &Path, port: u16) -> String {
+    let token = write_file(dir, "token", "m41nt-t0ken\n");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n",
+        token.display()
+    )
+}
+
 fn cli(cfg: &Path, data: &Path, args: &[&str]) -> std::process::Output {
     let mut all = vec!["maintenance"];
     all.extend_from_slice(args);
@@ -350,13 +361,8 @@ fn the_agent_and_the_cli_never_run_one_task_at_once_and_the_api_runs_and_rolls_b
     let t = Table::new("upkeep_mr", 30_000, 120);
     let dir = temp_dir();
     let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let token = write_file(dir.path(), "token", "m41nt-t0ken\n");
-    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let port = free_port();
-    let api = format!(
-        "[api]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n",
-        token.display()
-    );
+    let api = api_with_token(dir.path(), port);
     let cfg = config(
         dir.path(),
         &t.name(),
@@ -444,13 +450,10 @@ fn status_changes_during_a_run_are_marked_with_the_run() {
     let dir = temp_dir();
     let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let flip = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let token = write_file(dir.path(), "token", "m41nt-t0ken\n");
-    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let port = free_port();
     let api = format!(
-        "[api]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n\n\
-         [probe.flip]\nkind = \"tcp\"\naddress = \"{}\"\nfailure_threshold = 1\n",
-        token.display(),
+        "{}\n[probe.flip]\nkind = \"tcp\"\naddress = \"{}\"\nfailure_threshold = 1\n",
+        api_with_token(dir.path(), port),
         flip.local_addr().unwrap()
     );
     // About 9k old rows at 500 a batch, 400 ms apart: several seconds.
@@ -594,13 +597,8 @@ fn sigterm_stops_a_run_at_a_safe_point_and_the_agent_exits_cleanly() {
     let t = Table::new("upkeep_mr", 40_000, 120);
     let dir = temp_dir();
     let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let token = write_file(dir.path(), "token", "m41nt-t0ken\n");
-    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let port = free_port();
-    let api = format!(
-        "[api]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n",
-        token.display()
-    );
+    let api = api_with_token(dir.path(), port);
     let cfg = config(
         dir.path(),
         &t.name(),
@@ -823,13 +821,8 @@ fn a_run_the_agent_was_killed_in_reads_interrupted_after_a_restart_and_rolls_bac
     let t = Table::new("upkeep_mk", 40_000, 120); // ~18k rows past 30 days
     let dir = temp_dir();
     let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let token = write_file(dir.path(), "token", "m41nt-t0ken\n");
-    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let port = free_port();
-    let api = format!(
-        "[api]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n",
-        token.display()
-    );
+    let api = api_with_token(dir.path(), port);
     // Small batches with a pause: the run lasts far longer than the test
     // waits before the kill.
     let cfg = config(
