@@ -1,6 +1,7 @@
 //! The `upkeep` command: parses the command line, runs the command
 //! ([`upkeep::cli`]) and alone decides the exit code: 0 ok, 1 runtime
-//! failure, 2 usage, 78 invalid config (EX_CONFIG).
+//! failure, 2 usage, 78 invalid config (EX_CONFIG); `status` exits as a
+//! monitoring plugin (0 healthy, 1 degraded, 2 unhealthy, 3 unknown).
 
 use std::process::ExitCode;
 
@@ -11,6 +12,11 @@ use upkeep::cli::{Cli, CliError, Command};
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_CONFIG: u8 = 78;
+/// `upkeep status`, read by Nagios, Icinga, Sensu and Zabbix as WARNING,
+/// CRITICAL and UNKNOWN.
+const EXIT_DEGRADED: u8 = 1;
+const EXIT_UNHEALTHY: u8 = 2;
+const EXIT_UNREACHABLE: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -18,7 +24,12 @@ fn main() -> ExitCode {
     init_logging(quiet);
     match upkeep::cli::dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(CliError::Unhealthy) => ExitCode::from(EXIT_RUNTIME),
+        Err(CliError::Degraded) => ExitCode::from(EXIT_DEGRADED),
+        Err(CliError::Unhealthy) => ExitCode::from(EXIT_UNHEALTHY),
+        Err(e @ CliError::Unreachable(_)) => {
+            eprintln!("upkeep: {:#}", anyhow::Error::from(e));
+            ExitCode::from(EXIT_UNREACHABLE)
+        }
         Err(CliError::Config(msg)) => {
             eprintln!("{msg}");
             ExitCode::from(EXIT_CONFIG)

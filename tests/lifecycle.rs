@@ -331,9 +331,10 @@ fn the_health_document_has_the_seed_shape_with_measured_values() {
     }
     assert!(v["performance"].get("uptime").is_some());
 
-    // `upkeep status` says the same and fails because `gone` is unhealthy.
+    // `upkeep status` says the same and exits 2 (CRITICAL to a monitoring
+    // system) because `gone` is unhealthy.
     let o = upkeep(&["status", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let table = stdout(&o);
     for name in ["database", "gone", "host", "web"] {
         assert!(
@@ -352,8 +353,43 @@ fn the_health_document_has_the_seed_shape_with_measured_values() {
     assert_eq!(doc["services"]["database"]["status"], "healthy");
     drop(agent);
 
-    // With the agent gone, status names what it could not reach.
+    // With the agent gone, status names what it could not reach and exits 3
+    // (UNKNOWN to a monitoring system), not as a host problem.
     let o = upkeep(&["status", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(3));
     assert!(stderr(&o).contains("does not answer"), "{}", stderr(&o));
+}
+
+/// The `upkeep status` exit code once every probe has the status wanted.
+fn status_code_when(port: u16, cfg: &Path, want: &str) -> Option<i32> {
+    wait_for(&format!("the probe to be {want}"), || {
+        get(port, "/api/v1/probes").is_some_and(|(_, body)| {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            v["probes"]
+                .as_array()
+                .is_some_and(|ps| !ps.is_empty() && ps.iter().all(|p| p["status"] == want))
+        })
+    });
+    let o = upkeep(&["status", "--config", cfg.to_str().unwrap()]);
+    o.status.code()
+}
+
+#[test]
+fn status_exits_0_when_healthy_and_1_when_degraded() {
+    let dir = temp_dir();
+    let port = free_port();
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let probe = |degraded: f64| {
+        format!(
+            "\n[host]\nenabled = false\n\n[probe.up]\nkind = \"tcp\"\naddress = \"{}\"\nfailure_threshold = 1\nsuccess_threshold = 1\n[probe.up.thresholds.connect_seconds]\ndegraded = {degraded:?}\nunhealthy = 100.0\n",
+            target.local_addr().unwrap()
+        )
+    };
+    let cfg = config(dir.path(), port, &probe(50.0));
+    let agent = Agent::start(Some(&cfg), &dir.path().join("data"), port);
+    assert_eq!(status_code_when(port, &cfg, "healthy"), Some(0));
+    // Any connect takes longer than a nanosecond: degraded, not unhealthy.
+    config(dir.path(), port, &probe(1e-9));
+    agent.signal(libc::SIGHUP);
+    assert_eq!(status_code_when(port, &cfg, "degraded"), Some(1));
 }
