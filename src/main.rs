@@ -21,6 +21,9 @@ const EXIT_UNREACHABLE: u8 = 3;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = !matches!(cli.command, Command::Run { .. });
+    if quiet {
+        exit_on_closed_pipe();
+    }
     init_logging(quiet);
     match upkeep::cli::dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -43,6 +46,18 @@ fn main() -> ExitCode {
             eprintln!("upkeep: {:#}", anyhow::Error::from(e));
             ExitCode::from(EXIT_RUNTIME)
         }
+    }
+}
+
+/// A command whose reader goes away (`upkeep check-config | head -1`) ends
+/// as other Unix tools do, killed by SIGPIPE, instead of panicking in
+/// `println!` on EPIPE. Every socket the commands use is written with
+/// MSG_NOSIGNAL by the standard library, so only stdout and stderr can
+/// raise it. The agent (`run`) keeps SIGPIPE ignored.
+fn exit_on_closed_pipe() {
+    // SAFETY: signal(2) with SIG_DFL, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -611,3 +611,24 @@ fn read_commands_name_what_is_missing() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no probe `nope`"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    // The reader is gone before the command writes, as with `| head -1`
+    // once head has its line: every write to stdout fails with EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("agent.toml.example");
+    let o = std::process::Command::new(crate::util::bin())
+        .arg("check-config")
+        .arg(&example)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.is_empty(), "{err}");
+    assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "{:?}", o.status);
+}
