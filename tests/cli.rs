@@ -632,3 +632,31 @@ fn a_closed_pipe_ends_the_command_quietly() {
     assert!(err.is_empty(), "{err}");
     assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "{:?}", o.status);
 }
+
+#[test]
+fn read_commands_never_create_the_data_dir() {
+    let dir = temp_dir();
+    let data = dir.path().join("never-made");
+    let d = data.to_str().unwrap();
+    let commands: [&[&str]; 7] = [
+        &["series"],
+        &["query", "host.cpu_used_ratio"],
+        &["uptime"],
+        &["trend", "host.cpu_used_ratio"],
+        &["maintenance", "list"],
+        &["maintenance", "runs"],
+        &["maintenance", "show", "1"],
+    ];
+    for args in commands {
+        let mut full = args.to_vec();
+        full.extend(["--data-dir", d]);
+        let o = upkeep(&full);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("data dir {d}: no such directory")),
+            "{args:?}: {err}"
+        );
+        assert!(!data.exists(), "{args:?} created {d}");
+    }
+}
