@@ -1152,6 +1152,35 @@ fn a_chunked_body_is_taken_within_the_limit_and_refused_past_it() {
     assert_eq!(get(port, "/-/healthy").unwrap().0, 200);
 }
 
+/// `curl -X POST` sends neither a Content-Length nor a body: every POST
+/// route takes that as an empty body, never 411.
+#[test]
+fn a_post_without_a_body_or_its_length_is_an_empty_body() {
+    let dir = temp_dir();
+    let port = free_port();
+    let (_agent, _) = agent_with_token(dir.path(), port, "");
+    let bare = |path: &str| {
+        request(
+            port,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: localhost:{port}\r\n\
+                 Authorization: Bearer s3cret-t0ken\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .expect("the agent answers")
+    };
+    let r = bare("/api/v1/reload");
+    assert_eq!(r.code, 200, "{}", r.body);
+    // No such task or run: the route was reached and judged the request.
+    for path in [
+        "/api/v1/maintenance/nightly/run",
+        "/api/v1/maintenance/runs/1/rollback",
+    ] {
+        let r = bare(path);
+        assert_eq!(r.code, 404, "{path}: {}", r.body);
+    }
+}
+
 /// schemathesis (PyPI) fuzzes every operation of the OpenAPI document
 /// against the running agent: no 5xx, every answer's status, content type
 /// and body as documented, undeclared methods refused, missing or wrong
