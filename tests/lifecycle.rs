@@ -393,3 +393,48 @@ fn status_exits_0_when_healthy_and_1_when_degraded() {
     agent.signal(libc::SIGHUP);
     assert_eq!(status_code_when(port, &cfg, "degraded"), Some(1));
 }
+
+#[test]
+fn a_second_agent_on_a_data_dir_in_use_exits_1_naming_the_first() {
+    let dir = temp_dir();
+    let (port, other) = (free_port(), free_port());
+    let cfg = config(dir.path(), port, "");
+    let data = dir.path().join("data");
+    let first = Agent::start(Some(&cfg), &data, port);
+    // Another port, so that only the data dir is shared.
+    let cfg2 = write_file(
+        dir.path(),
+        "other.toml",
+        &format!("[agent]\ninterval = \"1s\"\n\n[api]\nlisten = \"127.0.0.1:{other}\"\n"),
+    );
+    let second = Agent {
+        child: std::process::Command::new(crate::util::bin())
+            .args(["run", "--config", cfg2.to_str().unwrap(), "--data-dir"])
+            .arg(&data)
+            .env_remove("UPKEEP_CONFIG")
+            .env_remove("STATE_DIRECTORY")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        port: other,
+    };
+    let (code, _, err) = second.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(1), "{err}");
+    let want = format!(
+        "data dir {} is in use by upkeep pid {} (since ",
+        data.display(),
+        first.child.id()
+    );
+    assert!(err.contains(&want), "{err}");
+    // Read commands take no lock, and the first agent runs on.
+    let o = upkeep(&["series", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(get(port, "/-/healthy").map(|r| r.0), Some(200));
+    // Once the first has stopped, the data dir is free again.
+    first.signal(libc::SIGTERM);
+    let (code, _, err) = first.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{err}");
+    let again = Agent::start(Some(&cfg2), &data, other);
+    drop(again);
+}
