@@ -55,7 +55,12 @@ pub struct StoreHealth {
     /// Samples given up because the pending buffer was full.
     pub dropped_samples: u64,
     pub refused_series: u64,
+    /// The history file alone, as of the last write.
     pub file_bytes: u64,
+    /// Its write-ahead log, as of the last write: committed data not yet
+    /// checkpointed into the file, up to the WAL budget and beyond it
+    /// while a checkpoint cannot run.
+    pub wal_bytes: u64,
     pub bound_bytes: u64,
 }
 

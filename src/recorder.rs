@@ -258,10 +258,12 @@ impl Recorder {
                 self.pending.clear();
                 self.events.clear();
                 let size = writer.file_size();
+                let wal = writer.wal_bytes();
                 let refused = writer.refused_series();
                 let mut live = self.live.write().expect("live lock");
                 live.store.samples_written += stats.samples as u64;
                 live.store.file_bytes = size;
+                live.store.wal_bytes = wal;
                 live.store.refused_series = refused;
                 live.store.pending_samples = 0;
                 live.store.open = true;

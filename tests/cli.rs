@@ -611,3 +611,52 @@ fn read_commands_name_what_is_missing() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no probe `nope`"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    // The reader is gone before the command writes, as with `| head -1`
+    // once head has its line: every write to stdout fails with EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("agent.toml.example");
+    let o = std::process::Command::new(crate::util::bin())
+        .arg("check-config")
+        .arg(&example)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.is_empty(), "{err}");
+    assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "{:?}", o.status);
+}
+
+#[test]
+fn read_commands_never_create_the_data_dir() {
+    let dir = temp_dir();
+    let data = dir.path().join("never-made");
+    let d = data.to_str().unwrap();
+    let commands: [&[&str]; 7] = [
+        &["series"],
+        &["query", "host.cpu_used_ratio"],
+        &["uptime"],
+        &["trend", "host.cpu_used_ratio"],
+        &["maintenance", "list"],
+        &["maintenance", "runs"],
+        &["maintenance", "show", "1"],
+    ];
+    for args in commands {
+        let mut full = args.to_vec();
+        full.extend(["--data-dir", d]);
+        let o = upkeep(&full);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("data dir {d}: no such directory")),
+            "{args:?}: {err}"
+        );
+        assert!(!data.exists(), "{args:?} created {d}");
+    }
+}

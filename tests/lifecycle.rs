@@ -331,9 +331,10 @@ fn the_health_document_has_the_seed_shape_with_measured_values() {
     }
     assert!(v["performance"].get("uptime").is_some());
 
-    // `upkeep status` says the same and fails because `gone` is unhealthy.
+    // `upkeep status` says the same and exits 2 (CRITICAL to a monitoring
+    // system) because `gone` is unhealthy.
     let o = upkeep(&["status", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let table = stdout(&o);
     for name in ["database", "gone", "host", "web"] {
         assert!(
@@ -352,8 +353,88 @@ fn the_health_document_has_the_seed_shape_with_measured_values() {
     assert_eq!(doc["services"]["database"]["status"], "healthy");
     drop(agent);
 
-    // With the agent gone, status names what it could not reach.
+    // With the agent gone, status names what it could not reach and exits 3
+    // (UNKNOWN to a monitoring system), not as a host problem.
     let o = upkeep(&["status", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(3));
     assert!(stderr(&o).contains("does not answer"), "{}", stderr(&o));
+}
+
+/// The `upkeep status` exit code once every probe has the status wanted.
+fn status_code_when(port: u16, cfg: &Path, want: &str) -> Option<i32> {
+    wait_for(&format!("the probe to be {want}"), || {
+        get(port, "/api/v1/probes").is_some_and(|(_, body)| {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            v["probes"]
+                .as_array()
+                .is_some_and(|ps| !ps.is_empty() && ps.iter().all(|p| p["status"] == want))
+        })
+    });
+    let o = upkeep(&["status", "--config", cfg.to_str().unwrap()]);
+    o.status.code()
+}
+
+#[test]
+fn status_exits_0_when_healthy_and_1_when_degraded() {
+    let dir = temp_dir();
+    let port = free_port();
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let probe = |degraded: f64| {
+        format!(
+            "\n[host]\nenabled = false\n\n[probe.up]\nkind = \"tcp\"\naddress = \"{}\"\nfailure_threshold = 1\nsuccess_threshold = 1\n[probe.up.thresholds.connect_seconds]\ndegraded = {degraded:?}\nunhealthy = 100.0\n",
+            target.local_addr().unwrap()
+        )
+    };
+    let cfg = config(dir.path(), port, &probe(50.0));
+    let agent = Agent::start(Some(&cfg), &dir.path().join("data"), port);
+    assert_eq!(status_code_when(port, &cfg, "healthy"), Some(0));
+    // Any connect takes longer than a nanosecond: degraded, not unhealthy.
+    config(dir.path(), port, &probe(1e-9));
+    agent.signal(libc::SIGHUP);
+    assert_eq!(status_code_when(port, &cfg, "degraded"), Some(1));
+}
+
+#[test]
+fn a_second_agent_on_a_data_dir_in_use_exits_1_naming_the_first() {
+    let dir = temp_dir();
+    let (port, other) = (free_port(), free_port());
+    let cfg = config(dir.path(), port, "");
+    let data = dir.path().join("data");
+    let first = Agent::start(Some(&cfg), &data, port);
+    // Another port, so that only the data dir is shared.
+    let cfg2 = write_file(
+        dir.path(),
+        "other.toml",
+        &format!("[agent]\ninterval = \"1s\"\n\n[api]\nlisten = \"127.0.0.1:{other}\"\n"),
+    );
+    let second = Agent {
+        child: std::process::Command::new(crate::util::bin())
+            .args(["run", "--config", cfg2.to_str().unwrap(), "--data-dir"])
+            .arg(&data)
+            .env_remove("UPKEEP_CONFIG")
+            .env_remove("STATE_DIRECTORY")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        port: other,
+    };
+    let (code, _, err) = second.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(1), "{err}");
+    let want = format!(
+        "data dir {} is in use by upkeep pid {} (since ",
+        data.display(),
+        first.child.id()
+    );
+    assert!(err.contains(&want), "{err}");
+    // Read commands take no lock, and the first agent runs on.
+    let o = upkeep(&["series", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(get(port, "/-/healthy").map(|r| r.0), Some(200));
+    // Once the first has stopped, the data dir is free again.
+    first.signal(libc::SIGTERM);
+    let (code, _, err) = first.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{err}");
+    let again = Agent::start(Some(&cfg2), &data, other);
+    drop(again);
 }

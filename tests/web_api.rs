@@ -1152,6 +1152,61 @@ fn a_chunked_body_is_taken_within_the_limit_and_refused_past_it() {
     assert_eq!(get(port, "/-/healthy").unwrap().0, 200);
 }
 
+/// The history size in `/api/v1/info` counts the write-ahead log, where
+/// recent writes sit until a checkpoint, beside the file itself.
+#[test]
+fn info_reports_the_history_file_its_wal_and_their_total() {
+    let dir = temp_dir();
+    let port = free_port();
+    let (_agent, _) = agent_with_token(dir.path(), port, "");
+    let info = || -> serde_json::Value {
+        serde_json::from_str(&get(port, "/api/v1/info").unwrap().1).unwrap()
+    };
+    wait_for("a history write", || {
+        info()["history"]["samples_written"].as_u64() > Some(0)
+    });
+    let v = info();
+    let (file, wal) = (
+        v["history_file_bytes"]
+            .as_u64()
+            .expect("history_file_bytes"),
+        v["history_wal_bytes"].as_u64().expect("history_wal_bytes"),
+    );
+    // Checkpoints run every minute: the first writes are in the WAL.
+    assert!(file > 0 && wal > 0, "{v}");
+    assert_eq!(v["history_bytes"].as_u64(), Some(file + wal), "{v}");
+    assert_eq!(v["history"]["wal_bytes"].as_u64(), Some(wal), "{v}");
+}
+
+/// `curl -X POST` sends neither a Content-Length nor a body: every POST
+/// route takes that as an empty body, never 411.
+#[test]
+fn a_post_without_a_body_or_its_length_is_an_empty_body() {
+    let dir = temp_dir();
+    let port = free_port();
+    let (_agent, _) = agent_with_token(dir.path(), port, "");
+    let bare = |path: &str| {
+        request(
+            port,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: localhost:{port}\r\n\
+                 Authorization: Bearer s3cret-t0ken\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .expect("the agent answers")
+    };
+    let r = bare("/api/v1/reload");
+    assert_eq!(r.code, 200, "{}", r.body);
+    // No such task or run: the route was reached and judged the request.
+    for path in [
+        "/api/v1/maintenance/nightly/run",
+        "/api/v1/maintenance/runs/1/rollback",
+    ] {
+        let r = bare(path);
+        assert_eq!(r.code, 404, "{path}: {}", r.body);
+    }
+}
+
 /// schemathesis (PyPI) fuzzes every operation of the OpenAPI document
 /// against the running agent: no 5xx, every answer's status, content type
 /// and body as documented, undeclared methods refused, missing or wrong

@@ -37,7 +37,9 @@ Environment: UPKEEP_CONFIG (config path), UPKEEP_LOG (log level), STATE_DIRECTOR
 
 Signals (run): SIGTERM and SIGINT stop cleanly, SIGHUP reloads the config.
 
-Exit codes: 0 ok, 1 runtime failure, 2 usage, 78 invalid config.";
+Exit codes: 0 ok, 1 runtime failure, 2 usage, 78 invalid config. \
+`upkeep status` exits as a monitoring plugin: 0 all healthy, 1 degraded, 2 unhealthy, \
+3 the agent cannot be asked.";
 
 #[derive(Parser)]
 #[command(
@@ -73,7 +75,7 @@ pub enum Command {
         /// Config file (default as for `run`).
         path: Option<PathBuf>,
     },
-    /// Health of every probe from the running agent; exits 1 when any is unhealthy.
+    /// Health of every probe from the running agent; exits 0 healthy, 1 degraded, 2 unhealthy, 3 agent unreachable.
     Status {
         /// Print the health document (the seed's SystemHealthMetrics shape).
         #[arg(long)]
@@ -150,9 +152,16 @@ pub enum Command {
 /// Why a command failed; `main` alone turns each into an exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// `upkeep status`: a probe is degraded, none unhealthy (its table
+    /// says which).
+    #[error("a probe is degraded")]
+    Degraded,
     /// `upkeep status`: a probe is unhealthy (its table says which).
     #[error("a probe is unhealthy")]
     Unhealthy,
+    /// `upkeep status`: the running agent cannot be asked, with why.
+    #[error(transparent)]
+    Unreachable(Box<dyn Error + Send + Sync>),
     /// The config is invalid or unreadable; the text is the whole report.
     #[error("{0}")]
     Config(String),

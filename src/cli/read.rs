@@ -97,17 +97,29 @@ pub(super) fn trend(
     Ok(())
 }
 
-/// The probe table (or the health document with `json`); a probe that is
-/// unhealthy makes it [`CliError::Unhealthy`].
+/// The probe table (or the health document with `json`); the worst probe
+/// status makes it [`CliError::Degraded`] or [`CliError::Unhealthy`], and
+/// an agent that cannot be asked [`CliError::Unreachable`], so that the
+/// exit code reads as a monitoring plugin's.
 pub(super) fn status(json: bool, at: &Where) -> Result<(), CliError> {
     let (config, _) = load_config(at.config.as_deref())?;
-    let get = |path: &str| report::agent_get(&config.api.listen, path).map_err(report_err);
+    let unreachable = |e: CliError| match e {
+        CliError::Runtime(e) => CliError::Unreachable(e),
+        other => other,
+    };
+    let get = |path: &str| {
+        report::agent_get(&config.api.listen, path)
+            .map_err(report_err)
+            .map_err(unreachable)
+    };
     let health = get("/api/v1/health")?;
-    let doc: serde_json::Value =
-        serde_json::from_str(&health).context("the agent's health document is not JSON")?;
+    let doc: serde_json::Value = serde_json::from_str(&health)
+        .context("the agent's health document is not JSON")
+        .map_err(unreachable)?;
     let probes: serde_json::Value = serde_json::from_str(&get("/api/v1/probes")?)
-        .context("the agent's probe list is not JSON")?;
-    let (table, unhealthy) = report::status_table(&probes, &doc, now_ms());
+        .context("the agent's probe list is not JSON")
+        .map_err(unreachable)?;
+    let (table, worst) = report::status_table(&probes, &doc, now_ms());
     if json {
         println!(
             "{}",
@@ -116,8 +128,9 @@ pub(super) fn status(json: bool, at: &Where) -> Result<(), CliError> {
     } else {
         print!("{table}");
     }
-    if unhealthy {
-        return Err(CliError::Unhealthy);
+    match worst {
+        report::Worst::Healthy => Ok(()),
+        report::Worst::Degraded => Err(CliError::Degraded),
+        report::Worst::Unhealthy => Err(CliError::Unhealthy),
     }
-    Ok(())
 }

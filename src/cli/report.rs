@@ -345,26 +345,40 @@ pub fn agent_get(listen: &str, path: &str) -> Result<String, ReportError> {
     Ok(body.to_string())
 }
 
+/// The worst probe status `upkeep status` saw; it picks the exit code.
+/// Ordered best to worst, so that `max` is the worst. A probe not yet
+/// judged (`unknown`) counts as healthy: it says nothing against the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Worst {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
 /// The `upkeep status` table: one row per probe (probe, status, latency,
-/// since, reason); also says whether any probe is unhealthy.
+/// since, reason); also the worst status among the probes.
 pub fn status_table(
     probes: &serde_json::Value,
     health: &serde_json::Value,
     now: Ts,
-) -> (String, bool) {
+) -> (String, Worst) {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "{:<24} {:<10} {:>10} {:>12}  reason",
         "probe", "status", "latency", "since"
     );
-    let mut unhealthy = false;
+    let mut worst = Worst::Healthy;
     let services = &health["services"];
     let empty = Vec::new();
     for p in probes["probes"].as_array().unwrap_or(&empty) {
         let name = p["name"].as_str().unwrap_or("?");
         let status = p["status"].as_str().unwrap_or("unknown");
-        unhealthy |= status == "unhealthy";
+        worst = worst.max(match status {
+            "unhealthy" => Worst::Unhealthy,
+            "degraded" => Worst::Degraded,
+            _ => Worst::Healthy,
+        });
         let service = services.get(name).or_else(|| {
             services["workers"]
                 .as_array()
@@ -384,7 +398,7 @@ pub fn status_table(
             "{name:<24} {status:<10} {latency:>10} {since:>12}  {reason}"
         );
     }
-    (out, unhealthy)
+    (out, worst)
 }
 
 /// `v` as `{}` would print it, faster: integral values as integers, others

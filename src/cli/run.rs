@@ -1,14 +1,17 @@
 //! `upkeep run`: the agent in the foreground until SIGTERM or SIGINT;
-//! SIGHUP and the API's reload route reload the config file. Called by
-//! [`super::dispatch`].
+//! SIGHUP and the API's reload route reload the config file. One agent per
+//! data dir: `run` holds an exclusive lock on `DATA_DIR/agent.lock` for the
+//! life of the process. Called by [`super::dispatch`].
 
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc::Receiver;
 
-use super::{CliError, Context, Where, load_config, token_file_error};
+use super::{CliError, Context, Where, check_token_file, load_config, token_file_error};
 use crate::app::{App, AppError};
 use crate::config::Config;
 use crate::systemd::Notifier;
@@ -25,6 +28,11 @@ pub(super) fn run(at: Where) -> Result<(), CliError> {
             "no config file: running on built-in defaults (host probe, history, API on loopback)"
         ),
     }
+    // A token file `run` would refuse is a config error: found before the
+    // lock below makes the data dir, so nothing is made on a bad config.
+    check_token_file(&config, source.as_deref())?;
+    // Held until `run` returns; the kernel drops it if the process dies.
+    let _agent_lock = lock_data_dir(&data_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -62,6 +70,70 @@ pub(super) fn run(at: Where) -> Result<(), CliError> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Takes the data dir for this agent alone, or says who has it. A second
+/// agent on the same history would end the first one's run in its records
+/// and spoil the coverage figures of both. Read commands take no lock.
+///
+/// A data dir that cannot be written now (read-only, full) does not stop
+/// the agent: it starts and history waits, as it does without the lock.
+/// The lock is then not held, and a warning says so.
+fn lock_data_dir(dir: &Path) -> Result<Option<File>, CliError> {
+    let path = dir.join("agent.lock");
+    let opened = std::fs::create_dir_all(dir).and_then(|()| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+    });
+    let mut file = match opened {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(
+                "cannot open {}: {e}; running without the one-agent-per-data-dir lock",
+                path.display()
+            );
+            return Ok(None);
+        }
+    };
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(CliError::runtime(format!(
+                "data dir {} is in use by upkeep {}",
+                dir.display(),
+                if holder.is_empty() {
+                    "(holder unknown)"
+                } else {
+                    holder
+                }
+            )));
+        }
+        Err(TryLockError::Error(e)) => {
+            tracing::warn!(
+                "cannot lock {}: {e}; running without the one-agent-per-data-dir lock",
+                path.display()
+            );
+            return Ok(None);
+        }
+    }
+    // Who holds it, for the message of the one refused; the lock holds
+    // even if this cannot be written.
+    let holder = format!(
+        "pid {} (since {})",
+        std::process::id(),
+        crate::fmt::rfc3339(crate::sample::now_ms())
+    );
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.write_all(holder.as_bytes()));
+    Ok(Some(file))
 }
 
 /// The next reload request from the API; never, when the API takes none.

@@ -268,6 +268,15 @@ impl Ledger {
         Ok(Ledger { path, conn })
     }
 
+    /// Opens the history file in `data_dir` read-only, for the commands
+    /// that only read the ledger: they create and migrate nothing, and a
+    /// missing data dir or file is an error naming it.
+    pub fn open_ro(data_dir: &Path) -> Result<Ledger, StoreError> {
+        let path = data_dir.join(FILE_NAME);
+        let conn = crate::store::open_ro(&path)?;
+        Ok(Ledger { path, conn })
+    }
+
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + use<> {
         crate::store::sql_err(&self.path)
     }

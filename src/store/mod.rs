@@ -161,6 +161,16 @@ pub const WAL_LIMIT_BYTES: u64 = 4 * 1024 * 1024;
 /// it is stopped.
 pub(crate) fn open_ro(path: &Path) -> Result<Connection, StoreError> {
     let err = sql_err(path);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(StoreError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such directory (has the agent run with this data dir?)",
+            ),
+        });
+    }
     if !path.exists() {
         return Err(StoreError::Io {
             path: path.to_path_buf(),

@@ -220,7 +220,11 @@ struct InfoBody<'a> {
     #[serde(flatten)]
     info: &'a super::Info,
     started_at: String,
+    /// The history file and its write-ahead log together: what the data
+    /// dir holds; the two parts follow.
     history_bytes: u64,
+    history_file_bytes: u64,
+    history_wal_bytes: u64,
     history_bound_bytes: u64,
     history: crate::live::StoreHealth,
     last_reload: Option<ReloadBody>,
@@ -238,7 +242,9 @@ fn info_body(s: &State) -> serde_json::Value {
     serde_json::to_value(InfoBody {
         info: &s.info,
         started_at: rfc3339(live.started_ms),
-        history_bytes: live.store.file_bytes,
+        history_bytes: live.store.file_bytes + live.store.wal_bytes,
+        history_file_bytes: live.store.file_bytes,
+        history_wal_bytes: live.store.wal_bytes,
         history_bound_bytes: live.store.bound_bytes,
         history: crate::live::StoreHealth {
             fault: live.store.fault_at(crate::sample::now_ms()),

@@ -85,7 +85,8 @@ pub(super) fn maintenance(action: Maint, at: &Where) -> Result<(), CliError> {
         data_dir: data_dir.clone(),
         stop: tokio_util::sync::CancellationToken::new(),
     };
-    let ledger = || Ledger::open(&data_dir).map_err(CliError::runtime);
+    // Read-only: listing runs never creates the data dir or the file.
+    let ledger = || Ledger::open_ro(&data_dir).map_err(CliError::runtime);
     match action {
         Maint::List => {
             let last = ledger::last_runs(ledger()?.conn()).context("reading the ledger")?;

@@ -146,9 +146,10 @@ fn host_section(v: &View) -> Markup {
                     @for d in &h.disks {
                         div .card {
                             h3 { "Disk " code { (d.mount) } }
-                            p .big { (percent(d.used / d.total.max(1.0))) }
-                            (bar(d.used / d.total.max(1.0)))
-                            p .sub { (bytes(d.used)) " of " (bytes(d.total)) }
+                            @let ratio = d.used / (d.used + d.available).max(1.0);
+                            p .big { (percent(ratio)) }
+                            (bar(ratio))
+                            p .sub { (bytes(d.used)) " used · " (bytes(d.available)) " available" }
                             @if let Some(days) = d.full_in_days {
                                 p class={ "forecast " @if days < 7.0 { "bad" } @else if days < 30.0 { "warn" } } {
                                     (full_in(days))

@@ -251,6 +251,13 @@ fn with_history(dir: &std::path::Path, now: Ts) -> State {
             now,
             100e9,
         );
+        // 5 GB reserved for root, as ext4 keeps.
+        live.push(
+            &SeriesKey::new("host", "disk_available_bytes", &l),
+            Unit::Bytes,
+            now,
+            (95.0 - used) * 1e9,
+        );
     }
     let s = state(live);
     let mut info = s.info.clone();
@@ -279,6 +286,13 @@ fn history_gives_day_bars_events_and_only_confident_forecasts() {
     let card = &html[html.find("<code>/data</code>").unwrap()..];
     let forecast = &card[card.find("full in ").unwrap()..];
     assert!(forecast.starts_with("full in 5 h"), "{forecast}");
+    // Use as df counts it, used / (used + available): 68 of 95 GB, not of
+    // the 100 GB that include root's reserve.
+    assert!(
+        card.starts_with("<code>/data</code></h3><p class=\"big\">72%</p>"),
+        "{}",
+        &card[..200]
+    );
     // 30 day bars per probe: `svc` was observed today only, and was
     // down for a sixth of it; the host probe has no transitions.
     let svc = &html[html.find("data-probe=\"svc\"").unwrap()..];

@@ -54,11 +54,14 @@ pub(super) struct Host {
     pub(super) uptime_seconds: Option<f64>,
 }
 
+/// One filesystem's card. Its use is df's, used / (used + available), as in
+/// the API, `/metrics` and the thresholds.
 pub(super) struct Disk {
     pub(super) mount: String,
     pub(super) ratio_key: String,
     pub(super) used: f64,
-    pub(super) total: f64,
+    /// What users can still write: blocks reserved for root do not count.
+    pub(super) available: f64,
     pub(super) full_in_days: Option<f64>,
 }
 
@@ -251,12 +254,12 @@ fn host(live: &Live, now: Ts) -> Option<Host> {
         .filter(|(k, _)| k.metric == "disk_used_bytes")
         .filter_map(|(k, used)| {
             let mount = k.label("mount")?;
-            let total = live.latest("host", "disk_total_bytes", &[("mount", mount)])?;
+            let available = live.latest("host", "disk_available_bytes", &[("mount", mount)])?;
             Some(Disk {
                 mount: mount.to_string(),
                 ratio_key: format!("host.disk_used_ratio{}", k.labels_text()),
                 used: *used,
-                total,
+                available,
                 full_in_days: None,
             })
         })
