@@ -89,7 +89,13 @@ pub(super) fn maintenance(action: Maint, at: &Where) -> Result<(), CliError> {
     let ledger = || Ledger::open_ro(&data_dir).map_err(CliError::runtime);
     match action {
         Maint::List => {
-            let last = ledger::last_runs(ledger()?.conn()).context("reading the ledger")?;
+            // Before the agent's first start there is no history: the
+            // tasks are listed, none has run.
+            let last = if data_dir.join(crate::store::FILE_NAME).exists() {
+                ledger::last_runs(ledger()?.conn()).context("reading the ledger")?
+            } else {
+                Vec::new()
+            };
             print!(
                 "{}",
                 report::list(&config, &data_dir, &last, chrono::Utc::now())
