@@ -3,8 +3,7 @@
 //! data dir: `run` holds an exclusive lock on `DATA_DIR/agent.lock` for the
 //! life of the process. Called by [`super::dispatch`].
 
-use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{Read, Write};
+use std::fs::File;
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use tokio::sync::mpsc::Receiver;
 use super::{CliError, Context, Where, check_token_file, load_config, token_file_error};
 use crate::app::{App, AppError};
 use crate::config::Config;
+use crate::maintenance::lock::{Flock, FlockError, try_flock};
 use crate::systemd::Notifier;
 
 /// SIGTERM/SIGINT: everything flushed and the process gone within this.
@@ -81,59 +81,42 @@ pub(super) fn run(at: Where) -> Result<(), CliError> {
 /// The lock is then not held, and a warning says so.
 fn lock_data_dir(dir: &Path) -> Result<Option<File>, CliError> {
     let path = dir.join("agent.lock");
-    let opened = std::fs::create_dir_all(dir).and_then(|()| {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-    });
-    let mut file = match opened {
-        Ok(f) => f,
-        Err(e) => {
+    let note = || {
+        format!(
+            "pid {} (since {})",
+            std::process::id(),
+            crate::fmt::rfc3339(crate::sample::now_ms())
+        )
+    };
+    let tried = std::fs::create_dir_all(dir)
+        .map_err(FlockError::Open)
+        .and_then(|()| try_flock(&path, note));
+    match tried {
+        Ok(Flock::Taken(file)) => Ok(Some(file)),
+        Ok(Flock::Busy(holder)) => Err(CliError::runtime(format!(
+            "data dir {} is in use by upkeep {}",
+            dir.display(),
+            if holder.is_empty() {
+                "(holder unknown)"
+            } else {
+                &holder
+            }
+        ))),
+        Err(FlockError::Open(e)) => {
             tracing::warn!(
                 "cannot open {}: {e}; running without the one-agent-per-data-dir lock",
                 path.display()
             );
-            return Ok(None);
+            Ok(None)
         }
-    };
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            return Err(CliError::runtime(format!(
-                "data dir {} is in use by upkeep {}",
-                dir.display(),
-                if holder.is_empty() {
-                    "(holder unknown)"
-                } else {
-                    holder
-                }
-            )));
-        }
-        Err(TryLockError::Error(e)) => {
+        Err(FlockError::Lock(e)) => {
             tracing::warn!(
                 "cannot lock {}: {e}; running without the one-agent-per-data-dir lock",
                 path.display()
             );
-            return Ok(None);
+            Ok(None)
         }
     }
-    // Who holds it, for the message of the one refused; the lock holds
-    // even if this cannot be written.
-    let holder = format!(
-        "pid {} (since {})",
-        std::process::id(),
-        crate::fmt::rfc3339(crate::sample::now_ms())
-    );
-    let _ = file
-        .set_len(0)
-        .and_then(|()| file.write_all(holder.as_bytes()));
-    Ok(Some(file))
 }
 
 /// The next reload request from the API; never, when the API takes none.
