@@ -532,6 +532,11 @@ impl Ledger {
             .map_err(self.err())
     }
 
+    /// One run without its steps.
+    pub fn run_row(&self, id: i64) -> Result<Option<RunRow>, StoreError> {
+        run_only(&self.conn, id).map_err(self.err())
+    }
+
     pub fn conn(&self) -> &Connection {
         &self.conn
     }

@@ -74,6 +74,15 @@ pub enum RunError {
 struct Book(Arc<Mutex<Ledger>>);
 
 impl Book {
+    /// The seed's result document of run `run_id` as the ledger has it.
+    async fn document(&self, run_id: i64) -> Result<Value, StoreError> {
+        self.with(move |l| {
+            let row = l.run_row(run_id)?.expect("the run is in the ledger");
+            Ok(ledger::result_document(&row))
+        })
+        .await
+    }
+
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Ledger) -> Result<T, StoreError> + Send + 'static,
@@ -206,14 +215,7 @@ impl Runner {
         })
         .await?;
         drop(lock);
-        let document = book
-            .with(move |l| {
-                let (row, _) = ledger::run(l.conn(), run_id)
-                    .map_err(crate::store::sql_err(Path::new("history.db")))?
-                    .expect("the run just written");
-                Ok(ledger::result_document(&row))
-            })
-            .await?;
+        let document = book.document(run_id).await?;
         match &error {
             Some(e) => {
                 tracing::warn!(task = %req.task, run_id, status = %status, "maintenance run ended: {e}")
@@ -236,12 +238,7 @@ impl Runner {
         let ledger = tokio::task::spawn_blocking(move || Ledger::open(&data_dir))
             .await
             .expect("opening the ledger panicked")?;
-        let read = |l: &Ledger| {
-            ledger::run(l.conn(), run_id)
-                .map_err(crate::store::sql_err(Path::new("history.db")))?
-                .map(|(row, _)| row)
-                .ok_or(RunError::NoSuchRun(run_id))
-        };
+        let read = |l: &Ledger| l.run_row(run_id)?.ok_or(RunError::NoSuchRun(run_id));
         let name = read(&ledger)?.task;
         self.task_config(&name)?;
         let lock = TaskLock::try_take(&self.data_dir, &name, trigger).map_err(RunError::Busy)?;
@@ -305,14 +302,7 @@ impl Runner {
             }
         };
         drop(lock);
-        let document = book
-            .with(move |l| {
-                let (row, _) = ledger::run(l.conn(), run_id)
-                    .map_err(crate::store::sql_err(Path::new("history.db")))?
-                    .expect("the run exists");
-                Ok(ledger::result_document(&row))
-            })
-            .await?;
+        let document = book.document(run_id).await?;
         Ok(Finished {
             run_id,
             status,
@@ -452,9 +442,7 @@ impl Runner {
         }
         let document = match (&ledger, recorded) {
             (Some(l), Some(id)) => {
-                let r = ledger::run_only(l.conn(), id)
-                    .map_err(crate::store::sql_err(Path::new("history.db")))?
-                    .expect("the run just written");
+                let r = l.run_row(id)?.expect("the run just written");
                 ledger::result_document(&r)
             }
             _ => ledger::result_document(&row),
