@@ -857,6 +857,14 @@ fn agent_with_token(dir: &Path, port: u16, extra: &str) -> (Agent, std::path::Pa
     (agent, cfg)
 }
 
+/// Waits until the agent on `port` answers a history query.
+fn wait_for_history(port: u16) {
+    wait_for("history", || {
+        get(port, "/api/v1/query?key=host.cpu_used_ratio&since=1h")
+            .is_some_and(|(code, _)| code == 200)
+    });
+}
+
 fn post(port: u16, path: &str, auth: Option<&str>) -> crate::util::Answer {
     let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
     request(
@@ -873,10 +881,7 @@ fn every_route_answers_over_a_real_socket_and_reload_works_with_the_token() {
     let dir = temp_dir();
     let port = free_port();
     let (agent, cfg) = agent_with_token(dir.path(), port, "");
-    wait_for("two probes with history", || {
-        get(port, "/api/v1/query?key=host.cpu_used_ratio&since=1h")
-            .is_some_and(|(code, _)| code == 200)
-    });
+    wait_for_history(port);
     for (method, _, path, _, code) in ROUTES {
         let r = if *method == "post" {
             post(port, path, Some("Bearer s3cret-t0ken"))
@@ -1023,10 +1028,7 @@ fn head_is_answered_on_every_get_route_as_get_without_a_body() {
     let dir = temp_dir();
     let port = free_port();
     let (_agent, _) = agent_with_token(dir.path(), port, "");
-    wait_for("history", || {
-        get(port, "/api/v1/query?key=host.cpu_used_ratio&since=1h")
-            .is_some_and(|(code, _)| code == 200)
-    });
+    wait_for_history(port);
     for (method, _, path, _, code) in ROUTES {
         if *method != "get" {
             continue;
@@ -1222,10 +1224,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let dir = temp_dir();
     let port = free_port();
     let (agent, _) = agent_with_token(dir.path(), port, "");
-    wait_for("history", || {
-        get(port, "/api/v1/query?key=host.cpu_used_ratio&since=1h")
-            .is_some_and(|(code, _)| code == 200)
-    });
+    wait_for_history(port);
     let out = Command::new(&st)
         .args([
             "run",
