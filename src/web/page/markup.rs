@@ -193,9 +193,24 @@ fn probes_section(v: &View) -> Markup {
             @for p in &v.probes {
                 (probe(v, p))
             }
+            @if !v.probes.is_empty() {
+                (probes_legend())
+            }
             @if let Some(e) = &v.history_error {
                 p .notice { "History is unavailable, so uptime and events are not shown: " (e) }
             }
+        }
+    }
+}
+
+/// What the probe rows' figures mean; probes are listed worst first.
+fn probes_legend() -> Markup {
+    html! {
+        p #probes-legend .legend {
+            "Worst first. Uptime per window: up (healthy or degraded) time over the time observed. "
+            abbr title="observed" { "obs." }
+            " = observed: the share of the window the agent was running and watching, shown when under 99.5 %; "
+            "time the agent was not running is no data, never downtime."
         }
     }
 }

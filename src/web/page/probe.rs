@@ -25,9 +25,11 @@ pub(super) fn probe(v: &View, p: &ProbeView) -> Markup {
                 h3 { (b.name) }
                 span .kind { (b.kind) " · every " (format!("{}", b.interval_seconds)) " s" }
             }
-            div .latency title="latency of the last check" {
+            div .latency title=[p.latency.map(|_| "latency of the last check")] {
                 @match p.latency {
                     Some(s) => { (seconds(s)) }
+                    // The host probe has no latency to show.
+                    None if b.kind == "host" => {}
                     None => span .na { "—" },
                 }
                 @if let Some(last) = &b.last {
@@ -49,7 +51,9 @@ pub(super) fn probe(v: &View, p: &ProbeView) -> Markup {
                             None => span .wv .na { "no data" },
                         }
                         @if u.coverage_ratio < 0.995 {
-                            span .cov { "obs. " (percent(u.coverage_ratio)) }
+                            span .cov title=(format!("observed: the agent watched this probe {} of the last {}; uptime counts only that time", percent(u.coverage_ratio), u.window)) {
+                                abbr { "obs." } " " (percent(u.coverage_ratio))
+                            }
                         }
                     }
                 }

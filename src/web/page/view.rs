@@ -118,6 +118,18 @@ fn latency_metric(kind: &str) -> Option<&'static str> {
     crate::probes::ProbeKind::from_name(kind).and_then(crate::probes::ProbeKind::latency_metric)
 }
 
+/// The probes' order on the page: what needs attention first (unhealthy,
+/// degraded, not yet judged, healthy); by name within a status (a stable
+/// sort keeps the API's name order).
+pub(super) fn worst_first(status: Status) -> u8 {
+    match status {
+        Status::Unhealthy => 0,
+        Status::Degraded => 1,
+        Status::Unknown => 2,
+        Status::Healthy => 3,
+    }
+}
+
 pub(super) fn gather(s: &State, now: Ts) -> View {
     let (reader, mut history_error) = match Reader::open(&s.info.data_dir) {
         Ok(r) => (Some(r), None),
@@ -176,10 +188,15 @@ pub(super) fn gather(s: &State, now: Ts) -> View {
         .find(|k| has(k))
         .or_else(|| series.values().flatten().next().map(|i| i.key.clone()));
     let (overall, summary) = overall(&bodies);
+    let mut bodies = bodies;
+    bodies.sort_by_key(|b| worst_first(b.status));
     let probes = bodies
         .into_iter()
         .map(|body| {
             let latency = match latency_metric(body.kind) {
+                // The host probe reads the kernel's figures: how long that
+                // took says nothing about any service.
+                _ if body.kind == crate::probes::ProbeKind::Host.name() => None,
                 Some(m) => body.last.as_ref().and_then(|l| {
                     l.readings
                         .iter()
