@@ -399,15 +399,24 @@ fn chromium_shows_every_probe_draws_the_chart_and_refreshes_without_console_erro
     }
 }
 
+/// The README's screenshots: desktop and phone width go to `docs/`
+/// (committed, so README shows the page as it is), the dark one beside
+/// the other test artifacts.
 #[test]
 fn screenshots_at_desktop_and_phone_width() {
     let site = Site::start();
-    let dir = artifacts();
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
     for (name, w, h, scheme) in [
         ("desktop", 1280, 900, None),
         ("phone", 390, 844, None),
         ("desktop-dark", 1280, 900, Some("--force-dark-mode")),
     ] {
+        let dir = if scheme.is_none() {
+            docs.clone()
+        } else {
+            artifacts()
+        };
         let path = dir.join(format!("status-page-{name}.png"));
         let _ = std::fs::remove_file(&path);
         let mut flags = vec![
@@ -555,4 +564,86 @@ fn the_maintenance_section_shows_a_task_and_its_run_from_the_cli() {
         let png = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(png_size(&png), (w, h), "{name}");
     }
+}
+
+/// A value for a query string.
+fn encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The history chart draws the series the URL names (up to four, from
+/// any probe, overlaid) over a custom range, shows the controls that add a
+/// series and set a range, and each probe's row links to its own series.
+#[test]
+fn the_chart_overlays_series_over_a_custom_range_and_rows_link_to_their_charts() {
+    let site = Site::start();
+    let until = chrono::Utc::now();
+    let since = until - chrono::Duration::minutes(20);
+    let rfc =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let keys = [
+        "host.cpu_used_ratio",
+        "host.load1",
+        "web_backend.connect_seconds",
+    ];
+    let url = format!(
+        "{}?series={}&range={}",
+        site.url(),
+        encode(&keys.join("\n")),
+        encode(&format!("{}/{}", rfc(since), rfc(until)))
+    );
+    let b = chromium(
+        &url,
+        &[
+            "--virtual-time-budget=8000",
+            "--window-size=1280,900",
+            "--dump-dom",
+        ],
+    );
+    assert!(b.console.is_empty(), "console messages: {:#?}", b.console);
+    let dom = &b.stdout;
+    let drawn = attr_of(dom, "chart", "data-series").expect("the chart's series");
+    assert_eq!(drawn.split('\n').collect::<Vec<_>>(), keys, "{dom}");
+    let at = |attr: &str| {
+        chrono::DateTime::parse_from_rfc3339(&attr_of(dom, "chart", attr).expect(attr))
+            .unwrap()
+            .timestamp()
+    };
+    assert_eq!(
+        at("data-since"),
+        since.timestamp(),
+        "the custom range's start"
+    );
+    assert_eq!(
+        at("data-until"),
+        until.timestamp(),
+        "the custom range's end"
+    );
+    let points: usize = attr_of(dom, "chart", "data-points")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(points > 0, "{dom}");
+    // One legend row per series, besides the time.
+    for k in keys {
+        assert!(
+            dom.contains(&format!(">{k}</")),
+            "{k} not in the legend or list: {dom}"
+        );
+    }
+    assert_eq!(
+        dom.matches("class=\"u-series").count(),
+        keys.len() + 1,
+        "{dom}"
+    );
+    // The controls the script drives are shown.
+    assert!(attr_of(dom, "chart-extra", "hidden").is_none(), "{dom}");
+    assert!(dom.contains("id=\"add-series\""), "{dom}");
+    // Each probe's row links to its series in the chart.
+    assert!(
+        dom.contains(
+            "class=\"chartlink\" href=\"/?series=web_backend.connect_seconds&amp;range=1h#history\""
+        ),
+        "{dom}"
+    );
 }

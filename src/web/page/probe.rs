@@ -24,6 +24,11 @@ pub(super) fn probe(v: &View, p: &ProbeView) -> Markup {
             div .name {
                 h3 { (b.name) }
                 span .kind { (b.kind) " · every " (format!("{}", b.interval_seconds)) " s" }
+                @if !p.chart_keys.is_empty() {
+                    " "
+                    a .chartlink href=(format!("/?series={}&range=1h#history", encode(&p.chart_keys.join("\n"))))
+                        data-series=(p.chart_keys.join("\n")) title="this probe's series in the history chart" { "chart" }
+                }
             }
             div .latency title=[p.latency.map(|_| "latency of the last check")] {
                 @match p.latency {

@@ -67,6 +67,9 @@ pub(super) struct Disk {
 
 pub(super) struct ProbeView {
     pub(super) body: ProbeBody,
+    /// The probe's series the row's chart link opens: its headline and its
+    /// latency reading, those history holds.
+    pub(super) chart_keys: Vec<String>,
     /// Seconds: the kind's own latency reading, else how long the check took.
     pub(super) latency: Option<f64>,
     pub(super) spark: Spark,
@@ -205,7 +208,20 @@ pub(super) fn gather(s: &State, now: Ts) -> View {
                 }),
                 None => body.last.as_ref().map(|l| l.took_seconds),
             };
+            let chart_keys = [Some(main_metric(body.kind)), latency_metric(body.kind)]
+                .into_iter()
+                .flatten()
+                .filter(|m| !m.is_empty())
+                .map(|m| SeriesKey::new(&body.name, m, &[]).to_string())
+                .filter(|k| has(k))
+                .fold(Vec::new(), |mut v, k| {
+                    if !v.contains(&k) {
+                        v.push(k);
+                    }
+                    v
+                });
             ProbeView {
+                chart_keys,
                 spark: sparks.remove(&body.name).unwrap_or(Spark {
                     key: String::new(),
                     unit: Unit::None,
