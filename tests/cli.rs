@@ -401,9 +401,16 @@ fn check_config_prints_the_history_bound() {
             .history,
     );
     assert!(
-        out.contains(&format!("history file bound: {} bytes", bound.total)),
+        out.contains(&format!(
+            "history file bound: {} bytes ({}) for at most",
+            bound.total,
+            upkeep::cli::table::bytes(bound.total as f64)
+        )),
         "{out}"
     );
+    // Sizes in IEC units, durations in words.
+    assert!(out.contains("(1.0 GiB) for at most 500 series"), "{out}");
+    assert!(out.contains("(4.0 GiB) in all, each kept 30d"), "{out}");
     for t in ["tier_10s", "tier_60s", "tier_3600s", "tier_86400s"] {
         assert!(out.contains(t), "{out}");
     }

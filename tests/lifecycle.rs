@@ -348,6 +348,14 @@ fn the_health_document_has_the_seed_shape_with_measured_values() {
             .any(|l| l.starts_with("gone") && l.contains("unhealthy") && l.contains("connect to")),
         "{table}"
     );
+    // The host probe's check times nothing: no latency in its row.
+    let host: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("host "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(&host[..3], ["host", "healthy", "-"], "{table}");
     let o = upkeep(&["status", "--json", "--config", cfg.to_str().unwrap()]);
     let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(doc["services"]["database"]["status"], "healthy");
