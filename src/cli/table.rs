@@ -135,7 +135,8 @@ pub fn duration(ms: i64) -> String {
     out
 }
 
-/// A ratio (0..1) as a percentage with one decimal, and with as many more
+/// A ratio (0..1) as a percentage with one decimal (`<0.1%` for a sliver
+/// above 0), and with as many more
 /// as it takes (up to four) for a value just short of 100 % not to read as
 /// 100 % (`99.95%`, `99.999%`).
 pub fn percent(ratio: f64) -> String {
@@ -143,6 +144,10 @@ pub fn percent(ratio: f64) -> String {
         return "-".to_string();
     }
     let p = ratio * 100.0;
+    if p > 0.0 && p < 0.05 {
+        // Something, but less than `0.0%` would say.
+        return "<0.1%".to_string();
+    }
     let mut digits = 1;
     while digits < 4 && p < 100.0 && format!("{p:.digits$}").starts_with("100") {
         digits += 1;
@@ -213,6 +218,7 @@ mod tests {
         assert_eq!(percent(0.9996), "99.96%");
         assert_eq!(percent(0.99999), "99.999%");
         assert_eq!(percent(0.0), "0.0%");
+        assert_eq!(percent(0.0001), "<0.1%");
         assert_eq!(percent(f64::NAN), "-");
     }
 

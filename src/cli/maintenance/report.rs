@@ -36,8 +36,13 @@ pub fn list(
                     notes.push(format!("{name}: {}", agent::describe_auto(a)));
                 }
                 (
-                    s.next_start(now, choice)
-                        .map_or("-".to_string(), |t| rfc3339(t.timestamp_millis())),
+                    // In words from now (`--format json` has the time).
+                    s.next_start(now, choice).map_or("-".to_string(), |t| {
+                        format!(
+                            "in {}",
+                            table::duration(t.timestamp_millis() - now.timestamp_millis())
+                        )
+                    }),
                     s.describe(choice),
                 )
             }
