@@ -1,8 +1,9 @@
 //! The running agent: `App::start` opens history, binds the API, and spawns
 //! the recorder, one runner per probe and the web server on one task tracker;
-//! `App::reload` swaps the probes for a new config; `App::stop` drains
-//! everything and records a clean stop.
+//! `App::reload` restarts the probes a new config changes (and only those);
+//! `App::stop` drains everything and records a clean stop.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{SyncSender, sync_channel};
@@ -13,7 +14,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, HostConfig, ProbeConfig};
 use crate::live::{Live, ProbeMeta, Reload};
 use crate::maintenance::agent::Maintenance;
 use crate::probes::runner::{self, Outcome, RunnerStats};
@@ -45,6 +46,8 @@ pub struct App {
     control: SyncSender<Control>,
     probes_token: CancellationToken,
     probes: TaskTracker,
+    /// Each running probe: what it was built from, and its own stop.
+    running: HashMap<String, Running>,
     web_token: CancellationToken,
     web: TaskTracker,
     recorder: Option<JoinHandle<()>>,
@@ -153,6 +156,7 @@ impl App {
             control,
             probes_token: CancellationToken::new(),
             probes: TaskTracker::new(),
+            running: HashMap::new(),
             web_token,
             web: web_tracker,
             recorder: Some(recorder),
@@ -160,7 +164,8 @@ impl App {
             reload_requests: Some(reload_rx),
             maintenance,
         };
-        app.spawn_probes(&config);
+        let all = probe_settings(&config).into_keys().collect();
+        app.spawn_probes(&config, &all);
         app.maintenance.start();
         app.live.write().expect("live lock").ready = true;
         Ok(app)
@@ -207,11 +212,14 @@ impl App {
         &self.config
     }
 
-    fn spawn_probes(&mut self, config: &Config) {
+    /// Publishes every probe of `config` as configured and starts those
+    /// named in `start`.
+    fn spawn_probes(&mut self, config: &Config, start: &BTreeSet<String>) {
         let tx = self.tx.clone().expect("running");
         let ctx = BuildContext {
             data_dir: self.data_dir.clone(),
         };
+        // Building never connects: the probes not started are dropped unused.
         let built = probes::build(config, &ctx);
         let mut configured: Vec<ProbeMeta> = built
             .iter()
@@ -224,17 +232,38 @@ impl App {
             .collect();
         configured.sort_by(|a, b| a.name.cmp(&b.name));
         self.live.write().expect("live lock").configured = configured;
+        let mut settings = probe_settings(config);
         for (spec, probe) in built {
+            let Some(from) = settings.remove(&spec.name) else {
+                continue;
+            };
+            if !start.contains(&spec.name) {
+                continue;
+            }
             tracing::info!(probe = %spec.name, kind = spec.kind, interval = ?spec.interval, timeout = ?spec.timeout, "probe started");
-            let (tx, stats, token) = (tx.clone(), self.stats.clone(), self.probes_token.clone());
-            self.probes
-                .spawn(runner::run(spec, probe, tx, stats, token));
+            let token = self.probes_token.child_token();
+            let (tx, stats) = (tx.clone(), self.stats.clone());
+            let name = spec.name.clone();
+            let handle = self
+                .probes
+                .spawn(runner::run(spec, probe, tx, stats, token.clone()));
+            self.running.insert(
+                name,
+                Running {
+                    from,
+                    token,
+                    handle,
+                },
+            );
         }
     }
 
-    /// Replaces the probes with those of `config`. History and API settings
-    /// take effect at the next start (they own files and sockets); the
-    /// caller validated `config`.
+    /// Applies a new config's probes: a probe whose table (or `[host]`) and
+    /// agent-wide fallbacks are unchanged keeps running as it was (its
+    /// schedule, connection and damping: no gap, no restart); a changed one
+    /// is stopped and started anew, a removed one stopped and forgotten, a
+    /// new one started. History and API settings take effect at the next
+    /// start (they own files and sockets); the caller validated `config`.
     pub async fn reload(&mut self, config: Config) {
         if config.history != self.config.history
             || config.api != self.config.api
@@ -242,20 +271,43 @@ impl App {
         {
             tracing::warn!("history, api and data_dir changes take effect at the next start");
         }
-        self.probes_token.cancel();
-        self.probes.close();
-        self.probes.wait().await;
-        let old = probes::names(&self.config);
-        let new = probes::names(&config);
-        for name in old.iter().filter(|n| !new.contains(n)) {
+        let wanted = probe_settings(&config);
+        let stale: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(name, r)| wanted.get(*name) != Some(&r.from))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let stopping: Vec<Running> = stale
+            .iter()
+            .filter_map(|name| self.running.remove(name))
+            .collect();
+        for r in &stopping {
+            r.token.cancel();
+        }
+        for r in stopping {
+            let _ = r.handle.await;
+        }
+        for name in stale.iter().filter(|n| !wanted.contains_key(*n)) {
+            tracing::info!(probe = %name, "probe removed");
             let _ = self.control.try_send(Control::Forget(name.clone()));
         }
-        self.probes_token = CancellationToken::new();
-        self.probes = TaskTracker::new();
-        self.spawn_probes(&config);
+        let start: BTreeSet<String> = wanted
+            .into_keys()
+            .filter(|n| !self.running.contains_key(n))
+            .collect();
+        self.spawn_probes(&config, &start);
         self.maintenance.reload(Arc::new(config.clone()));
         self.config = config;
-        tracing::info!("config reloaded");
+        if stale.is_empty() && start.is_empty() {
+            tracing::info!("config reloaded; no probe changed");
+        } else {
+            tracing::info!(
+                restarted_or_removed = stale.len(),
+                started = start.len(),
+                "config reloaded"
+            );
+        }
     }
 
     /// Stops probes and the API, lets the recorder write what is left and
@@ -284,4 +336,55 @@ impl App {
             }
         }
     }
+}
+
+/// A running probe: the settings it was built from, its stop, its task.
+struct Running {
+    from: ProbeSettings,
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+/// What a probe is built from: its own table (`[host]` for the host
+/// probe) and the agent-wide settings it falls back on (interval, failure
+/// and success thresholds). Equal settings build an equal probe.
+#[derive(Debug, Clone, PartialEq)]
+struct ProbeSettings {
+    table: ProbeTable,
+    fallbacks: (Duration, u32, u32),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum ProbeTable {
+    Host(HostConfig),
+    Probe(ProbeConfig),
+}
+
+/// The settings of every probe `config` runs, by name.
+fn probe_settings(config: &Config) -> BTreeMap<String, ProbeSettings> {
+    let fallbacks = (
+        config.agent.interval,
+        config.agent.failure_threshold,
+        config.agent.success_threshold,
+    );
+    let host = config.host.enabled.then(|| {
+        (
+            "host".to_string(),
+            ProbeSettings {
+                table: ProbeTable::Host(config.host.clone()),
+                fallbacks,
+            },
+        )
+    });
+    host.into_iter()
+        .chain(config.probe.iter().map(|(name, p)| {
+            (
+                name.clone(),
+                ProbeSettings {
+                    table: ProbeTable::Probe(p.clone()),
+                    fallbacks,
+                },
+            )
+        }))
+        .collect()
 }

@@ -401,9 +401,16 @@ fn check_config_prints_the_history_bound() {
             .history,
     );
     assert!(
-        out.contains(&format!("history file bound: {} bytes", bound.total)),
+        out.contains(&format!(
+            "history file bound: {} bytes ({}) for at most",
+            bound.total,
+            upkeep::cli::table::bytes(bound.total as f64)
+        )),
         "{out}"
     );
+    // Sizes in IEC units, durations in words.
+    assert!(out.contains("(1.0 GiB) for at most 500 series"), "{out}");
+    assert!(out.contains("(4.0 GiB) in all, each kept 30d"), "{out}");
     for t in ["tier_10s", "tier_60s", "tier_3600s", "tier_86400s"] {
         assert!(out.contains(t), "{out}");
     }
@@ -524,7 +531,11 @@ fn read_commands_answer_from_a_stopped_agents_history() {
     let d = dir.path().to_str().unwrap();
 
     let o = upkeep(&["series", "--data-dir", d]);
-    assert_eq!(stdout(&o), "host.disk_used_ratio{mount=\"/\"}\tratio\n");
+    let key = "host.disk_used_ratio{mount=\"/\"}";
+    assert_eq!(
+        stdout(&o),
+        format!("{:<w$}  unit\n{key}  ratio\n", "series", w = key.len())
+    );
 
     let o = upkeep(&[
         "query",
@@ -584,7 +595,7 @@ fn read_commands_answer_from_a_stopped_agents_history() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("trend: increasing"), "{out}");
-    assert!(out.contains("forecast: reaches 1 in"), "{out}");
+    assert!(out.contains("forecast: reaches 100.0% in"), "{out}");
 }
 
 #[test]
@@ -662,4 +673,215 @@ fn read_commands_never_create_the_data_dir() {
     let o = upkeep(&["maintenance", "list", "--data-dir", d]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(!data.exists(), "maintenance list created {d}");
+}
+
+/// The longest line of `text`, in characters.
+fn widest(text: &str) -> usize {
+    text.lines().map(|l| l.chars().count()).max().unwrap_or(0)
+}
+
+/// Tables for people: ratios as percentages, durations in words, sizes in
+/// IEC units, columns aligned, and no line wider than 100 columns.
+#[test]
+fn read_commands_print_human_units_in_aligned_tables() {
+    let dir = temp_dir();
+    let now = upkeep::sample::now_ms();
+    history_with_data(dir.path(), now);
+    let d = dir.path().to_str().unwrap();
+    let key = "host.disk_used_ratio{mount=\"/\"}";
+
+    let o = upkeep(&["uptime", "--data-dir", d]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("# window 1d ending "), "{out}");
+    let head: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        head,
+        [
+            "probe",
+            "uptime",
+            "coverage",
+            "healthy",
+            "degraded",
+            "unhealthy"
+        ]
+    );
+    let row: Vec<&str> = out.lines().nth(2).unwrap().split_whitespace().collect();
+    assert_eq!(row[0], "host", "{out}");
+    assert_eq!(row[1], "100.0%", "{out}");
+    assert!(row[2].ends_with('%') && row[2].starts_with('8'), "{out}");
+    // Two hours healthy, in words; none degraded or unhealthy.
+    assert_eq!(&row[3..], ["2h", "0s", "0s"], "{out}");
+    // Aligned: every heading ends where its right-aligned values end.
+    let lines: Vec<&str> = out.lines().skip(1).collect();
+    let end = |l: &str, w: &str| l.find(w).unwrap() + w.len();
+    assert_eq!(end(lines[0], "coverage"), end(lines[1], row[2]), "{out}");
+    assert!(widest(&out) <= 100, "{out}");
+
+    let o = upkeep(&[
+        "query",
+        key,
+        "--since",
+        "3h",
+        "--step",
+        "30m",
+        "--data-dir",
+        d,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("step 30m,"), "{out}");
+    let row: Vec<&str> = out.lines().nth(2).unwrap().split_whitespace().collect();
+    // time, avg, min, max, count, last: the ratios as percentages.
+    assert_eq!(row.len(), 6, "{out}");
+    for v in [row[1], row[2], row[3], row[5]] {
+        assert!(v.ends_with('%'), "{v}: {out}");
+    }
+    assert!(widest(&out) <= 100, "{out}");
+}
+
+/// `trend` says the class and its figures; the rule behind the class is
+/// internal and printed only with `--explain`.
+#[test]
+fn trend_prints_its_rule_only_when_asked() {
+    let dir = temp_dir();
+    history_with_data(dir.path(), upkeep::sample::now_ms());
+    let d = dir.path().to_str().unwrap();
+    let key = "host.disk_used_ratio{mount=\"/\"}";
+    let o = upkeep(&["trend", key, "--window", "3h", "--data-dir", d]);
+    let out = stdout(&o);
+    assert!(out.contains("trend: increasing (+"), "{out}");
+    assert!(out.contains("%/day"), "{out}");
+    assert!(!out.contains("rule"), "{out}");
+    let o = upkeep(&["trend", key, "--window", "3h", "--explain", "--data-dir", d]);
+    let out = stdout(&o);
+    assert!(
+        out.lines()
+            .any(|l| l == format!("rule: {}", upkeep::analysis::trend::TREND_RULE)),
+        "{out}"
+    );
+}
+
+/// A forecast held back says what it needs and what there is, so that an
+/// operator knows to wait.
+#[test]
+fn a_withheld_forecast_says_what_it_needs() {
+    let dir = temp_dir();
+    let now = upkeep::sample::now_ms();
+    // Six minutes of a rising ratio: a clean line, but far too short.
+    let mut w = temp_writer(dir.path(), &HistoryConfig::default(), now - 360_000);
+    let key = SeriesKey::new("host", "disk_used_ratio", &[("mount", "/")]);
+    let id = w.series_id(&key, Unit::Ratio, now).unwrap().unwrap();
+    for i in 0..36 {
+        let ts = now - 360_000 + i * 10_000;
+        let s = Sample {
+            series: id,
+            ts,
+            value: 0.5 + i as f64 * 0.001,
+        };
+        w.write(&[s], &[], ts).unwrap();
+    }
+    w.end_run(now).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let o = upkeep(&[
+        "trend",
+        "host.disk_used_ratio{mount=\"/\"}",
+        "--window",
+        "1h",
+        "--data-dir",
+        d,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains(
+            "forecast: insufficient signal: needs ≥ 12 points over ≥ 1 h and r² ≥ 0.8; have 36 points over 0.1 h"
+        ),
+        "{out}"
+    );
+}
+
+/// Every read command answers in JSON with `--format json`.
+#[test]
+fn every_read_command_answers_in_json() {
+    let dir = temp_dir();
+    history_with_data(dir.path(), upkeep::sample::now_ms());
+    let d = dir.path().to_str().unwrap();
+    let cfg = write_file(
+        dir.path(),
+        "agent.toml",
+        "[probe.db]\nkind = \"postgres\"\nconninfo = \"host=127.0.0.1\"\nuser = \"postgres\"\n\n\
+         [maintenance.analyze]\nkind = \"postgres_analyze\"\nprobe = \"db\"\nschedule = \"0 3 * * *\"\n",
+    );
+    let c = cfg.to_str().unwrap();
+    let key = "host.disk_used_ratio{mount=\"/\"}";
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut full = args.to_vec();
+        full.extend(["--format", "json", "--data-dir", d, "--config", c]);
+        let o = upkeep(&full);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        serde_json::from_str(&stdout(&o))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}\n{}", stdout(&o)))
+    };
+    let v = json(&["series"]);
+    assert_eq!(v[0]["key"], key);
+    assert_eq!(v[0]["unit"], "ratio");
+    let v = json(&["query", key, "--since", "3h"]);
+    assert_eq!(v["points"].as_array().unwrap().len(), 720);
+    let v = json(&["uptime"]);
+    assert_eq!(v[0]["probe"], "host");
+    let v = json(&["trend", key, "--window", "3h"]);
+    assert_eq!(v["trend"]["class"], "increasing");
+    let v = json(&["maintenance", "list"]);
+    assert_eq!(v["tasks"][0]["name"], "analyze");
+    assert_eq!(v["tasks"][0]["kind"], "postgres_analyze");
+    assert!(v["tasks"][0]["next_start"].is_string(), "{v}");
+    let v = json(&["maintenance", "runs"]);
+    assert_eq!(v["runs"], serde_json::json!([]));
+}
+
+/// `run --listen` serves the API there instead of `[api] listen`, checked
+/// as that setting is: a bad address, or an open one without a token
+/// file, is a usage error naming the flag, and nothing starts.
+#[test]
+fn run_listens_where_listen_says() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    for (addr, words) in [
+        ("nowhere", "--listen: `nowhere` is not an address:port"),
+        (
+            "0.0.0.0:8711",
+            "--listen: 0.0.0.0:8711 is not a loopback address",
+        ),
+    ] {
+        let o = upkeep(&[
+            "run",
+            "--listen",
+            addr,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{addr}: {}", stderr(&o));
+        assert!(stderr(&o).contains(words), "{addr}: {}", stderr(&o));
+        assert!(!data.exists(), "{addr}: nothing may start");
+    }
+    let port = crate::util::free_port();
+    let child = std::process::Command::new(crate::util::bin())
+        .args([
+            "run",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env_remove("UPKEEP_CONFIG")
+        .env("UPKEEP_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let agent = crate::util::Agent { child, port };
+    agent.wait_ready();
+    let (code, body) = crate::util::get(port, "/api/v1/info").unwrap();
+    assert_eq!(code, 200, "{body}");
 }

@@ -348,6 +348,14 @@ fn the_health_document_has_the_seed_shape_with_measured_values() {
             .any(|l| l.starts_with("gone") && l.contains("unhealthy") && l.contains("connect to")),
         "{table}"
     );
+    // The host probe's check times nothing: no latency in its row.
+    let host: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("host "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(&host[..3], ["host", "healthy", "-"], "{table}");
     let o = upkeep(&["status", "--json", "--config", cfg.to_str().unwrap()]);
     let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(doc["services"]["database"]["status"], "healthy");
@@ -437,4 +445,87 @@ fn a_second_agent_on_a_data_dir_in_use_exits_1_naming_the_first() {
     assert_eq!(code, Some(0), "{err}");
     let again = Agent::start(Some(&cfg2), &data, other);
     drop(again);
+}
+
+/// `status_since` of every probe, by name.
+fn status_since(port: u16) -> Vec<(String, serde_json::Value)> {
+    let (_, body) = get(port, "/api/v1/probes").expect("probes route");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["status_since"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Waits for the `n`th reload the agent has recorded to be `ok`.
+fn wait_for_reload(port: u16, n: usize, seen: &mut std::collections::BTreeSet<String>) {
+    wait_for(&format!("reload {n}"), || {
+        let (_, body) = get(port, "/api/v1/info").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if let Some(at) = v["last_reload"]["at"].as_str() {
+            assert_eq!(v["last_reload"]["ok"], true, "{body}");
+            seen.insert(at.to_string());
+        }
+        seen.len() >= n
+    });
+}
+
+/// A reload that changes nothing restarts no probe: each keeps its
+/// schedule and its judged status (no gap, no fresh `unknown`). A reload
+/// that changes one probe restarts that one alone.
+#[test]
+fn a_reload_restarts_only_the_probes_it_changes() {
+    let dir = temp_dir();
+    let port = free_port();
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = target.local_addr().unwrap();
+    let probes = |timeout: &str| {
+        format!(
+            "\n[host]\nenabled = false\n\n[probe.kept]\nkind = \"tcp\"\naddress = \"{addr}\"\n\n\
+             [probe.changed]\nkind = \"tcp\"\naddress = \"{addr}\"\ntimeout = \"{timeout}\"\n"
+        )
+    };
+    let cfg = config(dir.path(), port, &probes("500ms"));
+    let agent = Agent::start(Some(&cfg), &dir.path().join("data"), port);
+    wait_for("both probes healthy", || {
+        let (_, body) = get(port, "/api/v1/probes").unwrap();
+        body.matches("\"status\":\"healthy\"").count() == 2
+    });
+    let before = status_since(port);
+    let mut reloads = std::collections::BTreeSet::new();
+
+    // The same file again.
+    agent.signal(libc::SIGHUP);
+    wait_for_reload(port, 1, &mut reloads);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(status_since(port), before, "a probe was restarted");
+
+    // One probe's timeout changes: that probe alone starts anew.
+    std::thread::sleep(Duration::from_millis(1100));
+    config(dir.path(), port, &probes("400ms"));
+    agent.signal(libc::SIGHUP);
+    wait_for_reload(port, 2, &mut reloads);
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = status_since(port);
+    assert_eq!(after[1], before[1], "kept: {after:?}");
+    assert_eq!(after[1].0, "kept");
+
+    agent.signal(libc::SIGTERM);
+    let (code, _, err) = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{err}");
+    let started = |name: &str| {
+        err.lines()
+            .filter(|l| l.contains("probe started") && l.contains(&format!("probe={name}")))
+            .count()
+    };
+    assert_eq!(started("kept"), 1, "{err}");
+    assert_eq!(started("changed"), 2, "{err}");
+    assert!(err.contains("config reloaded; no probe changed"), "{err}");
 }

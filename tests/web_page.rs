@@ -2,8 +2,9 @@
 //! and an unhealthy tcp probe) in Debian's headless Chromium: it loads with
 //! no console message (CSP violations and script errors are console
 //! messages), shows every probe, draws the history chart and refreshes
-//! itself; screenshots at desktop and phone width are kept under
-//! `target/test-artifacts/`. Without JavaScript the HTML alone carries the
+//! itself; it overlays series over a custom range and zooms on a mouse
+//! drag (sent over the DevTools protocol); screenshots at desktop and
+//! phone width are written to `docs/` for README. Without JavaScript the HTML alone carries the
 //! summary. With a PostgreSQL retention task (on a throwaway schema of the
 //! real server on 127.0.0.1) run once from the CLI, the Maintenance section
 //! shows the task and its run.
@@ -399,15 +400,24 @@ fn chromium_shows_every_probe_draws_the_chart_and_refreshes_without_console_erro
     }
 }
 
+/// The README's screenshots: desktop and phone width go to `docs/`
+/// (committed, so README shows the page as it is), the dark one beside
+/// the other test artifacts.
 #[test]
 fn screenshots_at_desktop_and_phone_width() {
     let site = Site::start();
-    let dir = artifacts();
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
     for (name, w, h, scheme) in [
         ("desktop", 1280, 900, None),
         ("phone", 390, 844, None),
         ("desktop-dark", 1280, 900, Some("--force-dark-mode")),
     ] {
+        let dir = if scheme.is_none() {
+            docs.clone()
+        } else {
+            artifacts()
+        };
         let path = dir.join(format!("status-page-{name}.png"));
         let _ = std::fs::remove_file(&path);
         let mut flags = vec![
@@ -555,4 +565,283 @@ fn the_maintenance_section_shows_a_task_and_its_run_from_the_cli() {
         let png = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(png_size(&png), (w, h), "{name}");
     }
+}
+
+/// A value for a query string.
+fn encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The history chart draws the series the URL names (up to four, from
+/// any probe, overlaid) over a custom range, shows the controls that add a
+/// series and set a range, and each probe's row links to its own series.
+#[test]
+fn the_chart_overlays_series_over_a_custom_range_and_rows_link_to_their_charts() {
+    let site = Site::start();
+    let until = chrono::Utc::now();
+    let since = until - chrono::Duration::minutes(20);
+    let rfc =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let keys = [
+        "host.cpu_used_ratio",
+        "host.load1",
+        "web_backend.connect_seconds",
+    ];
+    let url = format!(
+        "{}?series={}&range={}",
+        site.url(),
+        encode(&keys.join("\n")),
+        encode(&format!("{}/{}", rfc(since), rfc(until)))
+    );
+    let b = chromium(
+        &url,
+        &[
+            "--virtual-time-budget=8000",
+            "--window-size=1280,900",
+            "--dump-dom",
+        ],
+    );
+    assert!(b.console.is_empty(), "console messages: {:#?}", b.console);
+    let dom = &b.stdout;
+    let drawn = attr_of(dom, "chart", "data-series").expect("the chart's series");
+    assert_eq!(drawn.split('\n').collect::<Vec<_>>(), keys, "{dom}");
+    let at = |attr: &str| {
+        chrono::DateTime::parse_from_rfc3339(&attr_of(dom, "chart", attr).expect(attr))
+            .unwrap()
+            .timestamp()
+    };
+    assert_eq!(
+        at("data-since"),
+        since.timestamp(),
+        "the custom range's start"
+    );
+    assert_eq!(
+        at("data-until"),
+        until.timestamp(),
+        "the custom range's end"
+    );
+    let points: usize = attr_of(dom, "chart", "data-points")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(points > 0, "{dom}");
+    // One legend row per series, besides the time.
+    for k in keys {
+        assert!(
+            dom.contains(&format!(">{k}</")),
+            "{k} not in the legend or list: {dom}"
+        );
+    }
+    assert_eq!(
+        dom.matches("class=\"u-series").count(),
+        keys.len() + 1,
+        "{dom}"
+    );
+    // The controls the script drives are shown.
+    assert!(attr_of(dom, "chart-extra", "hidden").is_none(), "{dom}");
+    assert!(dom.contains("id=\"add-series\""), "{dom}");
+    // Each probe's row links to its series in the chart.
+    assert!(
+        dom.contains(
+            "class=\"chartlink\" href=\"/?series=web_backend.connect_seconds&amp;range=1h#history\""
+        ),
+        "{dom}"
+    );
+}
+
+/// Chromium driven over its DevTools protocol on a pipe (fds 3 and 4,
+/// messages ended by NUL): what a drag across the chart needs, which no
+/// command-line flag can do.
+struct Devtools {
+    child: std::process::Child,
+    to: std::fs::File,
+    from: std::io::BufReader<std::fs::File>,
+    next: u64,
+    session: Option<String>,
+    _profile: tempfile::TempDir,
+}
+
+impl Devtools {
+    fn open(url: &str) -> Devtools {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        use std::os::unix::process::CommandExt;
+        assert!(
+            Path::new(CHROMIUM).exists(),
+            "{CHROMIUM} is missing: run ./test.sh, which installs Debian's chromium"
+        );
+        let (to_read, to_write) = std::io::pipe().unwrap();
+        let (from_read, from_write) = std::io::pipe().unwrap();
+        let (r, w) = (to_read.into_raw_fd(), from_write.into_raw_fd());
+        let profile = temp_dir();
+        let mut cmd = Command::new(CHROMIUM);
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--remote-debugging-pipe",
+            "--window-size=1280,900",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        // SAFETY: only dup2 between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(r, 3) < 0 || libc::dup2(w, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("starting chromium");
+        // SAFETY: the parent's copies of the child's ends, closed here.
+        unsafe {
+            libc::close(r);
+            libc::close(w);
+        }
+        let mut d = Devtools {
+            child,
+            to: unsafe { std::fs::File::from_raw_fd(to_write.into_raw_fd()) },
+            from: std::io::BufReader::new(unsafe {
+                std::fs::File::from_raw_fd(from_read.into_raw_fd())
+            }),
+            next: 0,
+            session: None,
+            _profile: profile,
+        };
+        let targets = d.call("Target.getTargets", serde_json::json!({}));
+        let page = targets["targetInfos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["type"] == "page")
+            .expect("a page target")["targetId"]
+            .clone();
+        let attached = d.call(
+            "Target.attachToTarget",
+            serde_json::json!({"targetId": page, "flatten": true}),
+        );
+        d.session = Some(attached["sessionId"].as_str().unwrap().to_string());
+        d
+    }
+
+    /// Sends one command and returns its result, skipping events.
+    fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        self.next += 1;
+        let mut msg = serde_json::json!({"id": self.next, "method": method, "params": params});
+        if let Some(s) = &self.session {
+            msg["sessionId"] = s.clone().into();
+        }
+        self.to.write_all(msg.to_string().as_bytes()).unwrap();
+        self.to.write_all(b"\0").unwrap();
+        loop {
+            let mut buf = Vec::new();
+            let n = self.from.read_until(0, &mut buf).unwrap();
+            assert!(n > 0, "chromium closed its pipe");
+            buf.pop();
+            let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+            if v["id"] == self.next {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// The value of a page expression.
+    fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({"expression": expression, "returnByValue": true}),
+        );
+        r["result"]["value"].clone()
+    }
+
+    fn mouse(&mut self, kind: &str, x: f64, y: f64, buttons: u32) {
+        self.call(
+            "Input.dispatchMouseEvent",
+            serde_json::json!({"type": kind, "x": x, "y": y, "button": "left", "buttons": buttons, "clickCount": 1}),
+        );
+    }
+}
+
+impl Drop for Devtools {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A drag across the history chart zooms into that span: the chart asks
+/// for it as a custom range (at a finer step) and the URL keeps it.
+#[test]
+fn a_drag_across_the_chart_zooms_into_that_span() {
+    let site = Site::start();
+    let mut d = Devtools::open(&format!(
+        "{}?series=host.cpu_used_ratio&range=1h",
+        site.url()
+    ));
+    let chart = |d: &mut Devtools, attr: &str| {
+        d.eval(&format!(
+            "document.getElementById('chart').getAttribute('{attr}')"
+        ))
+    };
+    wait_for("the chart drawn", || {
+        chart(&mut d, "data-points")
+            .as_str()
+            .is_some_and(|p| p != "0")
+    });
+    let since = |d: &mut Devtools| {
+        let mut t = |a: &str| {
+            chrono::DateTime::parse_from_rfc3339(chart(d, a).as_str().unwrap())
+                .unwrap()
+                .timestamp()
+        };
+        (t("data-since"), t("data-until"))
+    };
+    let (s0, u0) = since(&mut d);
+    assert!(
+        (3590..=3610).contains(&(u0 - s0)),
+        "the 1h range: {s0} {u0}"
+    );
+    // Mouse events land in the viewport: bring the chart into it.
+    let rect = d.eval(
+        "document.getElementById('chart').scrollIntoView({block: 'center'}); \
+         JSON.stringify(document.querySelector('#chart .u-over').getBoundingClientRect())",
+    );
+    let rect: serde_json::Value = serde_json::from_str(rect.as_str().unwrap()).unwrap();
+    let (left, top) = (
+        rect["left"].as_f64().unwrap(),
+        rect["top"].as_f64().unwrap(),
+    );
+    let (w, h) = (
+        rect["width"].as_f64().unwrap(),
+        rect["height"].as_f64().unwrap(),
+    );
+    let y = top + h / 2.0;
+    // From half way to three quarters of the hour: a quarter hour.
+    d.mouse("mouseMoved", left + w * 0.5, y, 0);
+    d.mouse("mousePressed", left + w * 0.5, y, 1);
+    for i in 1..=10 {
+        d.mouse("mouseMoved", left + w * (0.5 + 0.025 * i as f64), y, 1);
+    }
+    d.mouse("mouseReleased", left + w * 0.75, y, 0);
+    wait_for("the zoomed range drawn", || {
+        let (s, u) = since(&mut d);
+        u - s < 3000
+    });
+    let (s1, u1) = since(&mut d);
+    let span = u1 - s1;
+    assert!(
+        (800..=1000).contains(&span),
+        "a quarter of the hour: {span} s"
+    );
+    assert!(s1 >= s0 + 1700 && u1 <= u0 - 800, "{s0}..{u0} → {s1}..{u1}");
+    let url = d.eval("location.search");
+    assert!(
+        url.as_str().unwrap().contains("range=20"),
+        "the URL keeps the custom range: {url}"
+    );
 }

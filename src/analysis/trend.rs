@@ -109,6 +109,17 @@ pub enum TrendClass {
     Decreasing,
 }
 
+impl TrendClass {
+    /// The word, as serialized: `increasing`, `stable`, `decreasing`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrendClass::Increasing => "increasing",
+            TrendClass::Stable => "stable",
+            TrendClass::Decreasing => "decreasing",
+        }
+    }
+}
+
 /// Minimum |change over the window| as a share of the series' scale.
 pub const TREND_MIN_CHANGE: f64 = 0.05;
 /// Minimum r² for a non-stable class.
@@ -193,14 +204,27 @@ pub enum Forecast {
         slope_per_second: f64,
         r_squared: f64,
     },
-    /// Withheld: reason says why ("insufficient signal: ...").
+    /// Withheld: reason says what a forecast needs and what there is
+    /// ("insufficient signal: needs ≥ 12 points over ≥ 1 h and r² ≥ 0.8;
+    /// have 11 points over 0.1 h").
     InsufficientSignal { reason: String },
 }
 
-fn withheld(why: String) -> Forecast {
+/// A withheld forecast: what one needs, then what there is (`have`), so
+/// that an operator knows whether waiting will help.
+fn withheld(have: String) -> Forecast {
     Forecast::InsufficientSignal {
-        reason: format!("insufficient signal: {why}"),
+        reason: format!(
+            "insufficient signal: needs ≥ {FORECAST_MIN_POINTS} points over ≥ {:.0} h and r² ≥ {FORECAST_MIN_R2}; have {have}",
+            FORECAST_MIN_SPAN_SECONDS / 3600.0
+        ),
     }
+}
+
+/// `12 points over 0.1 h`: the part of a withheld reason that says how
+/// much history there is.
+fn points_over(n: usize, span_seconds: f64) -> String {
+    format!("{n} points over {:.1} h", span_seconds / 3600.0)
 }
 
 /// Time until the series reaches `input.threshold`.
@@ -221,12 +245,12 @@ fn withheld(why: String) -> Forecast {
 pub fn forecast(points: &[Point], input: ForecastInput) -> Forecast {
     let threshold = input.threshold;
     if !threshold.is_finite() {
-        return withheld(format!("threshold {threshold} is not finite"));
+        return withheld(format!("a threshold of {threshold}, which is not finite"));
     }
     let mut pts = finite(points);
     pts.sort_by_key(|p| p.ts);
     let (Some(first), Some(last)) = (pts.first().copied(), pts.last().copied()) else {
-        return withheld("0 points".to_string());
+        return withheld(points_over(0, 0.0));
     };
     // +1 when the threshold lies above the start, −1 when below.
     let dir = if first.value < threshold { 1.0 } else { -1.0 };
@@ -237,13 +261,20 @@ pub fn forecast(points: &[Point], input: ForecastInput) -> Forecast {
     }
     let span = seconds_between(first.ts, last.ts);
     if pts.len() < FORECAST_MIN_POINTS || span < FORECAST_MIN_SPAN_SECONDS {
-        return withheld(format!("{} points over {:.1}h", pts.len(), span / 3600.0));
+        return withheld(points_over(pts.len(), span));
     }
     let Some(f) = fit(&pts) else {
-        return withheld("no line fits".to_string());
+        return withheld(format!(
+            "{}, and no line fits them",
+            points_over(pts.len(), span)
+        ));
     };
     if f.r_squared < FORECAST_MIN_R2 {
-        return withheld(format!("fit r²={:.2} below {FORECAST_MIN_R2}", f.r_squared));
+        return withheld(format!(
+            "{}, r² {:.2}",
+            points_over(pts.len(), span),
+            f.r_squared
+        ));
     }
     let current = f.value_at(input.now);
     if past(current) {
@@ -350,7 +381,10 @@ mod tests {
         for drift_per_day in [0.0, 0.005] {
             let pts = sawtooth(drift_per_day);
             let out = format!("{:?}", fc(&pts, 1.0, 168));
-            assert!(out.contains("insufficient signal: fit r²=0.0"), "{out}");
+            assert!(
+                out.contains("insufficient signal: needs ≥ 12 points over ≥ 1 h and r² ≥ 0.8; have 169 points over 168.0 h, r² 0.0"),
+                "{out}"
+            );
             assert_eq!(trend(&pts).unwrap().class, TrendClass::Stable);
         }
     }
@@ -411,7 +445,10 @@ mod tests {
         let Forecast::InsufficientSignal { reason } = fc(&pts, 1.0, 12) else {
             panic!()
         };
-        assert_eq!(reason, "insufficient signal: 11 points over 10.0h");
+        assert_eq!(
+            reason,
+            "insufficient signal: needs ≥ 12 points over ≥ 1 h and r² ≥ 0.8; have 11 points over 10.0 h"
+        );
         let f = fit(&pts).unwrap();
         assert_eq!(f.points, 11);
         assert!((f.slope_per_second * 3600.0 - 0.01).abs() < 1e-12);

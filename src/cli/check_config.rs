@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use super::table::{bytes, duration};
 use super::{CliError, check_token_file, load_config};
 use crate::config::escape;
 use crate::store;
@@ -13,7 +14,8 @@ pub(super) fn check_config(path: Option<&Path>) -> Result<(), CliError> {
     let (config, source) = load_config(path)?;
     check_token_file(&config, source.as_deref())?;
     let bound = store::tiers::size_bound(&config.history);
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let iec = |b: u64| bytes(b as f64);
+    let words = |d: std::time::Duration| duration(d.as_millis() as i64);
     match &source {
         Some(p) => println!("{}: ok", p.display()),
         None => println!("no config file: built-in defaults are valid"),
@@ -28,44 +30,44 @@ pub(super) fn check_config(path: Option<&Path>) -> Result<(), CliError> {
         println!("probes: {}", probes.join(", "));
     }
     println!(
-        "history file bound: {} bytes ({:.1} MiB) for at most {} series",
+        "history file bound: {} bytes ({}) for at most {} series",
         bound.total,
-        mib(bound.total),
+        iec(bound.total),
         config.history.max_series
     );
-    for (table, bytes) in &bound.tiers {
-        println!("  {table}: {:.1} MiB", mib(*bytes));
+    for (table, b) in &bound.tiers {
+        println!("  {table}: {}", iec(*b));
     }
     println!(
-        "  journal {:.1} MiB, series {:.1} MiB, events {:.1} MiB, runs {:.1} MiB, maintenance ledger {:.1} MiB, schema {:.1} MiB",
-        mib(bound.journal),
-        mib(bound.series),
-        mib(bound.events),
-        mib(bound.runs),
-        mib(bound.maintenance),
-        mib(bound.fixed)
+        "  journal {}, series {}, events {}, runs {}, maintenance ledger {}, schema {}",
+        iec(bound.journal),
+        iec(bound.series),
+        iec(bound.events),
+        iec(bound.runs),
+        iec(bound.maintenance),
+        iec(bound.fixed)
     );
     println!(
-        "  plus the write-ahead log, checkpointed every {} and past {:.0} MiB",
-        humantime::format_duration(config.history.checkpoint_interval),
-        mib(store::WAL_LIMIT_BYTES)
+        "  plus the write-ahead log, checkpointed every {} and past {}",
+        words(config.history.checkpoint_interval),
+        iec(store::WAL_LIMIT_BYTES)
     );
     let m = &config.maintenance;
     println!(
-        "maintenance backup budget: {} bytes ({:.1} MiB) in all, each kept {}{}",
+        "maintenance backup budget: {} bytes ({}) in all, each kept {}{}",
         m.max_backup_bytes,
-        mib(m.max_backup_bytes),
-        humantime::format_duration(m.keep_backups),
+        iec(m.max_backup_bytes),
+        words(m.keep_backups),
         if m.is_empty() { " (no tasks)" } else { "" }
     );
     for name in m.keys() {
         let (keep, max) = (m.keep_backups_of(name), m.max_backup_bytes_of(name));
         if keep != m.keep_backups || max != m.max_backup_bytes {
             println!(
-                "  {}: {:.1} MiB, each kept {}",
+                "  {}: {}, each kept {}",
                 escape(name),
-                mib(max),
-                humantime::format_duration(keep)
+                iec(max),
+                words(keep)
             );
         }
     }

@@ -7,7 +7,10 @@
 //! - [`maintenance`]: the maintenance tasks, rendered by
 //!   [`maintenance::report`];
 //! - `check_config`, `run`: validate a config; run the agent;
-//! - `generate`: man pages and shell completions for the packages.
+//! - `generate`: man pages and shell completions for the packages;
+//! - [`table`]: what every command's human output is made of (aligned
+//!   tables within 100 columns, IEC bytes, durations in words, percents)
+//!   and the table-or-JSON `--format`.
 //!
 //! Output lives in the library so that it is tested on real files without
 //! a process in between.
@@ -18,6 +21,7 @@ pub mod maintenance;
 mod read;
 pub mod report;
 mod run;
+pub mod table;
 
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -67,6 +71,10 @@ pub struct Where {
 pub enum Command {
     /// Run the agent in the foreground.
     Run {
+        /// Serve the API and the status page on this address:port instead of
+        /// `[api] listen` (checked as that setting is).
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<String>,
         #[command(flatten)]
         at: Where,
     },
@@ -87,6 +95,8 @@ pub enum Command {
     Series {
         /// Only keys starting with this.
         prefix: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
         #[command(flatten)]
         at: Where,
     },
@@ -131,6 +141,9 @@ pub enum Command {
         threshold: Option<f64>,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+        /// Also print the rule that classifies the trend.
+        #[arg(long)]
+        explain: bool,
         #[command(flatten)]
         at: Where,
     },
@@ -213,12 +226,12 @@ impl<T, E: Error + Send + Sync + 'static> Context<T> for Result<T, E> {
 /// Runs one parsed command.
 pub fn dispatch(command: Command) -> Result<(), CliError> {
     match command {
-        Command::Run { at } => run::run(at),
+        Command::Run { listen, at } => run::run(listen, at),
         Command::CheckConfig { path } => check_config::check_config(path.as_deref()),
         Command::Status { json, at } => read::status(json, &at),
         Command::GenerateMan { dir } => generate::man(&dir),
         Command::GenerateCompletions { dir } => generate::completions(&dir),
-        Command::Series { prefix, at } => read::series(prefix.as_deref(), &at),
+        Command::Series { prefix, format, at } => read::series(prefix.as_deref(), format, &at),
         Command::Query {
             key,
             since,
@@ -246,8 +259,18 @@ pub fn dispatch(command: Command) -> Result<(), CliError> {
             window,
             threshold,
             format,
+            explain,
             at,
-        } => read::trend(&key, window, threshold, format, &at),
+        } => read::trend(
+            report::TrendSpec {
+                key: &key,
+                window_ms: crate::sample::ms(window),
+                threshold,
+                explain,
+            },
+            format,
+            &at,
+        ),
     }
 }
 

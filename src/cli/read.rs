@@ -22,9 +22,12 @@ fn report_err(e: ReportError) -> CliError {
     }
 }
 
-pub(super) fn series(prefix: Option<&str>, at: &Where) -> Result<(), CliError> {
+pub(super) fn series(prefix: Option<&str>, format: Format, at: &Where) -> Result<(), CliError> {
     let reader = open_reader(at)?;
-    print!("{}", report::series(&reader, prefix).map_err(report_err)?);
+    print!(
+        "{}",
+        report::series(&reader, prefix, format).map_err(report_err)?
+    );
     Ok(())
 }
 
@@ -75,24 +78,14 @@ pub(super) fn uptime(
 }
 
 pub(super) fn trend(
-    key: &str,
-    window: Duration,
-    threshold: Option<f64>,
+    spec: report::TrendSpec<'_>,
     format: Format,
     at: &Where,
 ) -> Result<(), CliError> {
     let reader = open_reader(at)?;
     print!(
         "{}",
-        report::trend(
-            &reader,
-            key,
-            sample::ms(window),
-            threshold,
-            now_ms(),
-            format
-        )
-        .map_err(report_err)?
+        report::trend(&reader, spec, now_ms(), format).map_err(report_err)?
     );
     Ok(())
 }

@@ -5,9 +5,10 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use super::table::{self, Table};
 use crate::analysis::{self, Forecast, ForecastInput};
 use crate::fmt::{parse_time, rfc3339};
-use crate::sample::Ts;
+use crate::sample::{Ts, Unit};
 use crate::store::StoreError;
 use crate::store::reader::{QueryAnswer, Reader};
 
@@ -28,19 +29,50 @@ pub enum Format {
     Json,
 }
 
-fn human(ms: i64) -> String {
-    humantime::format_duration(Duration::from_secs((ms.max(0) / 1000) as u64)).to_string()
+/// Every series key and its unit, optionally only the keys starting with
+/// `prefix`.
+pub fn series(
+    reader: &Reader,
+    prefix: Option<&str>,
+    format: Format,
+) -> Result<String, ReportError> {
+    let rows: Vec<_> = reader
+        .series()?
+        .into_iter()
+        .filter(|s| prefix.is_none_or(|p| s.key.starts_with(p)))
+        .collect();
+    Ok(match format {
+        Format::Json => table::json(
+            &rows
+                .iter()
+                .map(|s| serde_json::json!({"key": s.key, "unit": s.unit}))
+                .collect::<Vec<_>>(),
+        ),
+        Format::Csv => {
+            let mut out = String::from("key,unit\n");
+            for s in &rows {
+                let _ = writeln!(out, "{},{}", csv_field(&s.key), s.unit);
+            }
+            out
+        }
+        Format::Table => {
+            let mut t = Table::new(&["series", "unit"]);
+            for s in &rows {
+                t.row([s.key.as_str(), s.unit.as_str()]);
+            }
+            t.render()
+        }
+    })
 }
 
-/// Every series key, optionally only those starting with `prefix`.
-pub fn series(reader: &Reader, prefix: Option<&str>) -> Result<String, ReportError> {
-    let mut out = String::new();
-    for s in reader.series()? {
-        if prefix.is_none_or(|p| s.key.starts_with(p)) {
-            let _ = writeln!(out, "{}\t{}", s.key, s.unit);
-        }
+/// A CSV field, quoted when it holds a comma, a quote or a line break
+/// (series keys hold quoted label values).
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
     }
-    Ok(out)
 }
 
 /// What `upkeep query` asks for.
@@ -117,37 +149,26 @@ fn render_query(a: &QueryAnswer, format: Format) -> String {
                 a.series.key,
                 a.series.unit,
                 a.tier,
-                human(a.step_ms),
+                table::duration(a.step_ms),
                 a.points.len()
             );
-            let _ = writeln!(
-                out,
-                "{:<24} {:>14} {:>14} {:>14} {:>7} {:>14}",
-                "time", "avg", "min", "max", "count", "last"
-            );
+            let unit = Unit::parse(&a.series.unit);
+            let mut t =
+                Table::new(&["time", "avg", "min", "max", "count", "last"]).right(&[1, 2, 3, 4, 5]);
             for p in &a.points {
-                let _ = writeln!(
-                    out,
-                    "{:<24} {:>14} {:>14} {:>14} {:>7} {:>14}",
+                t.row([
                     rfc3339(p.ts_ms),
-                    num(p.avg),
-                    num(p.min),
-                    num(p.max),
-                    p.count,
-                    num(p.last)
-                );
+                    table::value(p.avg, unit),
+                    table::value(p.min, unit),
+                    table::value(p.max, unit),
+                    crate::fmt::count(p.count),
+                    table::value(p.last, unit),
+                ]);
             }
+            out.push_str(&t.render());
         }
     }
     out
-}
-
-fn num(v: f64) -> String {
-    if v.abs() >= 1e6 || (v != 0.0 && v.abs() < 1e-3) {
-        format!("{v:.4e}")
-    } else {
-        format!("{v:.4}")
-    }
 }
 
 /// Uptime of one probe or every probe over the window ending now.
@@ -201,42 +222,63 @@ pub fn uptime(
             }
         }
         Format::Table => {
-            let _ = writeln!(out, "# window {} ending {}", human(window_ms), rfc3339(now));
             let _ = writeln!(
                 out,
-                "{:<24} {:>10} {:>10} {:>14} {:>14} {:>14}",
-                "probe", "uptime", "coverage", "healthy", "degraded", "unhealthy"
+                "# window {} ending {}",
+                table::duration(window_ms),
+                rfc3339(now)
             );
+            let mut t = Table::new(&[
+                "probe",
+                "uptime",
+                "coverage",
+                "healthy",
+                "degraded",
+                "unhealthy",
+            ])
+            .right(&[1, 2, 3, 4, 5]);
             for (p, u) in &rows {
-                let up = u
-                    .uptime_ratio
-                    .map_or("no data".to_string(), |r| format!("{:.3}%", r * 100.0));
-                let _ = writeln!(
-                    out,
-                    "{:<24} {:>10} {:>9.1}% {:>14} {:>14} {:>14}",
-                    p,
-                    up,
-                    u.coverage_ratio * 100.0,
-                    human(u.healthy_ms),
-                    human(u.degraded_ms),
-                    human(u.unhealthy_ms)
-                );
+                t.row([
+                    p.clone(),
+                    u.uptime_ratio.map_or("no data".to_string(), table::percent),
+                    table::percent(u.coverage_ratio),
+                    table::duration(u.healthy_ms),
+                    table::duration(u.degraded_ms),
+                    table::duration(u.unhealthy_ms),
+                ]);
             }
+            out.push_str(&t.render());
         }
     }
     Ok(out)
 }
 
+/// What `upkeep trend` asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct TrendSpec<'a> {
+    pub key: &'a str,
+    pub window_ms: i64,
+    /// The value to forecast the arrival at (default 1.0 for ratios).
+    pub threshold: Option<f64>,
+    /// Also print the rule that classifies the trend.
+    pub explain: bool,
+}
+
 /// Trend of one series over the window ending now, and for ratios (or with
-/// a threshold) a forecast of when it reaches the threshold.
+/// a threshold) a forecast of when it reaches the threshold. The rule
+/// behind the class is printed with `explain` (always in JSON).
 pub fn trend(
     reader: &Reader,
-    key: &str,
-    window_ms: i64,
-    threshold: Option<f64>,
+    spec: TrendSpec<'_>,
     now: Ts,
     format: Format,
 ) -> Result<String, ReportError> {
+    let TrendSpec {
+        key,
+        window_ms,
+        threshold,
+        explain,
+    } = spec;
     let answer = reader
         .query(key, now - window_ms, now, None, now, 500)?
         .ok_or_else(|| {
@@ -249,18 +291,17 @@ pub fn trend(
     let threshold = threshold.or((answer.series.unit == "ratio").then_some(1.0));
     let forecast =
         threshold.map(|t| analysis::forecast(&points, ForecastInput { threshold: t, now }));
-    let mut out = String::new();
     if format == Format::Json {
         let v = serde_json::json!({"key": key, "window_ms": window_ms, "tier": answer.tier, "step_ms": answer.step_ms,
             "points": points.len(), "trend": trend, "threshold": threshold, "forecast": forecast});
-        out = serde_json::to_string_pretty(&v).expect("serializable");
-        out.push('\n');
-        return Ok(out);
+        return Ok(table::json(&v));
     }
+    let unit = Unit::parse(&answer.series.unit);
+    let mut out = String::new();
     let _ = writeln!(
         out,
         "{key} over {} ({} points from {})",
-        human(window_ms),
+        table::duration(window_ms),
         points.len(),
         answer.tier
     );
@@ -268,22 +309,23 @@ pub fn trend(
         Some(t) => {
             let _ = writeln!(
                 out,
-                "trend: {} (slope {}/day, change over window {}, r² {:.2})",
-                serde_json::to_value(t.class)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default(),
-                num(t.slope_per_day),
-                num(t.change_over_window),
+                "trend: {} ({}/day, {} over the window, r² {:.2})",
+                t.class.as_str(),
+                signed(t.slope_per_day, unit),
+                signed(t.change_over_window, unit),
                 t.r_squared
             );
-            let _ = writeln!(out, "rule: {}", t.rule);
+            if explain {
+                let _ = writeln!(out, "rule: {}", t.rule);
+            }
         }
         None => {
             let _ = writeln!(out, "trend: insufficient data ({} points)", points.len());
         }
     }
     if let (Some(th), Some(f)) = (threshold, &forecast) {
+        let th = table::value(th, unit);
+        let secs = |s: f64| table::duration((s * 1000.0) as i64);
         let line = match f {
             Forecast::Reaches {
                 eta_seconds,
@@ -292,12 +334,12 @@ pub fn trend(
                 ..
             } => format!(
                 "reaches {th} in {} (range {} to {})",
-                human((eta_seconds * 1000.0) as i64),
-                human((eta_low_seconds * 1000.0) as i64),
-                eta_high_seconds.map_or("unbounded".to_string(), |h| human((h * 1000.0) as i64))
+                secs(*eta_seconds),
+                secs(*eta_low_seconds),
+                eta_high_seconds.map_or("unbounded".to_string(), secs)
             ),
             Forecast::Reached { value } => {
-                format!("already at {} (threshold {th})", num(*value))
+                format!("already at {} (threshold {th})", table::value(*value, unit))
             }
             Forecast::NotApproaching { .. } => format!("not approaching {th}"),
             Forecast::InsufficientSignal { reason } => reason.clone(),
@@ -305,6 +347,13 @@ pub fn trend(
         let _ = writeln!(out, "forecast: {line}");
     }
     Ok(out)
+}
+
+/// A change in a series' unit with its sign: `+1.2%`, `-3.0 MiB`. A ratio's
+/// change is in percentage points.
+fn signed(v: f64, unit: Unit) -> String {
+    let sign = if v < 0.0 { "-" } else { "+" };
+    format!("{sign}{}", table::value(v.abs(), unit))
 }
 
 /// GETs `path` from the running agent's API at `listen` (a wildcard address
@@ -362,12 +411,9 @@ pub fn status_table(
     health: &serde_json::Value,
     now: Ts,
 ) -> (String, Worst) {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<24} {:<10} {:>10} {:>12}  reason",
-        "probe", "status", "latency", "since"
-    );
+    let mut t = Table::new(&["probe", "status", "latency", "since", "reason"])
+        .right(&[2, 3])
+        .wrap(&[4]);
     let mut worst = Worst::Healthy;
     let services = &health["services"];
     let empty = Vec::new();
@@ -387,18 +433,19 @@ pub fn status_table(
         let latency_ms = service
             .and_then(|s| s["response_time"].as_f64())
             .or(p["last"]["took_seconds"].as_f64().map(|s| s * 1000.0));
-        let latency = latency_ms.map_or("-".to_string(), |ms| format!("{ms:.1} ms"));
+        // The host probe reads the kernel's figures: its check times nothing.
+        let latency = match latency_ms {
+            Some(ms) if p["kind"] != "host" => format!("{ms:.1} ms"),
+            _ => "-".to_string(),
+        };
         let since = p["status_since"]
             .as_str()
             .and_then(|s| parse_time(s, now).ok())
-            .map_or("-".to_string(), |s| human(now - s));
+            .map_or("-".to_string(), |s| table::duration(now - s));
         let reason = p["reason"].as_str().unwrap_or("");
-        let _ = writeln!(
-            out,
-            "{name:<24} {status:<10} {latency:>10} {since:>12}  {reason}"
-        );
+        t.row([name, status, &latency, &since, reason]);
     }
-    (out, worst)
+    (t.render(), worst)
 }
 
 /// `v` as `{}` would print it, faster: integral values as integers, others

@@ -19,8 +19,11 @@ use crate::systemd::Notifier;
 /// SIGTERM/SIGINT: everything flushed and the process gone within this.
 const STOP_GRACE: Duration = Duration::from_secs(4);
 
-pub(super) fn run(at: Where) -> Result<(), CliError> {
-    let (config, source) = load_config(at.config.as_deref())?;
+pub(super) fn run(listen: Option<String>, at: Where) -> Result<(), CliError> {
+    let (mut config, source) = load_config(at.config.as_deref())?;
+    if let Some(addr) = &listen {
+        set_listen(&mut config, addr)?;
+    }
     let data_dir = crate::paths::data_dir(at.data_dir.as_deref(), config.agent.data_dir.as_deref());
     match &source {
         Some(p) => tracing::info!("config {}", p.display()),
@@ -56,10 +59,10 @@ pub(super) fn run(at: Where) -> Result<(), CliError> {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    let _ = reload(&mut app, source.as_deref(), &systemd).await;
+                    let _ = reload(&mut app, source.as_deref(), listen.as_deref(), &systemd).await;
                 }
                 Some(reply) = next_request(&mut api_reloads) => {
-                    let result = reload(&mut app, source.as_deref(), &systemd).await;
+                    let result = reload(&mut app, source.as_deref(), listen.as_deref(), &systemd).await;
                     let _ = reply.send(result);
                 }
             }
@@ -70,6 +73,29 @@ pub(super) fn run(at: Where) -> Result<(), CliError> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// `--listen`: the API's address instead of `[api] listen`, checked as
+/// that setting is (an address:port; a non-loopback one only with a token
+/// file). A bad one is a usage error naming the flag.
+fn set_listen(config: &mut Config, addr: &str) -> Result<(), CliError> {
+    config.api.listen = addr.to_string();
+    let problems: Vec<String> = config
+        .validate()
+        .into_iter()
+        .filter(|(path, _)| path.len() == 2 && path[0] == "api" && path[1] == "listen")
+        .map(|(_, why)| why)
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Usage(format!(
+            "--listen: {}",
+            problems
+                .join("; ")
+                .replace("set api.token_file too", "set api.token_file in the config")
+        )))
+    }
 }
 
 /// Takes the data dir for this agent alone, or says who has it. A second
@@ -129,9 +155,24 @@ async fn next_request<T>(requests: &mut Option<Receiver<T>>) -> Option<T> {
 
 /// Reloads the config file into the running agent; on any error the
 /// running config stays. The outcome is logged and kept for the API.
-async fn reload(app: &mut App, source: Option<&Path>, systemd: &Notifier) -> Result<(), String> {
+///
+/// `--listen`, when given, stays in force over the reloaded file's
+/// `[api] listen` (the API is not rebound on reload anyway).
+async fn reload(
+    app: &mut App,
+    source: Option<&Path>,
+    listen: Option<&str>,
+    systemd: &Notifier,
+) -> Result<(), String> {
     let result = match source {
-        Some(p) => match Config::load(p) {
+        Some(p) => match Config::load(p)
+            .map_err(|e| e.to_string())
+            .and_then(|mut c| match listen {
+                Some(addr) => set_listen(&mut c, addr)
+                    .map(|()| c)
+                    .map_err(|e| e.to_string()),
+                None => Ok(c),
+            }) {
             Ok(c) => {
                 app.reload(c).await;
                 systemd.reconfigured(app.config());

@@ -323,35 +323,11 @@ impl Maintenance {
             .unwrap_or_default();
         let now = Utc::now();
         let auto = self.auto.lock().expect("auto lock").clone();
-        let time = |t: chrono::DateTime<Utc>| rfc3339(t.timestamp_millis());
         runner
             .config
             .maintenance
             .iter()
-            .map(|(name, tc)| {
-                let schedule = Schedule::parse(&tc.common()).ok();
-                let choice = auto.get(name).and_then(|c| c.as_ref().ok());
-                let (next, open, describe) = match &schedule {
-                    Some(s) => (
-                        s.next_start(now, choice).map(time),
-                        s.open_until(now, choice),
-                        s.describe(choice),
-                    ),
-                    None => (None, Err("invalid schedule".into()), "invalid".into()),
-                };
-                TaskView {
-                    name: name.clone(),
-                    kind: tc.kind().to_string(),
-                    schedule: describe,
-                    next_start: next,
-                    window_open: open.is_ok(),
-                    window_closes: open.as_ref().ok().and_then(|c| c.map(time)),
-                    window_note: open.err(),
-                    auto: auto.get(name).map(AutoView::of),
-                    guards: tc.guards(),
-                    last_run: last.iter().find(|r| &r.task == name).map(RunSummary::of),
-                }
-            })
+            .map(|(name, tc)| task_view(name, tc, auto.get(name), &last, now))
             .collect()
     }
 
@@ -360,6 +336,41 @@ impl Maintenance {
         TasksDocument {
             tasks: self.tasks(reader),
         }
+    }
+}
+
+/// One task as the API, the page and `upkeep maintenance list --format
+/// json` show it: schedule in words, next start, window state, the auto
+/// window's choice (`auto`), and its last run among `last`.
+pub fn task_view(
+    name: &str,
+    tc: &super::TaskConfig,
+    auto: Option<&Result<AutoChoice, String>>,
+    last: &[super::ledger::RunRow],
+    now: chrono::DateTime<Utc>,
+) -> TaskView {
+    let time = |t: chrono::DateTime<Utc>| rfc3339(t.timestamp_millis());
+    let schedule = Schedule::parse(&tc.common()).ok();
+    let choice = auto.and_then(|c| c.as_ref().ok());
+    let (next, open, describe) = match &schedule {
+        Some(s) => (
+            s.next_start(now, choice).map(time),
+            s.open_until(now, choice),
+            s.describe(choice),
+        ),
+        None => (None, Err("invalid schedule".into()), "invalid".into()),
+    };
+    TaskView {
+        name: name.to_string(),
+        kind: tc.kind().to_string(),
+        schedule: describe,
+        next_start: next,
+        window_open: open.is_ok(),
+        window_closes: open.as_ref().ok().and_then(|c| c.map(time)),
+        window_note: open.err(),
+        auto: auto.map(AutoView::of),
+        guards: tc.guards(),
+        last_run: last.iter().find(|r| r.task == name).map(RunSummary::of),
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use clap::Subcommand;
 
+use super::table::{self, Output};
 use super::{CliError, Context, Where, config_and_data_dir};
 use crate::config::Config;
 use crate::maintenance::agent;
@@ -31,11 +32,17 @@ pub struct MaintWhere {
 #[derive(Subcommand)]
 pub enum Maint {
     /// Every configured task: kind, schedule, next start, last run.
-    List,
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Output,
+    },
     /// What a run of NAME would change right now (changes nothing).
     Plan {
         name: String,
-        #[arg(long)]
+        #[arg(long, value_enum, default_value = "table")]
+        format: Output,
+        /// The same as `--format json`.
+        #[arg(long, hide = true)]
         json: bool,
     },
     /// Run NAME now: gate, plan, backup, batches, validate (and rollback when validation fails).
@@ -54,11 +61,16 @@ pub enum Maint {
         task: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Output,
     },
     /// One run: its result document and every step.
     Show {
         run_id: i64,
-        #[arg(long)]
+        #[arg(long, value_enum, default_value = "table")]
+        format: Output,
+        /// The same as `--format json`.
+        #[arg(long, hide = true)]
         json: bool,
     },
     /// Put back what run RUN_ID changed, from its backup.
@@ -88,7 +100,7 @@ pub(super) fn maintenance(action: Maint, at: &Where) -> Result<(), CliError> {
     // Read-only: listing runs never creates the data dir or the file.
     let ledger = || Ledger::open_ro(&data_dir).map_err(CliError::runtime);
     match action {
-        Maint::List => {
+        Maint::List { format } => {
             // Before the agent's first start there is no history: the
             // tasks are listed, none has run.
             let last = if data_dir.join(crate::store::FILE_NAME).exists() {
@@ -96,22 +108,31 @@ pub(super) fn maintenance(action: Maint, at: &Where) -> Result<(), CliError> {
             } else {
                 Vec::new()
             };
+            let now = chrono::Utc::now();
             print!(
                 "{}",
-                report::list(&config, &data_dir, &last, chrono::Utc::now())
+                match format {
+                    Output::Table => report::list(&config, &data_dir, &last, now),
+                    Output::Json => report::list_json(&config, &data_dir, &last, now),
+                }
             );
             Ok(())
         }
-        Maint::Plan { name, json } => {
+        Maint::Plan { name, format, json } => {
             let plan = rt.block_on(runner.plan(&name)).map_err(run_err)?;
-            if json {
+            if format.or_json(json) == Output::Json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&plan).context("printing the plan")?
                 );
             } else {
                 println!("{}", plan.summary);
-                println!("rows: {}, bytes: {}", plan.rows, plan.bytes);
+                println!(
+                    "rows: {}, bytes: {} ({})",
+                    plan.rows,
+                    plan.bytes,
+                    table::bytes(plan.bytes as f64)
+                );
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&plan.details).context("printing the plan")?
@@ -136,19 +157,33 @@ pub(super) fn maintenance(action: Maint, at: &Where) -> Result<(), CliError> {
                 .map_err(run_err)?;
             finished(f)
         }
-        Maint::Runs { task, limit } => {
+        Maint::Runs {
+            task,
+            limit,
+            format,
+        } => {
             let runs = ledger::runs(ledger()?.conn(), task.as_deref(), limit)
                 .context("reading the ledger")?;
-            print!("{}", report::runs(&runs));
+            print!(
+                "{}",
+                match format {
+                    Output::Table => report::runs(&runs),
+                    Output::Json => report::runs_json(&runs),
+                }
+            );
             Ok(())
         }
-        Maint::Show { run_id, json } => {
+        Maint::Show {
+            run_id,
+            format,
+            json,
+        } => {
             let (row, steps) = ledger::run(ledger()?.conn(), run_id)
                 .context("reading the ledger")?
                 .ok_or_else(|| {
                     CliError::Usage(format!("no maintenance run {run_id} in the ledger"))
                 })?;
-            if json {
+            if format.or_json(json) == Output::Json {
                 let mut doc = ledger::result_document(&row);
                 doc["steps"] = serde_json::to_value(&steps).context("steps")?;
                 println!(

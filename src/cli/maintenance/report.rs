@@ -5,11 +5,13 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 
+use crate::cli::table::{self, Table};
 use crate::config::Config;
-use crate::fmt::rfc3339;
+use crate::fmt::{count, rfc3339};
 use crate::maintenance::agent;
 use crate::maintenance::ledger::{RunRow, StepRow};
 use crate::maintenance::schedule::Schedule;
+use crate::maintenance::view::RunSummary;
 
 /// Every task with its kind, schedule, next start and last run.
 pub fn list(
@@ -23,21 +25,24 @@ pub fn list(
         out.push_str("no maintenance tasks are configured ([maintenance.NAME] in the config)\n");
         return out;
     }
-    let _ = writeln!(
-        out,
-        "{:<24} {:<20} {:<26} {:<44} last run",
-        "task", "kind", "next start", "schedule"
-    );
+    let mut t = Table::new(&["task", "kind", "next start", "schedule", "last run"]).wrap(&[3]);
+    let mut notes = Vec::new();
     for (name, tc) in &config.maintenance {
-        let mut auto_line = None;
         let (next, describe) = match Schedule::parse(&tc.common()) {
             Ok(s) => {
                 let auto = agent::choose_auto_window(data_dir, config, name, &s);
                 let choice = auto.as_ref().and_then(|a| a.as_ref().ok());
-                auto_line = auto.as_ref().map(agent::describe_auto);
+                if let Some(a) = &auto {
+                    notes.push(format!("{name}: {}", agent::describe_auto(a)));
+                }
                 (
-                    s.next_start(now, choice)
-                        .map_or("-".to_string(), |t| rfc3339(t.timestamp_millis())),
+                    // In words from now (`--format json` has the time).
+                    s.next_start(now, choice).map_or("-".to_string(), |t| {
+                        format!(
+                            "in {}",
+                            table::duration(t.timestamp_millis() - now.timestamp_millis())
+                        )
+                    }),
                     s.describe(choice),
                 )
             }
@@ -47,44 +52,64 @@ pub fn list(
             .iter()
             .find(|r| &r.task == name)
             .map_or("never".to_string(), |r| {
-                format!("{} {} at {}", r.id, r.status, rfc3339(r.started_ms))
+                format!(
+                    "{} {}, {} ago",
+                    r.id,
+                    r.status,
+                    table::duration(now.timestamp_millis() - r.started_ms)
+                )
             });
-        let _ = writeln!(
-            out,
-            "{name:<24} {:<20} {next:<26} {describe:<44} {last}",
-            tc.kind()
-        );
-        if let Some(a) = auto_line {
-            let _ = writeln!(out, "{:<24} {a}", "");
-        }
+        t.row([name.clone(), tc.kind().to_string(), next, describe, last]);
+    }
+    out.push_str(&t.render());
+    // The auto window's reasons are sentences: each on a line of its own.
+    for n in notes {
+        let _ = writeln!(out, "{n}");
     }
     out
 }
 
+/// Every task as `GET /api/v1/maintenance` shows it (`--format json`).
+pub fn list_json(
+    config: &Config,
+    data_dir: &std::path::Path,
+    last: &[RunRow],
+    now: DateTime<Utc>,
+) -> String {
+    let tasks: Vec<_> = config
+        .maintenance
+        .iter()
+        .map(|(name, tc)| {
+            let auto = Schedule::parse(&tc.common())
+                .ok()
+                .and_then(|s| agent::choose_auto_window(data_dir, config, name, &s));
+            agent::task_view(name, tc, auto.as_ref(), last, now)
+        })
+        .collect();
+    table::json(&serde_json::json!({ "tasks": tasks }))
+}
+
 fn duration(r: &RunRow) -> String {
     match r.ended_ms {
-        Some(e) => format!("{:.1}s", (e - r.started_ms) as f64 / 1000.0),
+        Some(e) => table::duration(e - r.started_ms),
         // Ended without a recorded end (an older version's rollback).
         None if r.status.ended() => "-".into(),
         None => "running".into(),
     }
 }
 
-/// Runs, one line each.
+/// Runs, one line each (a long error wraps in its column).
 pub fn runs(runs: &[RunRow]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:>6} {:<24} {:<9} {:<12} {:<26} {:>9} {:>10}  error",
-        "id", "task", "trigger", "status", "started", "took", "rows"
-    );
+    let mut t = Table::new(&[
+        "id", "task", "trigger", "status", "started", "took", "rows", "error",
+    ])
+    .right(&[0, 5, 6])
+    .wrap(&[7]);
     for r in runs {
-        let _ = writeln!(
-            out,
-            "{:>6} {:<24} {:<9} {:<12} {:<26} {:>9} {:>10}  {}",
-            r.id,
-            r.task,
-            r.trigger,
+        t.row([
+            r.id.to_string(),
+            r.task.clone(),
+            r.trigger.to_string(),
             if r.dry_run {
                 format!("{} (dry)", r.status)
             } else {
@@ -92,14 +117,20 @@ pub fn runs(runs: &[RunRow]) -> String {
             },
             rfc3339(r.started_ms),
             duration(r),
-            r.rows_changed,
-            r.error.as_deref().unwrap_or("")
-        );
+            count(r.rows_changed),
+            r.error.clone().unwrap_or_default(),
+        ]);
     }
-    out
+    t.render()
 }
 
-/// One run and its steps.
+/// Runs as `GET /api/v1/maintenance/runs` lists them (`--format json`).
+pub fn runs_json(runs: &[RunRow]) -> String {
+    let runs: Vec<_> = runs.iter().map(RunSummary::of).collect();
+    table::json(&serde_json::json!({ "runs": runs }))
+}
+
+/// One run and its steps; a step's time is counted from the run's start.
 pub fn show(r: &RunRow, steps: &[StepRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -117,7 +148,7 @@ pub fn show(r: &RunRow, steps: &[StepRow]) -> String {
         "started {}, took {}, {} rows changed",
         rfc3339(r.started_ms),
         duration(r),
-        r.rows_changed
+        count(r.rows_changed)
     );
     if let Some(e) = &r.error {
         let _ = writeln!(out, "error: {e}");
@@ -141,21 +172,19 @@ pub fn show(r: &RunRow, steps: &[StepRow]) -> String {
             v["detail"].as_str().unwrap_or("")
         );
     }
-    let _ = writeln!(
-        out,
-        "\n{:<26} {:<9} {:>9} {:>9}  detail",
-        "time", "step", "rows", "took"
-    );
+    out.push('\n');
+    let mut t = Table::new(&["after", "step", "rows", "took", "detail"])
+        .right(&[0, 2, 3])
+        .wrap(&[4]);
     for s in steps {
-        let _ = writeln!(
-            out,
-            "{:<26} {:<9} {:>9} {:>9}  {}",
-            rfc3339(s.ts_ms),
-            s.step,
-            s.rows.map_or(String::new(), |r| r.to_string()),
-            s.duration_ms.map_or(String::new(), |d| format!("{d}ms")),
-            s.detail
-        );
+        t.row([
+            format!("+{}", table::duration(s.ts_ms - r.started_ms)),
+            s.step.to_string(),
+            s.rows.map_or(String::new(), count),
+            s.duration_ms.map_or(String::new(), table::duration),
+            s.detail.clone(),
+        ]);
     }
+    out.push_str(&t.render());
     out
 }

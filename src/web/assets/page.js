@@ -1,8 +1,9 @@
 // The status page's behaviour, on top of a page that is complete without it:
 // every 10 s the parts marked data-live are swapped for those of a fresh `/`
 // (no reload: the chart and its range stay), times are shown in local time,
-// and the history chart (uPlot) draws /api/v1/query for the chosen series
-// and range, with the min–max band and the average.
+// and the history chart (uPlot) draws /api/v1/query for up to four series
+// over a preset or custom range (drag across it to zoom), one series as its
+// min–max band and average, several as their averages.
 (function () {
   "use strict";
 
@@ -18,7 +19,7 @@
   var plot = null;
   var plotUnit = null;
   var loadSeq = 0;
-  var state = { key: null, range: "1h" };
+  var state = { keys: [], range: "1h" };
 
   // ---- times ----------------------------------------------------------
 
@@ -85,7 +86,7 @@
         showConn("");
         refreshes++;
         document.body.setAttribute("data-refreshes", String(refreshes));
-        if (!state.key && chartEl && select && typeof uPlot !== "undefined") startChart();
+        if (state.keys.length === 0 && chartEl && select && typeof uPlot !== "undefined") startChart();
         else if (state.range === "1h" || state.range === "24h") loadChart(true);
       })
       .catch(function () {
@@ -134,16 +135,55 @@
     }
   }
 
+  // The chart shows 1 to MAX_SERIES series over a preset range ("1h") or
+  // a custom one ({since, until} in seconds: from the inputs or a drag
+  // across the chart). One series is drawn as its min–max band and
+  // average; several as their averages, one y scale per unit (the first
+  // two units get an axis, left and right).
+  var MAX_SERIES = 4;
+
+  function isCustom(range) { return typeof range === "object"; }
+
+  function rangeParam(range) {
+    if (!isCustom(range)) return range;
+    return new Date(range.since * 1000).toISOString() + "/" + new Date(range.until * 1000).toISOString();
+  }
+
+  // `range` of the URL: a preset, or "FROM/UNTIL" as RFC 3339 times.
+  function parseRange(text) {
+    if (!text) return null;
+    if (RANGES.indexOf(text) >= 0) return text;
+    var parts = text.split("/");
+    if (parts.length !== 2) return null;
+    var since = Date.parse(parts[0]) / 1000, until = Date.parse(parts[1]) / 1000;
+    if (isNaN(since) || isNaN(until) || until <= since) return null;
+    return { since: since, until: until };
+  }
+
   function setPressed() {
     if (!form) return;
     var buttons = form.querySelectorAll("button[name=range]");
     for (var i = 0; i < buttons.length; i++) {
       buttons[i].setAttribute("aria-pressed", buttons[i].value === state.range ? "true" : "false");
     }
+    var from = document.getElementById("from"), to = document.getElementById("to");
+    if (from && to && isCustom(state.range)) {
+      from.value = inputTime(state.range.since);
+      to.value = inputTime(state.range.until);
+    }
   }
 
+  // A time for a datetime-local input, in local time, to the minute.
+  function inputTime(secs) {
+    var d = new Date(secs * 1000);
+    return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + "T" +
+      pad(d.getHours()) + ":" + pad(d.getMinutes());
+  }
+
+  // Series keys travel in one `series` parameter, one per line.
   function remember() {
-    var q = "?series=" + encodeURIComponent(state.key) + "&range=" + state.range;
+    var q = "?series=" + encodeURIComponent(state.keys.join("\n")) +
+      "&range=" + encodeURIComponent(rangeParam(state.range));
     history.replaceState(null, "", q + location.hash);
   }
 
@@ -183,64 +223,119 @@
     });
   }
 
-  function makePlot(answer, data) {
-    var fmt = formatter(answer.unit);
-    var win = { since: Date.parse(answer.since) / 1000, until: Date.parse(answer.until) / 1000 };
-    var muted = cssVar("--muted"), line = cssVar("--line"), accent = cssVar("--accent");
-    var axis = { stroke: muted, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 } };
-    var opts = {
-      width: chartWidth(),
-      height: CHART_HEIGHT,
-      scales: {
-        // The whole range asked for, even where there is no data yet.
-        x: { time: true, range: function () { return [win.since, win.until]; } },
-        y: {
-          range: function (u, min, max) {
-            if (min == null || max == null) return [0, 1];
-            var lo = Math.min(0, min);
-            var hi = max > lo ? max + (max - lo) * 0.08 : lo + 1;
-            return [lo, hi];
-          },
-        },
-      },
-      series: [
-        { value: function (u, v) { return v == null ? "–" : localTime(new Date(v * 1000), new Date()); } },
-        { label: "min", stroke: cssVar("--band"), width: 1, value: function (u, v) { return v == null ? "–" : fmt(v); } },
-        { label: "max", stroke: cssVar("--band"), width: 1, value: function (u, v) { return v == null ? "–" : fmt(v); } },
-        { label: "avg", stroke: accent, width: 2, value: function (u, v) { return v == null ? "–" : fmt(v); },
-          points: { size: 5, fill: accent } },
-      ],
-      bands: [{ series: [2, 1], fill: cssVar("--band") }],
-      axes: [
-        Object.assign({}, axis, { values: timeTicks }),
-        Object.assign({}, axis, { size: 64, values: function (u, vals) { return vals.map(fmt); } }),
-      ],
-      cursor: { drag: { x: false, y: false } },
-      legend: { live: true },
-    };
-    var p = new uPlot(opts, data, chartEl);
-    p._win = win;
-    return p;
+  function yRange(u, min, max) {
+    if (min == null || max == null) return [0, 1];
+    var lo = Math.min(0, min);
+    var hi = max > lo ? max + (max - lo) * 0.08 : lo + 1;
+    return [lo, hi];
   }
 
-  function draw(answer) {
-    var data = columns(answer);
-    if (plot && plotUnit === answer.unit) {
-      plot._win.since = Date.parse(answer.since) / 1000;
-      plot._win.until = Date.parse(answer.until) / 1000;
+  // The options of a chart of `answers` (one per series).
+  function plotOptions(answers, win) {
+    var muted = cssVar("--muted"), line = cssVar("--line");
+    var axis = { stroke: muted, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 } };
+    var colors = [cssVar("--accent"), cssVar("--warn") || "#b7791f", cssVar("--bad") || "#c53030", cssVar("--ok") || "#2f855a"];
+    var scales = {
+      // The whole range asked for, even where there is no data yet.
+      x: { time: true, range: function () { return [win.since, win.until]; } },
+    };
+    var series = [{ value: function (u, v) { return v == null ? "–" : localTime(new Date(v * 1000), new Date()); } }];
+    var axes = [Object.assign({}, axis, { values: timeTicks })];
+    var units = [];
+    var bands = [];
+    var labelOf = function (v) { return function (u, x) { return x == null ? "–" : v(x); }; };
+    if (answers.length === 1) {
+      var a = answers[0], fmt = formatter(a.unit);
+      scales.y = { range: yRange };
+      series.push(
+        { label: "min", stroke: cssVar("--band"), width: 1, value: labelOf(fmt) },
+        { label: "max", stroke: cssVar("--band"), width: 1, value: labelOf(fmt) },
+        { label: "avg", stroke: colors[0], width: 2, value: labelOf(fmt), points: { size: 5, fill: colors[0] } });
+      bands.push({ series: [2, 1], fill: cssVar("--band") });
+      axes.push(Object.assign({}, axis, { size: 64, values: function (u, vals) { return vals.map(fmt); } }));
+    } else {
+      answers.forEach(function (a, i) {
+        var fmt = formatter(a.unit);
+        var scale = "y_" + a.unit;
+        if (units.indexOf(a.unit) < 0) {
+          units.push(a.unit);
+          scales[scale] = { range: yRange };
+          if (units.length <= 2) {
+            axes.push(Object.assign({}, axis, {
+              scale: scale, size: 64, side: units.length === 1 ? 3 : 1,
+              grid: { show: units.length === 1, stroke: line, width: 1 },
+              values: function (u, vals) { return vals.map(fmt); },
+            }));
+          }
+        }
+        series.push({ label: a.key, scale: scale, stroke: colors[i % colors.length], width: 2,
+          value: labelOf(fmt), points: { size: 4, fill: colors[i % colors.length] } });
+      });
+    }
+    return {
+      width: chartWidth(),
+      height: CHART_HEIGHT,
+      scales: scales,
+      series: series,
+      bands: bands,
+      axes: axes,
+      // A drag across the chart asks for that span (finer buckets), as a
+      // custom range; the range buttons go back to a preset.
+      cursor: { drag: { x: true, y: false, setScale: false } },
+      hooks: { setSelect: [zoomTo] },
+      legend: { live: true },
+    };
+  }
+
+  function zoomTo(u) {
+    var sel = u.select;
+    if (!sel || sel.width < 5) return;
+    var since = Math.floor(u.posToVal(sel.left, "x"));
+    var until = Math.ceil(u.posToVal(sel.left + sel.width, "x"));
+    u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+    if (until - since < 60) until = since + 60;
+    choose(null, { since: since, until: until });
+  }
+
+  // One table for uPlot from the answers: a single series keeps its band;
+  // several are joined on their times, each by its average.
+  function chartData(answers) {
+    if (answers.length === 1) return columns(answers[0]);
+    var tables = answers.map(function (a) {
+      var c = columns(a);
+      return [c[0], c[3]];
+    });
+    return uPlot.join(tables);
+  }
+
+  function draw(answers) {
+    var shape = answers.map(function (a) { return a.key + "|" + a.unit; }).join(",");
+    var first = answers[0];
+    var since = Date.parse(first.since) / 1000, until = Date.parse(first.until) / 1000;
+    var data = chartData(answers);
+    if (plot && plotUnit === shape) {
+      plot._win.since = since;
+      plot._win.until = until;
       plot.setData(data);
     } else {
       if (plot) plot.destroy();
       chartEl.textContent = "";
-      plot = makePlot(answer, data);
-      plotUnit = answer.unit;
+      var win = { since: since, until: until };
+      plot = new uPlot(plotOptions(answers, win), data, chartEl);
+      plot._win = win;
+      plotUnit = shape;
     }
-    chartEl.setAttribute("data-points", String(answer.points.length));
+    var points = answers.reduce(function (n, a) { return n + a.points.length; }, 0);
+    chartEl.setAttribute("data-points", String(points));
+    chartEl.setAttribute("data-series", state.keys.join("\n"));
+    chartEl.setAttribute("data-since", first.since);
+    chartEl.setAttribute("data-until", first.until);
     if (note) {
-      note.textContent = answer.points.length + " points, " + stepText(answer.step_seconds) +
-        " buckets · min–max band and average" +
-        (answer.points.length === 0 ? " · no data in this range" : "");
+      note.textContent = points + " points, " + stepText(first.step_seconds) + " buckets · " +
+        (answers.length === 1 ? "min–max band and average" : answers.length + " series, averages") +
+        " · drag across the chart to zoom" + (points === 0 ? " · no data in this range" : "");
     }
+    showChosen();
   }
 
   function stepText(s) {
@@ -250,22 +345,33 @@
     return s + " s";
   }
 
-  function loadChart(quiet) {
-    if (!chartEl || !state.key) return;
-    var seq = ++loadSeq;
-    if (!quiet && note) note.textContent = "Loading " + state.key + " over " + state.range + "…";
+  function queryUrl(key) {
     var points = Math.min(1000, Math.max(100, Math.round(chartWidth())));
-    var url = "/api/v1/query?key=" + encodeURIComponent(state.key) + "&since=" + state.range +
-      "&max_points=" + points;
-    fetch(url, { cache: "no-store" })
-      .then(function (r) {
-        return r.json().then(function (body) {
-          if (!r.ok) throw new Error(body && body.error ? body.error : "HTTP " + r.status);
-          return body;
-        });
-      })
-      .then(function (answer) {
-        if (seq === loadSeq) draw(answer);
+    var r = state.range;
+    var span = isCustom(r)
+      ? "&since=" + encodeURIComponent(new Date(r.since * 1000).toISOString()) +
+        "&until=" + encodeURIComponent(new Date(r.until * 1000).toISOString())
+      : "&since=" + r;
+    return "/api/v1/query?key=" + encodeURIComponent(key) + span + "&max_points=" + points;
+  }
+
+  function fetchAnswer(key) {
+    return fetch(queryUrl(key), { cache: "no-store" }).then(function (r) {
+      return r.json().then(function (body) {
+        if (!r.ok) throw new Error(key + ": " + (body && body.error ? body.error : "HTTP " + r.status));
+        body.key = key;
+        return body;
+      });
+    });
+  }
+
+  function loadChart(quiet) {
+    if (!chartEl || state.keys.length === 0) return;
+    var seq = ++loadSeq;
+    if (!quiet && note) note.textContent = "Loading " + state.keys.join(", ") + "…";
+    Promise.all(state.keys.map(fetchAnswer))
+      .then(function (answers) {
+        if (seq === loadSeq) draw(answers);
       })
       .catch(function (e) {
         if (seq !== loadSeq || quiet) return;
@@ -273,23 +379,53 @@
       });
   }
 
-  function choose(key, range) {
-    if (key) state.key = key;
-    if (range && RANGES.indexOf(range) >= 0) state.range = range;
-    if (select && select.value !== state.key) select.value = state.key;
+  // `keys`: the series to draw (null keeps them); `range`: a preset or
+  // {since, until} (null keeps it).
+  function choose(keys, range) {
+    if (keys) {
+      keys = keys.filter(hasOption);
+      if (keys.length > 0) state.keys = keys.slice(0, MAX_SERIES);
+    }
+    if (range && (isCustom(range) || RANGES.indexOf(range) >= 0)) state.range = range;
+    if (select && state.keys.length > 0 && select.value !== state.keys[0]) select.value = state.keys[0];
     setPressed();
     remember();
     loadChart(false);
   }
 
+  // The series drawn, each with a button that takes it off the chart.
+  function showChosen() {
+    var list = document.getElementById("chosen");
+    if (!list) return;
+    list.textContent = "";
+    state.keys.forEach(function (key) {
+      var li = document.createElement("li");
+      li.textContent = key;
+      if (state.keys.length > 1) {
+        var b = document.createElement("button");
+        b.type = "button";
+        b.textContent = "×";
+        b.setAttribute("aria-label", "remove " + key);
+        b.addEventListener("click", function () {
+          choose(state.keys.filter(function (k) { return k !== key; }), null);
+        });
+        li.appendChild(b);
+      }
+      list.appendChild(li);
+    });
+    var add = document.getElementById("add-series");
+    if (add) add.disabled = state.keys.length >= MAX_SERIES;
+  }
+
+  // A probe row's chart link opens that probe's series in the chart.
   function bindSparkLinks() {
-    var links = document.querySelectorAll("a.sparklink[data-series]");
+    var links = document.querySelectorAll("a[data-series]");
     for (var i = 0; i < links.length; i++) {
       links[i].addEventListener("click", function (e) {
-        var key = this.getAttribute("data-series");
-        if (!select || !key || !hasOption(key)) return;
+        var keys = this.getAttribute("data-series").split("\n").filter(hasOption);
+        if (!select || keys.length === 0) return;
         e.preventDefault();
-        choose(key, "1h");
+        choose(keys, "1h");
         document.getElementById("history").scrollIntoView({ behavior: "smooth", block: "start" });
       });
     }
@@ -334,29 +470,55 @@
 
   // Draws the series and range of the URL, else the page's choice.
   function startChart() {
-    if (state.key) return;
+    if (state.keys.length > 0) return;
     ensureSeries().then(function (ok) {
-      if (!ok || state.key) return;
+      if (!ok || state.keys.length > 0) return;
       var q = new URLSearchParams(location.search);
-      state.key = hasOption(q.get("series")) ? q.get("series") : select.value;
-      state.range = RANGES.indexOf(q.get("range")) >= 0 ? q.get("range") : "1h";
-      select.value = state.key;
+      var keys = (q.get("series") || "").split("\n").filter(hasOption).slice(0, MAX_SERIES);
+      state.keys = keys.length > 0 ? keys : [select.value];
+      state.range = parseRange(q.get("range")) || "1h";
+      select.value = state.keys[0];
       setPressed();
       loadChart(false);
     });
+  }
+
+  function bindChartControls() {
+    var extra = document.getElementById("chart-extra");
+    if (extra) extra.hidden = false;
+    form.addEventListener("submit", function (e) {
+      e.preventDefault();
+      if (state.keys.length === 0) return;
+      var r = e.submitter && e.submitter.name === "range" ? e.submitter.value : state.range;
+      choose(null, r);
+    });
+    select.addEventListener("change", function () { choose([select.value], null); });
+    var add = document.getElementById("add-series");
+    if (add) {
+      add.addEventListener("click", function () {
+        if (state.keys.indexOf(select.value) >= 0) return;
+        choose(state.keys.concat([select.value]), null);
+      });
+    }
+    var apply = document.getElementById("apply-range");
+    if (apply) {
+      apply.addEventListener("click", function () {
+        var from = Date.parse(document.getElementById("from").value) / 1000;
+        var to = Date.parse(document.getElementById("to").value) / 1000;
+        if (isNaN(from) || isNaN(to) || to <= from) {
+          if (note) note.textContent = "A custom range needs a start before its end.";
+          return;
+        }
+        choose(null, { since: from, until: to });
+      });
+    }
   }
 
   function init() {
     localizeTimes(document);
     bindSparkLinks();
     if (chartEl && select && typeof uPlot !== "undefined") {
-      form.addEventListener("submit", function (e) {
-        e.preventDefault();
-        if (!state.key) return;
-        var r = e.submitter && e.submitter.name === "range" ? e.submitter.value : state.range;
-        choose(select.value, r);
-      });
-      select.addEventListener("change", function () { choose(select.value, null); });
+      bindChartControls();
       if (typeof ResizeObserver !== "undefined") {
         var lastWidth = 0;
         // Resized on the next frame: resizing inside the observer's callback

@@ -193,9 +193,24 @@ fn probes_section(v: &View) -> Markup {
             @for p in &v.probes {
                 (probe(v, p))
             }
+            @if !v.probes.is_empty() {
+                (probes_legend())
+            }
             @if let Some(e) = &v.history_error {
                 p .notice { "History is unavailable, so uptime and events are not shown: " (e) }
             }
+        }
+    }
+}
+
+/// What the probe rows' figures mean; probes are listed worst first.
+fn probes_legend() -> Markup {
+    html! {
+        p #probes-legend .legend {
+            "Worst first. Uptime per window: up (healthy or degraded) time over the time observed. "
+            abbr title="observed" { "obs." }
+            " = observed: the share of the window the agent was running and watching, shown when under 99.5 %; "
+            "time the agent was not running is no data, never downtime."
         }
     }
 }
@@ -225,12 +240,31 @@ fn chart_section(v: &View) -> Markup {
                         button type="submit" name="range" value=(r) aria-pressed=(if r == "1h" { "true" } else { "false" }) { (r) }
                     }
                 }
+                (chart_extra())
             }
+            ul #chosen .chosen aria-label="Series on the chart" {}
             div #chart .chart data-points="0" {}
             p #chart-note .note {
                 @if v.series.is_empty() { "No series in history yet." } @else { "min–max band and average" }
             }
             noscript { p .note { "The chart needs JavaScript; the figures are at " code { "/api/v1/query?key=…&since=24h" } "." } }
+        }
+    }
+}
+
+/// The chart's controls that need the script (it shows them): overlay
+/// up to four series, and a custom time range.
+fn chart_extra() -> Markup {
+    html! {
+        div #chart-extra .chart-extra hidden {
+            button #add-series type="button" title="draw the series chosen above too (up to 4)" { "+ add series" }
+            span .custom role="group" aria-label="Custom range" {
+                label for="from" { "from" }
+                input #from type="datetime-local";
+                label for="to" { "to" }
+                input #to type="datetime-local";
+                button #apply-range type="button" { "show" }
+            }
         }
     }
 }

@@ -24,10 +24,17 @@ pub(super) fn probe(v: &View, p: &ProbeView) -> Markup {
             div .name {
                 h3 { (b.name) }
                 span .kind { (b.kind) " · every " (format!("{}", b.interval_seconds)) " s" }
+                @if !p.chart_keys.is_empty() {
+                    " "
+                    a .chartlink href=(format!("/?series={}&range=1h#history", encode(&p.chart_keys.join("\n"))))
+                        data-series=(p.chart_keys.join("\n")) title="this probe's series in the history chart" { "chart" }
+                }
             }
-            div .latency title="latency of the last check" {
+            div .latency title=[p.latency.map(|_| "latency of the last check")] {
                 @match p.latency {
                     Some(s) => { (seconds(s)) }
+                    // The host probe has no latency to show.
+                    None if b.kind == "host" => {}
                     None => span .na { "—" },
                 }
                 @if let Some(last) = &b.last {
@@ -49,7 +56,9 @@ pub(super) fn probe(v: &View, p: &ProbeView) -> Markup {
                             None => span .wv .na { "no data" },
                         }
                         @if u.coverage_ratio < 0.995 {
-                            span .cov { "obs. " (percent(u.coverage_ratio)) }
+                            span .cov title=(format!("observed: the agent watched this probe {} of the last {}; uptime counts only that time", percent(u.coverage_ratio), u.window)) {
+                                abbr { "obs." } " " (percent(u.coverage_ratio))
+                            }
                         }
                     }
                 }

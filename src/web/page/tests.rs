@@ -431,3 +431,69 @@ fn events_during_a_maintenance_run_are_marked_and_link_to_it() {
     );
     assert!(row.contains("1,234") && row.contains("20.0 s"), "{row}");
 }
+
+/// Probes are listed worst first (by name within a status); the host
+/// probe's row shows no latency (how long reading the kernel's figures
+/// took says nothing); "obs." is explained in a legend.
+#[test]
+fn probes_are_listed_worst_first_and_the_host_row_has_no_latency() {
+    let mut live = Live {
+        started_ms: 1_700_000_000_000,
+        ..Live::default()
+    };
+    for (name, kind, status) in [
+        ("a_ok", "worker", Status::Healthy),
+        ("b_down", "tcp", Status::Unhealthy),
+        ("c_slow", "tcp", Status::Degraded),
+        ("d_new", "tcp", Status::Unknown),
+        ("host", "host", Status::Healthy),
+        ("z_down", "tcp", Status::Unhealthy),
+    ] {
+        live.configured.push(ProbeMeta {
+            name: name.into(),
+            kind,
+            interval_ms: 1000,
+            timeout_ms: 1000,
+        });
+        live.probes.insert(
+            name.into(),
+            ProbeState {
+                kind,
+                status,
+                since_ms: 1_700_000_000_000,
+                reason: None,
+                last_ts_ms: 1_700_000_001_000,
+                last_took_ms: 3.0,
+                last_error: None,
+            },
+        );
+    }
+    let html = String::from_utf8(render(&state(live), 1_700_000_002_000).to_vec()).unwrap();
+    let order: Vec<&str> = html
+        .split("data-probe=\"")
+        .skip(1)
+        .map(|s| &s[..s.find('"').unwrap()])
+        .collect();
+    assert_eq!(
+        order,
+        ["b_down", "z_down", "c_slow", "d_new", "a_ok", "host"]
+    );
+    let row = |name: &str| {
+        let at = html.find(&format!("data-probe=\"{name}\"")).unwrap();
+        let end = html[at..].find("</article>").unwrap();
+        html[at..at + end].to_string()
+    };
+    let latency = |name: &str| {
+        let r = row(name);
+        let at = r.find("class=\"latency\"").unwrap();
+        r[at..at + r[at..].find("</div>").unwrap()].to_string()
+    };
+    assert!(latency("a_ok").contains("3.0 ms"), "{}", latency("a_ok"));
+    assert!(!latency("host").contains("ms"), "{}", latency("host"));
+    assert!(!latency("host").contains('—'), "{}", latency("host"));
+    assert!(html.contains("id=\"probes-legend\""), "{html}");
+    assert!(
+        html.contains("= observed: the share of the window"),
+        "{html}"
+    );
+}

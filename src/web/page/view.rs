@@ -67,6 +67,9 @@ pub(super) struct Disk {
 
 pub(super) struct ProbeView {
     pub(super) body: ProbeBody,
+    /// The probe's series the row's chart link opens: its headline and its
+    /// latency reading, those history holds.
+    pub(super) chart_keys: Vec<String>,
     /// Seconds: the kind's own latency reading, else how long the check took.
     pub(super) latency: Option<f64>,
     pub(super) spark: Spark,
@@ -116,6 +119,18 @@ fn main_metric(kind: &str) -> &'static str {
 /// (as in the health document): the kind's own `KindFacts::LATENCY`.
 fn latency_metric(kind: &str) -> Option<&'static str> {
     crate::probes::ProbeKind::from_name(kind).and_then(crate::probes::ProbeKind::latency_metric)
+}
+
+/// The probes' order on the page: what needs attention first (unhealthy,
+/// degraded, not yet judged, healthy); by name within a status (a stable
+/// sort keeps the API's name order).
+pub(super) fn worst_first(status: Status) -> u8 {
+    match status {
+        Status::Unhealthy => 0,
+        Status::Degraded => 1,
+        Status::Unknown => 2,
+        Status::Healthy => 3,
+    }
 }
 
 pub(super) fn gather(s: &State, now: Ts) -> View {
@@ -176,10 +191,15 @@ pub(super) fn gather(s: &State, now: Ts) -> View {
         .find(|k| has(k))
         .or_else(|| series.values().flatten().next().map(|i| i.key.clone()));
     let (overall, summary) = overall(&bodies);
+    let mut bodies = bodies;
+    bodies.sort_by_key(|b| worst_first(b.status));
     let probes = bodies
         .into_iter()
         .map(|body| {
             let latency = match latency_metric(body.kind) {
+                // The host probe reads the kernel's figures: how long that
+                // took says nothing about any service.
+                _ if body.kind == crate::probes::ProbeKind::Host.name() => None,
                 Some(m) => body.last.as_ref().and_then(|l| {
                     l.readings
                         .iter()
@@ -188,7 +208,20 @@ pub(super) fn gather(s: &State, now: Ts) -> View {
                 }),
                 None => body.last.as_ref().map(|l| l.took_seconds),
             };
+            let chart_keys = [Some(main_metric(body.kind)), latency_metric(body.kind)]
+                .into_iter()
+                .flatten()
+                .filter(|m| !m.is_empty())
+                .map(|m| SeriesKey::new(&body.name, m, &[]).to_string())
+                .filter(|k| has(k))
+                .fold(Vec::new(), |mut v, k| {
+                    if !v.contains(&k) {
+                        v.push(k);
+                    }
+                    v
+                });
             ProbeView {
+                chart_keys,
                 spark: sparks.remove(&body.name).unwrap_or(Spark {
                     key: String::new(),
                     unit: Unit::None,
