@@ -223,7 +223,15 @@ impl App {
             })
             .collect();
         configured.sort_by(|a, b| a.name.cmp(&b.name));
-        self.live.write().expect("live lock").configured = configured;
+        let roles = config
+            .probe
+            .iter()
+            .filter_map(|(name, p)| Some((name.clone(), p.common().role?.as_str())))
+            .collect();
+        let mut live = self.live.write().expect("live lock");
+        live.configured = configured;
+        live.roles = roles;
+        drop(live);
         for (spec, probe) in built {
             tracing::info!(probe = %spec.name, kind = spec.kind, interval = ?spec.interval, timeout = ?spec.timeout, "probe started");
             let (tx, stats, token) = (tx.clone(), self.stats.clone(), self.probes_token.clone());
