@@ -87,6 +87,8 @@ pub struct Shared {
     pub maintenance: Option<Arc<crate::maintenance::agent::Maintenance>>,
     /// The rendered status page, served again for a second.
     pub page_cache: std::sync::Mutex<api::Cached>,
+    /// `/metrics`' forecasts, computed again once a minute.
+    pub forecast_cache: std::sync::Mutex<metrics::forecast::Cache>,
 }
 
 pub type State = Arc<Shared>;
@@ -124,6 +126,7 @@ impl Shared {
             reloads,
             maintenance: None,
             health_cache: Default::default(),
+            forecast_cache: Default::default(),
             page_cache: Default::default(),
         }
     }
