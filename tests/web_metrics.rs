@@ -530,3 +530,63 @@ fn forecasts_are_exported_only_while_confident() {
     );
     promtool_check(&body);
 }
+
+#[test]
+fn a_wildcard_listener_serves_metrics_by_the_hosts_own_names_and_no_other() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = temp_dir();
+    let port = free_port();
+    let token = write_file(dir.path(), "token", "s3cret-token\n");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = write_file(
+        dir.path(),
+        "agent.toml",
+        &format!(
+            "[agent]\ninterval = \"1s\"\n\n[api]\nlisten = \"0.0.0.0:{port}\"\ntoken_file = {:?}\n",
+            token.display().to_string()
+        ),
+    );
+    let _agent = Agent::start(Some(&cfg), &dir.path().join("data"), port);
+    let scrape = |host: &str| {
+        let a = request(
+            port,
+            &format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .expect("the agent answers");
+        (a.code, a.body)
+    };
+    // What a scraper would name: the host name, its canonical name, and
+    // the address of each interface (not only loopback).
+    let hostname = sysinfo::System::host_name().unwrap();
+    let own = upkeep::web::own_names::read();
+    let addresses: Vec<&String> = own
+        .iter()
+        .filter(|n| {
+            n.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|a| !a.is_loopback())
+        })
+        .collect();
+    assert!(
+        !addresses.is_empty(),
+        "no non-loopback address to test with: {own:?}"
+    );
+    let mut names: Vec<String> = vec![hostname.clone(), hostname.to_uppercase()];
+    names.extend(own.iter().cloned());
+    for name in &names {
+        let (code, body) = scrape(&format!("{name}:{port}"));
+        assert_eq!(code, 200, "Host {name}: {body}");
+        assert!(body.contains("upkeep_build_info"), "{body}");
+    }
+    // The DNS-rebinding guard stays for every other name, and for this
+    // host's names on another port.
+    for host in [
+        format!("evil.example:{port}"),
+        format!("{hostname}.evil.example:{port}"),
+        format!("{}:{}", addresses[0], port + 1),
+    ] {
+        let (code, body) = scrape(&host);
+        assert_eq!(code, 403, "Host {host}: {body}");
+        assert!(body.contains("is not this agent"), "{body}");
+    }
+}
