@@ -45,7 +45,7 @@ pub fn read() -> Vec<String> {
         out.push(h.to_ascii_lowercase());
     }
     let networks = sysinfo::Networks::new_with_refreshed_list();
-    for (_, data) in networks.list() {
+    for data in networks.list().values() {
         for net in data.ip_networks() {
             out.push(match net.addr {
                 std::net::IpAddr::V4(a) => a.to_string(),
