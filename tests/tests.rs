@@ -4,6 +4,7 @@
 mod util;
 
 mod cli;
+mod contrib;
 mod health_contract;
 mod lifecycle;
 mod maint_postgres;
