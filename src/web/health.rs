@@ -3,8 +3,8 @@
 //! that a client written against it works unchanged, every value measured.
 //!
 //! - `services.database`, `.redis`, `.api`: the probe with that `role`, else
-//!   the first probe (in name order) of kind postgres, redis, http; always
-//!   present. `services.workers`: the probes of kind worker or role worker.
+//!   the first probe (in name order) of kind postgres, redis, http, else a
+//!   probe named `database`, `redis` or `api`; always present. `services.workers`: the probes of kind worker or role worker.
 //!   `status` is one of the seed's three words: a probe not yet judged
 //!   (`unknown`) and a slot no probe fills are `unhealthy` (the seed's own
 //!   answer when a check cannot be made), with the agent's own status in
@@ -196,7 +196,7 @@ const SLOTS: [(&str, &str); 3] = [
 ];
 
 /// The probe that fills a slot: the one with the role, else the first of
-/// the kind.
+/// the kind, else one named as the slot.
 fn slot_probe<'a>(live: &'a Live, role: &str, kind: &str) -> Option<&'a str> {
     let by_role = live
         .configured
@@ -204,6 +204,11 @@ fn slot_probe<'a>(live: &'a Live, role: &str, kind: &str) -> Option<&'a str> {
         .find(|m| live.roles.get(&m.name).is_some_and(|r| *r == role));
     by_role
         .or_else(|| live.configured.iter().find(|m| m.kind == kind))
+        .or_else(|| {
+            live.configured
+                .iter()
+                .find(|m| m.name == role && m.kind != "worker")
+        })
         .map(|m| m.name.as_str())
 }
 
