@@ -6,9 +6,16 @@
 //!
 //! - `collect.rs`: the families of the live state and the runners' counters;
 //! - `names.rs`: probe metrics and labels renamed to Prometheus conventions;
+//! - `help.rs`: what each probe metric is, for its HELP line;
+//! - `forecast.rs`: `upkeep_forecast_seconds_until{series}`, confident
+//!   forecasts from history, computed at most once a minute;
 //! - `encode.rs`: the text encoding, escapes and number formats.
 //!
-//! Every family is a gauge unless its name ends in `_total` (a counter):
+//! Every family is a gauge unless its name ends in `_total` (a counter) or
+//! it is a histogram: a probe's running totals (readings of unit `Total`)
+//! are counters named `upkeep_<kind>_<metric>` ending in `_total`, and
+//! totals named `X_bucket{le}`, `X_sum` and `X_count` one histogram
+//! `upkeep_<kind>_X` (the access log's request times):
 //!
 //! - `upkeep_<kind>_<metric>{probe, <the series' labels>}`: every reading of
 //!   a probe's last tick (a series that tick did not report is left out,
