@@ -481,6 +481,8 @@ fn usage_errors_exit_2() {
         &["query", "host.load1", "--step", "0s", "--data-dir", "."],
         &["query", "host.load1", "--format", "xml"],
         &["uptime", "--window", "forever"],
+        &["status", "--format", "xml"],
+        &["status", "--json", "--format", "nagios"],
     ] {
         let o = upkeep(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));

@@ -79,7 +79,7 @@ pub enum Command {
     /// Health of every probe from the running agent; exits 0 healthy, 1 degraded, 2 unhealthy, 3 agent unreachable.
     Status {
         /// Print the health document (the seed's SystemHealthMetrics shape); the same as `--format json`.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "format")]
         json: bool,
         /// `table`, `json` (the health document) or `nagios` (one line and performance data, for Nagios, Icinga, Sensu, Zabbix).
         #[arg(long, value_enum, default_value = "table")]
