@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs what the tests need when it is missing —
-# Chromium (Debian), promtool (from Debian's prometheus package, unpacked
-# under target/tools, no server installed) and schemathesis (PyPI, in a
+# Chromium (Debian), promtool and prometheus (from Debian's prometheus
+# package, unpacked under target/tools, no service installed: the dashboard
+# test starts its own Prometheus) and schemathesis (PyPI, in a
 # virtualenv under target/tools) — then runs `cargo test` and schemathesis
 # against a running agent's OpenAPI document.
 set -euo pipefail
@@ -21,8 +22,8 @@ if ! command -v chromium >/dev/null; then
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends chromium
 fi
 
-if [ ! -x "$TOOLS/bin/promtool" ]; then
-    echo "== unpacking promtool from Debian's prometheus package"
+if [ ! -x "$TOOLS/bin/promtool" ] || [ ! -x "$TOOLS/bin/prometheus" ]; then
+    echo "== unpacking promtool and prometheus from Debian's prometheus package"
     tmp=$(mktemp -d)
     (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1) || {
         as_root apt-get update -qq
@@ -30,6 +31,7 @@ if [ ! -x "$TOOLS/bin/promtool" ]; then
     }
     dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
     cp "$tmp/x/usr/bin/promtool" "$TOOLS/bin/promtool"
+    cp "$tmp/x/usr/bin/prometheus" "$TOOLS/bin/prometheus"
     rm -rf "$tmp"
 fi
 

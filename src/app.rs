@@ -231,7 +231,15 @@ impl App {
             })
             .collect();
         configured.sort_by(|a, b| a.name.cmp(&b.name));
-        self.live.write().expect("live lock").configured = configured;
+        let roles = config
+            .probe
+            .iter()
+            .filter_map(|(name, p)| Some((name.clone(), p.common().role?.as_str())))
+            .collect();
+        let mut live = self.live.write().expect("live lock");
+        live.configured = configured;
+        live.roles = roles;
+        drop(live);
         let mut settings = probe_settings(config);
         for (spec, probe) in built {
             let Some(from) = settings.remove(&spec.name) else {

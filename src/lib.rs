@@ -36,8 +36,9 @@
 //! - `live`: in-memory state: probe health, rings of recent values.
 //! - `analysis`: pure functions: trend, forecast with confidence, uptime with coverage.
 //! - `cli`: the `upkeep` command line: clap definitions, one file per command
-//!   group, and their output (`cli::report`, `cli::maintenance::report`),
-//!   made of `cli::table` (aligned tables, IEC bytes, durations in words).
+//!   group, and their output (`cli::report`, `cli::maintenance::report`,
+//!   `cli::nagios`), made of `cli::table` (aligned tables, IEC bytes,
+//!   durations in words).
 //! - `web`: the local HTTP server: the API, `/metrics`, the status page.
 //! - `app`: starts, reloads and stops the whole agent.
 //! - `paths`: where config and data live when not given.

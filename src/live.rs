@@ -119,6 +119,9 @@ pub struct Live {
     pub ready: bool,
     /// The probes of the running config, in name order.
     pub configured: Vec<ProbeMeta>,
+    /// The `role` of each probe that sets one (`database`, `redis`, `api`,
+    /// `worker`), by probe name: the health document's service slots.
+    pub roles: BTreeMap<String, &'static str>,
     pub last_reload: Option<Reload>,
 }
 

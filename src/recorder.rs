@@ -200,6 +200,10 @@ impl Recorder {
             for r in o.readings {
                 let key = r.key(&o.probe);
                 live.push(&key, r.unit, o.ts, r.value);
+                // Running totals are for /metrics; history keeps the rates.
+                if r.unit == Unit::Total {
+                    continue;
+                }
                 self.pending.push_back(Pending {
                     key,
                     unit: r.unit,

@@ -257,6 +257,11 @@ pub enum Unit {
     Count,
     /// Dimensionless (load average).
     None,
+    /// A running total that only grows until its source restarts (bytes
+    /// received, commits): `/metrics` exports it as a counter for
+    /// `rate()`. Kept in the live state only, never written to history,
+    /// which holds the per-second rates beside it.
+    Total,
 }
 
 impl Unit {
@@ -269,6 +274,7 @@ impl Unit {
             Unit::Seconds => "seconds",
             Unit::Count => "count",
             Unit::None => "none",
+            Unit::Total => "total",
         }
     }
 
@@ -280,6 +286,7 @@ impl Unit {
             "per_second" => Unit::PerSecond,
             "seconds" => Unit::Seconds,
             "count" => Unit::Count,
+            "total" => Unit::Total,
             _ => Unit::None,
         }
     }

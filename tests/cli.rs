@@ -259,7 +259,7 @@ fn every_table_s_problems_are_reported_at_once_each_at_its_place() {
             "FILE:3:19: invalid type: integer `3`, expected a string",
             "FILE:6:21: invalid type: string \"three\", expected u32",
             "FILE:11:12: invalid type: integer `5`, expected a duration",
-            "FILE:16:1: unknown field `adress`, expected one of `interval`, `timeout`, `failure_threshold`, `success_threshold`, `thresholds`, `address`",
+            "FILE:16:1: unknown field `adress`, expected one of `interval`, `timeout`, `failure_threshold`, `success_threshold`, `thresholds`, `role`, `address`",
             "FILE:20:8: unknown variant `tcpp`, expected one of `tcp`, `http`, `worker`, `access_log`, `postgres`, `redis`",
             "FILE:24:11: invalid type: integer `60`, expected a duration",
         ]
@@ -488,6 +488,8 @@ fn usage_errors_exit_2() {
         &["query", "host.load1", "--step", "0s", "--data-dir", "."],
         &["query", "host.load1", "--format", "xml"],
         &["uptime", "--window", "forever"],
+        &["status", "--format", "xml"],
+        &["status", "--json", "--format", "nagios"],
     ] {
         let o = upkeep(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));

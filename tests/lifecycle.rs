@@ -236,7 +236,7 @@ fn the_health_document_has_the_seed_shape_with_measured_values() {
         dir.path(),
         port,
         &format!(
-            "\n[probe.database]\nkind = \"tcp\"\naddress = \"{}\"\n\n[probe.gone]\nkind = \"tcp\"\naddress = \"127.0.0.1:{dead}\"\nfailure_threshold = 1\n\n[probe.web]\nkind = \"access_log\"\npaths = [{:?}]\n",
+            "\n[probe.database]\nkind = \"tcp\"\nrole = \"database\"\naddress = \"{}\"\n\n[probe.gone]\nkind = \"tcp\"\naddress = \"127.0.0.1:{dead}\"\nfailure_threshold = 1\n\n[probe.web]\nkind = \"access_log\"\npaths = [{:?}]\n",
             db.local_addr().unwrap(),
             log.display().to_string()
         ),
@@ -292,10 +292,10 @@ fn the_health_document_has_the_seed_shape_with_measured_values() {
         "{gone}"
     );
     assert_eq!(v["services"]["workers"], serde_json::json!([]));
-    // 5 of 20 requests were 5xx.
+    // 5 of 20 requests were 5xx: the seed's error_rate is a fraction.
     assert_eq!(
         v["performance"]["error_rate"].as_f64(),
-        Some(25.0),
+        Some(0.25),
         "{}",
         v["performance"]
     );
@@ -314,7 +314,7 @@ fn the_health_document_has_the_seed_shape_with_measured_values() {
         .unwrap();
     let mem = &v["resources"]["memory"];
     assert!(
-        (mem["max"].as_f64().unwrap() - total_kib * 1024.0).abs() < total_kib * 1024.0 * 0.01,
+        (mem["max"].as_f64().unwrap() - total_kib / 1024.0).abs() < total_kib / 1024.0 * 0.01,
         "{mem}"
     );
     let pct = mem["percentage"].as_f64().unwrap();
@@ -359,6 +359,31 @@ fn the_health_document_has_the_seed_shape_with_measured_values() {
     let o = upkeep(&["status", "--json", "--config", cfg.to_str().unwrap()]);
     let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(doc["services"]["database"]["status"], "healthy");
+
+    // As a Nagios/Icinga check: one line, CRITICAL, the bad probe named
+    // before the performance data, the same exit code.
+    let o = upkeep(&[
+        "status",
+        "--format",
+        "nagios",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let line = stdout(&o);
+    assert_eq!(line.lines().count(), 1, "{line}");
+    let (output, perf) = line.trim_end().split_once(" | ").expect("performance data");
+    assert!(
+        output.starts_with(
+            "UPKEEP CRITICAL - 1 of 4 probes not healthy: gone unhealthy (gone: connect to"
+        ),
+        "{line}"
+    );
+    assert!(
+        perf.starts_with("healthy=3;;;0;4 degraded=0;;;0;4 unhealthy=1;;;0;4 unknown=0;;;0;4 "),
+        "{line}"
+    );
+    assert!(perf.contains("'database latency'="), "{line}");
     drop(agent);
 
     // With the agent gone, status names what it could not reach and exits 3
@@ -366,6 +391,20 @@ fn the_health_document_has_the_seed_shape_with_measured_values() {
     let o = upkeep(&["status", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(3));
     assert!(stderr(&o).contains("does not answer"), "{}", stderr(&o));
+    let o = upkeep(&[
+        "status",
+        "--format",
+        "nagios",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    let line = stdout(&o);
+    assert!(
+        line.starts_with("UPKEEP UNKNOWN - ") && line.contains("does not answer"),
+        "{line}"
+    );
+    assert_eq!(line.lines().count(), 1, "{line}");
 }
 
 /// The `upkeep status` exit code once every probe has the status wanted.

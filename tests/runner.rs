@@ -309,6 +309,7 @@ async fn out_of_fds_child() {
         failure_threshold: None,
         success_threshold: None,
         thresholds: Default::default(),
+        role: None,
         address: target.local_addr().unwrap().to_string(),
     };
     let spec = |name: &str, kind: &'static str, thresholds| ProbeSpec {

@@ -4,6 +4,8 @@
 mod util;
 
 mod cli;
+mod contrib;
+mod health_contract;
 mod lifecycle;
 mod maint_postgres;
 mod maint_runner;

@@ -182,11 +182,15 @@ fn live_with(name: &str, kind: &'static str, tick: i64) -> Live {
 }
 
 fn info() -> Info {
+    info_in(Path::new("unused"))
+}
+
+fn info_in(data_dir: &Path) -> Info {
     Info {
         version: "0.0.0-test",
         hostname: "test-host".into(),
         config_path: None,
-        data_dir: "unused".into(),
+        data_dir: data_dir.into(),
     }
 }
 
@@ -199,6 +203,11 @@ struct Server {
 
 impl Server {
     fn start(live: Live) -> Server {
+        Server::start_in(live, Path::new("unused"))
+    }
+
+    /// Serves `live` with its history file in `data_dir`.
+    fn start_in(live: Live, data_dir: &Path) -> Server {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let listener = runtime
             .block_on(upkeep::web::bind("127.0.0.1:0"))
@@ -206,7 +215,7 @@ impl Server {
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(
             Shared::new(
-                info(),
+                info_in(data_dir),
                 Arc::new(RwLock::new(live)),
                 Arc::new(RunnerStats::default()),
                 &ApiConfig::default(),
@@ -324,4 +333,260 @@ fn only_get_and_head_are_served() {
     )
     .unwrap();
     assert_eq!(foreign.code, 403, "{}", foreign.body);
+}
+
+/// The family of `name` in `text`: (HELP text, TYPE).
+fn family<'a>(text: &'a str, name: &str) -> Option<(&'a str, &'a str)> {
+    let help = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("# HELP {name} ")))?;
+    let kind = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("# TYPE {name} ")))?;
+    Some((help, kind))
+}
+
+#[test]
+fn counters_histograms_and_help_follow_prometheus_habits_on_a_real_agent() {
+    let dir = temp_dir();
+    let port = free_port();
+    let log = dir.path().join("access.log");
+    std::fs::write(&log, "").unwrap();
+    let cfg = write_file(
+        dir.path(),
+        "agent.toml",
+        &format!(
+            "[agent]\ninterval = \"1s\"\n\n[api]\nlisten = \"127.0.0.1:{port}\"\n\n\
+             [probe.pg]\nkind = \"postgres\"\nconninfo = \"host=127.0.0.1 port=5432 dbname=postgres\"\nuser = \"postgres\"\n\n\
+             [probe.cache]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379/0\"\n\n\
+             [probe.self]\nkind = \"http\"\nurl = \"http://127.0.0.1:{port}/-/healthy\"\n\n\
+             [probe.web]\nkind = \"access_log\"\npaths = [{:?}]\n",
+            log.display().to_string()
+        ),
+    );
+    let _agent = Agent::start(Some(&cfg), &dir.path().join("data"), port);
+    wait_for("the access log probe's first tick", || {
+        value(
+            &metrics(port),
+            "upkeep_access_log_requests_total{probe=\"web\",class=\"2xx\"}",
+        )
+        .is_some()
+    });
+    let line = |status: u16, secs: f64| {
+        format!(
+            "127.0.0.1 - - [28/Nov/2026:10:00:01 +0000] \"GET / HTTP/1.1\" {status} 10 \"-\" \"t\" {secs}\n"
+        )
+    };
+    let text: String = [(200, 0.003), (200, 0.2), (502, 0.7)]
+        .into_iter()
+        .map(|(s, t)| line(s, t))
+        .collect();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let counted = |m: &str| {
+        value(
+            m,
+            "upkeep_access_log_request_duration_seconds_count{probe=\"web\"}",
+        ) == Some(3.0)
+    };
+    wait_for("the requests counted and every probe's totals", || {
+        let m = metrics(port);
+        counted(&m)
+            && value(&m, "upkeep_postgres_commits_total{probe=\"pg\"}").is_some()
+            && value(&m, "upkeep_redis_evicted_keys_total{probe=\"cache\"}").is_some()
+            && m.contains("upkeep_host_net_rx_bytes_total{")
+    });
+    let m = metrics(port);
+    for name in [
+        "upkeep_host_net_rx_bytes_total",
+        "upkeep_host_net_tx_bytes_total",
+        "upkeep_host_net_rx_packets_total",
+        "upkeep_host_net_tx_packets_total",
+        "upkeep_host_net_rx_errors_total",
+        "upkeep_host_net_tx_errors_total",
+        "upkeep_postgres_commits_total",
+        "upkeep_postgres_rollbacks_total",
+        "upkeep_redis_evicted_keys_total",
+        "upkeep_redis_expired_keys_total",
+        "upkeep_access_log_requests_total",
+    ] {
+        let (_, kind) = family(&m, name).unwrap_or_else(|| panic!("no {name} in:\n{m}"));
+        assert_eq!(kind, "counter", "{name}");
+    }
+    // The gauges of rates stay beside the counters.
+    assert_eq!(
+        family(&m, "upkeep_postgres_commits_per_second").map(|f| f.1),
+        Some("gauge")
+    );
+    let req = |class: &str| {
+        value(
+            &m,
+            &format!("upkeep_access_log_requests_total{{probe=\"web\",class=\"{class}\"}}"),
+        )
+    };
+    assert_eq!(
+        (req("2xx"), req("5xx"), req("4xx")),
+        (Some(2.0), Some(1.0), Some(0.0))
+    );
+    let h = "upkeep_access_log_request_duration_seconds";
+    assert_eq!(family(&m, h).map(|f| f.1), Some("histogram"));
+    let bucket = |le: &str| value(&m, &format!("{h}_bucket{{probe=\"web\",le=\"{le}\"}}"));
+    assert_eq!(bucket("0.005"), Some(1.0));
+    assert_eq!(bucket("0.25"), Some(2.0));
+    assert_eq!(bucket("1"), Some(3.0));
+    assert_eq!(bucket("+Inf"), Some(3.0));
+    let sum = value(&m, &format!("{h}_sum{{probe=\"web\"}}")).unwrap();
+    assert!((sum - 0.903).abs() < 1e-9, "{sum}");
+
+    // Virtual interfaces are left out by default.
+    for virt in ["\"lo\"", "\"ifb", "\"veth", "\"docker", "\"br-", "\"virbr"] {
+        assert!(
+            !m.contains(&format!("interface={virt}")),
+            "{virt} exported:\n{m}"
+        );
+    }
+    // HELP says what each family is: no placeholder text.
+    let placeholders: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("# HELP ") && (l.contains("Reading ") || l.contains(" probe (")))
+        .collect();
+    assert!(
+        placeholders.is_empty(),
+        "placeholder HELP: {placeholders:#?}"
+    );
+    promtool_check(&m);
+}
+
+#[test]
+fn forecasts_are_exported_only_while_confident() {
+    use upkeep::config::HistoryConfig;
+    use upkeep::store::writer::Sample;
+
+    let dir = temp_dir();
+    let now = upkeep::sample::now_ms();
+    let start = now - 7_200_000;
+    let rising = SeriesKey::new("host", "disk_used_ratio", &[("mount", "/data")]);
+    // Swings with no trend: no line fits it.
+    let swinging = SeriesKey::new("host", "memory_used_ratio", &[]);
+    // Five minutes of points: too short to say anything.
+    let short = SeriesKey::new("host", "disk_inodes_used_ratio", &[("mount", "/data")]);
+    {
+        let mut w = crate::util::temp_writer(dir.path(), &HistoryConfig::default(), start);
+        let ids: Vec<i64> = [&rising, &swinging, &short]
+            .iter()
+            .map(|k| w.series_id(k, Unit::Ratio, start).unwrap().unwrap())
+            .collect();
+        for i in 0..720 {
+            let ts = start + i * 10_000;
+            let mut batch = vec![
+                Sample {
+                    series: ids[0],
+                    ts,
+                    value: 0.5 + i as f64 * 0.0002,
+                },
+                Sample {
+                    series: ids[1],
+                    ts,
+                    value: if i % 2 == 0 { 0.3 } else { 0.6 },
+                },
+            ];
+            if i >= 690 {
+                batch.push(Sample {
+                    series: ids[2],
+                    ts,
+                    value: 0.1 + i as f64 * 0.001,
+                });
+            }
+            w.write(&batch, &[], ts).unwrap();
+        }
+        w.end_run(now).unwrap();
+    }
+    let mut live = live_with("host", "host", now);
+    for k in [&rising, &swinging, &short] {
+        live.push(k, Unit::Ratio, now, 0.5);
+    }
+    let server = Server::start_in(live, dir.path());
+    let (code, body) = get(server.port, "/metrics").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let lines: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("upkeep_forecast_seconds_until"))
+        .collect();
+    assert_eq!(lines.len(), 1, "only the confident forecast: {lines:#?}");
+    let eta = value(
+        &body,
+        r#"upkeep_forecast_seconds_until{series="host.disk_used_ratio{mount=\"/data\"}"}"#,
+    )
+    .expect("the rising disk's forecast");
+    // 0.644 now, rising 0.0002 per 10 s: 1 in (1 - 0.644) / 0.00002 s.
+    let want = (1.0 - 0.6438) / 0.00002;
+    assert!(
+        (eta - want).abs() < want * 0.05,
+        "{eta} s, want about {want} s"
+    );
+    promtool_check(&body);
+}
+
+#[test]
+fn a_wildcard_listener_serves_metrics_by_the_hosts_own_names_and_no_other() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = temp_dir();
+    let port = free_port();
+    let token = write_file(dir.path(), "token", "s3cret-token\n");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = write_file(
+        dir.path(),
+        "agent.toml",
+        &format!(
+            "[agent]\ninterval = \"1s\"\n\n[api]\nlisten = \"0.0.0.0:{port}\"\ntoken_file = {:?}\n",
+            token.display().to_string()
+        ),
+    );
+    let _agent = Agent::start(Some(&cfg), &dir.path().join("data"), port);
+    let scrape = |host: &str| {
+        let a = request(
+            port,
+            &format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .expect("the agent answers");
+        (a.code, a.body)
+    };
+    // What a scraper would name: the host name, its canonical name, and
+    // the address of each interface (not only loopback).
+    let hostname = sysinfo::System::host_name().unwrap();
+    let own = upkeep::web::own_names::read();
+    let addresses: Vec<&String> = own
+        .iter()
+        .filter(|n| {
+            n.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|a| !a.is_loopback())
+        })
+        .collect();
+    assert!(
+        !addresses.is_empty(),
+        "no non-loopback address to test with: {own:?}"
+    );
+    let mut names: Vec<String> = vec![hostname.clone(), hostname.to_uppercase()];
+    names.extend(own.iter().cloned());
+    for name in &names {
+        let (code, body) = scrape(&format!("{name}:{port}"));
+        assert_eq!(code, 200, "Host {name}: {body}");
+        assert!(body.contains("upkeep_build_info"), "{body}");
+    }
+    // The DNS-rebinding guard stays for every other name, and for this
+    // host's names on another port.
+    for host in [
+        format!("evil.example:{port}"),
+        format!("{hostname}.evil.example:{port}"),
+        format!("{}:{}", addresses[0], port + 1),
+    ] {
+        let (code, body) = scrape(&host);
+        assert_eq!(code, 403, "Host {host}: {body}");
+        assert!(body.contains("is not this agent"), "{body}");
+    }
 }

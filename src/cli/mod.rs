@@ -18,6 +18,7 @@
 mod check_config;
 mod generate;
 pub mod maintenance;
+pub mod nagios;
 mod read;
 pub mod report;
 mod run;
@@ -85,9 +86,12 @@ pub enum Command {
     },
     /// Health of every probe from the running agent; exits 0 healthy, 1 degraded, 2 unhealthy, 3 agent unreachable.
     Status {
-        /// Print the health document (the seed's SystemHealthMetrics shape).
-        #[arg(long)]
+        /// Print the health document (the seed's SystemHealthMetrics shape); the same as `--format json`.
+        #[arg(long, conflicts_with = "format")]
         json: bool,
+        /// `table`, `json` (the health document) or `nagios` (one line and performance data, for Nagios, Icinga, Sensu, Zabbix).
+        #[arg(long, value_enum, default_value = "table")]
+        format: StatusFormat,
         #[command(flatten)]
         at: Where,
     },
@@ -162,6 +166,14 @@ pub enum Command {
     GenerateCompletions { dir: PathBuf },
 }
 
+/// How `upkeep status` prints what it found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFormat {
+    Table,
+    Json,
+    Nagios,
+}
+
 /// Why a command failed; `main` alone turns each into an exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -228,7 +240,9 @@ pub fn dispatch(command: Command) -> Result<(), CliError> {
     match command {
         Command::Run { listen, at } => run::run(listen, at),
         Command::CheckConfig { path } => check_config::check_config(path.as_deref()),
-        Command::Status { json, at } => read::status(json, &at),
+        Command::Status { json, format, at } => {
+            read::status(if json { StatusFormat::Json } else { format }, &at)
+        }
         Command::GenerateMan { dir } => generate::man(&dir),
         Command::GenerateCompletions { dir } => generate::completions(&dir),
         Command::Series { prefix, format, at } => read::series(prefix.as_deref(), format, &at),

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::report::{self, Format, ReportError};
-use super::{CliError, Context, Where, config_and_data_dir, load_config};
+use super::{CliError, Context, StatusFormat, Where, config_and_data_dir, load_config};
 use crate::sample::{self, now_ms};
 use crate::store::Reader;
 
@@ -90,18 +90,59 @@ pub(super) fn trend(
     Ok(())
 }
 
-/// The probe table (or the health document with `json`); the worst probe
-/// status makes it [`CliError::Degraded`] or [`CliError::Unhealthy`], and
-/// an agent that cannot be asked [`CliError::Unreachable`], so that the
-/// exit code reads as a monitoring plugin's.
-pub(super) fn status(json: bool, at: &Where) -> Result<(), CliError> {
+/// The probe table (the health document with `Json`, one line with
+/// performance data with `Nagios`); the worst probe status makes it
+/// [`CliError::Degraded`] or [`CliError::Unhealthy`], and an agent that
+/// cannot be asked [`CliError::Unreachable`], so that the exit code reads
+/// as a monitoring plugin's.
+pub(super) fn status(format: StatusFormat, at: &Where) -> Result<(), CliError> {
     let (config, _) = load_config(at.config.as_deref())?;
+    let asked = ask_agent(&config.api.listen);
+    let (doc, probes) = match asked {
+        Ok(v) => v,
+        Err(e) => {
+            if format == StatusFormat::Nagios {
+                // A monitoring system shows stdout; the error goes to stderr too.
+                print!("{}", super::nagios::unreachable(&e.to_string()));
+            }
+            return Err(e);
+        }
+    };
+    let worst = match format {
+        StatusFormat::Table | StatusFormat::Json => {
+            let (table, worst) = report::status_table(&probes, &doc, now_ms());
+            if format == StatusFormat::Json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&doc).context("printing the health document")?
+                );
+            } else {
+                print!("{table}");
+            }
+            worst
+        }
+        StatusFormat::Nagios => {
+            let (line, worst) = super::nagios::line(&probes, &doc);
+            print!("{line}");
+            worst
+        }
+    };
+    match worst {
+        report::Worst::Healthy => Ok(()),
+        report::Worst::Degraded => Err(CliError::Degraded),
+        report::Worst::Unhealthy => Err(CliError::Unhealthy),
+    }
+}
+
+/// The agent's health document and probe list; any failure is
+/// [`CliError::Unreachable`].
+fn ask_agent(listen: &str) -> Result<(serde_json::Value, serde_json::Value), CliError> {
     let unreachable = |e: CliError| match e {
         CliError::Runtime(e) => CliError::Unreachable(e),
         other => other,
     };
     let get = |path: &str| {
-        report::agent_get(&config.api.listen, path)
+        report::agent_get(listen, path)
             .map_err(report_err)
             .map_err(unreachable)
     };
@@ -112,18 +153,5 @@ pub(super) fn status(json: bool, at: &Where) -> Result<(), CliError> {
     let probes: serde_json::Value = serde_json::from_str(&get("/api/v1/probes")?)
         .context("the agent's probe list is not JSON")
         .map_err(unreachable)?;
-    let (table, worst) = report::status_table(&probes, &doc, now_ms());
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&doc).context("printing the health document")?
-        );
-    } else {
-        print!("{table}");
-    }
-    match worst {
-        report::Worst::Healthy => Ok(()),
-        report::Worst::Degraded => Err(CliError::Degraded),
-        report::Worst::Unhealthy => Err(CliError::Unhealthy),
-    }
+    Ok((doc, probes))
 }

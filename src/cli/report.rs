@@ -425,11 +425,15 @@ pub fn status_table(
             "degraded" => Worst::Degraded,
             _ => Worst::Healthy,
         });
-        let service = services.get(name).or_else(|| {
-            services["workers"]
-                .as_array()
-                .and_then(|w| w.iter().find(|s| s["name"] == name))
-        });
+        // A service slot (`database`, …) may hold another probe.
+        let service = services
+            .get(name)
+            .filter(|s| s["name"] == name)
+            .or_else(|| {
+                services["workers"]
+                    .as_array()
+                    .and_then(|w| w.iter().find(|s| s["name"] == name))
+            });
         let latency_ms = service
             .and_then(|s| s["response_time"].as_f64())
             .or(p["last"]["took_seconds"].as_f64().map(|s| s * 1000.0));

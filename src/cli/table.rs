@@ -170,7 +170,7 @@ pub fn value(v: f64, unit: crate::sample::Unit) -> String {
         Unit::Seconds if v.abs() < 1.0 => format!("{:.1}ms", v * 1000.0),
         Unit::Seconds => duration((v * 1000.0) as i64),
         Unit::PerSecond => format!("{}/s", number(v)),
-        Unit::Count | Unit::None => number(v),
+        Unit::Count | Unit::Total | Unit::None => number(v),
     }
 }
 

@@ -148,4 +148,30 @@ mod tests {
         assert_eq!(c.history.tiers.len(), 4);
         assert_eq!(c.api.listen, "127.0.0.1:8711");
     }
+
+    #[test]
+    fn a_role_names_one_probe_and_a_bad_role_is_named() {
+        let probe = |name: &str, role: &str| {
+            format!(
+                "[probe.{name}]\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\nrole = \"{role}\"\n"
+            )
+        };
+        let text = probe("a", "database")
+            + &probe("b", "database")
+            + &probe("w1", "worker")
+            + &probe("w2", "worker");
+        let e = Config::parse("a.toml", &text).unwrap_err().to_string();
+        assert!(
+            e.contains("a.toml:8")
+                && e.contains("role `database` is already the role of probe `a`"),
+            "{e}"
+        );
+        assert!(!e.contains("probe.w"), "any number of workers: {e}");
+        let e = Config::parse("a.toml", &probe("a", "db"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a.toml:4") && e.contains("database"), "{e}");
+        let c = Config::parse("a.toml", &probe("a", "api")).unwrap();
+        assert_eq!(c.probe["a"].common().role, Some(crate::probes::Role::Api));
+    }
 }

@@ -165,6 +165,27 @@ impl Config {
     }
 
     fn validate_probes(&self, bad: &mut Bad<'_>) {
+        // A service slot of the health document names one probe.
+        let mut roles = std::collections::BTreeMap::new();
+        for (name, p) in &self.probe {
+            let Some(role) = p
+                .common()
+                .role
+                .filter(|r| *r != crate::probes::Role::Worker)
+            else {
+                continue;
+            };
+            let first = *roles.entry(role).or_insert(name);
+            if first != name {
+                bad(
+                    &["probe", name, "role"],
+                    format!(
+                        "role `{}` is already the role of probe `{first}`; one probe per role (but any number of workers)",
+                        role.as_str()
+                    ),
+                );
+            }
+        }
         for (name, p) in &self.probe {
             let n = name.as_str();
             if name == "host" || !valid_name(name) {

@@ -65,6 +65,31 @@ pub struct ProbeCommon<'a> {
     pub success_threshold: Option<u32>,
     /// Overrides of the kind's default thresholds, keyed by metric name.
     pub thresholds: &'a BTreeMap<String, Threshold>,
+    pub role: Option<Role>,
+}
+
+/// The service a probe stands for in the health document (the seed's
+/// `services.database`, `.redis`, `.api` and `.workers[]`). Without one, the
+/// first probe (in name order) of kind postgres, redis or http fills the
+/// slot, and every worker probe is a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Database,
+    Redis,
+    Api,
+    Worker,
+}
+
+impl Role {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Database => "database",
+            Role::Redis => "redis",
+            Role::Api => "api",
+            Role::Worker => "worker",
+        }
+    }
 }
 
 /// Declares a probe kind's config struct: its own fields plus the settings
@@ -88,6 +113,8 @@ macro_rules! probe_config {
             pub success_threshold: Option<u32>,
             #[serde(default)]
             pub thresholds: std::collections::BTreeMap<String, $crate::probes::config::Threshold>,
+            #[serde(default)]
+            pub role: Option<$crate::probes::config::Role>,
             $($(#[$fm])* pub $f: $t,)*
         }
         impl $name {
@@ -98,6 +125,7 @@ macro_rules! probe_config {
                     failure_threshold: self.failure_threshold,
                     success_threshold: self.success_threshold,
                     thresholds: &self.thresholds,
+                    role: self.role,
                 }
             }
         }

@@ -23,7 +23,7 @@ use std::time::Duration;
 use crate::sample::{Reading, Status};
 
 pub use config::{
-    ConfiguredKind, KindFacts, ProbeCommon, ProbeConfig, ProbeKind, ProbeSet, Threshold,
+    ConfiguredKind, KindFacts, ProbeCommon, ProbeConfig, ProbeKind, ProbeSet, Role, Threshold,
 };
 
 /// Why one probe tick produced no readings. The text names the subject and

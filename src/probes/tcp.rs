@@ -88,6 +88,7 @@ mod tests {
             failure_threshold: None,
             success_threshold: None,
             thresholds: Default::default(),
+            role: None,
             address: address.into(),
         }
     }

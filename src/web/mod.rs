@@ -45,6 +45,7 @@ pub mod conn;
 pub mod health;
 pub mod maintenance;
 pub mod metrics;
+pub mod own_names;
 pub mod page;
 
 /// A reload asked for over the API (`POST /api/v1/reload`), answered once
@@ -75,6 +76,9 @@ pub struct Shared {
     token: Option<Secret>,
     /// Lower-case host names (without port) the Host header may name.
     allowed_hosts: Vec<String>,
+    /// Listening on a wildcard address: this host's own names and
+    /// addresses are allowed too (see `own_names`).
+    own_names: Option<own_names::OwnNames>,
     /// The port the API listens on, which the Host header must name (or
     /// leave out when it is 80, as clients do for the default port).
     port: u16,
@@ -87,6 +91,8 @@ pub struct Shared {
     pub maintenance: Option<Arc<crate::maintenance::agent::Maintenance>>,
     /// The rendered status page, served again for a second.
     pub page_cache: std::sync::Mutex<api::Cached>,
+    /// `/metrics`' forecasts, computed again once a minute.
+    pub forecast_cache: std::sync::Mutex<metrics::forecast::Cache>,
 }
 
 pub type State = Arc<Shared>;
@@ -120,10 +126,14 @@ impl Shared {
             stats,
             token,
             allowed_hosts,
+            own_names: listen
+                .is_some_and(|a| a.ip().is_unspecified())
+                .then(own_names::OwnNames::default),
             port: listen.map_or(0, |a| a.port()),
             reloads,
             maintenance: None,
             health_cache: Default::default(),
+            forecast_cache: Default::default(),
             page_cache: Default::default(),
         }
     }
@@ -169,7 +179,9 @@ impl Shared {
             },
         };
         let name = name.strip_suffix('.').unwrap_or(name);
-        port == self.port && self.allowed_hosts.iter().any(|h| h == name)
+        port == self.port
+            && (self.allowed_hosts.iter().any(|h| h == name)
+                || self.own_names.as_ref().is_some_and(|o| o.contains(name)))
     }
 
     /// Checks `Authorization: Bearer <token>` in constant time. The scheme

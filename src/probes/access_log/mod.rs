@@ -7,6 +7,7 @@
 
 pub mod parse;
 pub mod tail;
+pub mod totals;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use self::parse::TimeUnit;
 use self::tail::{Position, StartAt, Tail};
+use self::totals::Totals;
 use super::config::{ConfiguredKind, KindFacts, Threshold};
 use super::{AnyProbe, BuildContext, Probe, ProbeError, out_of_fds};
 use crate::probe_config;
@@ -109,6 +111,8 @@ pub struct Counts {
     pub malformed: u64,
     /// Request times in microseconds.
     pub latency_us: Histogram<u64>,
+    /// By status class and time bucket, added to the probe's running totals.
+    pub totals: Totals,
 }
 
 impl Counts {
@@ -121,6 +125,7 @@ impl Counts {
             // 1 µs to 1 h at 3 significant digits.
             latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .expect("valid histogram bounds"),
+            totals: Totals::default(),
         }
     }
 
@@ -131,6 +136,7 @@ impl Counts {
             return;
         };
         self.requests += 1;
+        self.totals.add_request(l.status, l.seconds);
         match l.status {
             400..=499 => self.status_4xx += 1,
             500..=599 => self.status_5xx += 1,
@@ -184,6 +190,8 @@ impl Counts {
 struct State {
     tails: Vec<Tail>,
     last: Option<Instant>,
+    /// Since this state was made (the probe's start, or a tick given up on).
+    totals: Totals,
 }
 
 pub struct AccessLogProbe {
@@ -229,7 +237,11 @@ impl AccessLogProbe {
                 )
             })
             .collect();
-        Ok(State { tails, last: None })
+        Ok(State {
+            tails,
+            last: None,
+            totals: Totals::default(),
+        })
     }
 }
 
@@ -299,11 +311,13 @@ impl Probe for AccessLogProbe {
             let now = Instant::now();
             let elapsed = state.last.map(|l| now - l);
             state.last = Some(now);
+            state.totals.merge(&counts.totals);
             (state, counts, elapsed, errors, fds_out)
         })
         .await;
         let (state, counts, elapsed, errors, fds_out) =
             joined.map_err(|e| ProbeError::Failed(format!("access log: reading failed: {e}")))?;
+        let totals = state.totals.readings();
         self.state = Some(state);
         if fds_out {
             return Err(ProbeError::OutOfFds(errors.join("; ")));
@@ -311,6 +325,8 @@ impl Probe for AccessLogProbe {
         if !errors.is_empty() {
             return Err(ProbeError::Failed(errors.join("; ")));
         }
-        Ok(counts.readings(elapsed))
+        let mut out = counts.readings(elapsed);
+        out.extend(totals);
+        Ok(out)
     }
 }

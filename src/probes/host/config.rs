@@ -28,8 +28,13 @@ pub struct HostConfig {
     pub timeout: Option<Duration>,
     /// Mount points to watch; empty means every real filesystem.
     pub disks: Vec<String>,
-    /// Interfaces to watch; empty means every interface but loopback.
+    /// Interfaces to watch; empty means every interface but those
+    /// `ignore_interfaces` matches.
     pub interfaces: Vec<String>,
+    /// Name patterns (`*` matches any run of characters) of interfaces left
+    /// out when `interfaces` is empty: loopback and the virtual interfaces
+    /// of containers, bridges and VMs, as node_exporter leaves them out.
+    pub ignore_interfaces: Vec<String>,
     pub cpu: Levels,
     pub memory: Levels,
     pub disk: Levels,
@@ -43,6 +48,9 @@ impl Default for HostConfig {
             timeout: None,
             disks: Vec::new(),
             interfaces: Vec::new(),
+            ignore_interfaces: ["lo", "veth*", "docker*", "br-*", "ifb*", "virbr*"]
+                .map(String::from)
+                .to_vec(),
             cpu: Levels {
                 degraded: 0.85,
                 unhealthy: 0.95,

@@ -28,6 +28,17 @@ const PSEUDO_FS: &str = "autofs binfmt_misc bpf cgroup cgroup2 configfs debugfs 
     efivarfs fusectl hugetlbfs mqueue nsfs proc pstore ramfs rootfs rpc_pipefs securityfs \
     selinuxfs squashfs sysfs tmpfs tracefs";
 
+/// The running totals of `NET_RATES`' counters, in the same order, exported
+/// as counters.
+const NET_TOTALS: [&str; 6] = [
+    "net_rx_bytes_total",
+    "net_tx_bytes_total",
+    "net_rx_packets_total",
+    "net_tx_packets_total",
+    "net_rx_errors_total",
+    "net_tx_errors_total",
+];
+
 /// Network counters kept between ticks, in this order, and the rate each becomes.
 const NET_RATES: [(&str, Unit); 6] = [
     ("net_rx_bytes_per_second", Unit::BytesPerSecond),
@@ -45,8 +56,41 @@ struct Selection {
     /// that is not mounted, or that sysinfo does not list (tmpfs, and
     /// nfs/cifs/autofs, whose statvfs may hang), is simply not reported.
     disks: Vec<String>,
-    /// Interface names; empty = every interface but `lo`.
+    /// Interface names; empty = every interface `ignore` does not match.
     interfaces: Vec<String>,
+    /// Patterns of interfaces left out when `interfaces` is empty.
+    ignore: Vec<String>,
+}
+
+impl Selection {
+    fn watches_interface(&self, name: &str) -> bool {
+        if self.interfaces.is_empty() {
+            !self.ignore.iter().any(|p| wildcard_match(p, name))
+        } else {
+            self.interfaces.iter().any(|i| i == name)
+        }
+    }
+}
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of
+/// characters (possibly none) and every other character for itself.
+fn wildcard_match(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 pub struct HostProbe {
@@ -63,6 +107,7 @@ impl HostProbe {
             selection: Arc::new(Selection {
                 disks: config.disks.clone(),
                 interfaces: config.interfaces.clone(),
+                ignore: config.ignore_interfaces.clone(),
             }),
             state: None,
             in_flight: Arc::new(AtomicUsize::new(0)),
@@ -145,7 +190,7 @@ impl State {
         if with_disks {
             self.filesystems(&selection.disks, &mut out);
         }
-        self.network(&selection.interfaces, &mut out);
+        self.network(selection, &mut out);
         // A value that cannot be measured is a gap, never a NaN.
         out.retain(|r| r.value.is_finite());
         out
@@ -215,7 +260,7 @@ impl State {
         }
     }
 
-    fn network(&mut self, wanted: &[String], out: &mut Vec<Reading>) {
+    fn network(&mut self, selection: &Selection, out: &mut Vec<Reading>) {
         // Re-reads the interface list and each one's counters in /sys.
         self.networks.refresh(true);
         let now = Instant::now();
@@ -225,12 +270,7 @@ impl State {
             .map(|at| now.duration_since(at).as_secs_f64());
         let mut current = HashMap::new();
         for (name, data) in self.networks.list() {
-            let selected = if wanted.is_empty() {
-                name != "lo"
-            } else {
-                wanted.contains(name)
-            };
-            if !selected {
+            if !selection.watches_interface(name) {
                 continue;
             }
             let counters = [
@@ -241,6 +281,9 @@ impl State {
                 data.total_errors_on_received(),
                 data.total_errors_on_transmitted(),
             ];
+            for (metric, v) in NET_TOTALS.iter().zip(counters) {
+                out.push(Reading::new(metric, v as f64, Unit::Total).with_label("interface", name));
+            }
             if let (Some(secs), Some(prev)) = (secs, self.net_prev.get(name)) {
                 for (i, (metric, unit)) in NET_RATES.iter().enumerate() {
                     if let Some(v) = rate(prev[i], counters[i], secs) {
@@ -455,8 +498,10 @@ mod tests {
     #[tokio::test]
     async fn two_ticks_measure_this_host() {
         let (first, second) = two_ticks(HostConfig::default()).await;
-        // Not measured yet is a gap, not a zero.
-        assert!(named(&first, "cpu_").is_empty() && named(&first, "net_").is_empty());
+        // Not measured yet is a gap, not a zero: no CPU share and no network
+        // rate before a second tick (the counters' totals are there at once).
+        assert!(named(&first, "cpu_").is_empty());
+        assert!(named(&first, "net_").iter().all(|r| r.unit == Unit::Total));
         for rs in [&first, &second] {
             assert!(rs.iter().all(|r| r.value.is_finite()), "{rs:?}");
             assert!(one(rs, "memory_total_bytes") > 0.0);
@@ -491,11 +536,46 @@ mod tests {
             !disk.is_empty() && disk.iter().all(|r| r.labels == root),
             "{disk:?}"
         );
-        // Loopback is watched when asked for by name.
+        // Loopback is watched when asked for by name: its rates and its
+        // running totals.
         let net = named(&second, "net_");
         let lo = [("interface".to_string(), "lo".to_string())];
-        assert_eq!(net.len(), NET_RATES.len(), "{net:?}");
+        assert_eq!(net.len(), NET_RATES.len() + NET_TOTALS.len(), "{net:?}");
         assert!(net.iter().all(|r| r.labels == lo && r.value >= 0.0));
+        let totals = net.iter().filter(|r| r.unit == Unit::Total).count();
+        assert_eq!(totals, NET_TOTALS.len(), "{net:?}");
+    }
+
+    #[test]
+    fn virtual_interfaces_are_left_out_by_default() {
+        let d = HostConfig::default();
+        let s = Selection {
+            disks: Vec::new(),
+            interfaces: Vec::new(),
+            ignore: d.ignore_interfaces,
+        };
+        for name in ["lo", "veth1a2b", "docker0", "br-5f3a", "ifb0", "virbr0"] {
+            assert!(!s.watches_interface(name), "{name}");
+        }
+        for name in ["eth0", "ens3", "wlp2s0", "bond0", "lob", "xbr-1"] {
+            assert!(s.watches_interface(name), "{name}");
+        }
+        let named = Selection {
+            interfaces: vec!["docker0".into()],
+            ..s
+        };
+        assert!(named.watches_interface("docker0") && !named.watches_interface("eth0"));
+        for (p, n, want) in [
+            ("*", "", true),
+            ("a*c", "abc", true),
+            ("a*c", "ac", true),
+            ("a*c", "acb", false),
+            ("*b*", "abc", true),
+            ("ab*ba", "aba", false),
+            ("lo", "lo0", false),
+        ] {
+            assert_eq!(wildcard_match(p, n), want, "{p} {n}");
+        }
     }
 
     #[tokio::test]

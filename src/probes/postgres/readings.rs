@@ -36,12 +36,16 @@ pub(super) fn seconds(metric: &str, s: f64) -> Reading {
     Reading::new(metric, s, Unit::Seconds)
 }
 
-/// Commit and rollback rates and the cache hit ratio from two ticks'
+/// Commit and rollback totals and rates and the cache hit ratio from two ticks'
 /// counters. No rates on the first tick or across a stats reset; the hit
 /// ratio is then the cumulative one. With no block read between ticks there
 /// is no ratio to give.
 pub(super) fn counter_readings(prev: Option<&Counters>, cur: &Counters) -> Vec<Reading> {
-    let mut out = Vec::new();
+    // The running totals themselves, for Prometheus' rate().
+    let mut out = vec![
+        Reading::new("commits_total", cur.commits as f64, Unit::Total),
+        Reading::new("rollbacks_total", cur.rollbacks as f64, Unit::Total),
+    ];
     let prev = prev.filter(|p| {
         p.reset == cur.reset
             && cur.commits >= p.commits
@@ -166,6 +170,9 @@ mod tests {
         let rs = counter_readings(Some(&first), &second);
         assert_eq!(value(&rs, "commits_per_second"), Some(20.0));
         assert_eq!(value(&rs, "rollbacks_per_second"), Some(1.0));
+        // The totals as they are, for a Prometheus counter.
+        assert_eq!(value(&rs, "commits_total"), Some(140.0));
+        assert_eq!(value(&rs, "rollbacks_total"), Some(12.0));
         assert_eq!(value(&rs, "cache_hit_ratio"), Some(199.0 / 200.0));
 
         // pg_stat_reset(): counters fell, or stats_reset moved.

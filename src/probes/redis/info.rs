@@ -113,6 +113,17 @@ pub(super) fn info_readings(
         out.push(Reading::new("keys", keys as f64, Unit::Count).with_label("db", &n.to_string()));
     }
     let Some(cur) = cur else { return out };
+    // The running totals themselves, for Prometheus' rate().
+    out.push(Reading::new(
+        "evicted_keys_total",
+        cur.evicted as f64,
+        Unit::Total,
+    ));
+    out.push(Reading::new(
+        "expired_keys_total",
+        cur.expired as f64,
+        Unit::Total,
+    ));
     let prev = prev.filter(|p| {
         p.run_id == cur.run_id
             && cur.evicted >= p.evicted
@@ -201,6 +212,8 @@ mod tests {
         let second = Counters::of(&later, t0 + Duration::from_secs(2));
         let rs = info_readings(&later, 0, first.as_ref(), second.as_ref());
         assert_eq!(value(&rs, "evicted_keys_per_second"), Some(3.0));
+        assert_eq!(value(&rs, "evicted_keys_total"), Some(8.0));
+        assert_eq!(value(&rs, "expired_keys_total"), Some(10.0));
         assert_eq!(value(&rs, "expired_keys_per_second"), Some(0.0));
         assert_eq!(value(&rs, "hit_ratio"), Some(1.0));
 

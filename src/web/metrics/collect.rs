@@ -6,11 +6,12 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use super::names::{exported_name, label_name};
-use super::{Families, Family, Info, Labels, Type};
+use super::help::{fallback_help, probe_help};
+use super::names::{counter_name, exported_name, label_name};
+use super::{Families, Family, Histogram, Info, Labels, Type};
 use crate::live::Live;
 use crate::probes::runner::RunnerStats;
-use crate::sample::Status;
+use crate::sample::{SeriesKey, Status, Unit};
 
 impl Families {
     /// Adds one sample; the first of a label set wins, and the type and help
@@ -29,9 +30,28 @@ impl Families {
                 help: help(),
                 kind,
                 samples: BTreeMap::new(),
+                histograms: BTreeMap::new(),
             }),
         };
         family.samples.entry(labels).or_insert(v);
+    }
+
+    /// The histogram series of family `name` with `labels` (without `le`),
+    /// made a histogram family when it is new.
+    fn histogram(
+        &mut self,
+        name: &str,
+        help: impl FnOnce() -> String,
+        labels: Labels,
+    ) -> Option<&mut Histogram> {
+        let family = self.0.entry(name.to_string()).or_insert_with(|| Family {
+            help: help(),
+            kind: Type::Histogram,
+            samples: BTreeMap::new(),
+            histograms: BTreeMap::new(),
+        });
+        // A gauge or counter of the same name came first: it stays.
+        (family.kind == Type::Histogram).then(|| family.histograms.entry(labels).or_default())
     }
 
     fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], v: f64) {
@@ -170,31 +190,113 @@ fn probe_families(f: &mut Families, live: &Live) {
             );
         }
         for (key, value) in live.latest_of(&meta.name) {
-            let (name, scale) = exported_name(meta.kind, &key.metric);
-            let mut labels: Labels = Vec::with_capacity(key.labels.len() + 1);
-            labels.push(("probe".to_string(), meta.name.clone()));
-            for (k, v) in &key.labels {
-                let k = label_name(k);
-                // Two names that sanitize alike would make a sample that
-                // does not parse; the first (in name order) stays.
-                if !labels.iter().any(|(n, _)| *n == k) {
-                    labels.push((k, v.clone()));
-                }
+            let unit = live
+                .rings
+                .get(&key.to_string())
+                .map_or(Unit::None, |r| r.unit);
+            if unit == Unit::Total {
+                total_sample(f, meta.kind, key, value);
+                continue;
             }
-            labels[1..].sort();
-            let help = || {
-                let mut h = format!(
-                    "Reading {} of {} probes at their last tick",
-                    key.metric, meta.kind
-                );
-                if scale != 1.0 {
-                    h.push_str(", in seconds");
-                }
-                h.push('.');
-                h
+            let (name, scale) = exported_name(meta.kind, &key.metric);
+            let labels = series_labels(&meta.name, key, None);
+            let help = || match probe_help(meta.kind, &key.metric) {
+                Some(h) => h.to_string(),
+                None => fallback_help(
+                    meta.kind,
+                    &key.metric,
+                    if scale != 1.0 {
+                        "seconds"
+                    } else {
+                        unit.as_str()
+                    },
+                ),
             };
             f.add(&name, Type::Gauge, help, labels, value * scale);
         }
+    }
+}
+
+impl Families {
+    /// `upkeep_forecast_seconds_until{series}` of each confident forecast.
+    pub fn forecasts(&mut self, etas: &[(String, f64)]) {
+        for (series, eta) in etas {
+            self.gauge(
+                "upkeep_forecast_seconds_until",
+                "Time until the series (a host's used ratio) reaches 1 at its trend of the last day, in seconds; present only while the forecast is confident.",
+                &[("series", series)],
+                *eta,
+            );
+        }
+    }
+}
+
+/// `probe` first, then the series' own labels sanitized and sorted; `skip`
+/// is a label left out (a histogram's `le`).
+fn series_labels(probe: &str, key: &SeriesKey, skip: Option<&str>) -> Labels {
+    let mut labels: Labels = Vec::with_capacity(key.labels.len() + 1);
+    labels.push(("probe".to_string(), probe.to_string()));
+    for (k, v) in &key.labels {
+        if skip == Some(k.as_str()) {
+            continue;
+        }
+        let k = label_name(k);
+        // Two names that sanitize alike would make a sample that does not
+        // parse; the first (in name order) stays.
+        if !labels.iter().any(|(n, _)| *n == k) {
+            labels.push((k, v.clone()));
+        }
+    }
+    labels[1..].sort();
+    labels
+}
+
+/// A running total (`Unit::Total`): a counter, or a part of a histogram
+/// when named `X_bucket` (with `le`), `X_sum` or `X_count`.
+fn total_sample(f: &mut Families, kind: &str, key: &SeriesKey, value: f64) {
+    let part = ["_bucket", "_sum", "_count"]
+        .into_iter()
+        .find_map(|suffix| Some((key.metric.strip_suffix(suffix)?, suffix)));
+    let le = key.label("le");
+    let histogram = match part {
+        Some((base, "_bucket")) if le.is_some() => Some((base, "_bucket")),
+        Some((base, suffix)) if suffix != "_bucket" => Some((base, suffix)),
+        _ => None,
+    };
+    let Some((base, suffix)) = histogram else {
+        let name = counter_name(kind, &key.metric);
+        let help = || {
+            probe_help(kind, &key.metric).map_or_else(
+                || fallback_help(kind, &key.metric, "a running total"),
+                str::to_string,
+            )
+        };
+        let labels = series_labels(&key.probe, key, None);
+        f.add(&name, Type::Counter, help, labels, value);
+        return;
+    };
+    let (name, _) = exported_name(kind, base);
+    let help = || {
+        probe_help(kind, base)
+            .map_or_else(|| fallback_help(kind, base, "a histogram"), str::to_string)
+    };
+    let labels = series_labels(&key.probe, key, Some("le"));
+    let Some(h) = f.histogram(&name, help, labels) else {
+        return;
+    };
+    match (suffix, le) {
+        ("_bucket", Some(le)) => {
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::NAN)
+            };
+            if !bound.is_nan() {
+                h.buckets.push((bound, le.to_string(), value));
+            }
+        }
+        ("_sum", _) => h.sum = Some(value),
+        _ => h.count = Some(value),
     }
 }
 

@@ -2,7 +2,7 @@
 //! number formats, one HELP and TYPE line per family. Called by
 //! [`super::render`] and the `/metrics` route.
 
-use super::{Families, Type};
+use super::{Families, Histogram, Type};
 
 /// Writes a label value with `\`, `"` and newline escaped.
 fn push_label_value(out: &mut String, v: &str) {
@@ -43,11 +43,57 @@ pub fn push_value(out: &mut String, v: f64) {
     }
 }
 
+/// Writes `name{labels}` (labels may be empty) and, when given, one more
+/// label last.
+fn push_series(
+    out: &mut String,
+    name: &str,
+    labels: &[(String, String)],
+    extra: Option<(&str, &str)>,
+) {
+    out.push_str(name);
+    if labels.is_empty() && extra.is_none() {
+        return;
+    }
+    out.push('{');
+    let all = labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain(extra);
+    for (i, (k, v)) in all.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        push_label_value(out, v);
+        out.push('"');
+    }
+    out.push('}');
+}
+
+fn push_sample(out: &mut String, v: f64) {
+    out.push(' ');
+    push_value(out, v);
+    out.push('\n');
+}
+
+/// Whether a histogram series can be written whole: a `+Inf` bucket, a sum
+/// and a count (a series missing one would not parse as a histogram).
+fn complete(h: &Histogram) -> bool {
+    h.sum.is_some() && h.count.is_some() && h.buckets.iter().any(|b| b.0 == f64::INFINITY)
+}
+
 /// The exposition text of `families`, sorted by family name.
 pub fn encode(families: &Families) -> String {
     let mut out = String::with_capacity(16 * 1024);
     for (name, family) in &families.0 {
-        if family.samples.is_empty() {
+        let histograms: Vec<_> = family
+            .histograms
+            .iter()
+            .filter(|(_, h)| complete(h))
+            .collect();
+        if family.samples.is_empty() && histograms.is_empty() {
             continue;
         }
         out.push_str("# HELP ");
@@ -59,25 +105,24 @@ pub fn encode(families: &Families) -> String {
         out.push_str(match family.kind {
             Type::Gauge => " gauge\n",
             Type::Counter => " counter\n",
+            Type::Histogram => " histogram\n",
         });
         for (labels, v) in &family.samples {
-            out.push_str(name);
-            if !labels.is_empty() {
-                out.push('{');
-                for (i, (k, v)) in labels.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(k);
-                    out.push_str("=\"");
-                    push_label_value(&mut out, v);
-                    out.push('"');
-                }
-                out.push('}');
+            push_series(&mut out, name, labels, None);
+            push_sample(&mut out, *v);
+        }
+        for (labels, h) in histograms {
+            let mut buckets: Vec<&(f64, String, f64)> = h.buckets.iter().collect();
+            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let bucket = format!("{name}_bucket");
+            for (_, le, v) in buckets {
+                push_series(&mut out, &bucket, labels, Some(("le", le)));
+                push_sample(&mut out, *v);
             }
-            out.push(' ');
-            push_value(&mut out, *v);
-            out.push('\n');
+            push_series(&mut out, &format!("{name}_sum"), labels, None);
+            push_sample(&mut out, h.sum.unwrap_or(0.0));
+            push_series(&mut out, &format!("{name}_count"), labels, None);
+            push_sample(&mut out, h.count.unwrap_or(0.0));
         }
     }
     out

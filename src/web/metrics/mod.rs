@@ -6,9 +6,16 @@
 //!
 //! - `collect.rs`: the families of the live state and the runners' counters;
 //! - `names.rs`: probe metrics and labels renamed to Prometheus conventions;
+//! - `help.rs`: what each probe metric is, for its HELP line;
+//! - `forecast.rs`: `upkeep_forecast_seconds_until{series}`, confident
+//!   forecasts from history, computed at most once a minute;
 //! - `encode.rs`: the text encoding, escapes and number formats.
 //!
-//! Every family is a gauge unless its name ends in `_total` (a counter):
+//! Every family is a gauge unless its name ends in `_total` (a counter) or
+//! it is a histogram: a probe's running totals (readings of unit `Total`)
+//! are counters named `upkeep_<kind>_<metric>` ending in `_total`, and
+//! totals named `X_bucket{le}`, `X_sum` and `X_count` one histogram
+//! `upkeep_<kind>_X` (the access log's request times):
 //!
 //! - `upkeep_<kind>_<metric>{probe, <the series' labels>}`: every reading of
 //!   a probe's last tick (a series that tick did not report is left out,
@@ -30,6 +37,8 @@
 
 mod collect;
 mod encode;
+pub mod forecast;
+mod help;
 mod names;
 
 use std::collections::BTreeMap;
@@ -46,7 +55,7 @@ use crate::probes::runner::RunnerStats;
 
 pub use collect::collect;
 pub use encode::{encode, push_value};
-pub use names::{exported_name, label_name};
+pub use names::{counter_name, exported_name, label_name};
 
 /// The content type of text format 0.0.4.
 pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -58,6 +67,8 @@ type Labels = Vec<(String, String)>;
 enum Type {
     Gauge,
     Counter,
+    /// Written as `_bucket`, `_sum` and `_count` lines from `Family::histograms`.
+    Histogram,
 }
 
 #[derive(Debug)]
@@ -66,6 +77,19 @@ struct Family {
     kind: Type,
     /// Keyed by label set: no duplicate series, stable order.
     samples: BTreeMap<Labels, f64>,
+    /// A histogram's series, keyed by their labels without `le`.
+    histograms: BTreeMap<Labels, Histogram>,
+}
+
+/// One histogram series: cumulative bucket counts by upper bound, sum and
+/// count.
+#[derive(Debug, Default)]
+struct Histogram {
+    /// (bound, the bound as the probe wrote it, cumulative count); `+Inf`
+    /// included.
+    buckets: Vec<(f64, String, f64)>,
+    sum: Option<f64>,
+    count: Option<f64>,
 }
 
 /// Metric families by name, ready to encode; owns its strings so that the
@@ -80,22 +104,57 @@ pub fn render(live: &Live, stats: &RunnerStats, info: &Info) -> String {
 
 /// `GET /metrics` (and `HEAD`, whose body the server leaves out). The live
 /// lock is held while the families are copied out, not while they are
-/// encoded.
+/// encoded; forecasts come from history on the blocking pool, at most once
+/// a minute, and are left out (never fail the scrape) when history does not
+/// answer in time.
 pub fn routes(state: State) -> BoxedFilter<(Response,)> {
     warp::path!("metrics")
         .and(super::get())
         .and(super::params(&[]))
-        .map(move |_| {
-            let families = {
-                let live = state.live.read().expect("live lock");
-                collect(&live, &state.stats, &state.info)
-            };
-            let mut r = encode(&families).into_response();
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
-            r
+        .then(move |_| {
+            let state = state.clone();
+            async move {
+                let (mut families, keys) = {
+                    let live = state.live.read().expect("live lock");
+                    (
+                        collect(&live, &state.stats, &state.info),
+                        forecast::keys(&live),
+                    )
+                };
+                families.forecasts(&forecasts(&state, keys).await);
+                let mut r = encode(&families).into_response();
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
+                r
+            }
         })
         .boxed()
+}
+
+/// The confident forecasts, from the cache or computed now.
+async fn forecasts(state: &State, keys: Vec<String>) -> Vec<(String, f64)> {
+    if let Some(v) = state.forecast_cache.lock().expect("cache lock").fresh() {
+        return v;
+    }
+    let dir = state.info.data_dir.clone();
+    let computed = super::blocking(move || {
+        let Ok(reader) = crate::store::Reader::open(&dir) else {
+            return Ok(Vec::new());
+        };
+        Ok(forecast::compute(&reader, &keys, crate::sample::now_ms()))
+    })
+    .await;
+    match computed {
+        Ok(v) => {
+            state
+                .forecast_cache
+                .lock()
+                .expect("cache lock")
+                .put(v.clone());
+            v
+        }
+        Err(_) => Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -234,6 +293,56 @@ mod tests {
             )
         );
         assert!(text.contains("upkeep_probe_interval_seconds{probe=\"svc\",kind=\"tcp\"} 5\n"));
+    }
+
+    #[test]
+    fn running_totals_are_counters_and_buckets_a_histogram() {
+        let mut live = live_with("web", "access_log", 1000, Status::Healthy);
+        let push = |live: &mut Live, metric: &str, labels: &[(&str, &str)], v: f64| {
+            live.push(&SeriesKey::new("web", metric, labels), Unit::Total, 1000, v);
+        };
+        push(&mut live, "requests_total", &[("class", "2xx")], 7.0);
+        push(
+            &mut live,
+            "request_duration_seconds_bucket",
+            &[("le", "+Inf")],
+            5.0,
+        );
+        push(
+            &mut live,
+            "request_duration_seconds_bucket",
+            &[("le", "0.5")],
+            4.0,
+        );
+        push(
+            &mut live,
+            "request_duration_seconds_bucket",
+            &[("le", "0.05")],
+            1.0,
+        );
+        push(&mut live, "request_duration_seconds_sum", &[], 1.25);
+        push(&mut live, "request_duration_seconds_count", &[], 5.0);
+        let text = render(&live, &RunnerStats::default(), &info());
+        assert!(
+            text.contains(
+                "# HELP upkeep_access_log_requests_total Requests logged since the agent started, by status class.\n\
+                 # TYPE upkeep_access_log_requests_total counter\n\
+                 upkeep_access_log_requests_total{probe=\"web\",class=\"2xx\"} 7\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "# TYPE upkeep_access_log_request_duration_seconds histogram\n\
+                 upkeep_access_log_request_duration_seconds_bucket{probe=\"web\",le=\"0.05\"} 1\n\
+                 upkeep_access_log_request_duration_seconds_bucket{probe=\"web\",le=\"0.5\"} 4\n\
+                 upkeep_access_log_request_duration_seconds_bucket{probe=\"web\",le=\"+Inf\"} 5\n\
+                 upkeep_access_log_request_duration_seconds_sum{probe=\"web\"} 1.25\n\
+                 upkeep_access_log_request_duration_seconds_count{probe=\"web\"} 5\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("Reading "), "{text}");
     }
 
     #[test]

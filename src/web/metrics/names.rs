@@ -57,6 +57,21 @@ pub fn exported_name(kind: &str, metric: &str) -> (String, f64) {
     (name, scale)
 }
 
+/// The family name of a probe's running total (`Unit::Total`): the
+/// reading's own name, sanitized, ending in `_total` as counters do. Not
+/// renamed by unit, since a total counts things, not time.
+pub fn counter_name(kind: &str, metric: &str) -> String {
+    let mut name = String::with_capacity(kind.len() + metric.len() + 16);
+    name.push_str("upkeep_");
+    sanitize(kind, &mut name);
+    name.push('_');
+    sanitize(metric, &mut name);
+    if !name.ends_with("_total") {
+        name.push_str("_total");
+    }
+    name
+}
+
 /// A label name of a series: sanitized, never `probe` (the exporter's own
 /// label) nor `__…` (reserved), never starting with a digit.
 pub fn label_name(name: &str) -> String {
@@ -98,5 +113,10 @@ mod tests {
             ("upkeep_host_net_rx_bytes_per_second".to_string(), 1.0)
         );
         assert_eq!(label_name(""), "_");
+        assert_eq!(
+            counter_name("host", "net_rx_bytes_total"),
+            "upkeep_host_net_rx_bytes_total"
+        );
+        assert_eq!(counter_name("x", "Hits"), "upkeep_x_hits_total");
     }
 }

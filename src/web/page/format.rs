@@ -58,7 +58,7 @@ pub(super) fn value(v: f64, unit: Unit) -> String {
         Unit::BytesPerSecond => format!("{}/s", bytes(v)),
         Unit::PerSecond => format!("{v:.1}/s"),
         Unit::Seconds => seconds(v),
-        Unit::Count => format!("{v:.0}"),
+        Unit::Count | Unit::Total => format!("{v:.0}"),
         Unit::None => format!("{v:.2}"),
     }
 }
