@@ -224,6 +224,7 @@ task_kinds! {
     kinds {
         PostgresRetention = "postgres_retention" => super::postgres_retention::RetentionConfig,
         PostgresAnalyze = "postgres_analyze" => super::postgres_analyze::AnalyzeConfig,
+        FileCleanup = "file_cleanup" => super::file_cleanup::FileCleanupConfig,
     }
     test_only {
         Scratch = "scratch" => super::scratch::ScratchConfig,
