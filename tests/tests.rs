@@ -6,6 +6,7 @@ mod util;
 mod cli;
 mod lifecycle;
 mod maint_files;
+mod maint_logs;
 mod maint_postgres;
 mod maint_runner;
 mod probe_access_log;

@@ -225,6 +225,7 @@ task_kinds! {
         PostgresRetention = "postgres_retention" => super::postgres_retention::RetentionConfig,
         PostgresAnalyze = "postgres_analyze" => super::postgres_analyze::AnalyzeConfig,
         FileCleanup = "file_cleanup" => super::file_cleanup::FileCleanupConfig,
+        LogRotate = "log_rotate" => super::log_rotate::LogRotateConfig,
     }
     test_only {
         Scratch = "scratch" => super::scratch::ScratchConfig,

@@ -19,6 +19,7 @@ pub mod file_cleanup;
 pub mod files;
 pub mod ledger;
 pub mod lock;
+pub mod log_rotate;
 pub mod postgres_analyze;
 pub mod postgres_retention;
 pub mod prune;
