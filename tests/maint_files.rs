@@ -382,3 +382,56 @@ async fn keep_newest_match_exclude_and_min_size_select_the_files() {
     .collect();
     assert_eq!(left, ["a.tmp", "tiny.tmp", "keep.log", "cache/x.tmp"]);
 }
+
+#[test]
+fn disk_pressure_starts_both_file_kinds_by_themselves_on_a_full_tmpfs() {
+    let base = temp_dir();
+    let data = temp_dir();
+    let fs = base.path().join("small");
+    std::fs::create_dir_all(&fs).unwrap();
+    let _m = Mount::run(&["-t", "tmpfs", "-o", "size=4m", "tmpfs"], &fs);
+    std::fs::create_dir_all(fs.join("tmp")).unwrap();
+    std::fs::create_dir_all(fs.join("logs")).unwrap();
+    for i in 0..4 {
+        old_file(
+            &fs.join(format!("tmp/blob-{i}")),
+            &"b".repeat(512 * 1024),
+            30 * DAY,
+        );
+    }
+    std::fs::write(fs.join("logs/app.log"), "l".repeat(1024 * 1024)).unwrap();
+    let port = crate::util::free_port();
+    // No schedule and no window: only the pressure can start them.
+    let cfg = crate::util::write_file(
+        base.path(),
+        "agent.toml",
+        &format!(
+            "[agent]\ninterval = \"1s\"\n\n[api]\nlisten = \"127.0.0.1:{port}\"\n\n\
+             [maintenance.tmp]\nkind = \"file_cleanup\"\npaths = [\"{0}/tmp\"]\nolder_than = \"7d\"\ndisk_pressure = 0.5\n\n\
+             [maintenance.logs]\nkind = \"log_rotate\"\npaths = [\"{0}/logs/*.log\"]\nmethod = \"copytruncate\"\nsize = 4096\ndisk_pressure = 0.5\n",
+            fs.display()
+        ),
+    );
+    let (_, used_before) = upkeep::maintenance::files::fs_usage(&fs).unwrap();
+    assert!(used_before > 0.5, "filled past the ratio: {used_before}");
+    let _agent = crate::util::Agent::start(Some(&cfg), data.path(), port);
+    crate::util::wait_for("the cleanup and the rotation to run by themselves", || {
+        !fs.join("tmp/blob-0").exists() && fs.join("logs/app.log.1.gz").exists()
+    });
+    let sql = crate::util::history_sql(data.path());
+    let triggers: Vec<(String, String, String)> = sql
+        .prepare("SELECT task, trigger, status FROM maintenance_runs ORDER BY task")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let want = |t: &str| {
+        triggers
+            .iter()
+            .any(|(task, trig, st)| task == t && trig == "disk_pressure" && st != "failed")
+    };
+    assert!(want("tmp") && want("logs"), "{triggers:?}");
+    let (_, used_after) = upkeep::maintenance::files::fs_usage(&fs).unwrap();
+    assert!(used_after < 0.5, "pressure relieved: {used_after}");
+}

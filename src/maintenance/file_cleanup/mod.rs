@@ -217,6 +217,9 @@ impl TaskKind for FileCleanupConfig {
     fn batch_size(&self) -> u64 {
         self.batch_size
     }
+    fn disk_pressure(&self) -> Option<(f64, Vec<PathBuf>)> {
+        Some((self.disk_pressure?, self.roots()))
+    }
 }
 
 /// The task; its run's state lives behind a lock so each step can run on

@@ -212,6 +212,9 @@ impl TaskKind for LogRotateConfig {
     fn validate(&self, _probes: &Probes) -> Vec<(&'static str, String)> {
         self.check()
     }
+    fn disk_pressure(&self) -> Option<(f64, Vec<PathBuf>)> {
+        Some((self.disk_pressure?, self.dirs()))
+    }
     fn build(&self, _name: &str, _probes: &Probes) -> Option<AnyTask> {
         Some(Box::new(LogRotateTask {
             inner: Arc::new(Mutex::new(Run {
