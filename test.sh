@@ -23,6 +23,13 @@ if ! command -v python3 >/dev/null || ! command -v flock >/dev/null; then
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends python3 util-linux
 fi
 
+# benches/log-rotate-loss.sh compares against logrotate.
+if ! command -v logrotate >/dev/null; then
+    echo "== installing logrotate (Debian) for benches/log-rotate-loss.sh"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends logrotate
+fi
+
 if ! command -v chromium >/dev/null; then
     echo "== installing chromium (Debian) for the status page tests"
     as_root apt-get update -qq
