@@ -217,25 +217,41 @@ impl OpenFiles {
 
 /// The processes that hold (dev, inode) open now.
 pub fn holders(dev: u64, ino: u64) -> Vec<i32> {
+    holders_seen(dev, ino).0
+}
+
+/// The processes that hold (dev, inode) open now, and how many processes'
+/// descriptors could not be read (another user's, without
+/// CAP_SYS_PTRACE): those might hold it unseen.
+pub fn holders_seen(dev: u64, ino: u64) -> (Vec<i32>, usize) {
     let mut out = Vec::new();
-    for_each_open(|pid, d, i| {
+    let unreadable = for_each_open(|pid, d, i| {
         if (d, i) == (dev, ino) && !out.contains(&pid) {
             out.push(pid);
         }
     });
-    out
+    (out, unreadable)
 }
 
-fn for_each_open(mut f: impl FnMut(i32, u64, u64)) {
+/// Calls `f` for every open file of every process; returns how many
+/// processes' descriptor lists could not be read.
+fn for_each_open(mut f: impl FnMut(i32, u64, u64)) -> usize {
+    let mut unreadable = 0;
     let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
+        return 0;
     };
     for p in procs.flatten() {
         let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
-            continue;
+        let fds = match std::fs::read_dir(p.path().join("fd")) {
+            Ok(fds) => fds,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                unreadable += 1;
+                continue;
+            }
+            // Gone since the listing.
+            Err(_) => continue,
         };
         for fd in fds.flatten() {
             // stat follows the magic link to the open file itself, so a
@@ -245,6 +261,7 @@ fn for_each_open(mut f: impl FnMut(i32, u64, u64)) {
             }
         }
     }
+    unreadable
 }
 
 /// Free bytes for an unprivileged writer, and the used ratio as the host

@@ -208,7 +208,10 @@ fn copy_into(src: BorrowedFd<'_>, dir: &OwnedFd, leaf: &OsStr, e: &Entry) -> Res
     .map_err(|err| FsError::new(&shown, "create copy", err))?;
     let mut from =
         File::from(rustix::io::dup(src).map_err(|err| FsError::new(&shown, "dup", err))?);
-    std::io::Seek::rewind(&mut from).map_err(|err| FsError::io(Path::new(""), "seek", &err))?;
+    std::io::Seek::rewind(&mut from).map_err(|err| FsError {
+        path: shown.clone(),
+        ..FsError::io(Path::new(""), "seek", &err)
+    })?;
     let mut to = File::from(dst);
     std::io::copy(&mut from, &mut to).map_err(|err| FsError {
         path: shown.clone(),

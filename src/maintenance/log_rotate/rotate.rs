@@ -23,7 +23,7 @@ use super::compress::{self, Compress, Compressed};
 use super::{LogRotateConfig, Method};
 use crate::maintenance::TaskError;
 use crate::maintenance::files::quarantine::{Entry, EntryKind, Quarantine};
-use crate::maintenance::files::{FsError, holders, open_dir, show};
+use crate::maintenance::files::{FsError, holders_seen, open_dir, show};
 
 /// A rotated generation found on disk.
 #[derive(Debug, Clone)]
@@ -122,6 +122,11 @@ pub struct Rotated {
     pub quarantined_bytes: u64,
     /// Why the file was left (smaller than one block for collapse).
     pub note: Option<String>,
+    /// reopen: processes whose open files could not be read (another
+    /// user's, without CAP_SYS_PTRACE); the renamed file was then taken
+    /// as let go once its size held still for a second.
+    #[serde(default)]
+    pub note_unseen: Option<usize>,
 }
 
 /// Rotates the file `path`.
@@ -276,9 +281,23 @@ fn reopen(
         .map_err(|e| FsError::at(&one_path, "stat", e))?;
     super::signal::tell_writer(c)?;
     let start = Instant::now();
+    // Size and when it last changed: the fallback when some processes'
+    // descriptors cannot be read.
+    let mut last = (st.st_size, Instant::now());
     loop {
-        let by = holders(st.st_dev, st.st_ino);
-        if by.is_empty() {
+        let (by, unseen) = holders_seen(st.st_dev, st.st_ino);
+        let size = rustix::fs::statat(dir, one, AtFlags::SYMLINK_NOFOLLOW)
+            .map(|s| s.st_size)
+            .unwrap_or(last.0);
+        if size != last.0 {
+            last = (size, Instant::now());
+        }
+        // Unseen processes might be the writer: only a size that held
+        // still for a second (after the writer was told) lets go then.
+        if by.is_empty() && (unseen == 0 || last.1.elapsed() >= Duration::from_secs(1)) {
+            if unseen > 0 {
+                out.note_unseen = Some(unseen);
+            }
             break;
         }
         if start.elapsed() > c.reopen_timeout {
