@@ -598,3 +598,33 @@ mod tests {
         assert!(err.contains("duplicate") || err.contains("paths"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod example {
+    /// Every field of both file kinds, with its default, is in
+    /// `agent.toml.example`.
+    #[test]
+    fn every_field_of_the_file_kinds_is_in_the_example() {
+        let text = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/agent.toml.example"));
+        // Every optional field set, so none is left out of the check.
+        let rotate: super::LogRotateConfig = toml::from_str(
+            "paths = [\"/a\"]\nmethod = \"reopen\"\nsize = 1\nage = \"1d\"\nmax_total = 1\npidfile = \"/p\"\nreopen_command = [\"x\"]\ndisk_pressure = 0.9\nschedule = \"* * * * *\"\nwindow = \"auto\"\ntimezone = \"UTC\"\nauto_series = \"a.b\"\nguard = []\ntimeout = \"1h\"\nkeep_backups = \"1d\"\nmax_backup_bytes = 1\n",
+        )
+        .unwrap();
+        let clean: crate::maintenance::file_cleanup::FileCleanupConfig = toml::from_str(
+            "paths = [\"/a\"]\nolder_than = \"7d\"\nmin_size = 1\ndisk_pressure = 0.9\n",
+        )
+        .unwrap();
+        for (name, v) in [
+            ("log_rotate", toml::Value::try_from(&rotate).unwrap()),
+            ("file_cleanup", toml::Value::try_from(&clean).unwrap()),
+        ] {
+            for key in v.as_table().unwrap().keys() {
+                assert!(
+                    text.contains(&format!("# {key} =")),
+                    "{name}: `{key}` is not in agent.toml.example"
+                );
+            }
+        }
+    }
+}
