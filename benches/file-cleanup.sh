@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 FILES=${FILES:-1000000}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-BIN=$TARGET_DIR/release/upkeep
+BIN=${BIN:-$TARGET_DIR/release/upkeep}
 [ -x "$BIN" ] || cargo build --release --quiet --bin upkeep
 
 work=$(mktemp -d "${DIR:-${TMPDIR:-/tmp}}/file-cleanup.XXXXXX")

@@ -17,7 +17,7 @@ RATE=${RATE:-20000}
 ROTATIONS=${ROTATIONS:-5}
 EVERY=${EVERY:-4}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-BIN=$TARGET_DIR/release/upkeep
+BIN=${BIN:-$TARGET_DIR/release/upkeep}
 HERE=benches/log-rotate
 command -v logrotate >/dev/null || { echo "logrotate is missing (test.sh installs it)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "python3 is missing" >&2; exit 1; }
@@ -64,8 +64,11 @@ for method in logrotate-copytruncate logrotate-create upkeep-copytruncate upkeep
     setup "$method" "$d"
     python3 "$HERE/writer.py" "$d/logs/app.log" "$total" "$RATE" "$d/app.pid" >"$d/rate" &
     wpid=$!
+    t0=$(date +%s.%N)
     for i in $(seq "$ROTATIONS"); do
-        sleep "$EVERY"
+        # At t0 + i * EVERY whatever the rotations took (none starts late
+        # into the writer's last interval).
+        sleep "$(echo "d = $t0 + $i * $EVERY - $(date +%s.%N); if (d > 0) d else 0" | bc -l)"
         rotate "$method" "$d"
     done
     wait "$wpid"
