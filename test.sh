@@ -16,6 +16,21 @@ as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
 
+# The file tasks' tests: a writer in Python, flock(1) and mount(8) from
+# util-linux (bind mounts and tmpfs need root).
+if ! command -v python3 >/dev/null || ! command -v flock >/dev/null; then
+    echo "== installing python3 and util-linux for the file task tests"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends python3 util-linux
+fi
+
+# benches/log-rotate-loss.sh compares against logrotate.
+if ! command -v logrotate >/dev/null; then
+    echo "== installing logrotate (Debian) for benches/log-rotate-loss.sh"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends logrotate
+fi
+
 if ! command -v chromium >/dev/null; then
     echo "== installing chromium (Debian) for the status page tests"
     as_root apt-get update -qq

@@ -30,9 +30,11 @@
 //!   - `ledger`: the seed's `MaintenanceResult` over `store::ledger`.
 //!   - `prune` (backups past their age or budget), `schedule` (cron, windows,
 //!     `auto`), `lock` (one run per task, across processes), `agent` (the
-//!     agent's schedulers), `view` (tasks and runs for the API and the page).
-//!   - the kinds: `postgres_retention/`, `postgres_analyze`; `scratch`
-//!     (tests only, needs no probe).
+//!     agent's schedulers and disk-pressure watchers), `view` (tasks and runs for the API and the page).
+//!   - the kinds: `postgres_retention/`, `postgres_analyze`, `file_cleanup/`,
+//!     `log_rotate/` (the last two need no probe and share `files/`: escaped
+//!     names, errno-naming errors, open files by /proc, the quarantine);
+//!     `scratch` (tests only, needs no probe).
 //! - `live`: in-memory state: probe health, rings of recent values.
 //! - `analysis`: pure functions: trend, forecast with confidence, uptime with coverage.
 //! - `cli`: the `upkeep` command line: clap definitions, one file per command

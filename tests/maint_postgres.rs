@@ -96,6 +96,7 @@ fn cx(name: &str, dir: &Path) -> Cx {
         name: name.to_string(),
         run_id: 7,
         backup_dir: dir.join("backups").join(name).join("7"),
+        quarantine_dir: dir.join("quarantine").join(name).join("7"),
     }
 }
 

@@ -40,6 +40,9 @@ pub struct Maintenance {
     prune_now: Arc<tokio::sync::Notify>,
 }
 
+/// Least time between two disk-pressure runs of one task.
+pub const DISK_PRESSURE_COOLDOWN: Duration = Duration::from_secs(300);
+
 /// How often backups are pruned when no run wakes the pruner sooner.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -76,9 +79,79 @@ impl Maintenance {
         let names: Vec<String> = self.runner().config.maintenance.keys().cloned().collect();
         for name in names {
             let me = self.clone();
-            let token = token.clone();
-            self.runs
-                .spawn(async move { me.schedule(name, token).await });
+            let t = token.clone();
+            let watched = self.runner().config.maintenance[&name]
+                .disk_pressure()
+                .is_some();
+            let n = name.clone();
+            self.runs.spawn(async move { me.schedule(n, t).await });
+            if watched {
+                let me = self.clone();
+                let t = token.clone();
+                self.runs
+                    .spawn(async move { me.watch_disk_pressure(name, t).await });
+            }
+        }
+    }
+
+    /// Runs task `name` outside its schedule and window whenever the
+    /// filesystem holding its paths is fuller than its `disk_pressure`
+    /// ratio, checked at the host probe's interval with the host probe's
+    /// figure (`used / (used + available)`, as `df`): statvfs of the
+    /// task's own directories, so a filesystem the host probe does not list
+    /// (tmpfs) is watched too. After a run it waits
+    /// [`DISK_PRESSURE_COOLDOWN`] before it may start another, so a run
+    /// that cannot free enough does not loop.
+    async fn watch_disk_pressure(self: Arc<Self>, name: String, token: CancellationToken) {
+        loop {
+            let runner = self.runner();
+            let Some(tc) = runner.config.maintenance.get(&name) else {
+                return;
+            };
+            let Some((ratio, dirs)) = tc.disk_pressure() else {
+                return;
+            };
+            let every = runner
+                .config
+                .host
+                .interval
+                .unwrap_or(runner.config.agent.interval);
+            let over = tokio::task::spawn_blocking(move || {
+                dirs.iter().find_map(|d| match super::files::fs_usage(d) {
+                    Ok((_, used)) if used > ratio => Some((d.clone(), used)),
+                    _ => None,
+                })
+            })
+            .await
+            .ok()
+            .flatten();
+            let wait = match over {
+                None => every,
+                Some((dir, used)) => {
+                    tracing::info!(task = %name, "disk pressure: {} is {:.1} % full, over {:.1} %: running now", dir.display(), used * 100.0, ratio * 100.0);
+                    let req = Request {
+                        task: name.clone(),
+                        trigger: Trigger::DiskPressure,
+                        dry_run: false,
+                        ignore_window: true,
+                    };
+                    let result = runner.run(req, None, None).await;
+                    self.prune_now.notify_one();
+                    match result {
+                        Ok(f) => {
+                            tracing::info!(task = %name, run_id = f.run_id, status = %f.status, "disk-pressure maintenance run ended")
+                        }
+                        Err(e) => {
+                            tracing::warn!(task = %name, "disk-pressure maintenance run not started: {e}")
+                        }
+                    }
+                    DISK_PRESSURE_COOLDOWN.max(every)
+                }
+            };
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
         }
     }
 

@@ -112,6 +112,13 @@ pub trait TaskKind {
     fn pause(&self) -> Duration {
         Duration::ZERO
     }
+    /// `disk_pressure`: the used ratio past which the task also runs
+    /// outside its schedule and window, and the directories whose
+    /// filesystems are watched. `None`: the kind has no such trigger, or
+    /// it is not set.
+    fn disk_pressure(&self) -> Option<(f64, Vec<std::path::PathBuf>)> {
+        None
+    }
 }
 
 /// The check of a kind that needs a probe of one kind: the message says
@@ -224,6 +231,8 @@ task_kinds! {
     kinds {
         PostgresRetention = "postgres_retention" => super::postgres_retention::RetentionConfig,
         PostgresAnalyze = "postgres_analyze" => super::postgres_analyze::AnalyzeConfig,
+        FileCleanup = "file_cleanup" => super::file_cleanup::FileCleanupConfig,
+        LogRotate = "log_rotate" => super::log_rotate::LogRotateConfig,
     }
     test_only {
         Scratch = "scratch" => super::scratch::ScratchConfig,
@@ -256,6 +265,11 @@ impl TaskConfig {
     /// Pause between batches the run starts with.
     pub fn pause(&self) -> Duration {
         self.facts().pause()
+    }
+
+    /// The `disk_pressure` trigger: ratio and watched directories.
+    pub fn disk_pressure(&self) -> Option<(f64, Vec<std::path::PathBuf>)> {
+        self.facts().disk_pressure()
     }
 
     pub fn timeout(&self) -> Duration {

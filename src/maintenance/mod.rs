@@ -15,8 +15,11 @@
 pub mod agent;
 pub mod backup_files;
 pub mod config;
+pub mod file_cleanup;
+pub mod files;
 pub mod ledger;
 pub mod lock;
+pub mod log_rotate;
 pub mod postgres_analyze;
 pub mod postgres_retention;
 pub mod prune;
@@ -78,6 +81,9 @@ pub struct Cx {
     /// Where this run keeps its backup: `data_dir/backups/NAME/RUN_ID`,
     /// created by the runner before `backup` is called.
     pub backup_dir: PathBuf,
+    /// Where files a run removes wait until its backup is pruned:
+    /// `data_dir/quarantine/NAME/RUN_ID` (made by the kinds that use it).
+    pub quarantine_dir: PathBuf,
 }
 
 /// What a run would change: the dry run. `rows` and `bytes` are the

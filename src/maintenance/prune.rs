@@ -13,7 +13,10 @@
 //! never a run whose ledger promises a backup that is gone. A task whose
 //! lock is held (a run or a rollback in progress) is left for the next
 //! pass. `plan` is pure; `prune` reads the disk and the ledger around it.
-//! The agent prunes at start, hourly, and after each run it makes.
+//! The agent prunes at start, hourly, and after each run it makes. A file
+//! task's quarantine (`DATA_DIR/quarantine/NAME/RUN_ID`) belongs to its
+//! run's backup: counted in its bytes and removed with it (first, so a
+//! crash between leaves a backup dir the next pass finds).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -289,8 +292,10 @@ pub fn prune(data_dir: &Path, section: &MaintenanceSection, now: Ts) -> Result<R
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(now, |d| d.as_millis() as Ts);
+        let quarantine = super::runner::quarantine_dir(data_dir, &task, run_id);
         held.push(Held {
-            bytes: size_of(&path),
+            // A file task's quarantine is part of its run's backup.
+            bytes: size_of(&path) + size_of(&quarantine),
             at_ms: row
                 .as_ref()
                 .map_or(mtime, |r| r.ended_ms.unwrap_or(r.started_ms)),
@@ -333,7 +338,12 @@ pub fn prune(data_dir: &Path, section: &MaintenanceSection, now: Ts) -> Result<R
                 &format!("backup removed ({}): {reason}", bytes(h.bytes as f64)),
             )?;
         }
-        match std::fs::remove_dir_all(&h.path) {
+        let quarantine = super::runner::quarantine_dir(data_dir, &h.task, h.run_id);
+        let gone = match std::fs::remove_dir_all(&quarantine) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => std::fs::remove_dir_all(&h.path),
+        };
+        match gone {
             Ok(()) => {
                 removed[i] = true;
                 tracing::info!(task = %h.task, run_id = h.run_id, "maintenance backup pruned: {reason}");

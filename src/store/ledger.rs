@@ -105,6 +105,9 @@ ledger_enum! {
         Schedule = "schedule",
         Cli = "cli",
         Api = "api",
+        /// The filesystem holding a file task's paths was fuller than its
+        /// `disk_pressure` ratio.
+        DiskPressure = "disk_pressure",
     }
 }
 

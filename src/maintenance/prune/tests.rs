@@ -359,3 +359,27 @@ async fn a_run_whose_backup_was_pruned_is_not_rolled_back() {
     let back = runner.rollback(second.run_id, Trigger::Cli).await.unwrap();
     assert_eq!(back.status, RunStatus::RolledBack);
 }
+
+#[test]
+fn a_run_s_quarantine_counts_in_its_backup_and_goes_with_it() {
+    let data = tempfile::tempdir().unwrap();
+    let l = Ledger::open(data.path()).unwrap();
+    let old = make_run(&l, data.path(), "tmp", 40, RunStatus::Failed, 10);
+    let kept = make_run(&l, data.path(), "tmp", 35, RunStatus::Succeeded, 10);
+    let q_old = crate::maintenance::runner::quarantine_dir(data.path(), "tmp", old);
+    let q_kept = crate::maintenance::runner::quarantine_dir(data.path(), "tmp", kept);
+    for q in [&q_old, &q_kept] {
+        std::fs::create_dir_all(q.join("var/tmp")).unwrap();
+        std::fs::write(q.join("var/tmp/old.bin"), vec![1u8; 5000]).unwrap();
+    }
+    let report = prune(data.path(), &MaintenanceSection::default(), NOW).unwrap();
+    assert_eq!(report.pruned.len(), 1, "{report:?}");
+    assert_eq!(report.pruned[0].run_id, old);
+    assert_eq!(
+        report.pruned[0].bytes, 5010,
+        "backup and quarantine together"
+    );
+    assert!(!q_old.exists(), "the quarantine goes with its backup");
+    assert!(q_kept.join("var/tmp/old.bin").exists());
+    assert_eq!(report.kept_bytes, 5010);
+}

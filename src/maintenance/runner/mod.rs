@@ -140,6 +140,7 @@ impl Runner {
                 .join("backups")
                 .join(name)
                 .join(run_id.to_string()),
+            quarantine_dir: quarantine_dir(&self.data_dir, name, run_id),
         }
     }
 
@@ -378,6 +379,7 @@ impl Runner {
             name: name.clone(),
             run_id,
             backup_dir: dir.to_path_buf(),
+            quarantine_dir: quarantine_dir(&self.data_dir, &name, run_id),
         };
         let t = Instant::now();
         let (rows, error) = match task.rollback_boxed(&cx, &backup).await {
@@ -506,6 +508,14 @@ pub fn settle_all(data_dir: &Path) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// Where run `run_id` of `task` keeps the files it removed.
+pub fn quarantine_dir(data_dir: &Path, task: &str, run_id: i64) -> PathBuf {
+    data_dir
+        .join("quarantine")
+        .join(task)
+        .join(run_id.to_string())
 }
 
 /// Free bytes for an unprivileged writer on the filesystem of `path`.

@@ -208,7 +208,7 @@ fn runs(s: &Section, now: Ts) -> Markup {
                         tr id=(format!("maint-run-{}", r.id)) class=(run_status(r).0) {
                             td .id data-label="Run" { (r.id) }
                             td data-label="Task" { (r.task) }
-                            td .trigger data-label="Trigger" { (r.trigger) }
+                            td .trigger data-label="Trigger" { (r.trigger.as_str().replace('_', " ")) }
                             td .status data-label="Status" { (status_badge(r)) }
                             td .started data-label="Started" { (time(r.started_ms)) }
                             td .num data-label="Took" { (duration(r, now)) }

@@ -229,6 +229,53 @@ fn recent_runs_show_status_in_words_and_link_from_events() {
 }
 
 #[test]
+fn file_task_runs_show_their_kind_and_a_disk_pressure_start_in_words() {
+    let mut clean = run(21, "tmp", "succeeded", None);
+    clean.kind = "file_cleanup".into();
+    clean.trigger = Trigger::DiskPressure;
+    clean.rows_changed = 3;
+    let mut rotate = run(
+        22,
+        "logs",
+        "failed",
+        Some("/var/log/a\\nb: rename: Read-only file system (EROFS, os error 30)"),
+    );
+    rotate.kind = "log_rotate".into();
+    let mut t_clean = task(serde_json::json!({
+        "name": "tmp", "kind": "file_cleanup", "schedule": "manual only",
+        "next_start": null, "window_open": true, "window_closes": null,
+        "window_note": null, "auto": null, "guards": [], "last_run": null
+    }));
+    t_clean.last = Some(clean.clone());
+    let mut t_rotate = task(serde_json::json!({
+        "name": "logs", "kind": "log_rotate", "schedule": "manual only",
+        "next_start": null, "window_open": true, "window_closes": null,
+        "window_note": null, "auto": null, "guards": [], "last_run": null
+    }));
+    t_rotate.last = Some(rotate.clone());
+    let s = Section {
+        tasks: vec![t_clean, t_rotate],
+        runs: vec![rotate, clean],
+        ..Section::default()
+    };
+    let html = html_of(&s);
+    let a = article(&html, "tmp");
+    assert!(
+        a.contains("<span class=\"kind\">file_cleanup</span>"),
+        "{a}"
+    );
+    assert!(a.contains("3 rows"), "{a}");
+    let a = article(&html, "logs");
+    assert!(a.contains("<span class=\"kind\">log_rotate</span>"), "{a}");
+    let row = &html[html.find("id=\"maint-run-21\"").unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains(">disk pressure<"), "{row}");
+    let row = &html[html.find("id=\"maint-run-22\"").unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains("EROFS"), "{row}");
+}
+
+#[test]
 fn an_ended_run_without_an_end_is_not_running_so_far() {
     // Rolled back on demand by a version that recorded no end.
     let mut old = run(7, "trim", "rolled_back", None);
