@@ -159,6 +159,17 @@ pub fn postgres_probe<'a>(
     }
 }
 
+/// The redis probe `name`, whose connection settings a task uses.
+pub fn redis_probe<'a>(
+    probes: &'a Probes,
+    name: &str,
+) -> Option<&'a crate::probes::redis::RedisConfig> {
+    match probes.get(name)? {
+        ProbeConfig::Redis(r) => Some(r),
+        _ => None,
+    }
+}
+
 /// Declares THE registry of task kinds from one list: the `TaskConfig`
 /// enum (`[maintenance.NAME]` with `kind = "..."`), `TaskConfig::KINDS`
 /// and the dispatch to each kind's [`TaskKind`] facts. Kinds under
@@ -224,6 +235,7 @@ task_kinds! {
     kinds {
         PostgresRetention = "postgres_retention" => super::postgres_retention::RetentionConfig,
         PostgresAnalyze = "postgres_analyze" => super::postgres_analyze::AnalyzeConfig,
+        RedisCleanup = "redis_cleanup" => super::redis_cleanup::CleanupConfig,
     }
     test_only {
         Scratch = "scratch" => super::scratch::ScratchConfig,

@@ -234,6 +234,17 @@ impl Runner {
 
     /// Puts back what run `run_id` changed, from its backup in the ledger.
     pub async fn rollback(&self, run_id: i64, trigger: Trigger) -> Result<Finished, RunError> {
+        self.rollback_forced(run_id, trigger, false).await
+    }
+
+    /// [`Runner::rollback`]; `force`: what was written since the run is
+    /// replaced where the kind would otherwise leave it alone.
+    pub async fn rollback_forced(
+        &self,
+        run_id: i64,
+        trigger: Trigger,
+        force: bool,
+    ) -> Result<Finished, RunError> {
         let data_dir = self.data_dir.clone();
         let ledger = tokio::task::spawn_blocking(move || Ledger::open(&data_dir))
             .await
@@ -266,6 +277,7 @@ impl Runner {
         }
         let book = Book(Arc::new(Mutex::new(ledger)));
         let mut task = self.build(&name)?;
+        task.set_force_dyn(force);
         let cx = self.cx(&name, run_id);
         let t = Instant::now();
         let result = task.rollback_boxed(&cx, &backup).await;
@@ -322,6 +334,17 @@ impl Runner {
         dir: &Path,
         trigger: Trigger,
     ) -> Result<Finished, RunError> {
+        self.rollback_from_backup_forced(dir, trigger, false).await
+    }
+
+    /// [`Runner::rollback_from_backup`] with `force` as in
+    /// [`Runner::rollback_forced`].
+    pub async fn rollback_from_backup_forced(
+        &self,
+        dir: &Path,
+        trigger: Trigger,
+        force: bool,
+    ) -> Result<Finished, RunError> {
         let file = run_file::read(dir).map_err(RunError::Refused)?;
         let mut row = file.run;
         let (name, run_id) = (row.task.clone(), row.id);
@@ -374,6 +397,7 @@ impl Runner {
             )));
         }
         let mut task = self.build(&name)?;
+        task.set_force_dyn(force);
         let cx = Cx {
             name: name.clone(),
             run_id,
