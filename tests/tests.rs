@@ -6,6 +6,7 @@ mod util;
 mod cli;
 mod lifecycle;
 mod maint_postgres;
+mod maint_redis;
 mod maint_runner;
 mod probe_access_log;
 mod probe_http;

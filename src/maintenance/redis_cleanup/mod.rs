@@ -182,6 +182,8 @@ impl CleanupConfig {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum State {
     Planned,
+    /// Not found by the batches' SCAN: gone before its batch.
+    Unseen,
     Queued,
     Removed,
     Skipped,
@@ -420,11 +422,7 @@ impl CleanupTask {
             tokio::time::sleep(c.pause).await;
         }
         let keys = planned.len() as u64;
-        let estimate = if sampled == 0 {
-            0
-        } else {
-            sampled_bytes / sampled * keys
-        };
+        let estimate = sampled_bytes.checked_div(sampled).unwrap_or(0) * keys;
         let limit = c
             .max_backup_bytes
             .unwrap_or(super::config::DEFAULT_MAX_BACKUP_BYTES);
@@ -562,6 +560,14 @@ impl CleanupTask {
                 .map_err(|e| TaskError::failed(format!("backup file: {e}")))?;
         }
         let done = run.scan_done && run.queue.is_empty();
+        if done {
+            // SCAN returns every key present from its start to its end: a
+            // planned key it never returned was gone before its batch.
+            for e in run.planned.values_mut().filter(|e| e.1 == State::Planned) {
+                e.1 = State::Unseen;
+                run.counts.vanished += 1;
+            }
+        }
         let c = &run.counts;
         let removed = c.removed - before.removed;
         let detail = format!(
@@ -711,7 +717,7 @@ impl CleanupTask {
             let run = self.run.as_ref().expect("a run");
             for k in &keys {
                 match run.planned.get(&key_hash(k)).map(|e| e.1) {
-                    Some(State::Planned | State::Queued) => left += 1,
+                    Some(State::Planned | State::Queued | State::Unseen) => left += 1,
                     Some(State::Removed) => again += 1,
                     _ => {}
                 }
