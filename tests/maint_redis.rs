@@ -728,3 +728,135 @@ async fn large_values_stay_within_the_memory_bound() {
     assert_eq!(len, 100_000_000);
     assert!(rss < 350 << 20, "rollback peak RSS {} MiB", rss >> 20);
 }
+
+// cache_warmup: a small application of the test's own that, like a real
+// one, fills its cache (keys under the test's prefix) on each request.
+
+/// An HTTP server on a free port answering every GET with 200 and writing
+/// one Redis key per request path (`PREFIX:PATH`); counts the requests.
+fn app(prefix: &str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (h, prefix) = (hits.clone(), prefix.to_string());
+    std::thread::spawn(move || {
+        let client = redis::Client::open(SHARED).unwrap();
+        let mut c = client.get_connection().unwrap();
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut line = String::new();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            loop {
+                let mut l = String::new();
+                if r.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+                    break;
+                }
+            }
+            let path = line.split(' ').nth(1).unwrap_or("/").to_string();
+            let _: () = redis::cmd("SET")
+                .arg(format!("{prefix}:{path}"))
+                .arg("cached")
+                .query(&mut c)
+                .unwrap();
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    (port, hits)
+}
+
+#[tokio::test]
+async fn a_warmup_chained_after_a_cleanup_requests_every_url_and_refuses_rollback() {
+    let p = unique("upkeep_rw");
+    let mut c = admin(SHARED).await;
+    fill(&mut c, &format!("{p}:old:"), 200).await;
+    let (port, hits) = app(&p);
+    let dir = crate::util::temp_dir();
+    let urls: Vec<String> = (0..30)
+        .map(|i| format!("\"http://127.0.0.1:{port}/page/{i}\""))
+        .collect();
+    let config = write_config(
+        dir.path(),
+        SHARED,
+        &format!(
+            "match = \"{p}:old:*\"\n\n[maintenance.cache-warmup]\nkind = \"cache_warmup\"\nprobe = \"cache\"\nafter = \"cache-cleanup\"\nconcurrency = 3\nrate = 200.0\nurls = [{}]\n",
+            urls.join(", ")
+        ),
+    );
+    let data = dir.path().join("data");
+    let o = cli(&config, &data, &["run", "cache-cleanup", "--ignore-window"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(count_prefix(&mut c, &format!("{p}:old:")).await, 0);
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 30);
+    assert_eq!(count_prefix(&mut c, &format!("{p}:/page/")).await, 30);
+    let doc = show(&config, &data, 2);
+    let run = &doc["tasks"][0];
+    assert_eq!(run["name"], "cache-warmup", "{doc}");
+    assert_eq!(run["details"]["status"], "succeeded", "{doc}");
+    // The shared server's key count moves with other tests: only that
+    // the ledger has the figures is checked here.
+    for when in ["before", "after"] {
+        assert!(run["details"][when]["keys"].is_u64(), "{doc}");
+        assert!(run["details"][when]["used_memory_bytes"].is_u64(), "{doc}");
+    }
+    let o = cli(&config, &data, &["rollback", "2"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !o.status.success() && err.contains("nothing to roll back"),
+        "{err}"
+    );
+    remove_prefix(&mut c, &p).await;
+}
+
+#[tokio::test]
+async fn a_warmup_against_a_dead_app_fails_naming_the_url() {
+    let dir = crate::util::temp_dir();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/home");
+    let path = crate::util::write_file(
+        dir.path(),
+        "agent.toml",
+        &format!(
+            "[probe.cache]\nkind = \"redis\"\nurl = \"{SHARED}\"\n\n[maintenance.cache-warmup]\nkind = \"cache_warmup\"\nprobe = \"cache\"\nurls = [\"{url}\"]\n"
+        ),
+    );
+    let data = dir.path().join("data");
+    let o = cli(&path, &data, &["run", "cache-warmup", "--ignore-window"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let doc = show(&path, &data, 1);
+    let error = doc["tasks"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&url), "{doc}");
+}
+
+#[test]
+fn after_must_name_a_task_and_end() {
+    let dir = crate::util::temp_dir();
+    let task = |name: &str, after: &str| {
+        format!(
+            "[maintenance.{name}]\nkind = \"cache_warmup\"\nprobe = \"cache\"\nurls = [\"http://127.0.0.1:1/\"]\nafter = \"{after}\"\n"
+        )
+    };
+    let head = format!("[probe.cache]\nkind = \"redis\"\nurl = \"{SHARED}\"\n");
+    for (body, want) in [
+        (task("a", "nope"), "no maintenance task `nope`"),
+        (
+            task("a", "b") + &task("b", "a"),
+            "a chain of `after` must end",
+        ),
+    ] {
+        let path = crate::util::write_file(dir.path(), "agent.toml", &(head.clone() + &body));
+        let o = crate::util::upkeep(&["check-config", path.to_str().unwrap()]);
+        let err = crate::util::stderr(&o) + &crate::util::stdout(&o);
+        assert_eq!(o.status.code(), Some(78), "{err}");
+        assert!(err.contains("after") && err.contains(want), "{err}");
+    }
+}

@@ -112,6 +112,10 @@ pub trait TaskKind {
     fn pause(&self) -> Duration {
         Duration::ZERO
     }
+    /// The task after whose successful run this one starts (`after`).
+    fn after(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// The check of a kind that needs a probe of one kind: the message says
@@ -236,6 +240,7 @@ task_kinds! {
         PostgresRetention = "postgres_retention" => super::postgres_retention::RetentionConfig,
         PostgresAnalyze = "postgres_analyze" => super::postgres_analyze::AnalyzeConfig,
         RedisCleanup = "redis_cleanup" => super::redis_cleanup::CleanupConfig,
+        CacheWarmup = "cache_warmup" => super::cache_warmup::WarmupConfig,
     }
     test_only {
         Scratch = "scratch" => super::scratch::ScratchConfig,
@@ -272,6 +277,11 @@ impl TaskConfig {
 
     pub fn timeout(&self) -> Duration {
         self.common().timeout.unwrap_or(DEFAULT_TIMEOUT)
+    }
+
+    /// The task after whose successful run this one starts.
+    pub fn after(&self) -> Option<&str> {
+        self.facts().after()
     }
 
     /// Problems of the kind's own fields and needs, as (field, message).

@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod backup_files;
+pub mod cache_warmup;
 pub mod config;
 pub mod ledger;
 pub mod lock;

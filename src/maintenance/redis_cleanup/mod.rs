@@ -772,6 +772,34 @@ impl CleanupTask {
     }
 }
 
+/// The ledger's before/after figures of a Redis server (`INFO`): memory,
+/// fragmentation, keyspace hits and misses with their ratio, and the keys
+/// of database `db`. Shared with `cache_warmup`.
+pub fn redis_figures(info: &crate::probes::redis::Info, db: u32) -> serde_json::Value {
+    let hits = info.u64("keyspace_hits");
+    let misses = info.u64("keyspace_misses");
+    let ratio = match (hits, misses) {
+        (Some(h), Some(m)) if h + m > 0 => Some(h as f64 / (h + m) as f64),
+        _ => None,
+    };
+    let keys = info
+        .keyspace
+        .iter()
+        .find(|(n, _)| *n == db)
+        .map(|(_, k)| *k)
+        .unwrap_or(0);
+    let float = |f: &str| info.get(f).and_then(|v| v.parse::<f64>().ok());
+    json!({
+        "used_memory_bytes": info.u64("used_memory"),
+        "mem_fragmentation_ratio": float("mem_fragmentation_ratio"),
+        "keyspace_hits": hits,
+        "keyspace_misses": misses,
+        "hit_ratio": ratio,
+        "keys": keys,
+        "db": db,
+    })
+}
+
 /// A 16-hex-digit fingerprint as the scripts return it.
 fn hex_fp(v: &Value) -> Option<u64> {
     match v {
@@ -783,29 +811,7 @@ fn hex_fp(v: &Value) -> Option<u64> {
 impl Task for CleanupTask {
     async fn figures(&mut self) -> Result<serde_json::Value, TaskError> {
         let info = self.info().await?;
-        let db = self.db();
-        let hits = info.u64("keyspace_hits");
-        let misses = info.u64("keyspace_misses");
-        let ratio = match (hits, misses) {
-            (Some(h), Some(m)) if h + m > 0 => Some(h as f64 / (h + m) as f64),
-            _ => None,
-        };
-        let keys = info
-            .keyspace
-            .iter()
-            .find(|(n, _)| *n == db)
-            .map(|(_, k)| *k)
-            .unwrap_or(0);
-        let float = |f: &str| info.get(f).and_then(|v| v.parse::<f64>().ok());
-        Ok(json!({
-            "used_memory_bytes": info.u64("used_memory"),
-            "mem_fragmentation_ratio": float("mem_fragmentation_ratio"),
-            "keyspace_hits": hits,
-            "keyspace_misses": misses,
-            "hit_ratio": ratio,
-            "keys": keys,
-            "db": db,
-        }))
+        Ok(redis_figures(&info, self.db()))
     }
 
     async fn plan(&mut self, _cx: &Cx) -> Result<Plan, TaskError> {

@@ -224,11 +224,48 @@ impl Runner {
                 tracing::info!(task = %req.task, run_id, status = %status, "maintenance run ended")
             }
         }
+        if status == RunStatus::Succeeded && !req.dry_run {
+            self.run_followers(&req).await;
+        }
         Ok(Finished {
             run_id,
             status,
             error,
             document,
+        })
+    }
+
+    /// Runs, one after the other, the tasks whose `after` names the task
+    /// of `req`, which has just succeeded (their own runs may chain on).
+    /// Each is a run of its own in the ledger; how it ends is logged.
+    fn run_followers<'a>(
+        &'a self,
+        req: &'a Request,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let followers: Vec<String> = self
+                .config
+                .maintenance
+                .iter()
+                .filter(|(_, t)| t.after() == Some(req.task.as_str()))
+                .map(|(n, _)| n.clone())
+                .collect();
+            for task in followers {
+                let next = Request {
+                    task: task.clone(),
+                    trigger: req.trigger,
+                    dry_run: false,
+                    ignore_window: req.ignore_window,
+                };
+                match self.run(next, None, None).await {
+                    Ok(f) => {
+                        tracing::info!(task = %task, after = %req.task, run_id = f.run_id, status = %f.status, "chained maintenance run ended")
+                    }
+                    Err(e) => {
+                        tracing::warn!(task = %task, after = %req.task, "chained maintenance run not started: {e}")
+                    }
+                }
+            }
         })
     }
 
