@@ -860,3 +860,67 @@ fn after_must_name_a_task_and_end() {
         assert!(err.contains("after") && err.contains(want), "{err}");
     }
 }
+
+#[tokio::test]
+async fn from_access_log_warms_the_most_requested_get_paths_of_the_window() {
+    let p = unique("upkeep_rl");
+    let mut c = admin(SHARED).await;
+    let (port, hits) = app(&p);
+    let dir = crate::util::temp_dir();
+    let line = |when: chrono::DateTime<chrono::Utc>, method: &str, path: &str| {
+        format!(
+            "10.0.0.1 - - [{}] \"{method} {path} HTTP/1.1\" 200 12 \"-\" \"test\"\n",
+            when.format("%d/%b/%Y:%H:%M:%S +0000")
+        )
+    };
+    let now = chrono::Utc::now();
+    let old = now - chrono::Duration::hours(48);
+    let mut log = String::new();
+    for _ in 0..20 {
+        log += &line(old, "GET", "/old");
+        log += &line(now, "POST", "/login");
+    }
+    for (path, n) in [("/hot", 5), ("/warm?page=2", 3), ("/cold", 1)] {
+        for _ in 0..n {
+            log += &line(now, "GET", path);
+        }
+    }
+    log += "not a log line\n";
+    let log_path = crate::util::write_file(dir.path(), "access.log", &log);
+    // The rotated file counts too.
+    crate::util::write_file(dir.path(), "access.log.1", &line(now, "GET", "/hot"));
+    let config = crate::util::write_file(
+        dir.path(),
+        "agent.toml",
+        &format!(
+            "[probe.cache]\nkind = \"redis\"\nurl = \"{SHARED}\"\n\n[probe.web]\nkind = \"access_log\"\npaths = [\"{}\"]\n\n\
+             [maintenance.cache-warmup]\nkind = \"cache_warmup\"\nprobe = \"cache\"\n\
+             from_access_log = {{ probe = \"web\", top = 2, base_url = \"http://127.0.0.1:{port}/\", window = \"24h\" }}\n",
+            log_path.display()
+        ),
+    );
+    let data = dir.path().join("data");
+    let o = cli(&config, &data, &["plan", "cache-warmup", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(
+        plan["details"]["from_access_log"],
+        serde_json::json!([
+            {"url": format!("{base}/hot"), "requests": 6},
+            {"url": format!("{base}/warm?page=2"), "requests": 3},
+        ]),
+        "{plan}"
+    );
+    let o = cli(&config, &data, &["run", "cache-warmup", "--ignore-window"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(count_prefix(&mut c, &format!("{p}:/hot")).await, 1);
+    assert_eq!(count_prefix(&mut c, &format!("{p}:/warm")).await, 1);
+    assert_eq!(count_prefix(&mut c, &format!("{p}:/cold")).await, 0);
+    remove_prefix(&mut c, &p).await;
+}

@@ -19,6 +19,7 @@ use url::Url;
 use super::config::{Probes, TaskKind};
 use super::{AnyTask, Backup, Batch, Cx, Plan, Task, TaskError, Verdict};
 use crate::probes::ProbeKind;
+use crate::probes::access_log::top_paths::TopPaths;
 use crate::probes::http::wire::Client;
 use crate::probes::http::{ExpectStatus, Method, header_problems, parse_url};
 use crate::probes::redis::{RedisConfig, parse_info};
@@ -31,6 +32,9 @@ crate::task_config! {
         /// The URLs to request (GET).
         #[serde(default)]
         pub urls: Vec<String>,
+        /// Also the most requested GET paths of an access_log probe's logs.
+        #[serde(default)]
+        pub from_access_log: Option<FromAccessLog>,
         /// Requests in flight at once.
         #[serde(default = "default_concurrency")]
         pub concurrency: u32,
@@ -52,6 +56,32 @@ crate::task_config! {
     }
 }
 
+/// `from_access_log = { probe, top, base_url, window }`.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FromAccessLog {
+    /// An access_log probe (combined format): its files, the rotated one
+    /// included, are read over the window.
+    pub probe: String,
+    /// How many of the most requested paths.
+    #[serde(default = "default_top")]
+    pub top: usize,
+    /// Prefixed to each path: the application's own address.
+    pub base_url: String,
+    /// Requests this far back count.
+    #[serde(default = "default_window", with = "humantime_serde")]
+    pub window: Duration,
+}
+
+fn default_top() -> usize {
+    50
+}
+fn default_window() -> Duration {
+    Duration::from_secs(86_400)
+}
+/// Paths the counting map holds at least, whatever `top`.
+const COUNTED_PATHS: usize = 1000;
+
 fn default_concurrency() -> u32 {
     4
 }
@@ -72,17 +102,43 @@ impl TaskKind for WarmupConfig {
         Some(&self.probe)
     }
     fn validate(&self, probes: &Probes) -> Vec<(&'static str, String)> {
-        super::config::with_probe_check(
-            self.validate_own(),
-            probes,
-            &self.probe,
-            ProbeKind::Redis,
-            "cache_warmup",
-        )
+        let mut own = self.validate_own();
+        if let Some(f) = &self.from_access_log {
+            match probes.get(&f.probe) {
+                Some(crate::probes::ProbeConfig::AccessLog(a)) => {
+                    if a.format != crate::probes::access_log::LogFormat::Combined {
+                        own.push((
+                            "from_access_log",
+                            format!("`{}` reads JSON lines; from_access_log reads combined-format logs only", f.probe),
+                        ));
+                    }
+                }
+                Some(other) => own.push((
+                    "from_access_log",
+                    format!(
+                        "`{}` is a {} probe; from_access_log needs an access_log probe",
+                        f.probe,
+                        other.kind()
+                    ),
+                )),
+                None => own.push((
+                    "from_access_log",
+                    format!("no probe `{}` is configured ([probe.{}])", f.probe, f.probe),
+                )),
+            }
+        }
+        super::config::with_probe_check(own, probes, &self.probe, ProbeKind::Redis, "cache_warmup")
     }
     fn build(&self, name: &str, probes: &Probes) -> Option<AnyTask> {
         let redis = super::config::redis_probe(probes, &self.probe)?;
-        Some(Box::new(WarmupTask::new(name, self, redis)))
+        let mut task = WarmupTask::new(name, self, redis);
+        if let Some(f) = &self.from_access_log {
+            match probes.get(&f.probe)? {
+                crate::probes::ProbeConfig::AccessLog(a) => task.access_log = Some(a.clone()),
+                _ => return None,
+            }
+        }
+        Some(Box::new(task))
     }
     fn batch_size(&self) -> u64 {
         BATCH
@@ -96,8 +152,22 @@ impl WarmupConfig {
     /// Problems of the kind's own fields, as (field, message).
     pub fn validate_own(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        if self.urls.is_empty() {
-            out.push(("urls", "at least one URL is needed".into()));
+        if self.urls.is_empty() && self.from_access_log.is_none() {
+            out.push((
+                "urls",
+                "at least one URL (or from_access_log) is needed".into(),
+            ));
+        }
+        if let Some(f) = &self.from_access_log {
+            if let Err(e) = parse_url(&f.base_url) {
+                out.push(("from_access_log", format!("base_url: {e}")));
+            }
+            if !(1..=1000).contains(&f.top) {
+                out.push(("from_access_log", "top must be 1 to 1000".into()));
+            }
+            if f.window < Duration::from_secs(60) {
+                out.push(("from_access_log", "window must be at least 1m".into()));
+            }
         }
         for u in &self.urls {
             if let Err(e) = parse_url(u) {
@@ -133,6 +203,10 @@ pub struct WarmupTask {
     name: String,
     config: WarmupConfig,
     redis: RedisConfig,
+    /// The access_log probe of `from_access_log`.
+    access_log: Option<crate::probes::access_log::AccessLogConfig>,
+    /// The plan's URLs.
+    urls: Vec<String>,
     next: usize,
     answers: Vec<Answer>,
 }
@@ -143,6 +217,8 @@ impl WarmupTask {
             name: name.to_string(),
             config: config.clone(),
             redis: redis.clone(),
+            access_log: None,
+            urls: Vec::new(),
             next: 0,
             answers: Vec::new(),
         }
@@ -241,18 +317,56 @@ impl Task for WarmupTask {
     async fn plan(&mut self, _cx: &Cx) -> Result<Plan, TaskError> {
         self.next = 0;
         self.answers.clear();
-        let urls = &self.config.urls;
+        let mut urls = self.config.urls.clone();
+        let mut from_log = Vec::new();
+        if let (Some(f), Some(a)) = (self.config.from_access_log.clone(), self.access_log.clone()) {
+            let since = crate::sample::now_ms() - f.window.as_millis() as i64;
+            let top = tokio::task::spawn_blocking(move || {
+                let mut t = TopPaths::new(COUNTED_PATHS.max(f.top * 20));
+                for p in &a.paths {
+                    let mut rotated = p.as_os_str().to_owned();
+                    rotated.push(&a.rotated_suffix);
+                    for file in [std::path::PathBuf::from(rotated), p.clone()] {
+                        t.add_file(&file, since)
+                            .map_err(|e| format!("{}: {e}", file.display()))?;
+                    }
+                }
+                Ok::<_, String>(t.top(f.top))
+            })
+            .await
+            .map_err(|e| TaskError::failed(e.to_string()))?
+            .map_err(|e| TaskError::Config {
+                field: "from_access_log",
+                message: e,
+            })?;
+            let base = self
+                .config
+                .from_access_log
+                .as_ref()
+                .map(|f| f.base_url.trim_end_matches('/').to_string())
+                .unwrap_or_default();
+            for (path, n) in top {
+                let url = format!("{base}{path}");
+                if !urls.contains(&url) {
+                    urls.push(url.clone());
+                }
+                from_log.push(json!({ "url": url, "requests": n }));
+            }
+        }
+        let summary = format!(
+            "request {} URLs (GET; {} from the access log), {} at a time, at most {}/s, expecting {}",
+            urls.len(),
+            from_log.len(),
+            self.config.concurrency,
+            self.config.rate,
+            self.config.expect_status
+        );
+        self.urls = urls;
         Ok(Plan {
-            summary: format!(
-                "request {} URLs (GET), {} at a time, at most {}/s, expecting {}",
-                urls.len(),
-                self.config.concurrency,
-                self.config.rate,
-                self.config.expect_status
-            ),
-            rows: urls.len() as u64,
+            summary,
+            rows: self.urls.len() as u64,
             bytes: 0,
-            details: json!({ "urls": urls }),
+            details: json!({ "urls": self.urls, "from_access_log": from_log }),
         })
     }
 
@@ -265,7 +379,7 @@ impl Task for WarmupTask {
     }
 
     async fn apply_batch(&mut self, _cx: &Cx, _plan: &Plan, size: u64) -> Result<Batch, TaskError> {
-        let urls = &self.config.urls;
+        let urls = &self.urls;
         let end = (self.next + size.max(1) as usize).min(urls.len());
         let todo: Vec<Url> = urls[self.next..end]
             .iter()
@@ -312,7 +426,7 @@ impl Task for WarmupTask {
         let mut ms: Vec<u64> = self.answers.iter().map(|a| a.ms).collect();
         ms.sort_unstable();
         let median = ms.get(ms.len() / 2).copied();
-        let detail = if failed.is_empty() && n == self.config.urls.len() {
+        let detail = if failed.is_empty() && n == self.urls.len() {
             format!(
                 "all {n} URLs answered {} (median {} ms)",
                 self.config.expect_status,
@@ -327,12 +441,12 @@ impl Task for WarmupTask {
             format!(
                 "{} of {} URLs did not answer as expected: {}",
                 failed.len(),
-                self.config.urls.len(),
+                self.urls.len(),
                 list.join("; ")
             )
         };
         Ok(Verdict {
-            ok: failed.is_empty() && n == self.config.urls.len(),
+            ok: failed.is_empty() && n == self.urls.len(),
             detail,
             figures: json!({ "answers": self.answers, "median_ms": median }),
         })

@@ -7,6 +7,7 @@
 
 pub mod parse;
 pub mod tail;
+pub mod top_paths;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
