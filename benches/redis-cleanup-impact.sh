@@ -29,7 +29,8 @@
 #   REMOVE=200000 KEEP=40000 benches/redis-cleanup-impact.sh  # a quick run
 #
 # Environment: REMOVE (1000000), KEEP (200000), RATE (2000), D (10 s of
-# baseline), BIN (target/release/upkeep). Needs redis-server, redis-cli,
+# baseline), BIN (target/release/upkeep), BATCH and PAUSE (upkeep's
+# batch_size and pause; default: the kind's defaults, 500 and "10ms"). Needs redis-server, redis-cli,
 # python3, xargs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,8 @@ KEEP=${KEEP:-200000}
 RATE=${RATE:-2000}
 D=${D:-10}
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/upkeep}
+BATCH=${BATCH:-500}
+PAUSE=${PAUSE:-10ms}
 
 for tool in redis-server redis-cli python3 xargs; do
     command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
@@ -130,11 +133,15 @@ url = "redis://127.0.0.1:$PORT/0"
 kind = "redis_cleanup"
 probe = "cache"
 match = "tmp:*"
+batch_size = $BATCH
+pause = "$PAUSE"
 
 [maintenance.cleanup-nobak]
 kind = "redis_cleanup"
 probe = "cache"
 match = "tmp:*"
+batch_size = $BATCH
+pause = "$PAUSE"
 backup = false
 EOF
 
@@ -183,4 +190,4 @@ phase scan+del bash -c "${CLI[*]} --scan --pattern 'tmp:*' | xargs -n1000 ${CLI[
 phase scan+unlink bash -c "${CLI[*]} --scan --pattern 'tmp:*' | xargs -n1000 ${CLI[*]} UNLINK >/dev/null"
 phase upkeep upkeep_run cleanup upkeep
 phase upkeep-nobak upkeep_run cleanup-nobak upkeep-nobak
-echo "REMOVE=$REMOVE KEEP=$KEEP RATE=$RATE; machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "REMOVE=$REMOVE KEEP=$KEEP RATE=$RATE BATCH=$BATCH PAUSE=$PAUSE; machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -924,3 +924,87 @@ async fn from_access_log_warms_the_most_requested_get_paths_of_the_window() {
     assert_eq!(count_prefix(&mut c, &format!("{p}:/cold")).await, 0);
     remove_prefix(&mut c, &p).await;
 }
+
+#[tokio::test]
+async fn filters_pick_by_type_expiry_size_and_idle_time_and_a_big_plan_needs_backup_off() {
+    let p = unique("upkeep_rf");
+    let mut c = admin(SHARED).await;
+    let dir = crate::util::temp_dir();
+    let cx = cx(dir.path());
+    let set = |k: String, v: Vec<u8>| {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(k).arg(v);
+        cmd
+    };
+    for i in 0..10 {
+        let _: () = q(&mut c, &mut set(format!("{p}:s:{i}"), vec![b'a'; 10])).await;
+        let _: () = q(
+            &mut c,
+            redis::cmd("HSET")
+                .arg(format!("{p}:h:{i}"))
+                .arg("f")
+                .arg("v"),
+        )
+        .await;
+    }
+    for i in 0..5 {
+        let _: () = q(
+            &mut c,
+            &mut set(format!("{p}:big:{i}"), vec![b'b'; 300_000]),
+        )
+        .await;
+    }
+    let _: () = q(
+        &mut c,
+        redis::cmd("PEXPIRE").arg(format!("{p}:h:0")).arg(600_000),
+    )
+    .await;
+    let plan_rows = |extra: &str| {
+        let config = cleanup_config(&format!("match = \"{p}:*\"\n{extra}"));
+        let mut task = CleanupTask::new("c", &config, &redis_config(SHARED, ""));
+        let cx = cx.clone();
+        async move { task.plan(&cx).await.map(|p| p.rows) }
+    };
+    assert_eq!(plan_rows("types = [\"hash\"]").await.unwrap(), 10);
+    assert_eq!(
+        plan_rows("types = [\"hash\"]\nwithout_ttl = true")
+            .await
+            .unwrap(),
+        9
+    );
+    assert_eq!(plan_rows("larger_than = 100000").await.unwrap(), 5);
+    // 1.5 MB of values over a 1 MiB budget: refused unless backup = false.
+    match plan_rows("max_backup_bytes = 1048576").await {
+        Err(TaskError::Config { field, message }) => {
+            assert_eq!(field, "max_backup_bytes");
+            assert!(
+                message.contains("sampled") && message.contains("backup = false"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        plan_rows("max_backup_bytes = 1048576\nbackup = false")
+            .await
+            .unwrap(),
+        25
+    );
+
+    // Idle time: after 2 s every key is idle for more than 1 s; one read
+    // after the plan makes its key used, and it stays.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let _: String = q(&mut c, redis::cmd("GET").arg(format!("{p}:s:3"))).await;
+    let config = cleanup_config(&format!("match = \"{p}:s:*\"\nidle_longer_than = \"1s\""));
+    let mut task = CleanupTask::new("c", &config, &redis_config(SHARED, ""));
+    let plan = task.plan(&cx).await.unwrap();
+    assert_eq!(plan.rows, 9, "{}", plan.summary);
+    let _: String = q(&mut c, redis::cmd("GET").arg(format!("{p}:s:4"))).await;
+    task.backup(&cx, &plan).await.unwrap();
+    assert_eq!(run_batches(&mut task, &cx, &plan, 500).await, 8);
+    let v = task.validate(&cx, &plan).await.unwrap();
+    assert!(v.ok, "{}", v.detail);
+    assert_eq!(v.figures["counts"]["used"].as_u64(), Some(1), "{v:?}");
+    assert_eq!(count_prefix(&mut c, &format!("{p}:s:")).await, 2);
+    remove_prefix(&mut c, &p).await;
+}
