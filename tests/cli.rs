@@ -463,12 +463,20 @@ fn the_example_config_documents_every_option() {
         .map(|l| format!("{l}\n"))
         .collect();
     let config = format!(
-        "[probe.database]\nkind = \"postgres\"\nconninfo = \"host=127.0.0.1\"\nuser = \"upkeep\"\n\n{uncommented}"
+        "[probe.database]\nkind = \"postgres\"\nconninfo = \"host=127.0.0.1\"\nuser = \"upkeep\"\n\n\
+         [probe.cache]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379/0\"\n\n\
+         [probe.web]\nkind = \"access_log\"\npaths = [\"/var/log/nginx/access.log\"]\n\n{uncommented}"
     );
     let parsed = Config::parse("example", &config).unwrap_or_else(|e| panic!("{e}\n{config}"));
     assert_eq!(
         parsed.maintenance.keys().collect::<Vec<_>>(),
-        ["analyze", "audit-log", "notification-log"]
+        [
+            "analyze",
+            "audit-log",
+            "cache-cleanup",
+            "cache-warmup",
+            "notification-log"
+        ]
     );
 }
 

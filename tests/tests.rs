@@ -10,6 +10,7 @@ mod lifecycle;
 mod maint_files;
 mod maint_logs;
 mod maint_postgres;
+mod maint_redis;
 mod maint_runner;
 mod probe_access_log;
 mod probe_http;

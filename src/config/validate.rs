@@ -260,6 +260,33 @@ impl Config {
                     );
                 }
             }
+            if let Some(a) = m.after() {
+                // The chain from this task back through `after` must end.
+                let (mut at, mut seen) = (a, vec![n]);
+                let problem = loop {
+                    if seen.contains(&at) {
+                        break Some(format!(
+                            "`{a}` leads back to `{n}`: a chain of `after` must end"
+                        ));
+                    }
+                    match self.maintenance.get(at) {
+                        None if at == a => {
+                            break Some(format!("no maintenance task `{a}` is configured"));
+                        }
+                        None => break None,
+                        Some(t) => match t.after() {
+                            Some(next) => {
+                                seen.push(at);
+                                at = next;
+                            }
+                            None => break None,
+                        },
+                    }
+                };
+                if let Some(msg) = problem {
+                    bad(&["maintenance", n, "after"], msg);
+                }
+            }
             for (field, msg) in crate::maintenance::schedule::validate(&m.common()) {
                 bad(&["maintenance", n, field], msg);
             }

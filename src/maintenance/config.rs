@@ -119,6 +119,10 @@ pub trait TaskKind {
     fn disk_pressure(&self) -> Option<(f64, Vec<std::path::PathBuf>)> {
         None
     }
+    /// The task after whose successful run this one starts (`after`).
+    fn after(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// The check of a kind that needs a probe of one kind: the message says
@@ -162,6 +166,17 @@ pub fn postgres_probe<'a>(
 ) -> Option<&'a crate::probes::postgres::PostgresConfig> {
     match probes.get(name)? {
         ProbeConfig::Postgres(pg) => Some(pg),
+        _ => None,
+    }
+}
+
+/// The redis probe `name`, whose connection settings a task uses.
+pub fn redis_probe<'a>(
+    probes: &'a Probes,
+    name: &str,
+) -> Option<&'a crate::probes::redis::RedisConfig> {
+    match probes.get(name)? {
+        ProbeConfig::Redis(r) => Some(r),
         _ => None,
     }
 }
@@ -233,6 +248,8 @@ task_kinds! {
         PostgresAnalyze = "postgres_analyze" => super::postgres_analyze::AnalyzeConfig,
         FileCleanup = "file_cleanup" => super::file_cleanup::FileCleanupConfig,
         LogRotate = "log_rotate" => super::log_rotate::LogRotateConfig,
+        RedisCleanup = "redis_cleanup" => super::redis_cleanup::CleanupConfig,
+        CacheWarmup = "cache_warmup" => super::cache_warmup::WarmupConfig,
     }
     test_only {
         Scratch = "scratch" => super::scratch::ScratchConfig,
@@ -274,6 +291,11 @@ impl TaskConfig {
 
     pub fn timeout(&self) -> Duration {
         self.common().timeout.unwrap_or(DEFAULT_TIMEOUT)
+    }
+
+    /// The task after whose successful run this one starts.
+    pub fn after(&self) -> Option<&str> {
+        self.facts().after()
     }
 
     /// Problems of the kind's own fields and needs, as (field, message).

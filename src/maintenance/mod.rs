@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod backup_files;
+pub mod cache_warmup;
 pub mod config;
 pub mod file_cleanup;
 pub mod files;
@@ -23,6 +24,7 @@ pub mod log_rotate;
 pub mod postgres_analyze;
 pub mod postgres_retention;
 pub mod prune;
+pub mod redis_cleanup;
 pub mod runner;
 pub mod schedule;
 #[cfg(test)]
@@ -191,6 +193,10 @@ pub trait Task: Send + 'static {
     fn reversible(&self) -> bool {
         true
     }
+
+    /// A rollback asked for with `--force`: a kind that would otherwise
+    /// leave alone what was written since the run replaces it.
+    fn set_force(&mut self, _force: bool) {}
 }
 
 type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T, TaskError>> + Send + 'a>>;
@@ -208,6 +214,7 @@ pub trait DynTask: Send {
     fn validate_boxed<'a>(&'a mut self, cx: &'a Cx, plan: &'a Plan) -> Fut<'a, Verdict>;
     fn rollback_boxed<'a>(&'a mut self, cx: &'a Cx, backup: &'a Backup) -> Fut<'a, Verdict>;
     fn reversible_dyn(&self) -> bool;
+    fn set_force_dyn(&mut self, force: bool);
 }
 
 impl<T: Task> DynTask for T {
@@ -242,6 +249,9 @@ impl<T: Task> DynTask for T {
     }
     fn reversible_dyn(&self) -> bool {
         self.reversible()
+    }
+    fn set_force_dyn(&mut self, force: bool) {
+        self.set_force(force)
     }
 }
 

@@ -8,7 +8,7 @@
 //! trickles bytes forever times out like one that never answers.
 
 mod expect;
-mod wire;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -108,24 +108,34 @@ impl HttpConfig {
             (None, Some(_)) => out.push(("json_equals", "needs json_pointer".into())),
             _ => {}
         }
-        for (name, value) in &self.headers {
-            if SECRET_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
-                out.push((
-                    "headers",
-                    format!("`{name}` carries credentials, which do not belong in agent.toml"),
-                ));
-            } else if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                out.push(("headers", format!("`{name}` is not a header name")));
-            } else if hyper::header::HeaderValue::from_str(value).is_err() {
-                out.push(("headers", format!("`{name}`: value is not a header value")));
-            }
+        for msg in header_problems(&self.headers) {
+            out.push(("headers", msg));
         }
         out
     }
 }
 
+/// What is wrong with extra request headers: credentials (plain text in
+/// agent.toml) and names or values HTTP does not allow. Shared with the
+/// cache_warmup task.
+pub fn header_problems(headers: &BTreeMap<String, String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        if SECRET_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            out.push(format!(
+                "`{name}` carries credentials, which do not belong in agent.toml"
+            ));
+        } else if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            out.push(format!("`{name}` is not a header name"));
+        } else if hyper::header::HeaderValue::from_str(value).is_err() {
+            out.push(format!("`{name}`: value is not a header value"));
+        }
+    }
+    out
+}
+
 /// A URL the probe can request: http or https, a host, no credentials.
-fn parse_url(text: &str) -> Result<Url, String> {
+pub fn parse_url(text: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("`{text}`: scheme must be http or https"));

@@ -82,6 +82,10 @@ pub enum Maint {
         /// run's ledger row or the history file.
         #[arg(long, value_name = "DIR", conflicts_with = "run_id")]
         from_backup: Option<PathBuf>,
+        /// Replace what was written since the run (e.g. a Redis key that
+        /// exists again) instead of leaving it alone and counting it.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -198,10 +202,13 @@ pub(super) fn maintenance(action: Maint, at: &Where) -> Result<(), CliError> {
         Maint::Rollback {
             run_id,
             from_backup,
+            force,
         } => {
             let f = match (run_id, from_backup) {
-                (_, Some(dir)) => rt.block_on(runner.rollback_from_backup(&dir, Trigger::Cli)),
-                (Some(id), None) => rt.block_on(runner.rollback(id, Trigger::Cli)),
+                (_, Some(dir)) => {
+                    rt.block_on(runner.rollback_from_backup_forced(&dir, Trigger::Cli, force))
+                }
+                (Some(id), None) => rt.block_on(runner.rollback_forced(id, Trigger::Cli, force)),
                 (None, None) => unreachable!("clap requires RUN_ID or --from-backup"),
             }
             .map_err(run_err)?;

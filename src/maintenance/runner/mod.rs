@@ -225,6 +225,9 @@ impl Runner {
                 tracing::info!(task = %req.task, run_id, status = %status, "maintenance run ended")
             }
         }
+        if status == RunStatus::Succeeded && !req.dry_run {
+            self.run_followers(&req).await;
+        }
         Ok(Finished {
             run_id,
             status,
@@ -233,8 +236,53 @@ impl Runner {
         })
     }
 
+    /// Runs, one after the other, the tasks whose `after` names the task
+    /// of `req`, which has just succeeded (their own runs may chain on).
+    /// Each is a run of its own in the ledger; how it ends is logged.
+    fn run_followers<'a>(
+        &'a self,
+        req: &'a Request,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let followers: Vec<String> = self
+                .config
+                .maintenance
+                .iter()
+                .filter(|(_, t)| t.after() == Some(req.task.as_str()))
+                .map(|(n, _)| n.clone())
+                .collect();
+            for task in followers {
+                let next = Request {
+                    task: task.clone(),
+                    trigger: req.trigger,
+                    dry_run: false,
+                    ignore_window: req.ignore_window,
+                };
+                match self.run(next, None, None).await {
+                    Ok(f) => {
+                        tracing::info!(task = %task, after = %req.task, run_id = f.run_id, status = %f.status, "chained maintenance run ended")
+                    }
+                    Err(e) => {
+                        tracing::warn!(task = %task, after = %req.task, "chained maintenance run not started: {e}")
+                    }
+                }
+            }
+        })
+    }
+
     /// Puts back what run `run_id` changed, from its backup in the ledger.
     pub async fn rollback(&self, run_id: i64, trigger: Trigger) -> Result<Finished, RunError> {
+        self.rollback_forced(run_id, trigger, false).await
+    }
+
+    /// [`Runner::rollback`]; `force`: what was written since the run is
+    /// replaced where the kind would otherwise leave it alone.
+    pub async fn rollback_forced(
+        &self,
+        run_id: i64,
+        trigger: Trigger,
+        force: bool,
+    ) -> Result<Finished, RunError> {
         let data_dir = self.data_dir.clone();
         let ledger = tokio::task::spawn_blocking(move || Ledger::open(&data_dir))
             .await
@@ -267,6 +315,7 @@ impl Runner {
         }
         let book = Book(Arc::new(Mutex::new(ledger)));
         let mut task = self.build(&name)?;
+        task.set_force_dyn(force);
         let cx = self.cx(&name, run_id);
         let t = Instant::now();
         let result = task.rollback_boxed(&cx, &backup).await;
@@ -323,6 +372,17 @@ impl Runner {
         dir: &Path,
         trigger: Trigger,
     ) -> Result<Finished, RunError> {
+        self.rollback_from_backup_forced(dir, trigger, false).await
+    }
+
+    /// [`Runner::rollback_from_backup`] with `force` as in
+    /// [`Runner::rollback_forced`].
+    pub async fn rollback_from_backup_forced(
+        &self,
+        dir: &Path,
+        trigger: Trigger,
+        force: bool,
+    ) -> Result<Finished, RunError> {
         let file = run_file::read(dir).map_err(RunError::Refused)?;
         let mut row = file.run;
         let (name, run_id) = (row.task.clone(), row.id);
@@ -375,6 +435,7 @@ impl Runner {
             )));
         }
         let mut task = self.build(&name)?;
+        task.set_force_dyn(force);
         let cx = Cx {
             name: name.clone(),
             run_id,

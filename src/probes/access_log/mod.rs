@@ -7,6 +7,7 @@
 
 pub mod parse;
 pub mod tail;
+pub mod top_paths;
 pub mod totals;
 
 use std::collections::BTreeMap;

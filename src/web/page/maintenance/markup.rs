@@ -207,7 +207,7 @@ fn runs(s: &Section, now: Ts) -> Markup {
                     @for r in &s.runs {
                         tr id=(format!("maint-run-{}", r.id)) class=(run_status(r).0) {
                             td .id data-label="Run" { (r.id) }
-                            td data-label="Task" { (r.task) }
+                            td data-label="Task" { (r.task) " " span .sub { (r.kind) } }
                             td .trigger data-label="Trigger" { (r.trigger.as_str().replace('_', " ")) }
                             td .status data-label="Status" { (status_badge(r)) }
                             td .started data-label="Started" { (time(r.started_ms)) }

@@ -276,6 +276,37 @@ fn file_task_runs_show_their_kind_and_a_disk_pressure_start_in_words() {
 }
 
 #[test]
+fn runs_of_the_redis_kinds_show_with_their_kind_and_why_they_failed() {
+    let mut cleanup = run(11, "cache-cleanup", "succeeded", None);
+    cleanup.kind = "redis_cleanup".into();
+    let mut warmup = run(
+        12,
+        "cache-warmup",
+        "failed",
+        Some(
+            "validation failed: 1 of 1 URLs did not answer as expected: http://127.0.0.1:3000/home: connect: Connection refused",
+        ),
+    );
+    warmup.kind = "cache_warmup".into();
+    let html = html_of(&Section {
+        runs: vec![warmup, cleanup],
+        ..Section::default()
+    });
+    for (id, task, kind) in [
+        (11, "cache-cleanup", "redis_cleanup"),
+        (12, "cache-warmup", "cache_warmup"),
+    ] {
+        let row = &html[html.find(&format!("id=\"maint-run-{id}\"")).unwrap()..];
+        let row = &row[..row.find("</tr>").unwrap()];
+        assert!(
+            row.contains(task) && row.contains(&format!("<span class=\"sub\">{kind}</span>")),
+            "{row}"
+        );
+    }
+    assert!(html.contains("http://127.0.0.1:3000/home: connect: Connection refused"));
+}
+
+#[test]
 fn an_ended_run_without_an_end_is_not_running_so_far() {
     // Rolled back on demand by a version that recorded no end.
     let mut old = run(7, "trim", "rolled_back", None);
