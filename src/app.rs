@@ -211,6 +211,7 @@ impl App {
         let tx = self.tx.clone().expect("running");
         let ctx = BuildContext {
             data_dir: self.data_dir.clone(),
+            secret_files: config.secret_files(),
         };
         let built = probes::build(config, &ctx);
         let mut configured: Vec<ProbeMeta> = built

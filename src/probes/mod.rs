@@ -6,12 +6,15 @@
 //! `runner.rs`. Called by `App` and the maintenance runner (its guards).
 
 pub mod access_log;
+pub mod access_review;
+pub mod compliance;
 pub mod config;
 pub mod host;
 pub mod http;
 pub mod postgres;
 pub mod redis;
 pub mod runner;
+pub mod security_updates;
 pub mod tcp;
 pub mod worker;
 
@@ -95,11 +98,29 @@ pub fn out_of_fds(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// What a probe judged of its last tick beyond its readings' thresholds:
+/// kinds whose health is a set of named facts (a check failed, a change
+/// nobody reviewed) say so here, and what changed becomes events.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Findings {
+    /// The tick's own status and why; the runner keeps the worse of this
+    /// and the thresholds'. `Unknown` says the probe could not look.
+    pub status: Option<(Status, String)>,
+    /// One event per change seen on this tick, worded for people.
+    pub events: Vec<String>,
+}
+
 /// A probe keeps state across ticks (`&mut self`): a long-lived handle, a
 /// client, previous counters for rates. The runner owns name, interval,
 /// timeout, thresholds and the clock.
 pub trait Probe: Send + 'static {
     fn sample(&mut self) -> impl Future<Output = Result<Vec<Reading>, ProbeError>> + Send;
+
+    /// Taken by the runner after each successful `sample`: most kinds have
+    /// nothing to say beyond their readings.
+    fn findings(&mut self) -> Findings {
+        Findings::default()
+    }
 }
 
 /// The object-safe form of `Probe`, so that probes of every kind can be held
@@ -108,6 +129,7 @@ pub trait DynProbe: Send {
     fn sample_boxed(
         &mut self,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<Reading>, ProbeError>> + Send + '_>>;
+    fn findings_boxed(&mut self) -> Findings;
 }
 
 impl<P: Probe> DynProbe for P {
@@ -115,6 +137,10 @@ impl<P: Probe> DynProbe for P {
         &mut self,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<Reading>, ProbeError>> + Send + '_>> {
         Box::pin(self.sample())
+    }
+
+    fn findings_boxed(&mut self) -> Findings {
+        self.findings()
     }
 }
 
@@ -128,6 +154,10 @@ impl Probe for AnyProbe {
         // this very function and recurse until the stack overflows.
         (**self).sample_boxed()
     }
+
+    fn findings(&mut self) -> Findings {
+        (**self).findings_boxed()
+    }
 }
 
 /// What building a probe may need besides its own config.
@@ -136,6 +166,9 @@ pub struct BuildContext {
     /// The agent's data dir: probes that keep state across restarts (a log
     /// tail's offset) keep it here.
     pub data_dir: PathBuf,
+    /// The agent's own password and token files (`compliance` checks
+    /// their modes).
+    pub secret_files: Vec<PathBuf>,
 }
 
 /// Everything the runner needs to drive one probe, apart from the probe.

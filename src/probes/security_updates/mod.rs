@@ -1,0 +1,547 @@
+//! `kind = "security_updates"`: pending package updates, those from a
+//! security archive, how long the oldest has waited, and whether the host
+//! waits for a reboot. Debian and Ubuntu: `apt-get --simulate
+//! dist-upgrade` (`apt.rs`); Fedora and RHEL: `dnf check-update`, `dnf
+//! updateinfo list --security` and `needs-restarting -r` (`dnf.rs`).
+//!
+//! Nothing is read but apt's and dpkg's files (locks, package lists,
+//! `reboot-required`). `apt-get update` runs only with `refresh = true`.
+//! The probe never waits on a lock: a held dpkg lock makes the tick
+//! unhealthy ("apt is locked by pid N"), and every command is killed at
+//! the tick's deadline.
+//!
+//! How long an update has been pending is the older of two lower bounds:
+//! the date of the security list that offers it, and when this probe first
+//! saw it (kept in `DATA_DIR/security_updates/NAME.json`, so a restart does
+//! not reset the clock).
+
+pub mod apt;
+pub mod dnf;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, SystemTime};
+
+use super::config::{ConfiguredKind, KindFacts, Threshold};
+use super::{AnyProbe, BuildContext, Findings, Probe, ProbeError};
+use crate::probe_config;
+use crate::sample::{Reading, Status, Unit, now_ms};
+
+const DAY: u64 = 86_400;
+
+fn week() -> Duration {
+    Duration::from_secs(7 * DAY)
+}
+fn month() -> Duration {
+    Duration::from_secs(30 * DAY)
+}
+fn day() -> Duration {
+    Duration::from_secs(DAY)
+}
+fn slash() -> PathBuf {
+    PathBuf::from("/")
+}
+
+probe_config! {
+    /// `[probe.NAME] kind = "security_updates"`.
+    pub struct SecurityUpdatesConfig {
+        /// Run `apt-get update` before each check (default: use the lists
+        /// as the host's own timers left them).
+        #[serde(default)]
+        pub refresh: bool,
+        /// Degraded once a security update has waited this long.
+        #[serde(default = "week", with = "humantime_serde")]
+        pub security_grace: Duration,
+        /// Unhealthy once a security update has waited this long.
+        #[serde(default = "month", with = "humantime_serde")]
+        pub security_max: Duration,
+        /// Degraded once a required reboot has waited this long.
+        #[serde(default = "day", with = "humantime_serde")]
+        pub reboot_grace: Duration,
+        /// The root the host's files are read under (a container's, or a
+        /// test's); apt is pointed at it with `-o Dir=`.
+        #[serde(default = "slash")]
+        pub root: PathBuf,
+    }
+}
+
+impl SecurityUpdatesConfig {
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.security_grace > self.security_max {
+            out.push((
+                "security_grace",
+                format!(
+                    "{} is longer than security_max {}",
+                    humantime::format_duration(self.security_grace),
+                    humantime::format_duration(self.security_max)
+                ),
+            ));
+        }
+        if !self.root.is_absolute() {
+            out.push((
+                "root",
+                format!("`{}` is not an absolute path", self.root.display()),
+            ));
+        }
+        out
+    }
+}
+
+impl KindFacts for SecurityUpdatesConfig {
+    const HEADLINE: &'static str = "security_updates_pending";
+    /// The check's cost is apt's or dnf's: the tick's own duration stands in.
+    const LATENCY: Option<&'static str> = None;
+}
+
+impl ConfiguredKind for SecurityUpdatesConfig {
+    const DEFAULT_INTERVAL: Option<Duration> = Some(Duration::from_secs(3600));
+    /// `apt-get update` over a slow mirror takes minutes.
+    const DEFAULT_TIMEOUT: Option<Duration> = Some(Duration::from_secs(300));
+
+    fn default_thresholds() -> Vec<Threshold> {
+        Vec::new()
+    }
+
+    fn build(&self, name: &str, timeout: Duration, ctx: &BuildContext) -> AnyProbe {
+        Box::new(SecurityUpdatesProbe::new(
+            self,
+            name,
+            timeout,
+            &ctx.data_dir,
+        ))
+    }
+}
+
+/// Which package manager the host has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Tool {
+    Apt(PathBuf),
+    Dnf(PathBuf),
+}
+
+/// What one check found, before judging.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Check {
+    pub updates: usize,
+    /// Security updates by `package=version`, with the date (unix s) of
+    /// the list or advisory offering each, where known.
+    pub security: BTreeMap<String, Option<i64>>,
+    pub reboot_required: bool,
+    /// When the reboot became required (unix s), where known.
+    pub reboot_since: Option<i64>,
+}
+
+pub struct SecurityUpdatesProbe {
+    config: SecurityUpdatesConfig,
+    /// Each command must end well inside the tick's timeout.
+    deadline: Duration,
+    state_file: PathBuf,
+    /// `package=version` → first seen (unix ms); `None` until loaded.
+    first_seen: Option<BTreeMap<String, i64>>,
+    findings: Findings,
+}
+
+impl SecurityUpdatesProbe {
+    pub fn new(
+        config: &SecurityUpdatesConfig,
+        name: &str,
+        timeout: Duration,
+        data_dir: &Path,
+    ) -> SecurityUpdatesProbe {
+        SecurityUpdatesProbe {
+            config: config.clone(),
+            deadline: timeout.mul_f64(0.9),
+            state_file: data_dir
+                .join("security_updates")
+                .join(format!("{name}.json")),
+            first_seen: None,
+            findings: Findings::default(),
+        }
+    }
+
+    fn tool(&self) -> Option<Tool> {
+        let root = &self.config.root;
+        let find = |name: &str| {
+            ["usr/bin", "bin", "usr/sbin"]
+                .iter()
+                .map(|d| root.join(d).join(name))
+                .find(|p| p.is_file())
+        };
+        // A host that has both is a Debian host with dnf installed: apt rules.
+        if let Some(p) = find("apt-get") {
+            return Some(Tool::Apt(p));
+        }
+        find("dnf").map(Tool::Dnf)
+    }
+
+    async fn check_apt(&self, apt_get: &Path) -> Result<Check, ProbeError> {
+        let root = &self.config.root;
+        let mut locks = vec!["var/lib/dpkg/lock-frontend", "var/lib/dpkg/lock"];
+        if self.config.refresh {
+            locks.push("var/lib/apt/lists/lock");
+        }
+        for l in locks {
+            if let Some(pid) = apt::holder(&root.join(l)) {
+                return Err(ProbeError::Failed(format!("apt is locked by pid {pid}")));
+            }
+        }
+        let mut base: Vec<OsString> = Vec::new();
+        if root != Path::new("/") {
+            let mut dir = OsString::from("Dir=");
+            dir.push(root.as_os_str());
+            base.extend(["-o".into(), dir]);
+        }
+        if self.config.refresh {
+            let mut args = base.clone();
+            args.extend(["-q".into(), "update".into()]);
+            apt_output(run(apt_get, &args, self.deadline).await?, "apt-get update")?;
+        }
+        let mut args = base;
+        args.extend(["--simulate".into(), "dist-upgrade".into()]);
+        let out = apt_output(
+            run(apt_get, &args, self.deadline).await?,
+            "apt-get --simulate dist-upgrade",
+        )?;
+        let pending = apt::parse_simulate(&String::from_utf8_lossy(&out.stdout));
+        let releases = apt::releases(root);
+        let (reboot_required, reboot_since) = reboot_file(root);
+        Ok(Check {
+            updates: pending.len(),
+            security: pending
+                .iter()
+                .filter(|p| p.is_security())
+                .map(|p| {
+                    (
+                        format!("{}={}", p.package, p.version),
+                        apt::list_date(p, &releases),
+                    )
+                })
+                .collect(),
+            reboot_required,
+            reboot_since,
+        })
+    }
+
+    async fn check_dnf(&self, dnf_bin: &Path) -> Result<Check, ProbeError> {
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        let updates = run(dnf_bin, &args(&["-q", "check-update"]), self.deadline).await?;
+        if !matches!(updates.status.code(), Some(0 | 100)) {
+            return Err(failed("dnf check-update", &updates));
+        }
+        let security = run(
+            dnf_bin,
+            &args(&["-q", "updateinfo", "list", "--security"]),
+            self.deadline,
+        )
+        .await?;
+        if !security.status.success() {
+            return Err(failed("dnf updateinfo list --security", &security));
+        }
+        let names = dnf::parse_check_update(&String::from_utf8_lossy(&updates.stdout));
+        let advisories = dnf::parse_updateinfo(&String::from_utf8_lossy(&security.stdout));
+        let restarting = self.config.root.join("usr/bin/needs-restarting");
+        let reboot = if restarting.is_file() {
+            let r = run(&restarting, &args(&["-r"]), self.deadline).await?;
+            dnf::reboot_needed(r.status.code()).unwrap_or(false)
+        } else {
+            false
+        };
+        Ok(Check {
+            updates: names.len(),
+            security: advisories,
+            reboot_required: reboot,
+            reboot_since: None,
+        })
+    }
+
+    /// The first-seen times, read once from the state file.
+    fn first_seen(&mut self) -> &mut BTreeMap<String, i64> {
+        let file = &self.state_file;
+        self.first_seen.get_or_insert_with(|| {
+            std::fs::read(file)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default()
+        })
+    }
+
+    fn remember(&mut self, check: &Check, now: i64) {
+        let seen = self.first_seen();
+        let before = seen.clone();
+        seen.retain(|k, _| check.security.contains_key(k));
+        for k in check.security.keys() {
+            seen.entry(k.clone()).or_insert(now);
+        }
+        if *seen != before {
+            let text = serde_json::to_vec(&*seen).expect("a map of numbers serializes");
+            if let Err(e) = write_atomic(&self.state_file, &text) {
+                tracing::warn!(
+                    "security updates: keeping first-seen times in {}: {e}",
+                    self.state_file.display()
+                );
+            }
+        }
+    }
+}
+
+/// `dest` replaced whole, never half-written.
+pub(crate) fn write_atomic(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = dest.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, dest)
+}
+
+/// Whether `reboot-required` exists under `root`, and since when.
+fn reboot_file(root: &Path) -> (bool, Option<i64>) {
+    for p in ["run/reboot-required", "var/run/reboot-required"] {
+        if let Ok(m) = std::fs::symlink_metadata(root.join(p)) {
+            let since = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs() as i64);
+            return (true, since);
+        }
+    }
+    (false, None)
+}
+
+/// Runs `prog` with a C locale (apt's words are parsed) and no stdin; it
+/// is killed when `deadline` passes or the tick is dropped.
+async fn run(prog: &Path, args: &[OsString], deadline: Duration) -> Result<Output, ProbeError> {
+    let what = || {
+        let mut s = prog.display().to_string();
+        for a in args {
+            s.push(' ');
+            s.push_str(&a.to_string_lossy());
+        }
+        s
+    };
+    let child = tokio::process::Command::new(prog)
+        .args(args)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| ProbeError::io(format_args!("starting {}", what()), &e))?;
+    match tokio::time::timeout(deadline, child.wait_with_output()).await {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(e)) => Err(ProbeError::io(format_args!("running {}", what()), &e)),
+        Err(_) => Err(ProbeError::Failed(format!(
+            "{} did not finish within {}",
+            what(),
+            humantime::format_duration(Duration::from_secs(deadline.as_secs().max(1)))
+        ))),
+    }
+}
+
+/// apt's answer, or why it failed: a lock named by its holder, else apt's
+/// last error line.
+fn apt_output(out: Output, what: &str) -> Result<Output, ProbeError> {
+    if out.status.success() {
+        return Ok(out);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if let Some(pid) = apt::locked_by(&stderr) {
+        return Err(ProbeError::Failed(format!("apt is locked by pid {pid}")));
+    }
+    Err(failed(what, &out))
+}
+
+fn failed(what: &str, out: &Output) -> ProbeError {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    let code = out
+        .status
+        .code()
+        .map_or_else(|| "killed by a signal".to_string(), |c| format!("exit {c}"));
+    ProbeError::Failed(format!("{what} failed ({code}): {last}"))
+}
+
+/// `3d`, `5h`, `12m`: a waiting time, roughly.
+fn age(secs: i64) -> String {
+    let secs = secs.max(0);
+    if secs >= DAY as i64 {
+        format!("{}d", secs / DAY as i64)
+    } else if secs >= 3600 {
+        format!("{}h", secs / 3600)
+    } else {
+        format!("{}m", secs / 60)
+    }
+}
+
+/// The readings and the verdict of one check at `now` (unix ms), with the
+/// first-seen time of each security update.
+pub fn judge(
+    check: &Check,
+    first_seen: &BTreeMap<String, i64>,
+    config: &SecurityUpdatesConfig,
+    now: i64,
+) -> (Vec<Reading>, Option<(Status, String)>) {
+    let now_s = now / 1000;
+    let waited: Vec<(&str, i64)> = check
+        .security
+        .iter()
+        .map(|(k, listed)| {
+            let seen = first_seen.get(k).map(|ms| ms / 1000);
+            let since = match (seen, *listed) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or(now_s),
+            };
+            (k.as_str(), now_s - since)
+        })
+        .collect();
+    let oldest = waited.iter().map(|(_, w)| *w).max();
+    let mut readings = vec![
+        Reading::new("updates_pending", check.updates as f64, Unit::Count),
+        Reading::new(
+            "security_updates_pending",
+            check.security.len() as f64,
+            Unit::Count,
+        ),
+        Reading::new(
+            "reboot_required",
+            f64::from(u8::from(check.reboot_required)),
+            Unit::Count,
+        ),
+    ];
+    if let Some(o) = oldest {
+        readings.push(Reading::new(
+            "oldest_security_update_age_seconds",
+            o.max(0) as f64,
+            Unit::Seconds,
+        ));
+    }
+    let mut worst = Status::Healthy;
+    let mut why = Vec::new();
+    let over = |limit: Duration| -> Vec<&str> {
+        waited
+            .iter()
+            .filter(|(_, w)| *w > limit.as_secs() as i64)
+            .map(|(k, _)| k.split('=').next().unwrap_or(k))
+            .collect()
+    };
+    let (late, status, limit) = match over(config.security_max) {
+        l if !l.is_empty() => (l, Status::Unhealthy, config.security_max),
+        _ => (
+            over(config.security_grace),
+            Status::Degraded,
+            config.security_grace,
+        ),
+    };
+    if !late.is_empty() {
+        worst = status;
+        let mut names = late.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+        if late.len() > 5 {
+            names.push_str(&format!(" and {} more", late.len() - 5));
+        }
+        why.push(format!(
+            "{} security update{} pending longer than {} (oldest {}): {names}",
+            late.len(),
+            if late.len() == 1 { "" } else { "s" },
+            age(limit.as_secs() as i64),
+            age(oldest.unwrap_or(0)),
+        ));
+    }
+    if check.reboot_required
+        && let Some(since) = check.reboot_since
+        && now_s - since > config.reboot_grace.as_secs() as i64
+    {
+        worst = worst.max(Status::Degraded);
+        why.push(format!("reboot required for {}", age(now_s - since)));
+    }
+    let verdict = (worst != Status::Healthy).then(|| (worst, why.join("; ")));
+    (readings, verdict)
+}
+
+impl Probe for SecurityUpdatesProbe {
+    async fn sample(&mut self) -> Result<Vec<Reading>, ProbeError> {
+        self.findings = Findings::default();
+        let check = match self.tool() {
+            Some(Tool::Apt(p)) => self.check_apt(&p).await?,
+            Some(Tool::Dnf(p)) => self.check_dnf(&p).await?,
+            None => return Err(ProbeError::Failed("no apt-get or dnf found".into())),
+        };
+        let now = now_ms();
+        self.remember(&check, now);
+        let first_seen = self.first_seen().clone();
+        let (readings, verdict) = judge(&check, &first_seen, &self.config, now);
+        self.findings.status = verdict;
+        Ok(readings)
+    }
+
+    fn findings(&mut self) -> Findings {
+        std::mem::take(&mut self.findings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn config(root: &Path) -> SecurityUpdatesConfig {
+        toml::from_str(&format!("root = {:?}", root.display().to_string())).unwrap()
+    }
+
+    #[test]
+    fn defaults_and_validation() {
+        let c = config(Path::new("/"));
+        assert!(!c.refresh);
+        assert_eq!(c.security_grace, week());
+        assert_eq!(c.security_max, month());
+        assert!(c.validate().is_empty());
+        let bad: SecurityUpdatesConfig =
+            toml::from_str("security_grace = \"40d\"\nroot = \"rel\"").unwrap();
+        let fields: Vec<&str> = bad.validate().iter().map(|(f, _)| *f).collect();
+        assert_eq!(fields, vec!["security_grace", "root"]);
+    }
+
+    #[test]
+    fn grace_then_max_then_reboot() {
+        let c = config(Path::new("/"));
+        let now = 100 * DAY as i64 * 1000;
+        let days_ago = |d: i64| now / 1000 - d * DAY as i64;
+        let mut check = Check {
+            updates: 3,
+            security: [("openssl=3".to_string(), Some(days_ago(2)))].into(),
+            ..Check::default()
+        };
+        let (r, v) = judge(&check, &BTreeMap::new(), &c, now);
+        assert_eq!(r[1].value, 1.0);
+        assert_eq!(r[3].value, (2 * DAY) as f64);
+        assert_eq!(v, None);
+        // Seen by the probe eight days ago: older than the list says.
+        let seen = [("openssl=3".to_string(), (days_ago(8)) * 1000)].into();
+        let (_, v) = judge(&check, &seen, &c, now);
+        assert_eq!(
+            v,
+            Some((
+                Status::Degraded,
+                "1 security update pending longer than 7d (oldest 8d): openssl".into()
+            ))
+        );
+        check.security.insert("libc6=2".into(), Some(days_ago(31)));
+        check.reboot_required = true;
+        check.reboot_since = Some(days_ago(2));
+        let (r, v) = judge(&check, &seen, &c, now);
+        assert_eq!(r[2].value, 1.0);
+        let (s, why) = v.unwrap();
+        assert_eq!(s, Status::Unhealthy);
+        assert_eq!(
+            why,
+            "1 security update pending longer than 30d (oldest 31d): libc6; reboot required for 2d"
+        );
+    }
+}
