@@ -6,12 +6,14 @@
 //!   rendered by [`report`], and `status` from the running agent;
 //! - [`maintenance`]: the maintenance tasks, rendered by
 //!   [`maintenance::report`];
+//! - [`access`]: the access review report and its acknowledgement;
 //! - `check_config`, `run`: validate a config; run the agent;
 //! - `generate`: man pages and shell completions for the packages.
 //!
 //! Output lives in the library so that it is tested on real files without
 //! a process in between.
 
+pub mod access;
 mod check_config;
 mod generate;
 pub mod maintenance;
@@ -141,6 +143,13 @@ pub enum Command {
         #[command(flatten)]
         at: maintenance::MaintWhere,
     },
+    /// Access review: report who can get in; acknowledge changes.
+    Access {
+        #[command(subcommand)]
+        action: access::Access,
+        #[command(flatten)]
+        at: maintenance::MaintWhere,
+    },
     /// Write the man pages (upkeep.1, upkeep-SUBCOMMAND.1) into DIR (packaging).
     #[command(hide = true)]
     GenerateMan { dir: PathBuf },
@@ -235,6 +244,13 @@ pub fn dispatch(command: Command) -> Result<(), CliError> {
             at,
         } => read::uptime(probe.as_deref(), window, format, &at),
         Command::Maintenance { action, at } => maintenance::maintenance(
+            action,
+            &Where {
+                config: at.config,
+                data_dir: at.data_dir,
+            },
+        ),
+        Command::Access { action, at } => access::access(
             action,
             &Where {
                 config: at.config,

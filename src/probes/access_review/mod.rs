@@ -14,6 +14,7 @@
 pub mod collect;
 pub mod diff;
 pub mod keys;
+pub mod report;
 pub mod sshd;
 
 use std::path::{Path, PathBuf};
