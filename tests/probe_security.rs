@@ -542,3 +542,80 @@ fn access_report_as_a_non_root_user_names_what_it_cannot_read() {
         24
     );
 }
+
+/// The whole path in a running agent: a change becomes a `change` event in
+/// history and degrades the probe; the API's ack (with the token) clears it.
+#[test]
+fn a_running_agent_records_access_changes_as_events_until_acked_over_the_api() {
+    use crate::util::{Agent, free_port, get, request, wait_for, write_file};
+    let host = Host::new();
+    let dir = temp_dir();
+    let token = write_file(dir.path(), "token", "s3cret-t0ken\n");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let port = free_port();
+    let cfg = write_file(
+        dir.path(),
+        "agent.toml",
+        &format!(
+            "[agent]\nfailure_threshold = 1\nsuccess_threshold = 1\n[host]\nenabled = false\n\
+             [api]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n\
+             [probe.access]\nkind = \"access_review\"\ninterval = \"1s\"\nroot = {:?}\n",
+            token.display(),
+            host.dir.path().display().to_string()
+        ),
+    );
+    let _agent = Agent::start(Some(&cfg), &dir.path().join("data"), port);
+    let status = || {
+        let (_, body) = get(port, "/api/v1/probes").unwrap_or_default();
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        doc["probes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "access")
+            .map(|p| {
+                (
+                    p["status"].as_str().unwrap_or("").to_string(),
+                    p["reason"].clone(),
+                )
+            })
+    };
+    wait_for("the baseline", || {
+        status().is_some_and(|(s, _)| s == "healthy")
+    });
+    host.append("etc/passwd", "deploy:x:1003:1003::/home/deploy:/bin/bash\n");
+    wait_for("the change to degrade the probe", || {
+        status().is_some_and(|(s, _)| s == "degraded")
+    });
+    let (_, why) = status().unwrap();
+    assert!(
+        why.as_str()
+            .unwrap()
+            .contains("(latest: user `deploy` added (uid 1003, /bin/bash))"),
+        "{why}"
+    );
+    wait_for("the change event in history", || {
+        get(port, "/api/v1/events?probe=access")
+            .is_some_and(|(_, b)| b.contains("user `deploy` added (uid 1003, /bin/bash)"))
+    });
+    let post = |auth: &str| {
+        request(
+            port,
+            &format!(
+                "POST /api/v1/access/ack HTTP/1.1\r\nHost: localhost:{port}\r\n{auth}Content-Length: 0\r\n\r\n"
+            ),
+        )
+        .expect("the agent answers")
+    };
+    assert_eq!(post("").code, 401);
+    let r = post("Authorization: Bearer s3cret-t0ken\r\n");
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert!(
+        r.body.contains("\"acknowledged\":[\"access\"]"),
+        "{}",
+        r.body
+    );
+    wait_for("the ack to clear the probe", || {
+        status().is_some_and(|(s, _)| s == "healthy")
+    });
+}

@@ -89,6 +89,8 @@ const ROUTES: &[(&str, &str, &str, u16, u16)] = &[
         404,
     ),
     ("post", "/api/v1/reload", "/api/v1/reload", 401, 200),
+    // 404 with the token: the test agent has no access_review probe.
+    ("post", "/api/v1/access/ack", "/api/v1/access/ack", 401, 404),
 ];
 
 const MIN: i64 = 60_000;

@@ -40,6 +40,7 @@ use crate::live::Live;
 use crate::probes::runner::RunnerStats;
 use crate::secret::Secret;
 
+pub mod access;
 pub mod api;
 pub mod conn;
 pub mod health;
@@ -506,6 +507,8 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
                 .or(api::routes(state.clone()))
                 .unify()
                 .or(maintenance::routes(state.clone()))
+                .unify()
+                .or(access::routes(state.clone()))
                 .unify()
                 .or(metrics::routes(state.clone()))
                 .unify()
