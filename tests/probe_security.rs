@@ -619,3 +619,74 @@ fn a_running_agent_records_access_changes_as_events_until_acked_over_the_api() {
         status().is_some_and(|(s, _)| s == "healthy")
     });
 }
+
+/// The baseline on this very host, each result checked against what the
+/// host shows by other means.
+#[test]
+fn compliance_on_this_host_agrees_with_what_the_host_shows() {
+    use upkeep::probes::compliance::{ComplianceConfig, Verdict, run_all};
+    let c: ComplianceConfig = toml::from_str("world_writable_paths = [\"/etc\"]").unwrap();
+    let results: std::collections::BTreeMap<&str, Verdict> = run_all(&c, &[]).into_iter().collect();
+    assert_eq!(results.len(), 7);
+    // Printed for comparing with `lynis audit system` on the same host.
+    for (id, v) in &results {
+        println!("{id}: {v:?}");
+    }
+    let has = |p: &str| Path::new(p).exists();
+    if has("/etc/ssh/sshd_config") {
+        assert!(!matches!(results["ssh-root-login"], Verdict::Unknown(_)));
+    } else {
+        assert_eq!(
+            results["ssh-root-login"],
+            Verdict::Unknown("no /etc/ssh/sshd_config (is sshd installed?)".into())
+        );
+    }
+    let running = |names: &[&str]| {
+        names.iter().any(|n| {
+            Command::new("pgrep")
+                .args(["-x", n])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    };
+    let synced = running(&["systemd-timesyn", "chronyd", "ntpd"]);
+    assert_eq!(
+        matches!(results["time-sync"], Verdict::Pass(_)),
+        synced,
+        "{:?}",
+        results["time-sync"]
+    );
+    // find(1) agrees on world-writable files under /etc.
+    let find = Command::new("find")
+        .args([
+            "/etc", "-perm", "-0002", "(", "-type", "f", "-o", "(", "-type", "d", "!", "-perm",
+            "-1000", ")", ")",
+        ])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&find.stdout).lines().count();
+    assert_eq!(
+        matches!(results["world-writable"], Verdict::Fail(_)),
+        listed > 0,
+        "{:?}",
+        results["world-writable"]
+    );
+    assert_eq!(
+        results["secret-modes"],
+        Verdict::Pass("no password or token files configured".into())
+    );
+    let tool = [
+        "/usr/sbin/nft",
+        "/sbin/nft",
+        "/usr/sbin/iptables",
+        "/sbin/iptables",
+    ]
+    .iter()
+    .any(|p| has(p));
+    if !tool {
+        assert!(!matches!(results["firewall"], Verdict::Pass(_)));
+    }
+    for (id, v) in &results {
+        assert!(!v.reason().is_empty(), "{id} has no reason");
+    }
+}

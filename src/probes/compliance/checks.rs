@@ -294,7 +294,19 @@ fn firewall(root: &Path) -> Verdict {
             Err(e) => Verdict::Unknown(e),
         };
     }
-    Verdict::Fail("neither nft nor iptables is installed".into())
+    // No tool to read rules with: the kernel's own list of loaded
+    // iptables tables still tells "nothing loaded" from "cannot tell".
+    match std::fs::read_to_string(root.join("proc/net/ip_tables_names")) {
+        Ok(t) if t.trim().is_empty() => Verdict::Fail(
+            "no firewall rules: neither nft nor iptables is installed and no iptables table is loaded"
+                .into(),
+        ),
+        Ok(t) => Verdict::Unknown(format!(
+            "iptables tables loaded ({}) but neither nft nor iptables is installed to read their rules",
+            t.split_whitespace().collect::<Vec<_>>().join(", ")
+        )),
+        Err(_) => Verdict::Unknown("neither nft nor iptables is installed, and /proc/net/ip_tables_names cannot be read".into()),
+    }
 }
 
 /// A time daemon among the running processes (read from `/proc`, as the
@@ -446,6 +458,26 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(run("unattended-upgrades", &i), Verdict::Fail(_)));
+    }
+
+    #[test]
+    fn firewall_without_tools_reads_the_kernels_tables() {
+        let root = tempfile::tempdir().unwrap();
+        let i = inputs(root.path(), &[], &[]);
+        assert!(matches!(run("firewall", &i), Verdict::Unknown(_)));
+        std::fs::create_dir_all(root.path().join("proc/net")).unwrap();
+        std::fs::write(root.path().join("proc/net/ip_tables_names"), "").unwrap();
+        assert!(
+            matches!(run("firewall", &i), Verdict::Fail(r) if r.starts_with("no firewall rules"))
+        );
+        std::fs::write(
+            root.path().join("proc/net/ip_tables_names"),
+            "filter\nnat\n",
+        )
+        .unwrap();
+        assert!(
+            matches!(run("firewall", &i), Verdict::Unknown(r) if r.starts_with("iptables tables loaded (filter, nat)"))
+        );
     }
 
     #[test]
