@@ -690,3 +690,80 @@ fn compliance_on_this_host_agrees_with_what_the_host_shows() {
         assert!(!v.reason().is_empty(), "{id} has no reason");
     }
 }
+
+#[test]
+fn bad_security_options_are_config_errors_naming_each() {
+    let dir = temp_dir();
+    let cfg = crate::util::write_file(
+        dir.path(),
+        "agent.toml",
+        "[probe.updates]\nkind = \"security_updates\"\nsecurity_grace = \"40d\"\n\n\
+         [probe.baseline]\nkind = \"compliance\"\nchecks = [\"ssh-root-login\", \"antivirus\"]\nunhealthy_on = [\"firewal\"]\n\n\
+         [probe.access]\nkind = \"access_review\"\nroot = \"etc\"\n",
+    );
+    let out = crate::util::upkeep(&["check-config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78));
+    let err = crate::util::stderr(&out);
+    for words in [
+        "probe.updates.security_grace: 40d is longer than security_max 30d",
+        "probe.baseline.checks: no check named `antivirus`",
+        "probe.baseline.unhealthy_on: no check named `firewal`",
+        "probe.access.root: `etc` is not an absolute path",
+    ] {
+        assert!(err.contains(words), "{words}\n{err}");
+    }
+}
+
+#[test]
+fn access_report_table_and_ack_from_the_command_line() {
+    let host = Host::new();
+    let conf = temp_dir();
+    let cfg = access_config(conf.path(), host.dir.path());
+    let data = conf.path().join("data");
+    // Without the agent: a baseline, then a change, as the probe would see them.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut p = host.probe(&data);
+    rt.block_on(look(&mut p));
+    host.append("etc/passwd", "deploy:x:1003:1003::/home/deploy:/bin/bash\n");
+    let (r, _) = rt.block_on(look(&mut p));
+    assert_eq!(value(&r, "unreviewed_changes"), 1.0);
+    let out = crate::util::upkeep(&["access", "report", "--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", crate::util::stderr(&out));
+    let table = crate::util::stdout(&out);
+    assert!(table.contains("access review `access`"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("alice ") && l.contains("yes")),
+        "{table}"
+    );
+    assert!(table.contains("never acknowledged"), "{table}");
+    assert!(
+        table.contains("user `deploy` added (uid 1003, /bin/bash)"),
+        "{table}"
+    );
+    let out = crate::util::upkeep(&["access", "ack", "--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", crate::util::stderr(&out));
+    let (r, f) = rt.block_on(look(&mut p));
+    assert_eq!(value(&r, "unreviewed_changes"), 0.0);
+    assert_eq!(f.status, None);
+    let out = crate::util::upkeep(&[
+        "access",
+        "report",
+        "--format",
+        "json",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["changes_since_ack"], serde_json::json!([]));
+    assert!(doc["acked_at"].is_string());
+    // A config without such a probe is a usage error naming the kind.
+    let none = crate::util::write_file(conf.path(), "empty.toml", "");
+    let out = crate::util::upkeep(&["access", "ack", "--config", none.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(crate::util::stderr(&out).contains("no probe of kind access_review"));
+}

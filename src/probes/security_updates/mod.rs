@@ -75,8 +75,8 @@ impl SecurityUpdatesConfig {
                 "security_grace",
                 format!(
                     "{} is longer than security_max {}",
-                    humantime::format_duration(self.security_grace),
-                    humantime::format_duration(self.security_max)
+                    span(self.security_grace),
+                    span(self.security_max)
                 ),
             ));
         }
@@ -368,6 +368,16 @@ fn failed(what: &str, out: &Output) -> ProbeError {
         .code()
         .map_or_else(|| "killed by a signal".to_string(), |c| format!("exit {c}"));
     ProbeError::Failed(format!("{what} failed ({code}): {last}"))
+}
+
+/// A configured span as it was likely written: `40d` rather than
+/// humantime's months.
+fn span(d: Duration) -> String {
+    if d.as_secs().is_multiple_of(DAY) && !d.is_zero() {
+        format!("{}d", d.as_secs() / DAY)
+    } else {
+        humantime::format_duration(d).to_string()
+    }
 }
 
 /// `3d`, `5h`, `12m`: a waiting time, roughly.
