@@ -767,3 +767,54 @@ fn access_report_table_and_ack_from_the_command_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(crate::util::stderr(&out).contains("no probe of kind access_review"));
 }
+
+/// The example blocks of the three kinds, uncommented, are a valid config
+/// whose every value is the default.
+#[test]
+fn the_example_blocks_show_the_defaults() {
+    use upkeep::config::{Config, ProbeConfig};
+    let text = std::fs::read_to_string("agent.toml.example").unwrap();
+    let start = text.find("# [probe.updates]").unwrap();
+    let end = start + text[start..].find("# -----").unwrap();
+    let uncommented: String = text[start..end]
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| l.starts_with('[') || toml::from_str::<toml::Table>(l).is_ok())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let parsed =
+        Config::parse("example", &uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+    let defaults = |kind: &str, shared: &str| -> ProbeConfig {
+        toml::from_str(&format!("kind = \"{kind}\"\n{shared}")).unwrap()
+    };
+    assert_eq!(
+        parsed.probe["updates"],
+        defaults("security_updates", "interval = \"1h\"\ntimeout = \"5m\"")
+    );
+    assert_eq!(
+        parsed.probe["access"],
+        defaults("access_review", "interval = \"1m\"")
+    );
+    assert_eq!(
+        parsed.probe["baseline"],
+        defaults("compliance", "interval = \"10m\"\ntimeout = \"1m\"")
+    );
+    // And those intervals and timeouts are the kinds' own defaults.
+    for (name, interval, timeout) in [
+        ("updates", 3600, 300),
+        ("access", 60, 10),
+        ("baseline", 600, 60),
+    ] {
+        let bare = defaults(parsed.probe[name].kind(), "");
+        let c = bare.common();
+        assert_eq!(
+            c.interval,
+            Some(std::time::Duration::from_secs(interval)),
+            "{name}"
+        );
+        let t = c
+            .timeout
+            .unwrap_or_else(|| upkeep::probes::default_timeout(c.interval.unwrap()));
+        assert_eq!(t, std::time::Duration::from_secs(timeout), "{name}");
+    }
+}

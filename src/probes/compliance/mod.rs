@@ -31,6 +31,9 @@ fn default_paths() -> Vec<PathBuf> {
     .map(PathBuf::from)
     .collect()
 }
+fn all_checks() -> Vec<String> {
+    CHECKS.iter().map(|c| c.id.to_string()).collect()
+}
 fn default_max_files() -> u64 {
     200_000
 }
@@ -39,8 +42,8 @@ probe_config! {
     /// `[probe.NAME] kind = "compliance"`.
     pub struct ComplianceConfig {
         /// The checks to run, by id; default: all.
-        #[serde(default)]
-        pub checks: Option<Vec<String>>,
+        #[serde(default = "all_checks")]
+        pub checks: Vec<String>,
         /// Check ids whose failure is unhealthy; other failures are degraded.
         #[serde(default)]
         pub unhealthy_on: Vec<String>,
@@ -61,7 +64,7 @@ impl ComplianceConfig {
         let mut out = Vec::new();
         let known = |id: &String| CHECKS.iter().any(|c| c.id == id);
         let ids: Vec<&str> = CHECKS.iter().map(|c| c.id).collect();
-        for id in self.checks.iter().flatten().filter(|id| !known(id)) {
+        for id in self.checks.iter().filter(|id| !known(id)) {
             out.push((
                 "checks",
                 format!("no check named `{id}` (known: {})", ids.join(", ")),
@@ -73,7 +76,7 @@ impl ComplianceConfig {
                 format!("no check named `{id}` (known: {})", ids.join(", ")),
             ));
         }
-        if self.checks.as_ref().is_some_and(Vec::is_empty) {
+        if self.checks.is_empty() {
             out.push((
                 "checks",
                 "an empty list runs nothing: leave it out to run all".into(),
@@ -96,11 +99,7 @@ impl ComplianceConfig {
         CHECKS
             .iter()
             .map(|c| c.id)
-            .filter(|id| {
-                self.checks
-                    .as_ref()
-                    .is_none_or(|s| s.iter().any(|x| x == id))
-            })
+            .filter(|id| self.checks.iter().any(|x| x == id))
             .collect()
     }
 }
