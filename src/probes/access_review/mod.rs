@@ -312,3 +312,69 @@ impl Probe for AccessReviewProbe {
         std::mem::take(&mut self.findings)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::collect::User;
+    use super::*;
+
+    fn snap(users: &[(&str, u32)]) -> Snapshot {
+        Snapshot {
+            users: Ok(users
+                .iter()
+                .map(|(n, uid)| {
+                    (
+                        n.to_string(),
+                        User {
+                            uid: *uid,
+                            gid: *uid,
+                            home: format!("/home/{n}"),
+                            shell: "/bin/bash".into(),
+                        },
+                    )
+                })
+                .collect()),
+            groups: Ok(BTreeMap::new()),
+            sudoers: Ok(BTreeMap::new()),
+            sudo_grants: Default::default(),
+            keys: BTreeMap::new(),
+            sshd: Ok(None),
+        }
+    }
+
+    #[test]
+    fn an_ack_clears_what_came_before_it_only() {
+        let mut s = State::default();
+        assert_eq!(step(&mut s, snap(&[("a", 1)]), None, 1_000), (vec![], true));
+        let (ev, _) = step(&mut s, snap(&[("a", 1), ("b", 2)]), None, 2_000);
+        assert_eq!(ev, vec!["user `b` added (uid 2, /bin/bash)"]);
+        let (ev, _) = step(&mut s, snap(&[("a", 1), ("b", 3)]), None, 4_000);
+        assert_eq!(ev, vec!["user `b` changed: uid 2 → 3, gid 2 → 3"]);
+        // Acknowledged at 3 s: the change seen at 4 s stays unreviewed.
+        let (ev, dirty) = step(&mut s, snap(&[("a", 1), ("b", 3)]), Some(3_000), 5_000);
+        assert!(ev.is_empty() && dirty);
+        assert_eq!(s.unreviewed_count(), 1);
+        assert_eq!(
+            s.unreviewed[0].message,
+            "user `b` changed: uid 2 → 3, gid 2 → 3"
+        );
+        // The same acknowledgement read again changes nothing.
+        let (_, dirty) = step(&mut s, snap(&[("a", 1), ("b", 3)]), Some(3_000), 6_000);
+        assert!(!dirty);
+    }
+
+    #[test]
+    fn an_unreadable_part_keeps_the_last_one_read() {
+        let mut s = State::default();
+        step(&mut s, snap(&[("a", 1)]), None, 1_000);
+        let mut blind = snap(&[]);
+        blind.users = Err("cannot read /etc/passwd: Permission denied".into());
+        let (ev, _) = step(&mut s, blind, None, 2_000);
+        assert!(ev.is_empty(), "{ev:?}");
+        // Readable again with a new user: only that is a change.
+        let (ev, _) = step(&mut s, snap(&[("a", 1), ("c", 5)]), None, 3_000);
+        assert_eq!(ev, vec!["user `c` added (uid 5, /bin/bash)"]);
+    }
+}
