@@ -818,3 +818,38 @@ fn the_example_blocks_show_the_defaults() {
         assert_eq!(t, std::time::Duration::from_secs(timeout), "{name}");
     }
 }
+
+/// The real apt-get pointed at a container-like root (`-o Dir=ROOT/`): an
+/// empty dpkg database with no sources has nothing to upgrade, and the
+/// host's own pending updates do not leak in.
+#[tokio::test]
+async fn a_root_is_where_apt_looks() {
+    let root = temp_dir();
+    for d in [
+        "etc/apt/sources.list.d",
+        "etc/apt/preferences.d",
+        "etc/apt/apt.conf.d",
+        "var/lib/dpkg",
+        "var/lib/apt/lists/partial",
+        "var/cache/apt/archives/partial",
+        "usr/bin",
+    ] {
+        std::fs::create_dir_all(root.path().join(d)).unwrap();
+    }
+    std::fs::write(root.path().join("var/lib/dpkg/status"), "").unwrap();
+    std::fs::write(root.path().join("etc/apt/sources.list"), "").unwrap();
+    std::os::unix::fs::symlink("/usr/bin/apt-get", root.path().join("usr/bin/apt-get")).unwrap();
+    let data = temp_dir();
+    let mut p = updates(root.path(), data.path(), 120);
+    let r = tokio::time::timeout(std::time::Duration::from_secs(120), p.sample())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(value(&r, "updates_pending"), 0.0);
+    assert_eq!(value(&r, "security_updates_pending"), 0.0);
+    assert!(
+        r.iter()
+            .all(|r| r.metric != "oldest_security_update_age_seconds")
+    );
+    assert_eq!(p.findings(), Findings::default());
+}

@@ -190,8 +190,11 @@ impl SecurityUpdatesProbe {
         }
         let mut base: Vec<OsString> = Vec::new();
         if root != Path::new("/") {
+            // With the trailing slash apt joins its relative paths
+            // (var/lib/apt/...) onto the root as a directory.
             let mut dir = OsString::from("Dir=");
             dir.push(root.as_os_str());
+            dir.push("/");
             base.extend(["-o".into(), dir]);
         }
         if self.config.refresh {
