@@ -271,22 +271,63 @@ impl SecurityUpdatesProbe {
         })
     }
 
-    fn remember(&mut self, check: &Check, now: i64) {
+    /// Records first-seen times and returns the events of what changed:
+    /// security updates newly pending, and those no longer pending
+    /// (installed, or withdrawn). The very first check (no state file yet)
+    /// is a baseline and says nothing.
+    fn remember(&mut self, check: &Check, now: i64) -> Vec<String> {
+        let baseline = self.first_seen.is_none() && !self.state_file.exists();
         let seen = self.first_seen();
         let before = seen.clone();
         seen.retain(|k, _| check.security.contains_key(k));
         for k in check.security.keys() {
             seen.entry(k.clone()).or_insert(now);
         }
-        if *seen != before {
-            let text = serde_json::to_vec(&*seen).expect("a map of numbers serializes");
-            if let Err(e) = write_atomic(&self.state_file, &text) {
-                tracing::warn!(
-                    "security updates: keeping first-seen times in {}: {e}",
-                    self.state_file.display()
-                );
-            }
+        if *seen == before {
+            return Vec::new();
         }
+        let seen = seen.clone();
+        let text = serde_json::to_vec(&seen).expect("a map of numbers serializes");
+        if let Err(e) = write_atomic(&self.state_file, &text) {
+            tracing::warn!(
+                "security updates: keeping first-seen times in {}: {e}",
+                self.state_file.display()
+            );
+        }
+        if baseline {
+            return Vec::new();
+        }
+        let names = |keys: Vec<&String>| -> (usize, String) {
+            let n = keys.len();
+            let mut s = keys
+                .iter()
+                .take(5)
+                .map(|k| k.replacen('=', " ", 1))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if n > 5 {
+                s.push_str(&format!(" and {} more", n - 5));
+            }
+            (n, s)
+        };
+        let mut events = Vec::new();
+        let new: Vec<&String> = seen.keys().filter(|k| !before.contains_key(*k)).collect();
+        if !new.is_empty() {
+            let (n, list) = names(new);
+            events.push(format!(
+                "{n} security update{} newly pending: {list}",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+        let gone: Vec<&String> = before.keys().filter(|k| !seen.contains_key(*k)).collect();
+        if !gone.is_empty() {
+            let (n, list) = names(gone);
+            events.push(format!(
+                "{n} security update{} no longer pending (installed or withdrawn): {list}",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+        events
     }
 }
 
@@ -488,10 +529,13 @@ impl Probe for SecurityUpdatesProbe {
             None => return Err(ProbeError::Failed("no apt-get or dnf found".into())),
         };
         let now = now_ms();
-        self.remember(&check, now);
+        let events = self.remember(&check, now);
         let first_seen = self.first_seen().clone();
         let (readings, verdict) = judge(&check, &first_seen, &self.config, now);
-        self.findings.status = verdict;
+        self.findings = Findings {
+            status: verdict,
+            events,
+        };
         Ok(readings)
     }
 
@@ -519,6 +563,37 @@ mod tests {
             toml::from_str("security_grace = \"40d\"\nroot = \"rel\"").unwrap();
         let fields: Vec<&str> = bad.validate().iter().map(|(f, _)| *f).collect();
         assert_eq!(fields, vec!["security_grace", "root"]);
+    }
+
+    #[test]
+    fn new_and_gone_security_updates_are_events_after_the_baseline() {
+        let data = tempfile::tempdir().unwrap();
+        let c = config(Path::new("/"));
+        let mut p = SecurityUpdatesProbe::new(&c, "u", Duration::from_secs(10), data.path());
+        let check = |keys: &[&str]| Check {
+            security: keys.iter().map(|k| (k.to_string(), None)).collect(),
+            ..Check::default()
+        };
+        assert!(
+            p.remember(&check(&["openssl=3.0.15"]), 1).is_empty(),
+            "the baseline"
+        );
+        assert_eq!(
+            p.remember(&check(&["openssl=3.0.15", "libc6=2.36"]), 2),
+            vec!["1 security update newly pending: libc6 2.36"]
+        );
+        assert!(
+            p.remember(&check(&["openssl=3.0.15", "libc6=2.36"]), 3)
+                .is_empty()
+        );
+        // A restart reads the state: nothing is new again.
+        let mut p = SecurityUpdatesProbe::new(&c, "u", Duration::from_secs(10), data.path());
+        assert_eq!(
+            p.remember(&check(&[]), 4),
+            vec![
+                "2 security updates no longer pending (installed or withdrawn): libc6 2.36, openssl 3.0.15"
+            ]
+        );
     }
 
     #[test]
