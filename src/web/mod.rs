@@ -533,6 +533,7 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
 /// The methods a path answers, for the `Allow` header of a 405.
 fn allowed_methods(path: &str) -> &'static str {
     let post = path == "/api/v1/reload"
+        || path == "/api/v1/access/ack"
         || (path.starts_with("/api/v1/maintenance/")
             && (path.ends_with("/run") || path.ends_with("/rollback")));
     if post { "POST" } else { "GET, HEAD" }
