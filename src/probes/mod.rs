@@ -29,6 +29,16 @@ pub use config::{
     ConfiguredKind, KindFacts, ProbeCommon, ProbeConfig, ProbeKind, ProbeSet, Threshold,
 };
 
+/// `dest` replaced whole, never half-written.
+pub(crate) fn write_atomic(dest: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = dest.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, dest)
+}
+
 /// Why one probe tick produced no readings. The text names the subject and
 /// never contains a secret.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]

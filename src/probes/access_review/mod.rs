@@ -23,8 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::config::{ConfiguredKind, KindFacts, Threshold};
-use super::security_updates::write_atomic;
-use super::{AnyProbe, BuildContext, Findings, Probe, ProbeError};
+use super::{AnyProbe, BuildContext, Findings, Probe, ProbeError, write_atomic};
 use crate::probe_config;
 use crate::sample::{Reading, Status, Ts, Unit, now_ms};
 pub use collect::Snapshot;

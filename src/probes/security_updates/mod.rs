@@ -16,18 +16,21 @@
 //! not reset the clock).
 
 pub mod apt;
+mod command;
 pub mod dnf;
+mod judge;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
 use std::time::{Duration, SystemTime};
 
+use self::command::{apt_output, failed, run};
+pub use self::judge::judge;
 use super::config::{ConfiguredKind, KindFacts, Threshold};
-use super::{AnyProbe, BuildContext, Findings, Probe, ProbeError};
+use super::{AnyProbe, BuildContext, Findings, Probe, ProbeError, write_atomic};
 use crate::probe_config;
-use crate::sample::{Reading, Status, Unit, now_ms};
+use crate::sample::{Reading, now_ms};
 
 const DAY: u64 = 86_400;
 
@@ -331,16 +334,6 @@ impl SecurityUpdatesProbe {
     }
 }
 
-/// `dest` replaced whole, never half-written.
-pub(crate) fn write_atomic(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = dest.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = dest.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, dest)
-}
-
 /// Whether `reboot-required` exists under `root`, and since when.
 fn reboot_file(root: &Path) -> (bool, Option<i64>) {
     for p in ["run/reboot-required", "var/run/reboot-required"] {
@@ -356,64 +349,6 @@ fn reboot_file(root: &Path) -> (bool, Option<i64>) {
     (false, None)
 }
 
-/// Runs `prog` with a C locale (apt's words are parsed) and no stdin; it
-/// is killed when `deadline` passes or the tick is dropped.
-async fn run(prog: &Path, args: &[OsString], deadline: Duration) -> Result<Output, ProbeError> {
-    let what = || {
-        let mut s = prog.display().to_string();
-        for a in args {
-            s.push(' ');
-            s.push_str(&a.to_string_lossy());
-        }
-        s
-    };
-    let child = tokio::process::Command::new(prog)
-        .args(args)
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| ProbeError::io(format_args!("starting {}", what()), &e))?;
-    match tokio::time::timeout(deadline, child.wait_with_output()).await {
-        Ok(Ok(out)) => Ok(out),
-        Ok(Err(e)) => Err(ProbeError::io(format_args!("running {}", what()), &e)),
-        Err(_) => Err(ProbeError::Failed(format!(
-            "{} did not finish within {}",
-            what(),
-            humantime::format_duration(Duration::from_secs(deadline.as_secs().max(1)))
-        ))),
-    }
-}
-
-/// apt's answer, or why it failed: a lock named by its holder, else apt's
-/// last error line.
-fn apt_output(out: Output, what: &str) -> Result<Output, ProbeError> {
-    if out.status.success() {
-        return Ok(out);
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if let Some(pid) = apt::locked_by(&stderr) {
-        return Err(ProbeError::Failed(format!("apt is locked by pid {pid}")));
-    }
-    Err(failed(what, &out))
-}
-
-fn failed(what: &str, out: &Output) -> ProbeError {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("");
-    let code = out
-        .status
-        .code()
-        .map_or_else(|| "killed by a signal".to_string(), |c| format!("exit {c}"));
-    ProbeError::Failed(format!("{what} failed ({code}): {last}"))
-}
-
 /// A configured span as it was likely written: `40d` rather than
 /// humantime's months.
 fn span(d: Duration) -> String {
@@ -422,102 +357,6 @@ fn span(d: Duration) -> String {
     } else {
         humantime::format_duration(d).to_string()
     }
-}
-
-/// `3d`, `5h`, `12m`: a waiting time, roughly.
-fn age(secs: i64) -> String {
-    let secs = secs.max(0);
-    if secs >= DAY as i64 {
-        format!("{}d", secs / DAY as i64)
-    } else if secs >= 3600 {
-        format!("{}h", secs / 3600)
-    } else {
-        format!("{}m", secs / 60)
-    }
-}
-
-/// The readings and the verdict of one check at `now` (unix ms), with the
-/// first-seen time of each security update.
-pub fn judge(
-    check: &Check,
-    first_seen: &BTreeMap<String, i64>,
-    config: &SecurityUpdatesConfig,
-    now: i64,
-) -> (Vec<Reading>, Option<(Status, String)>) {
-    let now_s = now / 1000;
-    let waited: Vec<(&str, i64)> = check
-        .security
-        .iter()
-        .map(|(k, listed)| {
-            let seen = first_seen.get(k).map(|ms| ms / 1000);
-            let since = match (seen, *listed) {
-                (Some(a), Some(b)) => a.min(b),
-                (a, b) => a.or(b).unwrap_or(now_s),
-            };
-            (k.as_str(), now_s - since)
-        })
-        .collect();
-    let oldest = waited.iter().map(|(_, w)| *w).max();
-    let mut readings = vec![
-        Reading::new("updates_pending", check.updates as f64, Unit::Count),
-        Reading::new(
-            "security_updates_pending",
-            check.security.len() as f64,
-            Unit::Count,
-        ),
-        Reading::new(
-            "reboot_required",
-            f64::from(u8::from(check.reboot_required)),
-            Unit::Count,
-        ),
-    ];
-    if let Some(o) = oldest {
-        readings.push(Reading::new(
-            "oldest_security_update_age_seconds",
-            o.max(0) as f64,
-            Unit::Seconds,
-        ));
-    }
-    let mut worst = Status::Healthy;
-    let mut why = Vec::new();
-    let over = |limit: Duration| -> Vec<&str> {
-        waited
-            .iter()
-            .filter(|(_, w)| *w > limit.as_secs() as i64)
-            .map(|(k, _)| k.split('=').next().unwrap_or(k))
-            .collect()
-    };
-    let (late, status, limit) = match over(config.security_max) {
-        l if !l.is_empty() => (l, Status::Unhealthy, config.security_max),
-        _ => (
-            over(config.security_grace),
-            Status::Degraded,
-            config.security_grace,
-        ),
-    };
-    if !late.is_empty() {
-        worst = status;
-        let mut names = late.iter().take(5).copied().collect::<Vec<_>>().join(", ");
-        if late.len() > 5 {
-            names.push_str(&format!(" and {} more", late.len() - 5));
-        }
-        why.push(format!(
-            "{} security update{} pending longer than {} (oldest {}): {names}",
-            late.len(),
-            if late.len() == 1 { "" } else { "s" },
-            age(limit.as_secs() as i64),
-            age(oldest.unwrap_or(0)),
-        ));
-    }
-    if check.reboot_required
-        && let Some(since) = check.reboot_since
-        && now_s - since > config.reboot_grace.as_secs() as i64
-    {
-        worst = worst.max(Status::Degraded);
-        why.push(format!("reboot required for {}", age(now_s - since)));
-    }
-    let verdict = (worst != Status::Healthy).then(|| (worst, why.join("; ")));
-    (readings, verdict)
 }
 
 impl Probe for SecurityUpdatesProbe {
@@ -593,43 +432,6 @@ mod tests {
             vec![
                 "2 security updates no longer pending (installed or withdrawn): libc6 2.36, openssl 3.0.15"
             ]
-        );
-    }
-
-    #[test]
-    fn grace_then_max_then_reboot() {
-        let c = config(Path::new("/"));
-        let now = 100 * DAY as i64 * 1000;
-        let days_ago = |d: i64| now / 1000 - d * DAY as i64;
-        let mut check = Check {
-            updates: 3,
-            security: [("openssl=3".to_string(), Some(days_ago(2)))].into(),
-            ..Check::default()
-        };
-        let (r, v) = judge(&check, &BTreeMap::new(), &c, now);
-        assert_eq!(r[1].value, 1.0);
-        assert_eq!(r[3].value, (2 * DAY) as f64);
-        assert_eq!(v, None);
-        // Seen by the probe eight days ago: older than the list says.
-        let seen = [("openssl=3".to_string(), (days_ago(8)) * 1000)].into();
-        let (_, v) = judge(&check, &seen, &c, now);
-        assert_eq!(
-            v,
-            Some((
-                Status::Degraded,
-                "1 security update pending longer than 7d (oldest 8d): openssl".into()
-            ))
-        );
-        check.security.insert("libc6=2".into(), Some(days_ago(31)));
-        check.reboot_required = true;
-        check.reboot_since = Some(days_ago(2));
-        let (r, v) = judge(&check, &seen, &c, now);
-        assert_eq!(r[2].value, 1.0);
-        let (s, why) = v.unwrap();
-        assert_eq!(s, Status::Unhealthy);
-        assert_eq!(
-            why,
-            "1 security update pending longer than 30d (oldest 31d): libc6; reboot required for 2d"
         );
     }
 }
