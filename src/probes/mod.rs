@@ -15,6 +15,7 @@ pub mod postgres;
 pub mod redis;
 pub mod runner;
 pub mod security_updates;
+pub mod sshd_config;
 pub mod tcp;
 pub mod worker;
 

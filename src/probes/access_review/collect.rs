@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::keys::{self, Key};
-use super::sshd;
+use crate::probes::sshd_config as sshd;
 
 /// An `authorized_keys` file is read up to this many bytes (about 20,000
 /// RSA-4096 keys); what follows is left unread and the file is marked.

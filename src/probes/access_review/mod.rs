@@ -15,7 +15,6 @@ pub mod collect;
 pub mod diff;
 pub mod keys;
 pub mod report;
-pub mod sshd;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde::Serialize;
 
-use crate::probes::access_review::sshd;
+use crate::probes::sshd_config as sshd;
 
 /// One check of the baseline: its id, why it matters, how to fix it.
 #[derive(Debug, Clone, Copy, Serialize)]
