@@ -37,6 +37,14 @@ if ! command -v chromium >/dev/null; then
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends chromium
 fi
 
+# The security probe tests make real keys (ssh-keygen) and hold a real
+# fcntl lock from another process (python3).
+if ! command -v ssh-keygen >/dev/null || ! command -v python3 >/dev/null; then
+    echo "== installing openssh-client and python3 (Debian) for the security probe tests"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends openssh-client python3
+fi
+
 if [ ! -x "$TOOLS/bin/promtool" ] || [ ! -x "$TOOLS/bin/prometheus" ]; then
     echo "== unpacking promtool and prometheus from Debian's prometheus package"
     tmp=$(mktemp -d)

@@ -218,6 +218,7 @@ impl App {
         let tx = self.tx.clone().expect("running");
         let ctx = BuildContext {
             data_dir: self.data_dir.clone(),
+            secret_files: config.secret_files(),
         };
         // Building never connects: the probes not started are dropped unused.
         let built = probes::build(config, &ctx);

@@ -181,6 +181,17 @@ impl Recorder {
                     message: msg,
                 });
             }
+            for message in &o.events {
+                tracing::info!("{}: {message}", o.probe);
+                self.events.push(Event {
+                    ts_ms: o.ts,
+                    probe: Some(o.probe.clone()),
+                    kind: "change".into(),
+                    from_status: None,
+                    to_status: None,
+                    message: message.clone(),
+                });
+            }
             let since = match live.probes.get(&o.probe) {
                 Some(p) if p.status == o.status => p.since_ms,
                 _ => o.ts,

@@ -260,7 +260,7 @@ fn every_table_s_problems_are_reported_at_once_each_at_its_place() {
             "FILE:6:21: invalid type: string \"three\", expected u32",
             "FILE:11:12: invalid type: integer `5`, expected a duration",
             "FILE:16:1: unknown field `adress`, expected one of `interval`, `timeout`, `failure_threshold`, `success_threshold`, `thresholds`, `role`, `address`",
-            "FILE:20:8: unknown variant `tcpp`, expected one of `tcp`, `http`, `worker`, `access_log`, `postgres`, `redis`",
+            "FILE:20:8: unknown variant `tcpp`, expected one of `tcp`, `http`, `worker`, `access_log`, `postgres`, `redis`, `security_updates`, `access_review`, `compliance`",
             "FILE:24:11: invalid type: integer `60`, expected a duration",
         ]
     );

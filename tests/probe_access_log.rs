@@ -39,6 +39,7 @@ fn probe(dir: &Path, cfg: &AccessLogConfig) -> AccessLogProbe {
         cfg,
         &BuildContext {
             data_dir: dir.join("data"),
+            ..BuildContext::default()
         },
     )
 }

@@ -397,6 +397,7 @@ async fn out_of_fds_child() {
         toml::from_str(&format!("paths = [\"{}\"]", log_path.display())).unwrap();
     let ctx = upkeep::probes::BuildContext {
         data_dir: dir.path().to_path_buf(),
+        ..Default::default()
     };
     start(
         spec("log", "access_log", access_log::default_thresholds()),

@@ -16,6 +16,7 @@ mod probe_access_log;
 mod probe_http;
 mod probe_postgres;
 mod probe_redis;
+mod probe_security;
 mod probe_worker;
 mod runner;
 mod store_faults;

@@ -6,6 +6,7 @@
 //!   rendered by [`report`], and `status` from the running agent;
 //! - [`maintenance`]: the maintenance tasks, rendered by
 //!   [`maintenance::report`];
+//! - [`access`]: the access review report and its acknowledgement;
 //! - `check_config`, `run`: validate a config; run the agent;
 //! - `generate`: man pages and shell completions for the packages;
 //! - [`table`]: what every command's human output is made of (aligned
@@ -15,6 +16,7 @@
 //! Output lives in the library so that it is tested on real files without
 //! a process in between.
 
+pub mod access;
 mod check_config;
 mod generate;
 pub mod maintenance;
@@ -158,6 +160,13 @@ pub enum Command {
         #[command(flatten)]
         at: maintenance::MaintWhere,
     },
+    /// Access review: report who can get in; acknowledge changes.
+    Access {
+        #[command(subcommand)]
+        action: access::Access,
+        #[command(flatten)]
+        at: maintenance::MaintWhere,
+    },
     /// Write the man pages (upkeep.1, upkeep-SUBCOMMAND.1) into DIR (packaging).
     #[command(hide = true)]
     GenerateMan { dir: PathBuf },
@@ -262,6 +271,13 @@ pub fn dispatch(command: Command) -> Result<(), CliError> {
             at,
         } => read::uptime(probe.as_deref(), window, format, &at),
         Command::Maintenance { action, at } => maintenance::maintenance(
+            action,
+            &Where {
+                config: at.config,
+                data_dir: at.data_dir,
+            },
+        ),
+        Command::Access { action, at } => access::access(
             action,
             &Where {
                 config: at.config,

@@ -135,6 +135,24 @@ impl Config {
             .or_else(sysinfo::System::host_name)
             .unwrap_or_else(|| "localhost".to_string())
     }
+
+    /// The agent's own secret files (the API token, the probes' password
+    /// files): the `compliance` probe checks their modes.
+    pub fn secret_files(&self) -> Vec<std::path::PathBuf> {
+        let mut out: Vec<std::path::PathBuf> = self.api.token_file.iter().cloned().collect();
+        for p in self.probe.values() {
+            let file = match p {
+                ProbeConfig::Postgres(c) => c.password_file.as_ref(),
+                ProbeConfig::Redis(c) => c.password_file.as_ref(),
+                ProbeConfig::Worker(c) => c.heartbeat_redis_password_file.as_ref(),
+                _ => None,
+            };
+            out.extend(file.cloned());
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
 }
 
 #[cfg(test)]

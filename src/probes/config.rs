@@ -148,6 +148,12 @@ pub trait KindFacts {
 /// built. Building never connects to anything. (Its own checks are its
 /// config type's `validate`, which the registry calls by name.)
 pub trait ConfiguredKind: KindFacts {
+    /// The interval of a probe of this kind that sets none; `None`: the
+    /// agent's interval. Slow, host-wide checks (pending updates) say so.
+    const DEFAULT_INTERVAL: Option<Duration> = None;
+    /// The tick timeout of a probe that sets none, at most half its
+    /// interval; `None`: half the interval, at most 10 s.
+    const DEFAULT_TIMEOUT: Option<Duration> = None;
     /// Thresholds that apply unless the table overrides them by metric.
     fn default_thresholds() -> Vec<Threshold>;
     /// The probe `name`; `timeout` is its tick timeout, which a probe that
@@ -249,9 +255,24 @@ macro_rules! probe_kinds {
                 self.probe_kind().name()
             }
 
+            /// The shared settings, with the kind's own default interval
+            /// and timeout filled in where the table sets none.
             pub fn common(&self) -> ProbeCommon<'_> {
                 match self {
-                    $(ProbeConfig::$cv(c) => c.common(),)*
+                    $(ProbeConfig::$cv(c) => {
+                        let mut common = c.common();
+                        common.interval = common
+                            .interval
+                            .or(<$cty as ConfiguredKind>::DEFAULT_INTERVAL);
+                        if let (None, Some(t), Some(i)) = (
+                            common.timeout,
+                            <$cty as ConfiguredKind>::DEFAULT_TIMEOUT,
+                            common.interval,
+                        ) {
+                            common.timeout = Some(t.min(i / 2));
+                        }
+                        common
+                    })*
                 }
             }
 
@@ -292,6 +313,9 @@ probe_kinds! {
         AccessLog = "access_log" => super::access_log::AccessLogConfig,
         Postgres = "postgres" => super::postgres::PostgresConfig,
         Redis = "redis" => super::redis::RedisConfig,
+        SecurityUpdates = "security_updates" => super::security_updates::SecurityUpdatesConfig,
+        AccessReview = "access_review" => super::access_review::AccessReviewConfig,
+        Compliance = "compliance" => super::compliance::ComplianceConfig,
     }
 }
 
@@ -444,6 +468,9 @@ mod tests {
             ),
             ("postgres", "query_seconds", Some("query_seconds")),
             ("redis", "ping_seconds", Some("ping_seconds")),
+            ("security_updates", "security_updates_pending", None),
+            ("access_review", "unreviewed_changes", None),
+            ("compliance", "checks_failed", None),
         ];
         assert_eq!(got, want);
     }

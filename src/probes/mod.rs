@@ -6,12 +6,16 @@
 //! `runner.rs`. Called by `App` and the maintenance runner (its guards).
 
 pub mod access_log;
+pub mod access_review;
+pub mod compliance;
 pub mod config;
 pub mod host;
 pub mod http;
 pub mod postgres;
 pub mod redis;
 pub mod runner;
+pub mod security_updates;
+pub mod sshd_config;
 pub mod tcp;
 pub mod worker;
 
@@ -25,6 +29,16 @@ use crate::sample::{Reading, Status};
 pub use config::{
     ConfiguredKind, KindFacts, ProbeCommon, ProbeConfig, ProbeKind, ProbeSet, Role, Threshold,
 };
+
+/// `dest` replaced whole, never half-written.
+pub(crate) fn write_atomic(dest: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = dest.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, dest)
+}
 
 /// Why one probe tick produced no readings. The text names the subject and
 /// never contains a secret.
@@ -95,11 +109,29 @@ pub fn out_of_fds(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// What a probe judged of its last tick beyond its readings' thresholds:
+/// kinds whose health is a set of named facts (a check failed, a change
+/// nobody reviewed) say so here, and what changed becomes events.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Findings {
+    /// The tick's own status and why; the runner keeps the worse of this
+    /// and the thresholds'. `Unknown` says the probe could not look.
+    pub status: Option<(Status, String)>,
+    /// One event per change seen on this tick, worded for people.
+    pub events: Vec<String>,
+}
+
 /// A probe keeps state across ticks (`&mut self`): a long-lived handle, a
 /// client, previous counters for rates. The runner owns name, interval,
 /// timeout, thresholds and the clock.
 pub trait Probe: Send + 'static {
     fn sample(&mut self) -> impl Future<Output = Result<Vec<Reading>, ProbeError>> + Send;
+
+    /// Taken by the runner after each successful `sample`: most kinds have
+    /// nothing to say beyond their readings.
+    fn findings(&mut self) -> Findings {
+        Findings::default()
+    }
 }
 
 /// The object-safe form of `Probe`, so that probes of every kind can be held
@@ -108,6 +140,7 @@ pub trait DynProbe: Send {
     fn sample_boxed(
         &mut self,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<Reading>, ProbeError>> + Send + '_>>;
+    fn findings_boxed(&mut self) -> Findings;
 }
 
 impl<P: Probe> DynProbe for P {
@@ -115,6 +148,10 @@ impl<P: Probe> DynProbe for P {
         &mut self,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<Reading>, ProbeError>> + Send + '_>> {
         Box::pin(self.sample())
+    }
+
+    fn findings_boxed(&mut self) -> Findings {
+        self.findings()
     }
 }
 
@@ -128,6 +165,10 @@ impl Probe for AnyProbe {
         // this very function and recurse until the stack overflows.
         (**self).sample_boxed()
     }
+
+    fn findings(&mut self) -> Findings {
+        (**self).findings_boxed()
+    }
 }
 
 /// What building a probe may need besides its own config.
@@ -136,6 +177,9 @@ pub struct BuildContext {
     /// The agent's data dir: probes that keep state across restarts (a log
     /// tail's offset) keep it here.
     pub data_dir: PathBuf,
+    /// The agent's own password and token files (`compliance` checks
+    /// their modes).
+    pub secret_files: Vec<PathBuf>,
 }
 
 /// Everything the runner needs to drive one probe, apart from the probe.

@@ -33,6 +33,9 @@ pub struct Outcome {
     /// Why the probe is not healthy (the latest reason), or the error.
     pub reason: Option<String>,
     pub error: Option<String>,
+    /// Changes the probe saw on this tick (`Findings::events`), each one
+    /// an event in history.
+    pub events: Vec<String>,
 }
 
 /// Counters shared by every runner, read by the agent's own metrics.
@@ -77,6 +80,7 @@ pub async fn run<P: Probe>(
             r = tokio::time::timeout(spec.timeout, probe.sample()) => r.unwrap_or(Err(ProbeError::Timeout(spec.timeout))),
         };
         let took = started.elapsed();
+        let mut events = Vec::new();
         let (readings, raw, reason, error) = match result {
             Ok(readings) => {
                 let readings: Vec<Reading> = readings
@@ -84,6 +88,9 @@ pub async fn run<P: Probe>(
                     .filter(|r| r.value.is_finite())
                     .collect();
                 let (raw, reason) = assessor.assess(&spec.thresholds, &readings, ts);
+                let findings = probe.findings();
+                events = findings.events;
+                let (raw, reason) = judge(raw, reason, findings.status);
                 (readings, raw, reason, None)
             }
             Err(e) => {
@@ -123,6 +130,7 @@ pub async fn run<P: Probe>(
                 last_reason.clone()
             },
             error,
+            events,
         };
         match out.try_send(outcome) {
             Ok(()) => {}
@@ -134,6 +142,28 @@ pub async fn run<P: Probe>(
     }
 }
 
+/// The tick's status from its thresholds' and the probe's own verdict:
+/// the worse wins, with its reason; a probe that could not look
+/// (`Unknown`) makes the tick unknown whatever its readings say.
+fn judge(
+    raw: Status,
+    reason: Option<String>,
+    own: Option<(Status, String)>,
+) -> (Status, Option<String>) {
+    match own {
+        Some((Status::Unknown, why)) => (Status::Unknown, Some(why)),
+        Some((status, why)) if status.severity() > raw.severity() => (status, Some(why)),
+        Some((status, why)) if status.severity() == raw.severity() && status != Status::Healthy => {
+            let why = match reason {
+                Some(r) => format!("{why}; {r}"),
+                None => why,
+            };
+            (status, Some(why))
+        }
+        _ => (raw, reason),
+    }
+}
+
 /// A stable offset in `[0, min(interval, 1s))` derived from the probe name.
 fn jitter(name: &str, interval: Duration) -> Duration {
     let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -141,4 +171,31 @@ fn jitter(name: &str, interval: Duration) -> Duration {
     });
     let span = interval.min(Duration::from_secs(1)).as_millis().max(1) as u64;
     Duration::from_millis(h % span)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worse_of_thresholds_and_findings_wins() {
+        let own = |s: Status| Some((s, "own".to_string()));
+        assert_eq!(
+            judge(Status::Healthy, None, own(Status::Degraded)),
+            (Status::Degraded, Some("own".into()))
+        );
+        assert_eq!(
+            judge(Status::Unhealthy, Some("t".into()), own(Status::Degraded)),
+            (Status::Unhealthy, Some("t".into()))
+        );
+        assert_eq!(
+            judge(Status::Degraded, Some("t".into()), own(Status::Degraded)),
+            (Status::Degraded, Some("own; t".into()))
+        );
+        assert_eq!(
+            judge(Status::Unhealthy, Some("t".into()), own(Status::Unknown)),
+            (Status::Unknown, Some("own".into()))
+        );
+        assert_eq!(judge(Status::Healthy, None, None), (Status::Healthy, None));
+    }
 }

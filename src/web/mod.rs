@@ -40,6 +40,7 @@ use crate::live::Live;
 use crate::probes::runner::RunnerStats;
 use crate::secret::Secret;
 
+pub mod access;
 pub mod api;
 pub mod conn;
 pub mod health;
@@ -519,6 +520,8 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
                 .unify()
                 .or(maintenance::routes(state.clone()))
                 .unify()
+                .or(access::routes(state.clone()))
+                .unify()
                 .or(metrics::routes(state.clone()))
                 .unify()
                 .or(page::routes(state)),
@@ -542,6 +545,7 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
 /// The methods a path answers, for the `Allow` header of a 405.
 fn allowed_methods(path: &str) -> &'static str {
     let post = path == "/api/v1/reload"
+        || path == "/api/v1/access/ack"
         || (path.starts_with("/api/v1/maintenance/")
             && (path.ends_with("/run") || path.ends_with("/rollback")));
     if post { "POST" } else { "GET, HEAD" }

@@ -36,6 +36,7 @@ impl Guard {
     pub(super) fn build(config: &Config, data_dir: &Path, names: &[String]) -> Guard {
         let ctx = BuildContext {
             data_dir: data_dir.to_path_buf(),
+            secret_files: config.secret_files(),
         };
         let probes = probes::build(config, &ctx)
             .into_iter()

@@ -162,6 +162,29 @@ pub fn probe_help(kind: &str, metric: &str) -> Option<&'static str> {
         ("access_log", "request_duration_seconds") => {
             "Request times logged since the agent started, in seconds."
         }
+        ("security_updates", "updates_pending") => {
+            "Package upgrades pending, as apt-get --simulate dist-upgrade (or dnf check-update) lists them."
+        }
+        ("security_updates", "security_updates_pending") => {
+            "Pending upgrades from a security suite or advisory."
+        }
+        ("security_updates", "reboot_required") => "1 when the host asks for a reboot, else 0.",
+        ("security_updates", "oldest_security_update_age_seconds") => {
+            "How long the oldest pending security update has been available, in seconds."
+        }
+        ("access_review", "login_users") => "Users with a login shell.",
+        ("access_review", "sudo_users") => {
+            "Users with sudo rights (the sudo, wheel or adm group, or sudoers)."
+        }
+        ("access_review", "authorized_keys") => {
+            "SSH keys in the authorized_keys files of users with a login shell."
+        }
+        ("access_review", "unreviewed_changes") => {
+            "Access changes seen since the last acknowledged review."
+        }
+        ("compliance", "checks_failed") => "Baseline checks that failed.",
+        ("compliance", "checks_unknown") => "Baseline checks that could not be judged.",
+        ("compliance", "checks_passed") => "Baseline checks that passed.",
         _ => return common,
     };
     Some(text)
@@ -230,6 +253,28 @@ mod tests {
             ],
         ),
         ("host", &["net_rx_bytes_total", "disk_used_ratio", "load1"]),
+        (
+            "security_updates",
+            &[
+                "updates_pending",
+                "security_updates_pending",
+                "reboot_required",
+                "oldest_security_update_age_seconds",
+            ],
+        ),
+        (
+            "access_review",
+            &[
+                "login_users",
+                "sudo_users",
+                "authorized_keys",
+                "unreviewed_changes",
+            ],
+        ),
+        (
+            "compliance",
+            &["checks_failed", "checks_unknown", "checks_passed"],
+        ),
     ];
 
     #[test]

@@ -281,10 +281,16 @@ fn events_section(v: &View) -> Markup {
                 ol {
                     @for e in &v.events {
                         @let st = e.to_status.as_deref().and_then(Status::parse);
-                        li class=(match st { Some(s) => format!("s-{s}"), None => "agent".into() }) {
+                        @let change = e.kind == "change";
+                        li class=(match st { Some(s) => format!("s-{s}"), None if change => "change".into(), None => "agent".into() }) {
                             (time(e.ts_ms))
-                            span .sym aria-hidden="true" { (st.map_or("•", symbol)) }
+                            span .sym aria-hidden="true" { (st.map_or(if change { "Δ" } else { "•" }, symbol)) }
                             span .msg {
+                                // What a probe saw change (an access change, a
+                                // compliance check) names the probe that saw it.
+                                @if change && let Some(p) = &e.probe {
+                                    b .probe { (p) } ": "
+                                }
                                 (e.message)
                                 // Something was changing this host when it happened.
                                 @if let Some(n) = e.maintenance_run {

@@ -497,3 +497,46 @@ fn probes_are_listed_worst_first_and_the_host_row_has_no_latency() {
         "{html}"
     );
 }
+
+#[test]
+fn change_events_name_their_probe_and_are_told_apart() {
+    use crate::config::HistoryConfig;
+    use crate::store::Event;
+    use crate::store::writer::{RunInfo, Writer};
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ms();
+    let run = RunInfo {
+        version: "test".into(),
+        hostname: "test".into(),
+        pid: 1,
+    };
+    let (mut w, _) =
+        Writer::open(dir.path(), &HistoryConfig::default(), now - 60_000, &run).unwrap();
+    let change = Event {
+        ts_ms: now - 10_000,
+        probe: Some("access".into()),
+        kind: "change".into(),
+        from_status: None,
+        to_status: None,
+        message: "user `deploy` added (uid 1003, /bin/bash)".into(),
+    };
+    w.write(&[], &[change], now - 10_000).unwrap();
+    let s = state(Live::default());
+    let mut info = s.info.clone();
+    info.data_dir = dir.path().to_path_buf();
+    let s = Arc::new(Shared::new(
+        info,
+        s.live.clone(),
+        Default::default(),
+        &ApiConfig::default(),
+        None,
+        None,
+    ));
+    let html = String::from_utf8(render(&s, now).to_vec()).unwrap();
+    let events = &html[html.find("id=\"events\"").unwrap()..];
+    assert!(events.contains("<li class=\"change\">"), "{events}");
+    assert!(
+        events.contains("<b class=\"probe\">access</b>: user `deploy` added (uid 1003, /bin/bash)"),
+        "{events}"
+    );
+}
