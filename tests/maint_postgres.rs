@@ -96,6 +96,8 @@ fn cx(name: &str, dir: &Path) -> Cx {
         name: name.to_string(),
         run_id: 7,
         backup_dir: dir.join("backups").join(name).join("7"),
+        data_dir: dir.to_path_buf(),
+        cancel: tokio_util::sync::CancellationToken::new(),
     }
 }
 

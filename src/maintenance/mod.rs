@@ -15,11 +15,14 @@
 pub mod agent;
 pub mod backup_files;
 pub mod config;
+pub mod dumps;
 pub mod ledger;
 pub mod lock;
 pub mod postgres_analyze;
+pub mod postgres_backup;
 pub mod postgres_retention;
 pub mod prune;
+pub mod restore_drill;
 pub mod runner;
 pub mod schedule;
 #[cfg(test)]
@@ -78,6 +81,13 @@ pub struct Cx {
     /// Where this run keeps its backup: `data_dir/backups/NAME/RUN_ID`,
     /// created by the runner before `backup` is called.
     pub backup_dir: PathBuf,
+    /// The agent's data dir (the history file, `backups/`, locks).
+    pub data_dir: PathBuf,
+    /// Cancelled while a batch runs when the run must stop now rather than
+    /// at the next safe point: a guarded probe turned unhealthy, or the
+    /// process is stopping. Only a kind whose one batch is long (a dump, a
+    /// restore) watches it, and then cleans up before returning its error.
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 /// What a run would change: the dry run. `rows` and `bytes` are the
@@ -245,5 +255,8 @@ pub type AnyTask = Box<dyn DynTask>;
 /// Builds the task `name` of `config`. Never connects: a task connects in
 /// its first step.
 pub fn build(name: &str, config: &crate::config::Config) -> Option<AnyTask> {
-    config.maintenance.get(name)?.build(name, &config.probe)
+    config
+        .maintenance
+        .get(name)?
+        .build(name, &config.probe, &config.maintenance.tasks)
 }

@@ -140,6 +140,8 @@ impl Runner {
                 .join("backups")
                 .join(name)
                 .join(run_id.to_string()),
+            data_dir: self.data_dir.clone(),
+            cancel: self.stop.child_token(),
         }
     }
 
@@ -378,6 +380,8 @@ impl Runner {
             name: name.clone(),
             run_id,
             backup_dir: dir.to_path_buf(),
+            data_dir: self.data_dir.clone(),
+            cancel: self.stop.child_token(),
         };
         let t = Instant::now();
         let (rows, error) = match task.rollback_boxed(&cx, &backup).await {
