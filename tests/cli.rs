@@ -461,7 +461,13 @@ fn the_example_config_documents_every_option() {
     let parsed = Config::parse("example", &config).unwrap_or_else(|e| panic!("{e}\n{config}"));
     assert_eq!(
         parsed.maintenance.keys().collect::<Vec<_>>(),
-        ["analyze", "audit-log", "notification-log"]
+        [
+            "analyze",
+            "audit-log",
+            "dump-drill",
+            "nightly-dump",
+            "notification-log"
+        ]
     );
 }
 
