@@ -465,6 +465,7 @@ fn the_example_config_documents_every_option() {
             "analyze",
             "audit-log",
             "dump-drill",
+            "etc",
             "nightly-dump",
             "notification-log"
         ]

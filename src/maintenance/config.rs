@@ -241,6 +241,7 @@ task_kinds! {
     kinds {
         PostgresRetention = "postgres_retention" => super::postgres_retention::RetentionConfig,
         PostgresAnalyze = "postgres_analyze" => super::postgres_analyze::AnalyzeConfig,
+        ConfigBackup = "config_backup" => super::config_backup::ConfigBackupConfig,
         PostgresBackup = "postgres_backup" => super::postgres_backup::PgBackupConfig,
         RestoreDrill = "restore_drill" => super::restore_drill::DrillConfig,
     }

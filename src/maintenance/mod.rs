@@ -15,6 +15,7 @@
 pub mod agent;
 pub mod backup_files;
 pub mod config;
+pub mod config_backup;
 pub mod dumps;
 pub mod ledger;
 pub mod lock;
@@ -27,6 +28,7 @@ pub mod runner;
 pub mod schedule;
 #[cfg(test)]
 mod scratch;
+pub mod snapshots;
 pub mod view;
 
 use std::future::Future;

@@ -8,6 +8,7 @@
 //! the RPO; tables, rows or files) the ledger keeps and the status page
 //! shows. A drill changes nothing it keeps: nothing to roll back.
 
+mod files;
 mod postgres;
 
 use std::path::PathBuf;
@@ -131,6 +132,17 @@ impl TaskKind for DrillConfig {
         let mut out = self.own_problems();
         match tasks.get(&self.backup) {
             Some(TaskConfig::PostgresBackup(_)) => {}
+            Some(TaskConfig::ConfigBackup(_)) => {
+                if !self.checks.is_empty() || self.conninfo.is_some() || self.user.is_some() {
+                    out.push((
+                        "backup",
+                        format!(
+                            "`{}` is a config_backup: checks, conninfo and user apply to a postgres_backup only",
+                            self.backup
+                        ),
+                    ));
+                }
+            }
             Some(other) => out.push((
                 "backup",
                 format!(
@@ -165,6 +177,7 @@ impl TaskKind for DrillConfig {
                     pg,
                 )))
             }
+            TaskConfig::ConfigBackup(_) => Target::Files(files::FilesTarget::new(&self.backup)),
             _ => return None,
         };
         Some(Box::new(DrillTask {
@@ -177,6 +190,7 @@ impl TaskKind for DrillConfig {
 
 enum Target {
     Postgres(Box<postgres::PgTarget>),
+    Files(files::FilesTarget),
 }
 
 /// What a drill found, the run's verdict figures.
@@ -242,6 +256,7 @@ impl Task for DrillTask {
         let max_age = self.config.max_age;
         match &mut self.target {
             Target::Postgres(t) => t.plan(cx, max_age).await,
+            Target::Files(t) => t.plan(cx, max_age),
         }
     }
 
@@ -261,8 +276,9 @@ impl Task for DrillTask {
     async fn apply_batch(&mut self, cx: &Cx, plan: &Plan, _size: u64) -> Result<Batch, TaskError> {
         let r = match &mut self.target {
             Target::Postgres(t) => t.drill(cx, plan).await?,
+            Target::Files(t) => t.drill(cx, plan).await?,
         };
-        let what = if r.files > 0 {
+        let what = if matches!(self.target, Target::Files(_)) {
             format!("{} files", r.files)
         } else {
             format!("{} tables, {} rows", r.tables, r.rows)
