@@ -115,10 +115,7 @@ type Survey = (Vec<Entry>, Vec<String>, Vec<String>);
 /// from `previous` when their metadata is unchanged, hashed otherwise
 /// (files over `max_file_size`, unreadable ones and non-files are listed
 /// only). Reads the disk: call it off the async workers.
-fn survey(
-    config: &ConfigBackupConfig,
-    previous: Option<&Manifest>,
-) -> Result<Survey, TaskError> {
+fn survey(config: &ConfigBackupConfig, previous: Option<&Manifest>) -> Result<Survey, TaskError> {
     let exclude: Vec<glob::Pattern> = config
         .exclude
         .iter()
