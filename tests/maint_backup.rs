@@ -317,8 +317,11 @@ fn a_dest_too_small_is_refused_before_dumping_and_leaves_nothing() {
     let out = maint(&cfg, &data, &["run", "dump", "--ignore-window"]);
     assert!(!out.status.success());
     let (status, error, _) = last_run(&data, "dump");
-    assert_eq!(status, "failed");
-    assert!(error.contains("not enough room for the dump"), "{error}");
+    assert_eq!(status, "refused");
+    assert!(
+        error.contains(&format!("not enough room at {}", dest.display())),
+        "{error}"
+    );
     assert!(error.contains("1.2 × the database's"), "{error}");
     assert_eq!(
         std::fs::read_dir(&dest).unwrap().count(),

@@ -38,7 +38,7 @@ fn snapshot_ids(data: &Path) -> Vec<String> {
                 .map(|e| {
                     e.file_name()
                         .to_string_lossy()
-                        .trim_end_matches(".json")
+                        .trim_end_matches(".json.gz")
                         .to_string()
                 })
                 .collect()
@@ -46,6 +46,13 @@ fn snapshot_ids(data: &Path) -> Vec<String> {
         .unwrap_or_default();
     ids.sort();
     ids
+}
+
+/// Snapshot `id`'s manifest (gzip-compressed JSON).
+fn manifest(data: &Path, id: &str) -> serde_json::Value {
+    let f = std::fs::File::open(data.join(format!("backups/etc/store/snapshots/{id}.json.gz")))
+        .unwrap();
+    serde_json::from_reader(flate2::read::GzDecoder::new(f)).unwrap()
 }
 
 fn blobs(data: &Path) -> usize {
@@ -128,10 +135,7 @@ fn contents_are_stored_once_and_a_run_without_change_keeps_no_manifest() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(snapshot_ids(&data), ["1", "3"]);
     assert_eq!(blobs(&data), 3);
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(data.join("backups/etc/store/snapshots/3.json")).unwrap(),
-    )
-    .unwrap();
+    let manifest = manifest(&data, "3");
     let link = manifest["entries"]
         .as_array()
         .unwrap()
@@ -271,10 +275,7 @@ fn a_symlink_loop_an_unreadable_file_a_fifo_and_a_big_sparse_file_are_recorded_n
         .output()
         .expect("setpriv (util-linux) must be installed");
     assert!(out.status.success(), "{}", stderr(&out));
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(data.join("backups/etc/store/snapshots/1.json")).unwrap(),
-    )
-    .unwrap();
+    let manifest = manifest(&data, "1");
     let entry = |name: &str| {
         manifest["entries"]
             .as_array()

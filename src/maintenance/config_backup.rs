@@ -409,7 +409,7 @@ impl Task for ConfigBackupTask {
                         // Not a usable snapshot: it goes, so that nothing
                         // restores from it.
                         let _ = std::fs::remove_file(
-                            store.join("snapshots").join(format!("{id}.json")),
+                            store.join("snapshots").join(format!("{id}.json.gz")),
                         );
                         return Err(format!("blob {h} does not read back: {e}"));
                     }

@@ -155,6 +155,14 @@ pub trait Task: Send + 'static {
     /// free space of the backup dir against it before starting).
     fn backup_bytes(&self, plan: &Plan) -> u64;
 
+    /// Room a run needs outside its backup dir (a dump's destination): each
+    /// as (directory, bytes, what the bytes are), checked by the runner's
+    /// gate against the free space of the directory's filesystem (of its
+    /// nearest existing parent while it does not exist yet).
+    fn room_needed(&self, _plan: &Plan) -> Vec<(PathBuf, u64, String)> {
+        Vec::new()
+    }
+
     /// Prepares the backup of what `plan` will change. A task that archives
     /// inside each batch (rows copied and deleted in one transaction) only
     /// opens its archive here.
@@ -207,6 +215,7 @@ pub trait DynTask: Send {
     fn figures_boxed(&mut self) -> Fut<'_, Value>;
     fn plan_boxed<'a>(&'a mut self, cx: &'a Cx) -> Fut<'a, Plan>;
     fn backup_bytes_dyn(&self, plan: &Plan) -> u64;
+    fn room_needed_dyn(&self, plan: &Plan) -> Vec<(PathBuf, u64, String)>;
     fn backup_boxed<'a>(&'a mut self, cx: &'a Cx, plan: &'a Plan) -> Fut<'a, Backup>;
     fn apply_batch_boxed<'a>(&'a mut self, cx: &'a Cx, plan: &'a Plan, size: u64)
     -> Fut<'a, Batch>;
@@ -225,6 +234,9 @@ impl<T: Task> DynTask for T {
     }
     fn backup_bytes_dyn(&self, plan: &Plan) -> u64 {
         self.backup_bytes(plan)
+    }
+    fn room_needed_dyn(&self, plan: &Plan) -> Vec<(PathBuf, u64, String)> {
+        self.room_needed(plan)
     }
     fn backup_boxed<'a>(&'a mut self, cx: &'a Cx, plan: &'a Plan) -> Fut<'a, Backup> {
         Box::pin(self.backup(cx, plan))

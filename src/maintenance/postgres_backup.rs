@@ -1,8 +1,9 @@
 //! `kind = "postgres_backup"`: a logical dump of a postgres probe's
 //! database with `pg_dump`, as a child process, into `DEST/RUN_ID/`
 //! (`dumps.rs` has the layout). The plan finds a pg_dump that can read the
-//! server (same major version or newer); the backup step checks the room
-//! at `dest` (the database's size × 1.2) and removes what killed runs left;
+//! server (same major version or newer); the runner's gate checks the room
+//! at `dest` (the database's size × 1.2, `room_needed`); the backup step
+//! removes what killed runs left;
 //! the one batch is the dump (the password in a temporary `PGPASSFILE`,
 //! never in argv or the environment of a logged command; a guard turning
 //! unhealthy kills it and removes the partial file); validation hashes the
@@ -163,7 +164,8 @@ impl PgBackupTask {
     }
 
     fn passfile(&self, cx: &Cx) -> Result<Option<PassFile>, TaskError> {
-        passfile(&cx.data_dir, &self.name, self.pg.password_file.as_deref())
+        tools::task_passfile(&cx.data_dir, &self.name, self.pg.password_file.as_deref())
+            .map_err(TaskError::failed)
     }
 
     fn state(&self) -> Result<&RunState, TaskError> {
@@ -171,25 +173,6 @@ impl PgBackupTask {
             .as_ref()
             .ok_or_else(|| TaskError::failed("no backup step ran before this one"))
     }
-}
-
-/// The temporary password file of task `name`'s client programs, when its
-/// probe names a password file: `DATA_DIR/maintenance/NAME.pgpass`.
-pub fn passfile(
-    data_dir: &Path,
-    name: &str,
-    password_file: Option<&Path>,
-) -> Result<Option<PassFile>, TaskError> {
-    let path = data_dir.join("maintenance").join(format!("{name}.pgpass"));
-    tools::remove_stale_passfile(&path);
-    let Some(file) = password_file else {
-        return Ok(None);
-    };
-    let secret = crate::secret::read(file).map_err(TaskError::failed)?;
-    std::fs::create_dir_all(path.parent().expect("has a parent")).map_err(io(&path))?;
-    PassFile::create(&path, secret.expose())
-        .map(Some)
-        .map_err(TaskError::failed)
 }
 
 /// The plan's findings from a plan document.
@@ -247,9 +230,24 @@ impl Task for PgBackupTask {
     }
 
     fn backup_bytes(&self, _plan: &Plan) -> u64 {
-        // The dump's room is checked at `dest` by `backup`: the run's own
-        // dir holds only run.json.
+        // The run's own dir holds only run.json: the dump's room is
+        // checked at `dest` (`room_needed`).
         0
+    }
+
+    fn room_needed(&self, plan: &Plan) -> Vec<(PathBuf, u64, String)> {
+        let Ok(found) = found_of(plan) else {
+            return Vec::new();
+        };
+        let need = (found.database_bytes as f64 * ROOM_FACTOR) as u64;
+        vec![(
+            found.dest,
+            need,
+            format!(
+                "the dump: 1.2 × the database's {}",
+                bytes(found.database_bytes as f64)
+            ),
+        )]
     }
 
     async fn backup(&mut self, cx: &Cx, plan: &Plan) -> Result<Backup, TaskError> {
@@ -259,18 +257,6 @@ impl Task for PgBackupTask {
         let removed = dumps::remove_incomplete(&found.dest, &dir);
         if !removed.is_empty() {
             tracing::info!(task = %cx.name, "removed {} incomplete dumps left by earlier runs", removed.len());
-        }
-        let need = (found.database_bytes as f64 * ROOM_FACTOR) as u64;
-        let free = super::runner::free_bytes(&dir).map_err(io(&dir))?;
-        if free < need {
-            let _ = std::fs::remove_dir(&dir);
-            return Err(TaskError::failed(format!(
-                "gate: not enough room for the dump at {}: {} free, {} needed (1.2 × the database's {})",
-                found.dest.display(),
-                bytes(free as f64),
-                bytes(need as f64),
-                bytes(found.database_bytes as f64)
-            )));
         }
         self.run = Some(RunState {
             found,

@@ -100,7 +100,16 @@ fn blob_path(store: &Path, hash: &str) -> PathBuf {
 }
 
 fn manifest_path(store: &Path, id: &str) -> PathBuf {
-    store.join("snapshots").join(format!("{id}.json"))
+    store.join("snapshots").join(format!("{id}.json.gz"))
+}
+
+/// A manifest file's JSON (manifests are gzip-compressed: a path's line
+/// compresses about tenfold, and a manifest is written per change).
+fn read_manifest(p: &Path) -> io::Result<Manifest> {
+    let mut text = Vec::new();
+    GzDecoder::new(std::fs::File::open(p)?).read_to_end(&mut text)?;
+    serde_json::from_slice(&text)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", p.display())))
 }
 
 /// Every manifest of the store, oldest first.
@@ -110,8 +119,8 @@ pub fn manifests(store: &Path) -> Vec<Manifest> {
     };
     let mut out: Vec<Manifest> = rd
         .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json.gz"))
+        .filter_map(|e| read_manifest(&e.path()).ok())
         .collect();
     out.sort_by_key(|m| m.taken_ms);
     out
@@ -119,10 +128,7 @@ pub fn manifests(store: &Path) -> Vec<Manifest> {
 
 /// Snapshot `id` of the store.
 pub fn manifest(store: &Path, id: &str) -> io::Result<Manifest> {
-    let p = manifest_path(store, id);
-    let text = std::fs::read(&p)?;
-    serde_json::from_slice(&text)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", p.display())))
+    read_manifest(&manifest_path(store, id))
 }
 
 /// The newest snapshot that a run took (not a pre-rollback one).
@@ -137,7 +143,9 @@ pub fn newest(store: &Path) -> Option<Manifest> {
 pub fn write_manifest(store: &Path, m: &Manifest) -> io::Result<()> {
     let p = manifest_path(store, &m.id);
     create_dir(p.parent().expect("has a parent"))?;
-    write_atomic(&p, &serde_json::to_vec(m).expect("serializable"))
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    gz.write_all(&serde_json::to_vec(m).expect("serializable"))?;
+    write_atomic(&p, &gz.finish()?)
 }
 
 /// When a run last found the files unchanged (the RPO of a store whose

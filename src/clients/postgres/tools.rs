@@ -257,9 +257,23 @@ impl Drop for PassFile {
     }
 }
 
-/// Removes a password file a killed process left at `path`.
-pub fn remove_stale_passfile(path: &Path) {
-    let _ = std::fs::remove_file(path);
+/// The temporary password file of task `name`'s client programs,
+/// `DATA_DIR/maintenance/NAME.pgpass`, when a password file is named; any
+/// file a killed run left there is removed first.
+pub fn task_passfile(
+    data_dir: &Path,
+    name: &str,
+    password_file: Option<&Path>,
+) -> Result<Option<PassFile>, String> {
+    let path = data_dir.join("maintenance").join(format!("{name}.pgpass"));
+    let _ = std::fs::remove_file(&path);
+    let Some(file) = password_file else {
+        return Ok(None);
+    };
+    let secret = crate::secret::read(file)?;
+    let dir = path.parent().expect("has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    PassFile::create(&path, secret.expose()).map(Some)
 }
 
 /// How a child program ended.

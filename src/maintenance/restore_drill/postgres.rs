@@ -18,7 +18,7 @@ use crate::clients::postgres::tools::{self, Ended};
 use crate::clients::postgres::{Session, millis, quote};
 use crate::maintenance::config::TaskConfig;
 use crate::maintenance::dumps::{self, DumpMeta};
-use crate::maintenance::postgres_backup::{PgBackupConfig, passfile};
+use crate::maintenance::postgres_backup::PgBackupConfig;
 use crate::maintenance::{Cx, Plan, TaskError};
 use crate::probes::postgres::PostgresConfig;
 use crate::sample::now_ms;
@@ -208,7 +208,9 @@ impl PgTarget {
         t: Instant,
     ) -> Result<DrillResult, TaskError> {
         let pg_restore = self.pg_restore(cx, chosen).await?;
-        let pass = passfile(&cx.data_dir, &cx.name, self.admin.password_file.as_deref())?;
+        let pass =
+            tools::task_passfile(&cx.data_dir, &cx.name, self.admin.password_file.as_deref())
+                .map_err(TaskError::failed)?;
         let conninfo = tools::conninfo(
             &PostgresConfig {
                 conninfo: strip_dbname(&self.admin.conninfo),

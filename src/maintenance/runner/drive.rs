@@ -254,6 +254,18 @@ impl Drive<'_> {
                 DISK_MARGIN_BYTES >> 20
             )));
         }
+        for (at, need, what) in task.room_needed_dyn(plan) {
+            let existing = at.ancestors().find(|p| p.exists()).unwrap_or(&at);
+            let free = free_bytes(existing).map_err(io)?;
+            if free < need {
+                return Err(Stop::refused(format!(
+                    "not enough room at {}: {} MiB free, {} MiB needed ({what})",
+                    at.display(),
+                    free >> 20,
+                    need >> 20
+                )));
+            }
+        }
         let t = Instant::now();
         let backup = task
             .backup_boxed(&self.cx, plan)
