@@ -338,6 +338,8 @@ fn a_drill_restores_the_newest_snapshot_verifies_every_hash_and_removes_its_dire
         .status
         .success()
     );
+    // What a drill killed with kill -9 would have left.
+    std::fs::create_dir_all(data.join("drills/etc-drill-1/x")).unwrap();
     let out = run(
         &cfg,
         &data,

@@ -71,6 +71,20 @@ impl FilesTarget {
             .data_dir
             .join("drills")
             .join(format!("{}-{}", cx.name, cx.run_id));
+        // Directories a killed drill of this task left (the caller holds
+        // the task's lock: none is in use).
+        let prefix = format!("{}-", cx.name);
+        if let Ok(rd) = std::fs::read_dir(cx.data_dir.join("drills")) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name
+                    .strip_prefix(&prefix)
+                    .is_some_and(|run| run.parse::<i64>().is_ok())
+                {
+                    let _ = snapshots::remove_any(&e.path());
+                }
+            }
+        }
         let c = chosen.clone();
         let s = scratch.clone();
         let cancel = cx.cancel.clone();
