@@ -666,3 +666,47 @@ fn sigterm_mid_drill_stops_it_and_drops_the_scratch_database() {
     assert!(error.contains("the agent is stopping"), "{error}");
     assert_eq!(scratch_dbs(&drill), "");
 }
+
+/// A login role of the test's own, dropped on drop (after its database).
+struct Role(String);
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-Atc",
+            ])
+            .arg(format!("DROP ROLE IF EXISTS {}", self.0))
+            .output();
+    }
+}
+
+#[test]
+fn a_failing_pg_dump_puts_its_stderr_in_the_ledger_and_leaves_no_partial_file() {
+    let role = Role(unique("upkeep_br"));
+    psql(&format!("CREATE ROLE {} LOGIN", role.0));
+    let db = Db::new(10);
+    let dir = temp_dir();
+    // The probe's role may connect but not read the schema.
+    let cfg = config(dir.path(), &db, "", "d", "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("user = \"postgres\"", &format!("user = \"{}\"", role.0));
+    std::fs::write(&cfg, text).unwrap();
+    let data = dir.path().join("data");
+    let out = maint(&cfg, &data, &["run", "dump", "--ignore-window"]);
+    assert!(!out.status.success());
+    let (status, error, _) = last_run(&data, "dump");
+    assert_eq!(status, "failed");
+    assert!(error.contains("pg_dump exited with"), "{error}");
+    assert!(error.contains("permission denied"), "{error}");
+    assert!(find(&data.join("backups"), "dump.partial").is_empty());
+    assert!(!data.join("backups/dump/1/dump").exists());
+    drop(db);
+}
