@@ -128,7 +128,7 @@ impl TaskKind for DrillConfig {
     fn validate(&self, _probes: &Probes) -> Vec<(&'static str, String)> {
         self.own_problems()
     }
-    fn validate_with_tasks(&self, probes: &Probes, tasks: &Tasks) -> Vec<(&'static str, String)> {
+    fn validate_with_tasks(&self, _probes: &Probes, tasks: &Tasks) -> Vec<(&'static str, String)> {
         let mut out = self.own_problems();
         match tasks.get(&self.backup) {
             Some(TaskConfig::PostgresBackup(_)) => {}
@@ -159,9 +159,9 @@ impl TaskKind for DrillConfig {
                 ),
             )),
         }
-        let _ = probes;
         out
     }
+    /// A drill is built with the task it tests (`build_with_tasks`).
     fn build(&self, _name: &str, _probes: &Probes) -> Option<AnyTask> {
         None
     }

@@ -207,7 +207,7 @@ impl PgTarget {
         file: &Path,
         t: Instant,
     ) -> Result<DrillResult, TaskError> {
-        let pg_restore = self.pg_restore(cx, chosen).await?;
+        let pg_restore = self.pg_restore().await?;
         let pass =
             tools::task_passfile(&cx.data_dir, &cx.name, self.admin.password_file.as_deref())
                 .map_err(TaskError::failed)?;
@@ -302,7 +302,7 @@ impl PgTarget {
 
     /// The pg_restore for the scratch server: the backup's pg_dump's
     /// sibling when it is set, else found for the scratch server's version.
-    async fn pg_restore(&self, _cx: &Cx, _chosen: &Chosen) -> Result<PathBuf, TaskError> {
+    async fn pg_restore(&self) -> Result<PathBuf, TaskError> {
         let s = self.session(&self.admin, None).await?;
         let row = s
             .timed(
