@@ -77,6 +77,29 @@ fn db_sql(db: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Drops drill `task`'s scratch databases when the test ends, passed or
+/// not (a failing assertion must not leave one behind).
+struct Scratch(String);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for name in scratch_dbs(&self.0).split(',').filter(|n| !n.is_empty()) {
+            let _ = Command::new("psql")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-Atc",
+                ])
+                .arg(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .output();
+        }
+    }
+}
+
 /// Scratch databases of drill task `task` on the server.
 fn scratch_dbs(task: &str) -> String {
     psql(&format!(
@@ -447,6 +470,7 @@ fn a_drill_restores_the_newest_dump_checks_it_and_drops_the_scratch_database() {
     let db = Db::new(1000);
     let dir = temp_dir();
     let drill = unique("drill").replace('_', "x");
+    let _scratch = Scratch(drill.clone());
     let cfg = config(
         dir.path(),
         &db,
@@ -496,6 +520,7 @@ fn a_failing_check_fails_the_drill_and_the_scratch_database_still_goes() {
     let db = Db::new(10);
     let dir = temp_dir();
     let drill = unique("drillc").replace('_', "x");
+    let _scratch = Scratch(drill.clone());
     let cfg = config(
         dir.path(),
         &db,
@@ -534,6 +559,7 @@ fn a_dump_cut_in_half_fails_the_drill_naming_pg_restores_error() {
     let db = Db::new(20_000);
     let dir = temp_dir();
     let drill = unique("drillh").replace('_', "x");
+    let _scratch = Scratch(drill.clone());
     let (cfg, data, d) = dumped(dir.path(), &db, &drill, "");
     let file = d.join("dump");
     let len = std::fs::metadata(&file).unwrap().len();
@@ -559,6 +585,7 @@ fn a_checksum_mismatch_fails_the_drill_before_restoring() {
     let db = Db::new(100);
     let dir = temp_dir();
     let drill = unique("drills").replace('_', "x");
+    let _scratch = Scratch(drill.clone());
     let (cfg, data, d) = dumped(dir.path(), &db, &drill, "");
     let file = d.join("dump");
     let mut bytes = std::fs::read(&file).unwrap();
@@ -579,6 +606,7 @@ fn a_backup_older_than_max_age_fails_the_drill() {
     let db = Db::new(10);
     let dir = temp_dir();
     let drill = unique("drilla").replace('_', "x");
+    let _scratch = Scratch(drill.clone());
     let (cfg, data, d) = dumped(dir.path(), &db, &drill, "max_age = \"7d\"");
     let meta_path = d.join("dump.json");
     let mut meta: serde_json::Value =
@@ -614,6 +642,7 @@ fn kill_9_mid_drill_then_the_agents_start_drops_the_scratch_database() {
     let db = Db::new(100);
     let dir = temp_dir();
     let drill = unique("drillk").replace('_', "x");
+    let _scratch = Scratch(drill.clone());
     let (cfg, data, _) = dumped(dir.path(), &db, &drill, SLOW_CHECK);
     let mut child = spawn_maint(&cfg, &data, &["run", &drill, "--ignore-window"]);
     wait_scratch(&drill);
@@ -648,6 +677,7 @@ fn sigterm_mid_drill_stops_it_and_drops_the_scratch_database() {
     let db = Db::new(100);
     let dir = temp_dir();
     let drill = unique("drillt").replace('_', "x");
+    let _scratch = Scratch(drill.clone());
     let (cfg, data, _) = dumped(dir.path(), &db, &drill, SLOW_CHECK);
     let child = spawn_maint(&cfg, &data, &["run", &drill, "--ignore-window"]);
     wait_scratch(&drill);
