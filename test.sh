@@ -45,6 +45,16 @@ if ! command -v ssh-keygen >/dev/null || ! command -v python3 >/dev/null; then
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends openssh-client python3
 fi
 
+# The backup and drill tests run pg_dump / pg_restore / psql, mount a small
+# tmpfs and run a command as another user (setpriv).
+if ! command -v pg_dump >/dev/null || ! command -v pg_restore >/dev/null ||
+    ! command -v setpriv >/dev/null; then
+    echo "== installing postgresql-client and util-linux (Debian) for the backup tests"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+        postgresql-client util-linux
+fi
+
 if [ ! -x "$TOOLS/bin/promtool" ] || [ ! -x "$TOOLS/bin/prometheus" ]; then
     echo "== unpacking promtool and prometheus from Debian's prometheus package"
     tmp=$(mktemp -d)

@@ -31,10 +31,12 @@
 //!   - `prune` (backups past their age or budget), `schedule` (cron, windows,
 //!     `auto`), `lock` (one run per task, across processes), `agent` (the
 //!     agent's schedulers and disk-pressure watchers), `view` (tasks and runs for the API and the page).
-//!   - the kinds: `postgres_retention/`, `postgres_analyze`, `file_cleanup/`,
-//!     `log_rotate/` (the last two need no probe and share `files/`: escaped
-//!     names, errno-naming errors, open files by /proc, the quarantine);
-//!     `scratch` (tests only, needs no probe).
+//!   - the kinds: `postgres_retention/`, `postgres_analyze`, `postgres_backup`,
+//!     `config_backup`, `restore_drill/`, `redis_cleanup/`, `cache_warmup`,
+//!     `file_cleanup/`, `log_rotate/` (the last two need no probe and share
+//!     `files/`: escaped names, errno-naming errors, open files by /proc, the
+//!     quarantine); `scratch` (tests only, needs no probe). `dumps` and
+//!     `snapshots`: the backup kinds' layouts on disk, shared with the drill.
 //! - `live`: in-memory state: probe health, rings of recent values.
 //! - `analysis`: pure functions: trend, forecast with confidence, uptime with coverage.
 //! - `cli`: the `upkeep` command line: clap definitions, one file per command

@@ -475,6 +475,9 @@ fn the_example_config_documents_every_option() {
             "audit-log",
             "cache-cleanup",
             "cache-warmup",
+            "dump-drill",
+            "etc",
+            "nightly-dump",
             "notification-log"
         ]
     );

@@ -140,6 +140,8 @@ fn task(config: &Config, name: &str, data: &Path) -> (AnyTask, Cx) {
         run_id: 1,
         backup_dir: data.join("backups").join(name).join("1"),
         quarantine_dir: data.join("quarantine").join(name).join("1"),
+        data_dir: data.to_path_buf(),
+        cancel: tokio_util::sync::CancellationToken::new(),
     };
     std::fs::create_dir_all(&cx.backup_dir).unwrap();
     (t, cx)

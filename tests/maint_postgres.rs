@@ -97,6 +97,8 @@ fn cx(name: &str, dir: &Path) -> Cx {
         run_id: 7,
         backup_dir: dir.join("backups").join(name).join("7"),
         quarantine_dir: dir.join("quarantine").join(name).join("7"),
+        data_dir: dir.to_path_buf(),
+        cancel: tokio_util::sync::CancellationToken::new(),
     }
 }
 

@@ -96,6 +96,8 @@ fn cx(dir: &Path) -> Cx {
         run_id: 3,
         backup_dir: dir.join("backups/cache-cleanup/3"),
         quarantine_dir: dir.join("quarantine/cache-cleanup/3"),
+        data_dir: dir.to_path_buf(),
+        cancel: tokio_util::sync::CancellationToken::new(),
     }
 }
 

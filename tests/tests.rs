@@ -7,6 +7,8 @@ mod cli;
 mod contrib;
 mod health_contract;
 mod lifecycle;
+mod maint_backup;
+mod maint_config_backup;
 mod maint_files;
 mod maint_logs;
 mod maint_postgres;

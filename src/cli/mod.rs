@@ -17,6 +17,7 @@
 //! a process in between.
 
 pub mod access;
+mod backup;
 mod check_config;
 mod generate;
 pub mod maintenance;
@@ -167,6 +168,13 @@ pub enum Command {
         #[command(flatten)]
         at: maintenance::MaintWhere,
     },
+    /// Configuration snapshots: diff.
+    Backup {
+        #[command(subcommand)]
+        action: backup::BackupCmd,
+        #[command(flatten)]
+        at: maintenance::MaintWhere,
+    },
     /// Write the man pages (upkeep.1, upkeep-SUBCOMMAND.1) into DIR (packaging).
     #[command(hide = true)]
     GenerateMan { dir: PathBuf },
@@ -270,6 +278,13 @@ pub fn dispatch(command: Command) -> Result<(), CliError> {
             format,
             at,
         } => read::uptime(probe.as_deref(), window, format, &at),
+        Command::Backup { action, at } => backup::backup(
+            action,
+            &Where {
+                config: at.config,
+                data_dir: at.data_dir,
+            },
+        ),
         Command::Maintenance { action, at } => maintenance::maintenance(
             action,
             &Where {

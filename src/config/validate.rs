@@ -249,7 +249,7 @@ impl Config {
                     "task names are 1-64 characters of a-z, 0-9, '-' and '_'".into(),
                 );
             }
-            for (field, msg) in m.validate_kind(&self.probe) {
+            for (field, msg) in m.validate_kind(&self.probe, &self.maintenance.tasks) {
                 bad(&["maintenance", n, field], msg);
             }
             for g in m.guards() {

@@ -72,6 +72,12 @@ impl Maintenance {
     /// backup pruner.
     pub fn start(self: &Arc<Self>) {
         let token = self.schedulers.lock().expect("schedulers lock").clone();
+        // Scratch databases a killed restore drill left behind.
+        let config = self.runner().config.clone();
+        let data_dir = self.data_dir.clone();
+        self.runs.spawn(async move {
+            super::restore_drill::drop_leftovers(&config, &data_dir).await;
+        });
         let me = self.clone();
         let prune_token = token.clone();
         self.runs

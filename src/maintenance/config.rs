@@ -89,6 +89,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The probe configs a task may refer to, by name.
 pub type Probes = BTreeMap<String, ProbeConfig>;
 
+/// The task configs a task may refer to, by name.
+pub type Tasks = BTreeMap<String, TaskConfig>;
+
 /// What every task kind's config says about itself beyond its name (the
 /// registry below) and its runner fields ([`task_config!`]). Each kind
 /// implements it next to its config struct; [`TaskConfig`] dispatches with
@@ -104,6 +107,20 @@ pub trait TaskKind {
     /// Builds the task; `None` when what it needs is not configured (which
     /// `validate` reports). Never connects.
     fn build(&self, name: &str, probes: &Probes) -> Option<super::AnyTask>;
+    /// `validate` for a kind that refers to another task (a restore drill
+    /// names the backup task it tests); the default is `validate`.
+    fn validate_with_tasks(&self, probes: &Probes, _tasks: &Tasks) -> Vec<(&'static str, String)> {
+        self.validate(probes)
+    }
+    /// `build` for a kind that refers to another task; the default is `build`.
+    fn build_with_tasks(
+        &self,
+        name: &str,
+        probes: &Probes,
+        _tasks: &Tasks,
+    ) -> Option<super::AnyTask> {
+        self.build(name, probes)
+    }
     /// Units (rows, keys, files) per batch the run starts with.
     fn batch_size(&self) -> u64 {
         1
@@ -250,6 +267,9 @@ task_kinds! {
         LogRotate = "log_rotate" => super::log_rotate::LogRotateConfig,
         RedisCleanup = "redis_cleanup" => super::redis_cleanup::CleanupConfig,
         CacheWarmup = "cache_warmup" => super::cache_warmup::WarmupConfig,
+        ConfigBackup = "config_backup" => super::config_backup::ConfigBackupConfig,
+        PostgresBackup = "postgres_backup" => super::postgres_backup::PgBackupConfig,
+        RestoreDrill = "restore_drill" => super::restore_drill::DrillConfig,
     }
     test_only {
         Scratch = "scratch" => super::scratch::ScratchConfig,
@@ -299,13 +319,14 @@ impl TaskConfig {
     }
 
     /// Problems of the kind's own fields and needs, as (field, message).
-    pub fn validate_kind(&self, probes: &Probes) -> Vec<(&'static str, String)> {
-        self.facts().validate(probes)
+    pub fn validate_kind(&self, probes: &Probes, tasks: &Tasks) -> Vec<(&'static str, String)> {
+        self.facts().validate_with_tasks(probes, tasks)
     }
 
-    /// Builds the task `name`; `None` when its probe is missing.
-    pub fn build(&self, name: &str, probes: &Probes) -> Option<super::AnyTask> {
-        self.facts().build(name, probes)
+    /// Builds the task `name`; `None` when its probe (or the task it
+    /// refers to) is missing.
+    pub fn build(&self, name: &str, probes: &Probes, tasks: &Tasks) -> Option<super::AnyTask> {
+        self.facts().build_with_tasks(name, probes, tasks)
     }
 }
 

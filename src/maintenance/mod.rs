@@ -16,19 +16,24 @@ pub mod agent;
 pub mod backup_files;
 pub mod cache_warmup;
 pub mod config;
+pub mod config_backup;
+pub mod dumps;
 pub mod file_cleanup;
 pub mod files;
 pub mod ledger;
 pub mod lock;
 pub mod log_rotate;
 pub mod postgres_analyze;
+pub mod postgres_backup;
 pub mod postgres_retention;
 pub mod prune;
 pub mod redis_cleanup;
+pub mod restore_drill;
 pub mod runner;
 pub mod schedule;
 #[cfg(test)]
 mod scratch;
+pub mod snapshots;
 pub mod view;
 
 use std::future::Future;
@@ -86,6 +91,13 @@ pub struct Cx {
     /// Where files a run removes wait until its backup is pruned:
     /// `data_dir/quarantine/NAME/RUN_ID` (made by the kinds that use it).
     pub quarantine_dir: PathBuf,
+    /// The agent's data dir (the history file, `backups/`, locks).
+    pub data_dir: PathBuf,
+    /// Cancelled while a batch runs when the run must stop now rather than
+    /// at the next safe point: a guarded probe turned unhealthy, or the
+    /// process is stopping. Only a kind whose one batch is long (a dump, a
+    /// restore) watches it, and then cleans up before returning its error.
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 /// What a run would change: the dry run. `rows` and `bytes` are the
@@ -151,6 +163,14 @@ pub trait Task: Send + 'static {
     /// free space of the backup dir against it before starting).
     fn backup_bytes(&self, plan: &Plan) -> u64;
 
+    /// Room a run needs outside its backup dir (a dump's destination): each
+    /// as (directory, bytes, what the bytes are), checked by the runner's
+    /// gate against the free space of the directory's filesystem (of its
+    /// nearest existing parent while it does not exist yet).
+    fn room_needed(&self, _plan: &Plan) -> Vec<(PathBuf, u64, String)> {
+        Vec::new()
+    }
+
     /// Prepares the backup of what `plan` will change. A task that archives
     /// inside each batch (rows copied and deleted in one transaction) only
     /// opens its archive here.
@@ -207,6 +227,7 @@ pub trait DynTask: Send {
     fn figures_boxed(&mut self) -> Fut<'_, Value>;
     fn plan_boxed<'a>(&'a mut self, cx: &'a Cx) -> Fut<'a, Plan>;
     fn backup_bytes_dyn(&self, plan: &Plan) -> u64;
+    fn room_needed_dyn(&self, plan: &Plan) -> Vec<(PathBuf, u64, String)>;
     fn backup_boxed<'a>(&'a mut self, cx: &'a Cx, plan: &'a Plan) -> Fut<'a, Backup>;
     fn apply_batch_boxed<'a>(&'a mut self, cx: &'a Cx, plan: &'a Plan, size: u64)
     -> Fut<'a, Batch>;
@@ -226,6 +247,9 @@ impl<T: Task> DynTask for T {
     }
     fn backup_bytes_dyn(&self, plan: &Plan) -> u64 {
         self.backup_bytes(plan)
+    }
+    fn room_needed_dyn(&self, plan: &Plan) -> Vec<(PathBuf, u64, String)> {
+        self.room_needed(plan)
     }
     fn backup_boxed<'a>(&'a mut self, cx: &'a Cx, plan: &'a Plan) -> Fut<'a, Backup> {
         Box::pin(self.backup(cx, plan))
@@ -261,5 +285,8 @@ pub type AnyTask = Box<dyn DynTask>;
 /// Builds the task `name` of `config`. Never connects: a task connects in
 /// its first step.
 pub fn build(name: &str, config: &crate::config::Config) -> Option<AnyTask> {
-    config.maintenance.get(name)?.build(name, &config.probe)
+    config
+        .maintenance
+        .get(name)?
+        .build(name, &config.probe, &config.maintenance.tasks)
 }

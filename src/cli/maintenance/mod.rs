@@ -156,6 +156,25 @@ pub(super) fn maintenance(action: Maint, at: &Where) -> Result<(), CliError> {
                 dry_run,
                 ignore_window,
             };
+            // SIGTERM / SIGINT stop the run as they stop the agent's: at
+            // its next safe point, or at once for a dump or a drill, which
+            // clean up (partial dump, scratch database) before ending.
+            let stop = runner.stop.clone();
+            rt.spawn(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut term), Ok(mut int)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                tracing::warn!("signal received: stopping the maintenance run");
+                stop.cancel();
+            });
             let f = rt
                 .block_on(runner.run(req, auto.as_ref(), None))
                 .map_err(run_err)?;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use super::guard::{Guard, GuardState};
 use super::pacing::Pacing;
@@ -253,6 +254,18 @@ impl Drive<'_> {
                 DISK_MARGIN_BYTES >> 20
             )));
         }
+        for (at, need, what) in task.room_needed_dyn(plan) {
+            let existing = at.ancestors().find(|p| p.exists()).unwrap_or(&at);
+            let free = free_bytes(existing).map_err(io)?;
+            if free < need {
+                return Err(Stop::refused(format!(
+                    "not enough room at {}: {} MiB free, {} MiB needed ({what})",
+                    at.display(),
+                    free >> 20,
+                    need >> 20
+                )));
+            }
+        }
         let t = Instant::now();
         let backup = task
             .backup_boxed(&self.cx, plan)
@@ -321,7 +334,7 @@ impl Drive<'_> {
                 GuardState::Healthy { slowest_ratio } => pacing.observe(slowest_ratio),
             }
             batch_no += 1;
-            let done = self.batch(task, plan, batch_no, &pacing).await?;
+            let done = self.batch(task, plan, batch_no, &pacing, guard).await?;
             if done {
                 return Ok(());
             }
@@ -329,19 +342,48 @@ impl Drive<'_> {
         }
     }
 
-    /// One batch, counted and recorded; whether the task is done.
+    /// One batch, counted and recorded; whether the task is done. While
+    /// it runs, the guarded probes are watched: an unhealthy one (or the
+    /// agent stopping) cancels `Cx::cancel`, which a kind with one long
+    /// batch (a dump, a restore) obeys at once; its error then ends the
+    /// run `aborted`.
     async fn batch(
         &self,
         task: &mut AnyTask,
         plan: &Plan,
         batch_no: u64,
         pacing: &Pacing,
+        guard: &mut Guard,
     ) -> Result<bool, Stop> {
         let t = Instant::now();
         let left = self.deadline.saturating_duration_since(t);
         let size = pacing.size;
-        let b = match tokio::time::timeout(left, task.apply_batch_boxed(&self.cx, plan, size)).await
-        {
+        let cx = Cx {
+            cancel: self.runner.stop.child_token(),
+            ..self.cx.clone()
+        };
+        let cancel = cx.cancel.clone();
+        let mut cancelled_why: Option<String> = None;
+        let result = {
+            let work = tokio::time::timeout(left, task.apply_batch_boxed(&cx, plan, size));
+            let watch = watch_guard(guard, &cancel);
+            tokio::pin!(work, watch);
+            loop {
+                tokio::select! {
+                    r = &mut work => break r,
+                    why = &mut watch, if cancelled_why.is_none() => {
+                        cancel.cancel();
+                        cancelled_why = Some(why);
+                    }
+                }
+            }
+        };
+        if let (Some(why), Ok(Err(e))) = (&cancelled_why, &result) {
+            return Err(Stop::aborted(format!(
+                "{why}; batch {batch_no} cancelled: {e}"
+            )));
+        }
+        let b = match result {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
                 return Err(Stop::batch_failed(
@@ -495,6 +537,21 @@ impl Drive<'_> {
         tokio::select! {
             _ = self.runner.stop.cancelled() => {}
             _ = tokio::time::sleep(d) => {}
+        }
+    }
+}
+
+/// Waits while the batch runs (the first check after `GUARD_RECHECK`, so
+/// a short batch never sees one); returns why the batch must be cancelled:
+/// a guarded probe unhealthy, or the process stopping.
+async fn watch_guard(guard: &mut Guard, cancel: &CancellationToken) -> String {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return "the agent is stopping".to_string(),
+            _ = tokio::time::sleep(GUARD_RECHECK) => {}
+        }
+        if let GuardState::Unhealthy(why) = guard.check().await.0 {
+            return format!("guarded probe unhealthy: {why}");
         }
     }
 }

@@ -141,6 +141,8 @@ impl Runner {
                 .join(name)
                 .join(run_id.to_string()),
             quarantine_dir: quarantine_dir(&self.data_dir, name, run_id),
+            data_dir: self.data_dir.clone(),
+            cancel: self.stop.child_token(),
         }
     }
 
@@ -441,6 +443,8 @@ impl Runner {
             run_id,
             backup_dir: dir.to_path_buf(),
             quarantine_dir: quarantine_dir(&self.data_dir, &name, run_id),
+            data_dir: self.data_dir.clone(),
+            cancel: self.stop.child_token(),
         };
         let t = Instant::now();
         let (rows, error) = match task.rollback_boxed(&cx, &backup).await {

@@ -51,6 +51,36 @@ fn rows(n: i64) -> String {
     format!("{} row{}", count(n), if n == 1 { "" } else { "s" })
 }
 
+/// The restore drills: the last passing drill's measured RTO (restore
+/// seconds) and RPO (the age of the backup it restored), and a failing
+/// last drill's reason.
+fn drills(s: &Section) -> Markup {
+    html! {
+        div .drills {
+            h3 { "Restore drills" }
+            @for d in &s.drills {
+                p .drill {
+                    strong { (d.task) } ": "
+                    @match d.passed {
+                        Some((id, ended, rto, rpo)) => {
+                            "last passed " a href=(run_link(s, id)) { (time(ended)) }
+                            ", RTO " span .rto { (took((rto * 1000.0) as i64)) }
+                            ", RPO " span .rpo { (took((rpo * 1000.0) as i64)) }
+                        }
+                        None => { "no drill has passed yet" }
+                    }
+                    @if let Some(f) = &d.failed {
+                        " " span .s-unhealthy {
+                            "last run " a href=(run_link(s, f.id)) { (f.id) } " "
+                            (status_words(f)) ": " (f.error.as_deref().unwrap_or(""))
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 pub(in crate::web::page) fn section(
     s: &Section,
     series: &BTreeMap<String, Vec<SeriesInfo>>,
@@ -67,6 +97,9 @@ pub(in crate::web::page) fn section(
             }
             @for t in &s.tasks {
                 (task(t, s, series, now))
+            }
+            @if !s.drills.is_empty() {
+                (drills(s))
             }
             @if let Some(e) = &s.ledger_error {
                 p .notice { "The maintenance ledger is unavailable, so runs are not shown: " (e) }

@@ -37,6 +37,61 @@ pub(super) struct Section {
     pub(super) tasks_error: Option<String>,
     /// Why the ledger could not be read, when it could not.
     pub(super) ledger_error: Option<String>,
+    /// The restore drills' measured RTO and RPO.
+    pub(super) drills: Vec<Drill>,
+}
+
+/// A restore drill task: its last successful drill's figures, and its
+/// last run when that one failed.
+#[derive(Debug)]
+pub(super) struct Drill {
+    pub(super) task: String,
+    /// The newest succeeded drill: (run, ended, RTO seconds, RPO seconds).
+    pub(super) passed: Option<(i64, i64, f64, f64)>,
+    /// The newest run, when it did not succeed.
+    pub(super) failed: Option<RunRow>,
+}
+
+/// Runs of a drill searched for its newest success.
+const DRILL_RUNS: usize = 50;
+
+/// The drills' figures from the ledger: a drill's verdict holds
+/// `rto_seconds` and `backup_age_seconds`.
+fn drills(tasks: &[Task], r: &Reader) -> Vec<Drill> {
+    tasks
+        .iter()
+        .filter(|t| t.kind == "restore_drill")
+        .map(|t| {
+            let runs = r
+                .maintenance_runs(Some(&t.name), DRILL_RUNS)
+                .unwrap_or_default();
+            let passed = runs
+                .iter()
+                .find(|r| {
+                    r.status == crate::maintenance::ledger::RunStatus::Succeeded && !r.dry_run
+                })
+                .and_then(|r| {
+                    let f = &r.verdict.as_ref()?["figures"];
+                    Some((
+                        r.id,
+                        r.ended_ms.unwrap_or(r.started_ms),
+                        f["rto_seconds"].as_f64()?,
+                        f["backup_age_seconds"].as_f64()?,
+                    ))
+                });
+            let failed = runs
+                .first()
+                .filter(|r| {
+                    r.status != crate::maintenance::ledger::RunStatus::Succeeded && r.status.ended()
+                })
+                .cloned();
+            Drill {
+                task: t.name.clone(),
+                passed,
+                failed,
+            }
+        })
+        .collect()
 }
 
 /// One task as the agent describes it, with its newest run from the
@@ -79,6 +134,7 @@ pub(super) fn gather(m: Option<&Maintenance>, reader: Option<&Reader>) -> Sectio
             for t in &mut s.tasks {
                 t.last = last.remove(&t.name);
             }
+            s.drills = drills(&s.tasks, r);
         }
         Err(e) => {
             s.ledger_error = Some(e.to_string());

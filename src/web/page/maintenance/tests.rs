@@ -83,6 +83,7 @@ fn hostile_task_names_and_errors_are_escaped() {
         )],
         tasks_error: None,
         ledger_error: Some(HOSTILE.into()),
+        drills: Vec::new(),
     };
     let html = html_of(&s);
     assert!(!html.contains("<script>"), "{html}");
@@ -347,4 +348,65 @@ fn the_agent_s_tasks_document_reads() {
     assert_eq!(s.tasks[1].guards, ["db"]);
     assert!(s.tasks[1].next_start.is_some());
     assert!(!s.tasks[2].window_open);
+}
+
+#[test]
+fn the_last_passing_drill_shows_its_rto_and_rpo_and_a_failing_one_its_reason() {
+    use crate::maintenance::ledger::{Doc, Ledger};
+    let dir = tempfile::tempdir().unwrap();
+    let l = Ledger::open(dir.path()).unwrap();
+    let ok = l
+        .start_run(
+            "drill",
+            "restore_drill",
+            Trigger::Schedule,
+            false,
+            NOW - 90_000,
+        )
+        .unwrap();
+    l.set(
+        ok,
+        Doc::Verdict,
+        &serde_json::json!({ "ok": true, "detail": "", "figures": { "rto_seconds": 42.5, "backup_age_seconds": 7200.0 } }),
+    )
+    .unwrap();
+    l.finish(ok, NOW - 80_000, RunStatus::Succeeded, None)
+        .unwrap();
+    let bad = l
+        .start_run(
+            "drill",
+            "restore_drill",
+            Trigger::Schedule,
+            false,
+            NOW - 10_000,
+        )
+        .unwrap();
+    l.finish(
+        bad,
+        NOW - 5_000,
+        RunStatus::Failed,
+        Some("pg_restore: error: could not read input file: end of file"),
+    )
+    .unwrap();
+    let reader = Reader::open(dir.path()).unwrap();
+    let tasks = vec![task(serde_json::json!({
+        "name": "drill", "kind": "restore_drill", "schedule": "manual only",
+        "next_start": null, "window_open": true, "window_closes": null,
+        "window_note": null, "auto": null, "guards": [],
+    }))];
+    let s = Section {
+        drills: drills(&tasks, &reader),
+        tasks,
+        ..Section::default()
+    };
+    assert_eq!(
+        s.drills[0].passed.map(|p| (p.0, p.2, p.3)),
+        Some((ok, 42.5, 7200.0))
+    );
+    let html = html_of(&s);
+    let at = html.find("Restore drills").expect("a drills block");
+    let block = &html[at..];
+    assert!(block.contains("RTO <span class=\"rto\">"), "{block}");
+    assert!(block.contains("RPO <span class=\"rpo\">"), "{block}");
+    assert!(block.contains("end of file"), "{block}");
 }
