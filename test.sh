@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs what the tests need when it is missing —
-# Chromium (Debian), promtool (from Debian's prometheus package, unpacked
+# Chromium (Debian), Alertmanager and aiosmtpd (Debian, for the alert
+# tests), promtool (from Debian's prometheus package, unpacked
 # under target/tools, no server installed) and schemathesis (PyPI, in a
 # virtualenv under target/tools) — then runs `cargo test` and schemathesis
 # against a running agent's OpenAPI document.
@@ -19,6 +20,15 @@ if ! command -v chromium >/dev/null; then
     echo "== installing chromium (Debian) for the status page tests"
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends chromium
+fi
+
+# The alert tests deliver to real receivers: Alertmanager (started by the
+# test on a free loopback port) and an SMTP server (aiosmtpd).
+if ! command -v prometheus-alertmanager >/dev/null || ! /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null; then
+    echo "== installing prometheus-alertmanager and python3-aiosmtpd (Debian) for the alert tests"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+        prometheus-alertmanager python3-aiosmtpd
 fi
 
 if [ ! -x "$TOOLS/bin/promtool" ]; then

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod alerts;
 mod cli;
 mod lifecycle;
 mod maint_postgres;

@@ -6,12 +6,14 @@
 //!   rendered by [`report`], and `status` from the running agent;
 //! - [`maintenance`]: the maintenance tasks, rendered by
 //!   [`maintenance::report`];
+//! - `alerts`: `alerts` and `silence add|list|expire` over the history file;
 //! - `check_config`, `run`: validate a config; run the agent;
 //! - `generate`: man pages and shell completions for the packages.
 //!
 //! Output lives in the library so that it is tested on real files without
 //! a process in between.
 
+mod alerts;
 mod check_config;
 mod generate;
 pub mod maintenance;
@@ -142,6 +144,21 @@ pub enum Command {
         at: maintenance::MaintWhere,
     },
     /// Write the man pages (upkeep.1, upkeep-SUBCOMMAND.1) into DIR (packaging).
+    /// The alerts on record (firing first, then pending), read from the
+    /// history file.
+    Alerts {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Silences: alerts that match do not notify until the silence ends.
+    Silence {
+        #[command(subcommand)]
+        action: alerts::SilenceAction,
+        #[command(flatten)]
+        at: maintenance::MaintWhere,
+    },
     #[command(hide = true)]
     GenerateMan { dir: PathBuf },
     /// Write bash, zsh and fish completions into DIR (packaging).
@@ -216,6 +233,14 @@ pub fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Run { at } => run::run(at),
         Command::CheckConfig { path } => check_config::check_config(path.as_deref()),
         Command::Status { json, at } => read::status(json, &at),
+        Command::Alerts { format, at } => alerts::alerts(format, &at),
+        Command::Silence { action, at } => alerts::silence(
+            action,
+            &Where {
+                config: at.config,
+                data_dir: at.data_dir,
+            },
+        ),
         Command::GenerateMan { dir } => generate::man(&dir),
         Command::GenerateCompletions { dir } => generate::completions(&dir),
         Command::Series { prefix, at } => read::series(prefix.as_deref(), &at),

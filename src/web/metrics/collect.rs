@@ -15,7 +15,7 @@ use crate::sample::Status;
 impl Families {
     /// Adds one sample; the first of a label set wins, and the type and help
     /// are those of the family's first sample.
-    fn add(
+    pub(super) fn add(
         &mut self,
         name: &str,
         kind: Type,

@@ -27,7 +27,9 @@
 //!   `upkeep_probe_last_tick_timestamp_seconds`.
 //! - The agent itself: `upkeep_build_info{version}`, start time, history
 //!   file, runner and config reload health (see [`collect()`]).
+//! - Alerts, notifications and maintenance runs (`alerts.rs`).
 
+mod alerts;
 mod collect;
 mod encode;
 mod names;
@@ -86,10 +88,13 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .and(super::get())
         .and(super::params(&[]))
         .map(move |_| {
-            let families = {
+            let mut families = {
                 let live = state.live.read().expect("live lock");
                 collect(&live, &state.stats, &state.info)
             };
+            if let Some(a) = &state.alerts {
+                families.add_alerts(a);
+            }
             let mut r = encode(&families).into_response();
             r.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
