@@ -156,6 +156,19 @@ impl Engine {
             }
         }
         self.refresh_alertmanager(&mut changes, now);
+        // Resolved alerts are kept a while for their sequence only.
+        for a in self.alerts.values() {
+            if a.state == State::Resolved
+                && a.resolved_ms
+                    .is_some_and(|t| now - t > rules::KEEP_RESOLVED_MS)
+            {
+                changes.push(Change {
+                    fingerprint: a.fingerprint.clone(),
+                    row: None,
+                    notifications: Vec::new(),
+                });
+            }
+        }
         self.commit(changes, now);
         self.publish(&silences, now);
     }
@@ -301,16 +314,17 @@ impl Engine {
         let mut changes = Vec::new();
         for a in self.alerts.values() {
             let same = old.alert.get(&a.rule) == config.alert.get(&a.rule);
-            if same {
+            if same || a.state == State::Resolved {
                 continue;
             }
-            let notes = match (rules::resolve_removed(a, now), old.alert.get(&a.rule)) {
-                (Some(n), Some(rule)) => self.fan_out(rule.common().notify, &n, false),
+            let n = rules::resolve_removed(a, now);
+            let notes = match (&n, old.alert.get(&a.rule)) {
+                (Some(n), Some(rule)) => self.fan_out(rule.common().notify, n, false),
                 _ => Vec::new(),
             };
             changes.push(Change {
                 fingerprint: a.fingerprint.clone(),
-                row: None,
+                row: rules::ended(a, n.is_some(), now).as_ref().map(row_of),
                 notifications: notes,
             });
         }
@@ -324,14 +338,16 @@ impl Engine {
         self.forecasts.clear();
     }
 
+    /// Alerts of rules that left the config while the agent was stopped
+    /// end without a word: the notifiers they went to are not known.
     fn resolve_rules_not_in(&mut self, config: &Config, now: Ts) {
         let gone: Vec<Change> = self
             .alerts
             .values()
-            .filter(|a| !config.alert.contains_key(&a.rule))
+            .filter(|a| a.state != State::Resolved && !config.alert.contains_key(&a.rule))
             .map(|a| Change {
                 fingerprint: a.fingerprint.clone(),
-                row: None,
+                row: rules::ended(a, false, now).as_ref().map(row_of),
                 notifications: Vec::new(),
             })
             .collect();
@@ -609,6 +625,7 @@ impl Engine {
         let mut alerts: Vec<AlertView> = self
             .alerts
             .values()
+            .filter(|a| a.state != State::Resolved)
             .map(|a| {
                 let labels = rules::match_labels(a);
                 AlertView::of(

@@ -71,6 +71,7 @@ impl AlertView {
             since_ms: match a.state {
                 State::Firing => a.firing_since_ms.unwrap_or(a.pending_since_ms),
                 State::Pending => a.pending_since_ms,
+                State::Resolved => a.resolved_ms.unwrap_or(a.pending_since_ms),
             },
             silenced,
             maintenance_run: a.maintenance_run,

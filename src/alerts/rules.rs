@@ -24,6 +24,9 @@ use crate::sample::Ts;
 pub enum State {
     Pending,
     Firing,
+    /// Over. Kept (for [`KEEP_RESOLVED_MS`]) only so that the alert's next
+    /// notifications go on from its sequence: an id is never reused.
+    Resolved,
 }
 
 impl State {
@@ -31,9 +34,13 @@ impl State {
         match self {
             State::Pending => "pending",
             State::Firing => "firing",
+            State::Resolved => "resolved",
         }
     }
 }
+
+/// How long a resolved alert is kept for its sequence.
+pub const KEEP_RESOLVED_MS: Ts = 7 * 86_400_000;
 
 /// One tracked alert (kept in the `alerts` table as JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +65,9 @@ pub struct Alert {
     /// The maintenance run changing things on a watched probe when the
     /// alert was last seen.
     pub maintenance_run: Option<i64>,
+    /// When it resolved (state `resolved`).
+    #[serde(default)]
+    pub resolved_ms: Option<Ts>,
 }
 
 /// What a rule sees for one label set.
@@ -176,16 +186,17 @@ fn step_one(
     now: Ts,
     suppressed: &dyn Fn(&Alert) -> bool,
 ) -> Option<Transition> {
-    let gone = |a: &Alert| -> Transition {
-        let notification = (a.state == State::Firing && a.notified && rule.resolve_notify)
-            .then(|| notification(a, "resolved", a.sequence + 1, now, false));
+    // Over: forgotten when it never notified anyone, else kept resolved
+    // for its sequence.
+    let over = |a: &Alert, notification: Option<Notification>| -> Transition {
         Transition {
             fingerprint: fp.to_string(),
-            alert: None,
+            alert: ended(a, notification.is_some(), now),
             notification,
         }
     };
-    let Some(a) = current else {
+    let live = current.filter(|a| a.state != State::Resolved);
+    let Some(a) = live else {
         if !o.trigger {
             return None;
         }
@@ -197,23 +208,25 @@ fn step_one(
             severity: rule.severity,
             pending_since_ms: now,
             firing_since_ms: None,
-            sequence: 0,
+            // Ids go on from the last time this alert was on.
+            sequence: current.map_or(0, |a| a.sequence),
             last_sent_ms: None,
             notified: false,
             summary: o.summary.clone(),
             value: o.value,
             maintenance_run: o.maintenance_run,
+            resolved_ms: None,
         };
         return Some(advance(rule, pending, now, suppressed));
     };
     let mut a = a.clone();
     match a.state {
-        State::Pending if !o.trigger => Some(Transition {
-            fingerprint: fp.to_string(),
-            alert: None,
-            notification: None,
-        }),
-        State::Firing if !o.hold => Some(gone(&a)),
+        State::Pending if !o.trigger => Some(over(&a, None)),
+        State::Firing if !o.hold => {
+            let n = (a.notified && rule.resolve_notify)
+                .then(|| notification(&a, "resolved", a.sequence + 1, now, false));
+            Some(over(&a, n))
+        }
         _ => {
             let changed = a.summary != o.summary
                 || a.value != o.value
@@ -276,6 +289,19 @@ fn notification(a: &Alert, state: &str, sequence: u64, now: Ts, reminder: bool) 
         reminder,
         maintenance_run: a.maintenance_run,
     }
+}
+
+/// `a` once over, `notified` whether a `resolved` notification went out:
+/// kept as resolved for its sequence, or `None` when it never notified.
+pub fn ended(a: &Alert, notified: bool, now: Ts) -> Option<Alert> {
+    let sequence = a.sequence + u64::from(notified);
+    (sequence > 0).then(|| Alert {
+        state: State::Resolved,
+        sequence,
+        notified: false,
+        resolved_ms: Some(now),
+        ..a.clone()
+    })
 }
 
 /// The notification that resolves `a` because its rule left the config
@@ -391,6 +417,21 @@ mod tests {
     fn a_silenced_alert_neither_fires_nor_resolves_to_receivers() {
         let ids = drive(&rule(0), &[(0, true, true), (10, false, false)], true);
         assert!(ids.is_empty(), "{ids:?}");
+    }
+
+    #[test]
+    fn an_alert_that_fires_again_goes_on_from_its_sequence() {
+        let ids = drive(
+            &rule(0),
+            &[
+                (0, true, true),
+                (10, false, false),
+                (20, true, true),
+                (30, false, false),
+            ],
+            false,
+        );
+        assert_eq!(ids, ["firing:1", "resolved:2", "firing:3", "resolved:4"]);
     }
 
     #[test]

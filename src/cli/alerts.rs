@@ -11,7 +11,7 @@ use clap::Subcommand;
 use super::report::Format;
 use super::{CliError, Where, config_and_data_dir};
 use crate::alerts::AlertView;
-use crate::alerts::rules::{Alert, match_labels};
+use crate::alerts::rules::{Alert, State, match_labels};
 use crate::fmt::rfc3339;
 use crate::sample::now_ms;
 use crate::store::Reader;
@@ -56,6 +56,7 @@ pub(super) fn alerts(format: Format, at: &Where) -> Result<(), CliError> {
         .map_err(CliError::runtime)?
         .iter()
         .filter_map(|row| serde_json::from_str::<Alert>(&row.data).ok())
+        .filter(|a| a.state != State::Resolved)
         .map(|a| {
             let labels = match_labels(&a);
             let silenced = silences
