@@ -39,7 +39,7 @@ const AM_REFRESH_MS: Ts = 60_000;
 /// `samples_dropped` holds this long after the last dropped sample.
 const DROPPED_HOLD_MS: Ts = 10 * 60_000;
 /// `notifications_given_up` holds this long after the last one.
-const GIVEN_UP_HOLD_MS: Ts = 3600_000;
+const GIVEN_UP_HOLD_MS: Ts = 3_600_000;
 
 pub struct Engine {
     pub(super) config: Arc<Config>,
@@ -636,7 +636,7 @@ impl Engine {
                 )
             })
             .collect();
-        alerts.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        alerts.sort_by_key(AlertView::order_key);
         let pending = self.store.pending().unwrap_or_default();
         let mut view = self.shared.view.write().expect("alerts view lock");
         view.alerts = alerts;
