@@ -95,7 +95,8 @@ impl App {
             pid: std::process::id(),
         };
         let mut recorder =
-            Recorder::new(data_dir.clone(), config.history.clone(), run, live.clone());
+            Recorder::new(data_dir.clone(), config.history.clone(), run, live.clone())
+                .with_alerts_bound(config.notify.len(), config.alerts.max_outbox);
         match recorder.open() {
             Ok(()) => tracing::info!(
                 "history in {}",

@@ -36,7 +36,7 @@ impl Default for AlertsSection {
         AlertsSection {
             repeat_interval: Duration::from_secs(4 * 3600),
             resolve_notify: true,
-            max_outbox: 10_000,
+            max_outbox: 1000,
             retry_max: Duration::from_secs(300),
         }
     }

@@ -145,6 +145,14 @@ impl Engine {
                     .any(|s| s.active_at(now) && s.matches(&labels))
             };
             for t in rules::step(&facts, &mine, &observed, now, &silenced) {
+                // New alerts wait while the engine tracks its most.
+                let tracked = self.alerts.len() + changes.len();
+                if !self.alerts.contains_key(&t.fingerprint)
+                    && tracked >= crate::store::alerts::MAX_ALERTS as usize
+                {
+                    tracing::debug!(rule = %name, "{tracked} alerts tracked already: a new one waits");
+                    continue;
+                }
                 let notes = t
                     .notification
                     .map(|n| self.fan_out(common.notify, &n, false));

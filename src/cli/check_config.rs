@@ -12,7 +12,8 @@ use crate::store;
 pub(super) fn check_config(path: Option<&Path>) -> Result<(), CliError> {
     let (config, source) = load_config(path)?;
     check_token_file(&config, source.as_deref())?;
-    let bound = store::tiers::size_bound(&config.history);
+    let bound = store::tiers::size_bound(&config.history)
+        .with_alerts(config.notify.len(), config.alerts.max_outbox);
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     match &source {
         Some(p) => println!("{}: ok", p.display()),
@@ -37,12 +38,13 @@ pub(super) fn check_config(path: Option<&Path>) -> Result<(), CliError> {
         println!("  {table}: {:.1} MiB", mib(*bytes));
     }
     println!(
-        "  journal {:.1} MiB, series {:.1} MiB, events {:.1} MiB, runs {:.1} MiB, maintenance ledger {:.1} MiB, schema {:.1} MiB",
+        "  journal {:.1} MiB, series {:.1} MiB, events {:.1} MiB, runs {:.1} MiB, maintenance ledger {:.1} MiB, alerts and outbox {:.1} MiB, schema {:.1} MiB",
         mib(bound.journal),
         mib(bound.series),
         mib(bound.events),
         mib(bound.runs),
         mib(bound.maintenance),
+        mib(bound.alerts),
         mib(bound.fixed)
     );
     println!(

@@ -21,11 +21,11 @@ use super::{FILE_NAME, StoreError};
 use crate::sample::Ts;
 
 /// Largest notification body kept in the outbox, in bytes.
-pub const MAX_BODY_BYTES: usize = 8192;
+pub const MAX_BODY_BYTES: usize = 4096;
 /// Silences kept (expired ones are deleted first, then the oldest).
 pub const MAX_SILENCES: i64 = 1000;
 /// Alerts tracked at most (pending or firing); beyond this new ones wait.
-pub const MAX_ALERTS: i64 = 10_000;
+pub const MAX_ALERTS: i64 = 1000;
 /// Per row of any of these tables besides its body: ids, names, times.
 const ROW_OVERHEAD: u64 = 256;
 
@@ -34,8 +34,8 @@ const ROW_OVERHEAD: u64 = 256;
 /// every tracked alert at their caps.
 pub fn bound_bytes(notifiers: usize, max_rows: usize) -> u64 {
     let outbox = (notifiers * max_rows) as u64 * (MAX_BODY_BYTES as u64 + ROW_OVERHEAD);
-    let silences = MAX_SILENCES as u64 * (1024 + ROW_OVERHEAD);
-    let alerts = MAX_ALERTS as u64 * (2048 + ROW_OVERHEAD);
+    let silences = MAX_SILENCES as u64 * (2048 + ROW_OVERHEAD);
+    let alerts = MAX_ALERTS as u64 * (2 * MAX_BODY_BYTES as u64 + ROW_OVERHEAD);
     outbox + silences + alerts
 }
 
