@@ -89,6 +89,16 @@ const ROUTES: &[(&str, &str, &str, u16, u16)] = &[
         404,
     ),
     ("post", "/api/v1/reload", "/api/v1/reload", 401, 200),
+    ("get", "/api/v1/alerts", "/api/v1/alerts", 503, 200),
+    ("get", "/api/v1/silences", "/api/v1/silences", 503, 200),
+    ("post", "/api/v1/silences", "/api/v1/silences", 401, 400),
+    (
+        "post",
+        "/api/v1/silences/{id}/expire",
+        "/api/v1/silences/1/expire",
+        401,
+        404,
+    ),
 ];
 
 const MIN: i64 = 60_000;
