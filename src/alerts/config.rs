@@ -605,3 +605,56 @@ fn series_ok(series: &str, probes: &[&str], out: &mut Vec<(&'static str, String)
         out.push(("series", format!("`{series}`: labels do not read")));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every notifier kind and every rule kind has a block in
+    /// agent.toml.example, and the example's blocks read as config.
+    #[test]
+    fn agent_toml_example_has_a_block_for_every_notifier_and_rule_kind() {
+        let text = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/agent.toml.example"));
+        for k in NotifyConfig::KINDS {
+            assert!(
+                text.contains(&format!("# kind = \"{k}\"")),
+                "no [notify] block of kind {k}"
+            );
+        }
+        for w in ["probe", "threshold", "forecast", "maintenance", "agent"] {
+            assert!(
+                text.contains(&format!("# when = \"{w}\"")),
+                "no [alert] block with when = {w}"
+            );
+        }
+        // The alerts part of the example, uncommented, is a valid config
+        // once its probes and tasks exist.
+        let start = text.find("# [alerts]").expect("an [alerts] block");
+        let mut uncommented = String::from(
+            "[probe.database]\nkind = \"tcp\"\naddress = \"127.0.0.1:5432\"\n\n\
+             [probe.api]\nkind = \"tcp\"\naddress = \"127.0.0.1:80\"\n\n",
+        );
+        for line in text[start..].lines() {
+            let Some(l) = line.strip_prefix("# ") else {
+                continue;
+            };
+            // A table header or a `key = value` line that reads as TOML
+            // alone; prose ("kind = \"webhook\": the ...") does not.
+            let setting = l.starts_with('[')
+                || (l.split_once(" = ").is_some_and(|(k, _)| {
+                    !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                }) && l.parse::<toml::Table>().is_ok());
+            if setting && !l.starts_with("[maintenance") {
+                uncommented.push_str(l);
+                uncommented.push('\n');
+            }
+        }
+        let uncommented = uncommented.replace("tasks = [\"audit-log\"]\n", "");
+        let parsed = crate::config::Config::parse("example", &uncommented);
+        assert!(parsed.is_ok(), "{uncommented}\n{}", parsed.unwrap_err());
+        let c = parsed.unwrap();
+        assert_eq!(c.alerts, AlertsSection::default());
+        assert_eq!(c.notify.len(), 4);
+        assert_eq!(c.alert.len(), 5);
+    }
+}
