@@ -938,3 +938,44 @@ fn silences_from_the_cli_and_the_api_keep_an_alert_quiet() {
     assert_eq!(v["alerts"][0]["state"], "firing");
     drop(agent);
 }
+
+/// `/metrics` counts alerts by state and severity, notifications by
+/// notifier and result, and the outbox's backlog, and passes promtool.
+#[test]
+fn metrics_count_alerts_notifications_and_the_outbox() {
+    let dir = temp_dir();
+    let (port, mut target, receiver) = (free_port(), Target::new(), Receiver::new());
+    let cfg = config(
+        dir.path(),
+        port,
+        target.port,
+        &webhook_rule(receiver.port, ""),
+    );
+    let agent = Agent::start(Some(&cfg), &dir.path().join("data"), port);
+    let (_, before) = get(port, "/metrics").unwrap();
+    for line in [
+        "upkeep_alerts{state=\"firing\",severity=\"critical\"} 0",
+        "upkeep_notifications_total{notifier=\"hook\",result=\"sent\"} 0",
+        "upkeep_outbox_pending{notifier=\"hook\"} 0",
+    ] {
+        assert!(before.lines().any(|l| l == line), "{line} in {before}");
+    }
+    target.down();
+    wait_until("delivered", Duration::from_secs(20), || {
+        !receiver.bodies().is_empty()
+    });
+    wait_until("counted", Duration::from_secs(5), || {
+        let (_, m) = get(port, "/metrics").unwrap();
+        m.lines()
+            .any(|l| l == "upkeep_notifications_total{notifier=\"hook\",result=\"sent\"} 1")
+    });
+    let (_, after) = get(port, "/metrics").unwrap();
+    assert!(
+        after
+            .lines()
+            .any(|l| l == "upkeep_alerts{state=\"firing\",severity=\"critical\"} 1"),
+        "{after}"
+    );
+    crate::web_metrics::promtool_check(&after);
+    drop(agent);
+}

@@ -920,6 +920,39 @@ mod tests {
     }
 
     #[test]
+    fn maintenance_figures_count_runs_ended_since_the_start() {
+        let mut r = rig("");
+        let ledger = Ledger::open(&r.data).unwrap();
+        // Ended before the agent started: not counted, but its success is
+        // the newest one known.
+        let old = ledger
+            .start_run("trim", "scratch", Trigger::Schedule, false, T0 - 9_000)
+            .unwrap();
+        ledger.add_batch(old, 5).unwrap();
+        ledger
+            .finish(old, T0 - 8_000, RunStatus::Succeeded, None)
+            .unwrap();
+        r.engine.tick(T0);
+        let running = ledger
+            .start_run("trim", "scratch", Trigger::Api, false, T0 + 1)
+            .unwrap();
+        r.engine.tick(T0 + 3_000);
+        let f = r.engine.figures.clone();
+        assert!(f.runs_total.is_empty());
+        assert_eq!(f.running["trim"], true);
+        assert_eq!(f.last_success_ms["trim"], T0 - 8_000);
+        ledger.add_batch(running, 7).unwrap();
+        ledger
+            .finish(running, T0 + 4_000, RunStatus::Failed, Some("x"))
+            .unwrap();
+        r.engine.tick(T0 + 6_000);
+        let f = r.engine.figures.clone();
+        assert_eq!(f.runs_total[&("trim".to_string(), "failed".to_string())], 1);
+        assert_eq!(f.rows_changed_total["trim"], 7);
+        assert_eq!(f.running["trim"], false);
+    }
+
+    #[test]
     fn history_trouble_fires_the_agent_rule() {
         let mut r =
             rig("[alert.agent]\nwhen = \"agent\"\nseverity = \"critical\"\nnotify = [\"ops\"]\n");
