@@ -939,7 +939,7 @@ mod tests {
         r.engine.tick(T0 + 3_000);
         let f = r.engine.figures.clone();
         assert!(f.runs_total.is_empty());
-        assert_eq!(f.running["trim"], true);
+        assert!(f.running["trim"]);
         assert_eq!(f.last_success_ms["trim"], T0 - 8_000);
         ledger.add_batch(running, 7).unwrap();
         ledger
@@ -949,7 +949,7 @@ mod tests {
         let f = r.engine.figures.clone();
         assert_eq!(f.runs_total[&("trim".to_string(), "failed".to_string())], 1);
         assert_eq!(f.rows_changed_total["trim"], 7);
-        assert_eq!(f.running["trim"], false);
+        assert!(!f.running["trim"]);
     }
 
     #[test]
