@@ -952,6 +952,66 @@ mod tests {
         assert!(!f.running["trim"]);
     }
 
+    /// Two hours of a disk's used ratio every 5 minutes, written as the
+    /// recorder does; `noise` makes the fit poor.
+    fn disk_history(data: &std::path::Path, start: Ts, noise: bool) {
+        use crate::store::writer::{RunInfo, Sample, Writer};
+        let run = RunInfo {
+            version: "test".into(),
+            hostname: "test".into(),
+            pid: 1,
+        };
+        let history = crate::store::config::HistoryConfig::default();
+        let (mut w, _) = Writer::open(data, &history, start, &run).unwrap();
+        let key = SeriesKey::new("host", "disk_used_ratio", &[("mount", "/")]);
+        for i in 0..=24i64 {
+            let ts = start + i * 300_000;
+            let id = w.series_id(&key, Unit::Ratio, ts).unwrap().unwrap();
+            // +1 % an hour from 50 %: full in about 2 days.
+            let wobble = if noise && i % 2 == 0 { 0.2 } else { 0.0 };
+            let value = 0.5 + 0.01 * i as f64 / 12.0 + wobble;
+            w.write(
+                &[Sample {
+                    series: id,
+                    ts,
+                    value,
+                }],
+                &[],
+                ts,
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_forecast_rule_fires_only_on_a_confident_forecast() {
+        let rule = "[alert.disk-filling]\nwhen = \"forecast\"\nseries = 'host.disk_used_ratio{mount=\"/\"}'\nreaches = 1.0\nwithin = \"7d\"\nnotify = [\"ops\"]\n";
+        for (noise, within, fires) in [
+            (false, "7d", true),
+            (true, "7d", false),
+            (false, "1d", false),
+        ] {
+            let mut r = rig(&rule.replace("\"7d\"", &format!("\"{within}\"")));
+            let now = T0 + 2 * 3_600_000;
+            disk_history(&r.data, T0, noise);
+            r.engine.tick(now);
+            let sent = r.sent();
+            assert_eq!(
+                sent.len(),
+                usize::from(fires),
+                "noise {noise}, within {within}: {sent:?}"
+            );
+            if fires {
+                assert!(
+                    sent[0].1.summary.contains("reaches 1 in"),
+                    "{}",
+                    sent[0].1.summary
+                );
+                assert_eq!(sent[0].1.labels["mount"], "/");
+            }
+        }
+    }
+
     #[test]
     fn history_trouble_fires_the_agent_rule() {
         let mut r =
