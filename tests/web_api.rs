@@ -1257,7 +1257,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "schemathesis failed:\n{text}");
-    assert!(text.contains("18 selected / 18 total"), "{text}");
+    assert!(text.contains("22 selected / 22 total"), "{text}");
     assert!(!text.contains("Failures:"), "{text}");
     drop(agent);
 }
