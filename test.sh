@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs what the tests need when it is missing —
-# Chromium (Debian), promtool and prometheus (from Debian's prometheus
+# Chromium (Debian), Alertmanager and aiosmtpd (Debian, for the alert
+# tests), promtool and prometheus (from Debian's prometheus
 # package, unpacked under target/tools, no service installed: the dashboard
 # test starts its own Prometheus) and schemathesis (PyPI, in a
 # virtualenv under target/tools) — then runs `cargo test` and schemathesis
@@ -53,6 +54,15 @@ if ! command -v pg_dump >/dev/null || ! command -v pg_restore >/dev/null ||
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
         postgresql-client util-linux
+fi
+
+# The alert tests deliver to real receivers: Alertmanager (started by the
+# test on a free loopback port) and an SMTP server (aiosmtpd).
+if ! command -v prometheus-alertmanager >/dev/null || ! /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null; then
+    echo "== installing prometheus-alertmanager and python3-aiosmtpd (Debian) for the alert tests"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+        prometheus-alertmanager python3-aiosmtpd
 fi
 
 if [ ! -x "$TOOLS/bin/promtool" ] || [ ! -x "$TOOLS/bin/prometheus" ]; then

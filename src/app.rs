@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::alerts::Alerts;
 use crate::config::{Config, HostConfig, ProbeConfig};
 use crate::live::{Live, ProbeMeta, Reload};
 use crate::maintenance::agent::Maintenance;
@@ -54,6 +55,9 @@ pub struct App {
     recorder_heartbeat: Arc<AtomicU64>,
     reload_requests: Option<tokio::sync::mpsc::Receiver<ReloadReply>>,
     maintenance: Arc<Maintenance>,
+    /// `None` when the history file could not be opened at start: alerts
+    /// need their outbox.
+    alerts: Option<Alerts>,
 }
 
 impl App {
@@ -94,7 +98,8 @@ impl App {
             pid: std::process::id(),
         };
         let mut recorder =
-            Recorder::new(data_dir.clone(), config.history.clone(), run, live.clone());
+            Recorder::new(data_dir.clone(), config.history.clone(), run, live.clone())
+                .with_alerts_bound(config.notify.len(), config.alerts.max_outbox);
         match recorder.open() {
             Ok(()) => tracing::info!(
                 "history in {}",
@@ -118,25 +123,43 @@ impl App {
         let stats = Arc::new(RunnerStats::default());
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel::<ReloadReply>(4);
         let maintenance = Maintenance::new(Arc::new(config.clone()), data_dir.clone());
+        let api_addr = listener.as_ref().and_then(|(l, _)| l.local_addr().ok());
+        let alerts = match Alerts::start(
+            &config,
+            data_dir.clone(),
+            live.clone(),
+            crate::alerts::notify::Context {
+                host: hostname.clone(),
+                base_url: api_addr.map(|a| format!("http://{a}")),
+            },
+        ) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::error!("alerts cannot start without their history tables: {e}");
+                None
+            }
+        };
         if let Some((listener, token)) = listener {
             let addr = listener.local_addr().ok();
-            let shared = Arc::new(
-                web::Shared::new(
-                    web::Info {
-                        version: env!("CARGO_PKG_VERSION"),
-                        hostname,
-                        config_path,
-                        data_dir: data_dir.clone(),
-                    },
-                    live.clone(),
-                    stats.clone(),
-                    &config.api,
-                    token,
-                    Some(reload_tx),
-                )
-                .listening_on(addr)
-                .with_maintenance(maintenance.clone()),
-            );
+            let mut shared = web::Shared::new(
+                web::Info {
+                    version: env!("CARGO_PKG_VERSION"),
+                    hostname,
+                    config_path,
+                    data_dir: data_dir.clone(),
+                },
+                live.clone(),
+                stats.clone(),
+                &config.api,
+                token,
+                Some(reload_tx),
+            )
+            .listening_on(addr)
+            .with_maintenance(maintenance.clone());
+            if let Some(a) = &alerts {
+                shared = shared.with_alerts(a.shared());
+            }
+            let shared = Arc::new(shared);
             web_tracker.spawn(web::serve_with(
                 listener,
                 shared,
@@ -163,6 +186,7 @@ impl App {
             recorder_heartbeat,
             reload_requests: Some(reload_rx),
             maintenance,
+            alerts,
         };
         let all = probe_settings(&config).into_keys().collect();
         app.spawn_probes(&config, &all);
@@ -307,6 +331,9 @@ impl App {
             .collect();
         self.spawn_probes(&config, &start);
         self.maintenance.reload(Arc::new(config.clone()));
+        if let Some(a) = self.alerts.as_mut() {
+            a.reload(&config).await;
+        }
         self.config = config;
         if stale.is_empty() && start.is_empty() {
             tracing::info!("config reloaded; no probe changed");
@@ -325,6 +352,9 @@ impl App {
         self.live.write().expect("live lock").ready = false;
         // Maintenance first: a run ends at its next safe point.
         self.maintenance.stop(grace / 4).await;
+        if let Some(a) = self.alerts.take() {
+            a.stop(grace / 4).await;
+        }
         self.probes_token.cancel();
         self.web_token.cancel();
         self.probes.close();

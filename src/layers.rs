@@ -22,6 +22,12 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("store", "web"),
     ("store", "app"),
     ("store", "report"),
+    ("store", "alerts"),
+    // Alerts sit beside maintenance: below the web, above the store.
+    ("alerts", "web"),
+    ("alerts", "app"),
+    ("alerts", "cli"),
+    ("alerts", "report"),
     // `[history]` is the store's own (`store::config`); the root composes it.
     ("store", "config"),
     // Connections shared by probes and tasks know neither.

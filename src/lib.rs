@@ -20,7 +20,8 @@
 //!   (recovery, flush, trim), `salvage` (a damaged file copied row by row into
 //!   a fresh one), `reader`, `chunk`, `tiers` (and the size bound),
 //!   `ledger` (the maintenance tables `maintenance_runs`, `maintenance_steps`,
-//!   `RunStatus`, `Step`), `config` (`[history]`).
+//!   `RunStatus`, `Step`), `alerts` (the `alerts`, `outbox` and `silences`
+//!   tables), `config` (`[history]`).
 //! - `maintenance`: the `Task` trait and what a run passes between its steps.
 //!   - `config`: the task registry `TaskConfig`, `TaskKind`, `task_config!`,
 //!     the `[maintenance]` backup budget.
@@ -37,6 +38,10 @@
 //!     `files/`: escaped names, errno-naming errors, open files by /proc, the
 //!     quarantine); `scratch` (tests only, needs no probe). `dumps` and
 //!     `snapshots`: the backup kinds' layouts on disk, shared with the drill.
+//! - `alerts`: `[alert.NAME]` rules and `[notify.NAME]` notifiers (`config`),
+//!   the pure state machine (`rules`: pending → firing → resolved), the
+//!   engine thread (`engine`), and delivery from the history file's outbox
+//!   (`notify/`: webhook, alertmanager, command, email).
 //! - `live`: in-memory state: probe health, rings of recent values.
 //! - `analysis`: pure functions: trend, forecast with confidence, uptime with coverage.
 //! - `cli`: the `upkeep` command line: clap definitions, one file per command
@@ -51,6 +56,7 @@
 //! - `layers` (tests only): the one-way layers between these modules, checked
 //!   against the source.
 
+pub mod alerts;
 pub mod analysis;
 pub mod app;
 pub mod cli;

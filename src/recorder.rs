@@ -59,6 +59,8 @@ pub struct Recorder {
     last_attempt: Option<Instant>,
     failing: bool,
     last_read_check: Option<Instant>,
+    /// Notifiers and outbox rows each, for the alerts' share of the bound.
+    alerts_bound: (usize, usize),
     /// Grows with every loop (at least once a second): the systemd watchdog
     /// is fed only while it does.
     pub heartbeat: Arc<AtomicU64>,
@@ -82,8 +84,15 @@ impl Recorder {
             last_attempt: None,
             failing: false,
             last_read_check: None,
+            alerts_bound: (0, 0),
             heartbeat: Arc::default(),
         }
+    }
+
+    /// Counts the alerts' tables in the size bound the recorder reports.
+    pub fn with_alerts_bound(mut self, notifiers: usize, max_outbox: usize) -> Recorder {
+        self.alerts_bound = (notifiers, max_outbox);
+        self
     }
 
     /// Opens the history file now (so that the caller can report where the
@@ -381,7 +390,9 @@ impl Recorder {
         live.store.open = true;
         live.store.last_error = None;
         live.store.fault = None;
-        live.store.bound_bytes = crate::store::tiers::size_bound(&self.history).total;
+        live.store.bound_bytes = crate::store::tiers::size_bound(&self.history)
+            .with_alerts(self.alerts_bound.0, self.alerts_bound.1)
+            .total;
     }
 
     fn set_store_err(&self, e: &StoreError) {
@@ -398,7 +409,9 @@ impl Recorder {
             format!("history cannot be opened ({})", e.fault_kind()),
             e,
         );
-        live.store.bound_bytes = crate::store::tiers::size_bound(&self.history).total;
+        live.store.bound_bytes = crate::store::tiers::size_bound(&self.history)
+            .with_alerts(self.alerts_bound.0, self.alerts_bound.1)
+            .total;
     }
 }
 

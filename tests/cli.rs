@@ -395,11 +395,11 @@ fn check_config_prints_the_history_bound() {
     let o = upkeep(&["check-config", "agent.toml.example"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = stdout(&o);
-    let bound = upkeep::store::tiers::size_bound(
-        &Config::load(Path::new("agent.toml.example"))
-            .unwrap()
-            .history,
-    );
+    let config = Config::load(Path::new("agent.toml.example")).unwrap();
+    // The alerts' tables count too, for the notifiers configured.
+    let bound = upkeep::store::tiers::size_bound(&config.history)
+        .with_alerts(config.notify.len(), config.alerts.max_outbox);
+    assert!(bound.alerts > 0);
     assert!(
         out.contains(&format!(
             "history file bound: {} bytes ({}) for at most",
@@ -411,7 +411,13 @@ fn check_config_prints_the_history_bound() {
     // Sizes in IEC units, durations in words.
     assert!(out.contains("(1.0 GiB) for at most 500 series"), "{out}");
     assert!(out.contains("(4.0 GiB) in all, each kept 30d"), "{out}");
-    for t in ["tier_10s", "tier_60s", "tier_3600s", "tier_86400s"] {
+    for t in [
+        "tier_10s",
+        "tier_60s",
+        "tier_3600s",
+        "tier_86400s",
+        "alerts and outbox",
+    ] {
         assert!(out.contains(t), "{out}");
     }
 }

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod alerts;
 mod cli;
 mod contrib;
 mod health_contract;

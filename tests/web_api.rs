@@ -91,6 +91,16 @@ const ROUTES: &[(&str, &str, &str, u16, u16)] = &[
     ("post", "/api/v1/reload", "/api/v1/reload", 401, 200),
     // 404 with the token: the test agent has no access_review probe.
     ("post", "/api/v1/access/ack", "/api/v1/access/ack", 401, 404),
+    ("get", "/api/v1/alerts", "/api/v1/alerts", 503, 200),
+    ("get", "/api/v1/silences", "/api/v1/silences", 503, 200),
+    ("post", "/api/v1/silences", "/api/v1/silences", 401, 400),
+    (
+        "post",
+        "/api/v1/silences/{id}/expire",
+        "/api/v1/silences/1/expire",
+        401,
+        404,
+    ),
 ];
 
 const MIN: i64 = 60_000;
@@ -1249,7 +1259,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "schemathesis failed:\n{text}");
-    assert!(text.contains("19 selected / 19 total"), "{text}");
+    assert!(text.contains("23 selected / 23 total"), "{text}");
     assert!(!text.contains("Failures:"), "{text}");
     drop(agent);
 }

@@ -19,7 +19,7 @@ use upkeep::web::{Info, Shared};
 use crate::util::{Agent, free_port, get, request, temp_dir, wait_for, write_file};
 
 /// Runs `promtool check metrics` on `text`; fails the test on any problem.
-fn promtool_check(text: &str) {
+pub fn promtool_check(text: &str) {
     let mut child = match Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -13,7 +13,8 @@ use crate::store;
 pub(super) fn check_config(path: Option<&Path>) -> Result<(), CliError> {
     let (config, source) = load_config(path)?;
     check_token_file(&config, source.as_deref())?;
-    let bound = store::tiers::size_bound(&config.history);
+    let bound = store::tiers::size_bound(&config.history)
+        .with_alerts(config.notify.len(), config.alerts.max_outbox);
     let iec = |b: u64| bytes(b as f64);
     let words = |d: std::time::Duration| duration(d.as_millis() as i64);
     match &source {
@@ -39,12 +40,13 @@ pub(super) fn check_config(path: Option<&Path>) -> Result<(), CliError> {
         println!("  {table}: {}", iec(*b));
     }
     println!(
-        "  journal {}, series {}, events {}, runs {}, maintenance ledger {}, schema {}",
+        "  journal {}, series {}, events {}, runs {}, maintenance ledger {}, alerts and outbox {}, schema {}",
         iec(bound.journal),
         iec(bound.series),
         iec(bound.events),
         iec(bound.runs),
         iec(bound.maintenance),
+        iec(bound.alerts),
         iec(bound.fixed)
     );
     println!(

@@ -7,6 +7,7 @@
 //! - [`maintenance`]: the maintenance tasks, rendered by
 //!   [`maintenance::report`];
 //! - [`access`]: the access review report and its acknowledgement;
+//! - `alerts`: `alerts` and `silence add|list|expire` over the history file;
 //! - `check_config`, `run`: validate a config; run the agent;
 //! - `generate`: man pages and shell completions for the packages;
 //! - [`table`]: what every command's human output is made of (aligned
@@ -17,6 +18,7 @@
 //! a process in between.
 
 pub mod access;
+mod alerts;
 mod backup;
 mod check_config;
 mod generate;
@@ -176,6 +178,21 @@ pub enum Command {
         at: maintenance::MaintWhere,
     },
     /// Write the man pages (upkeep.1, upkeep-SUBCOMMAND.1) into DIR (packaging).
+    /// The alerts on record (firing first, then pending), read from the
+    /// history file.
+    Alerts {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Silences: alerts that match do not notify until the silence ends.
+    Silence {
+        #[command(subcommand)]
+        action: alerts::SilenceAction,
+        #[command(flatten)]
+        at: maintenance::MaintWhere,
+    },
     #[command(hide = true)]
     GenerateMan { dir: PathBuf },
     /// Write bash, zsh and fish completions into DIR (packaging).
@@ -260,6 +277,14 @@ pub fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Status { json, format, at } => {
             read::status(if json { StatusFormat::Json } else { format }, &at)
         }
+        Command::Alerts { format, at } => alerts::alerts(format, &at),
+        Command::Silence { action, at } => alerts::silence(
+            action,
+            &Where {
+                config: at.config,
+                data_dir: at.data_dir,
+            },
+        ),
         Command::GenerateMan { dir } => generate::man(&dir),
         Command::GenerateCompletions { dir } => generate::completions(&dir),
         Command::Series { prefix, format, at } => read::series(prefix.as_deref(), format, &at),

@@ -16,6 +16,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::{Config, ProbeConfig};
+use crate::alerts::config::{NotifyConfig, RuleConfig};
 use crate::maintenance::config::{MaintenanceSection, SECTION_SETTINGS, TaskConfig};
 
 /// One problem found in a config file, with where it is when known.
@@ -190,6 +191,29 @@ fn read_config<'i>(root: &DeTable<'i>, bad: &mut Vec<Bad>) -> Config {
             "api" => read_into(value, &mut c.api, bad),
             "history" => read_into(value, &mut c.history, bad),
             "host" => read_into(value, &mut c.host, bad),
+            "alerts" => read_into(value, &mut c.alerts, bad),
+            "notify" => match value.get_ref() {
+                DeValue::Table(tables) => {
+                    for (name, v) in tables {
+                        let n = read_tagged(v, bad, "kind", NotifyConfig::deserialize_kind);
+                        if let Some(n) = n {
+                            c.notify.insert(name.get_ref().to_string(), n);
+                        }
+                    }
+                }
+                _ => read_into(value, &mut c.notify, bad),
+            },
+            "alert" => match value.get_ref() {
+                DeValue::Table(tables) => {
+                    for (name, v) in tables {
+                        let r = read_tagged(v, bad, "when", RuleConfig::deserialize_kind);
+                        if let Some(r) = r {
+                            c.alert.insert(name.get_ref().to_string(), r);
+                        }
+                    }
+                }
+                _ => read_into(value, &mut c.alert, bad),
+            },
             "probe" => match value.get_ref() {
                 DeValue::Table(probes) => {
                     for (name, v) in probes {
@@ -259,17 +283,28 @@ fn read_kind<'i, T: DeserializeOwned>(
     bad: &mut Vec<Bad>,
     by_kind: impl Fn(&str, ValueDeserializer<'i>) -> Option<Result<T, toml::de::Error>>,
 ) -> Option<T> {
+    read_tagged(value, bad, "kind", by_kind)
+}
+
+/// As [`read_kind`], for tables told apart by another key (`when` for
+/// `[alert.NAME]`).
+fn read_tagged<'i, T: DeserializeOwned>(
+    value: &Spanned<DeValue<'i>>,
+    bad: &mut Vec<Bad>,
+    tag: &str,
+    by_kind: impl Fn(&str, ValueDeserializer<'i>) -> Option<Result<T, toml::de::Error>>,
+) -> Option<T> {
     let DeValue::Table(table) = value.get_ref() else {
         return read(value, bad);
     };
-    let Some(kind) = table.get("kind") else {
+    let Some(kind) = table.get(tag) else {
         return read(value, bad);
     };
     let Some(name) = kind.get_ref().as_str() else {
         return read(value, bad);
     };
     let mut rest = table.clone();
-    rest.remove("kind");
+    rest.remove(tag);
     let rest = ValueDeserializer::from(Spanned::new(value.span(), DeValue::Table(rest)));
     match by_kind(name, rest) {
         Some(read) => read

@@ -43,6 +43,15 @@ pub struct Config {
     /// the maintenance tasks.
     #[serde(default)]
     pub maintenance: crate::maintenance::config::MaintenanceSection,
+    /// `[alerts]`: reminders and delivery bounds.
+    #[serde(default)]
+    pub alerts: crate::alerts::config::AlertsSection,
+    /// `[notify.NAME]` tables: where notifications go.
+    #[serde(default)]
+    pub notify: BTreeMap<String, crate::alerts::config::NotifyConfig>,
+    /// `[alert.NAME]` tables: the alert rules.
+    #[serde(default)]
+    pub alert: BTreeMap<String, crate::alerts::config::RuleConfig>,
 }
 
 impl<'a> From<&'a Config> for ProbeSet<'a> {

@@ -30,6 +30,7 @@ impl Config {
         self.validate_host(&mut bad);
         self.validate_probes(&mut bad);
         self.validate_maintenance(&mut bad);
+        self.validate_alerts(&mut bad);
         out
     }
 
@@ -295,6 +296,51 @@ impl Config {
                 .is_some_and(|t| t < Duration::from_secs(1))
             {
                 bad(&["maintenance", n, "timeout"], "must be at least 1s".into());
+            }
+        }
+    }
+
+    fn validate_alerts(&self, bad: &mut Bad<'_>) {
+        let a = &self.alerts;
+        if a.max_outbox == 0 || a.max_outbox > 1_000_000 {
+            bad(
+                &["alerts", "max_outbox"],
+                "must be between 1 and 1000000".into(),
+            );
+        }
+        if a.retry_max < Duration::from_secs(1) {
+            bad(&["alerts", "retry_max"], "must be at least 1s".into());
+        }
+        if !a.repeat_interval.is_zero() && a.repeat_interval < Duration::from_secs(60) {
+            bad(
+                &["alerts", "repeat_interval"],
+                "must be 0s (never) or at least 1m".into(),
+            );
+        }
+        for (name, n) in &self.notify {
+            if !valid_name(name) {
+                bad(
+                    &["notify", name],
+                    "notifier names are 1-64 characters of a-z, 0-9, '-' and '_'".into(),
+                );
+            }
+            for (field, msg) in n.validate() {
+                bad(&["notify", name, field], msg);
+            }
+        }
+        let notifiers: Vec<&str> = self.notify.keys().map(String::as_str).collect();
+        let mut probes: Vec<&str> = self.probe.keys().map(String::as_str).collect();
+        probes.push("host");
+        let tasks: Vec<&str> = self.maintenance.tasks.keys().map(String::as_str).collect();
+        for (name, r) in &self.alert {
+            if !valid_name(name) {
+                bad(
+                    &["alert", name],
+                    "rule names are 1-64 characters of a-z, 0-9, '-' and '_'".into(),
+                );
+            }
+            for (field, msg) in r.validate(&notifiers, &probes, &tasks) {
+                bad(&["alert", name, field], msg);
             }
         }
     }

@@ -13,10 +13,13 @@
 //! - `events`: status transitions and agent/history events;
 //! - `agent_runs`: when the agent was running, so downtime reads as no data;
 //! - `maintenance_runs`, `maintenance_steps`: the maintenance ledger
-//!   (`ledger.rs`).
+//!   (`ledger.rs`);
+//! - `alerts`, `outbox`, `silences`: the alerts' state, the notifications
+//!   not yet delivered, and silences (`alerts.rs`).
 //!
 //! `config.rs` holds `[history]`, the store's own settings.
 
+pub mod alerts;
 pub mod chunk;
 pub mod config;
 pub mod ledger;
@@ -38,9 +41,10 @@ pub use writer::Writer;
 pub const FILE_NAME: &str = "history.db";
 
 /// Current schema version (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 /// Oldest schema the read-only reader still reads: version 3 lacks only
-/// the ledger's `outcome` and `backup_pruned_ms` columns, read as NULL.
+/// the ledger's `outcome` and `backup_pruned_ms` columns, read as NULL;
+/// versions 3 and 4 lack the alerts' tables, read as empty.
 pub const MIN_READ_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
@@ -391,6 +395,7 @@ ALTER TABLE maintenance_runs ADD COLUMN outcome TEXT;
 ALTER TABLE maintenance_runs ADD COLUMN backup_pruned_ms INTEGER;
 "#,
     ),
+    Migration::Sql(alerts::MIGRATION_SQL),
 ];
 
 /// Moves a corrupt history file (and its WAL and shared-memory files) aside

@@ -372,6 +372,21 @@ impl Reader {
     }
 
     /// The newest run of each maintenance task.
+    /// Silences not yet ended at `now` (none in a file before alerts).
+    pub fn silences(&self, now: Ts) -> Result<Vec<super::alerts::Silence>, StoreError> {
+        super::alerts::silences(&self.conn, now).map_err(self.err())
+    }
+
+    /// The alerts on record (pending or firing) as the agent last wrote them.
+    pub fn alerts(&self) -> Result<Vec<super::alerts::AlertRow>, StoreError> {
+        super::alerts::alert_rows(&self.conn).map_err(self.err())
+    }
+
+    /// Notifications waiting in the outbox, per notifier.
+    pub fn outbox_pending(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        super::alerts::outbox_pending(&self.conn).map_err(self.err())
+    }
+
     pub fn maintenance_last_runs(&self) -> Result<Vec<super::ledger::RunRow>, StoreError> {
         super::ledger::last_runs(&self.conn).map_err(self.err())
     }

@@ -197,8 +197,23 @@ pub struct SizeBound {
     pub runs: u64,
     /// The maintenance ledger (`store::ledger`).
     pub maintenance: u64,
+    /// The alerts' tables (`store::alerts`): outbox, silences, alerts;
+    /// added by [`SizeBound::with_alerts`], which knows the notifiers.
+    pub alerts: u64,
     pub fixed: u64,
     pub total: u64,
+}
+
+impl SizeBound {
+    /// The bound with the alerts' tables for `notifiers` notifiers of at
+    /// most `max_outbox` waiting notifications each.
+    pub fn with_alerts(mut self, notifiers: usize, max_outbox: usize) -> SizeBound {
+        let pages = |bytes: u64| (bytes * FILL_FACTOR).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let alerts = pages(super::alerts::bound_bytes(notifiers, max_outbox));
+        self.total = self.total - self.alerts + alerts;
+        self.alerts = alerts;
+        self
+    }
 }
 
 /// Buckets a series can hold in a tier between two trims. A trim leaves at
@@ -263,6 +278,7 @@ pub fn size_bound(history: &HistoryConfig) -> SizeBound {
         events,
         runs,
         maintenance,
+        alerts: 0,
         fixed,
         total,
     }

@@ -41,6 +41,7 @@ use crate::probes::runner::RunnerStats;
 use crate::secret::Secret;
 
 pub mod access;
+pub mod alerts;
 pub mod api;
 pub mod conn;
 pub mod health;
@@ -90,6 +91,9 @@ pub struct Shared {
     /// The agent's maintenance (schedulers and runs); `None` in tests that
     /// build the routes alone.
     pub maintenance: Option<Arc<crate::maintenance::agent::Maintenance>>,
+    /// The agent's alerts (engine view, counters); `None` in tests that
+    /// build the routes alone.
+    pub alerts: Option<Arc<crate::alerts::AlertsShared>>,
     /// The rendered status page, served again for a second.
     pub page_cache: std::sync::Mutex<api::Cached>,
     /// `/metrics`' forecasts, computed again once a minute.
@@ -133,6 +137,7 @@ impl Shared {
             port: listen.map_or(0, |a| a.port()),
             reloads,
             maintenance: None,
+            alerts: None,
             health_cache: Default::default(),
             forecast_cache: Default::default(),
             page_cache: Default::default(),
@@ -142,6 +147,12 @@ impl Shared {
     /// The agent's maintenance, for its routes.
     pub fn with_maintenance(mut self, m: Arc<crate::maintenance::agent::Maintenance>) -> Shared {
         self.maintenance = Some(m);
+        self
+    }
+
+    /// The agent's alerts, for their routes, the page and `/metrics`.
+    pub fn with_alerts(mut self, a: Arc<crate::alerts::AlertsShared>) -> Shared {
+        self.alerts = Some(a);
         self
     }
 
@@ -522,6 +533,8 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
                 .unify()
                 .or(access::routes(state.clone()))
                 .unify()
+                .or(alerts::routes(state.clone()))
+                .unify()
                 .or(metrics::routes(state.clone()))
                 .unify()
                 .or(page::routes(state)),
@@ -546,8 +559,12 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
 fn allowed_methods(path: &str) -> &'static str {
     let post = path == "/api/v1/reload"
         || path == "/api/v1/access/ack"
+        || path.starts_with("/api/v1/silences/") && path.ends_with("/expire")
         || (path.starts_with("/api/v1/maintenance/")
             && (path.ends_with("/run") || path.ends_with("/rollback")));
+    if path == "/api/v1/silences" {
+        return "GET, HEAD, POST";
+    }
     if post { "POST" } else { "GET, HEAD" }
 }
 

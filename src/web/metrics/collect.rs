@@ -16,7 +16,7 @@ use crate::sample::{SeriesKey, Status, Unit};
 impl Families {
     /// Adds one sample; the first of a label set wins, and the type and help
     /// are those of the family's first sample.
-    fn add(
+    pub(super) fn add(
         &mut self,
         name: &str,
         kind: Type,

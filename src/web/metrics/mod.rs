@@ -34,7 +34,9 @@
 //!   `upkeep_probe_last_tick_timestamp_seconds`.
 //! - The agent itself: `upkeep_build_info{version}`, start time, history
 //!   file, runner and config reload health (see [`collect()`]).
+//! - Alerts, notifications and maintenance runs (`alerts.rs`).
 
+mod alerts;
 mod collect;
 mod encode;
 pub mod forecast;
@@ -122,6 +124,9 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
                     )
                 };
                 families.forecasts(&forecasts(&state, keys).await);
+                if let Some(a) = &state.alerts {
+                    families.add_alerts(a);
+                }
                 let mut r = encode(&families).into_response();
                 r.headers_mut()
                     .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));

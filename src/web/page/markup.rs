@@ -38,6 +38,7 @@ pub(super) fn page(v: &View) -> Markup {
                 (header(v))
                 p #conn .conn hidden role="status" {}
                 main {
+                    (super::alerts::section(v.alerts.as_ref(), v.now))
                     (host_section(v))
                     (probes_section(v))
                     (maintenance::section(&v.maintenance, &v.series, v.now))

@@ -35,6 +35,7 @@ use warp::{Filter, Reply};
 use super::{State, blocking};
 use crate::sample::{Ts, now_ms};
 
+mod alerts;
 mod format;
 mod maintenance;
 mod markup;

@@ -39,6 +39,8 @@ pub(super) struct View {
     /// Why history (uptime, events, charts) is missing, when it is.
     pub(super) history_error: Option<String>,
     pub(super) maintenance: maintenance::Section,
+    /// The alert engine's last evaluation; `None` without alerts.
+    pub(super) alerts: Option<crate::alerts::AlertsSnapshot>,
 }
 
 pub(super) struct Host {
@@ -248,6 +250,10 @@ pub(super) fn gather(s: &State, now: Ts) -> View {
         chart_key,
         history_error,
         maintenance,
+        alerts: s
+            .alerts
+            .as_ref()
+            .map(|a| a.view.read().expect("alerts view lock").clone()),
     }
 }
 
