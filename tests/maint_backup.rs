@@ -53,28 +53,7 @@ impl Drop for Db {
 
 /// SQL in database `db` through psql.
 fn db_sql(db: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            db,
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("psql (PostgreSQL client) must be installed");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    crate::util::psql_in(db, sql)
 }
 
 /// Drops drill `task`'s scratch databases when the test ends, passed or

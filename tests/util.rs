@@ -386,6 +386,11 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Runs SQL through psql as postgres; rows as `|`-separated lines.
 pub fn psql(sql: &str) -> String {
+    psql_in("postgres", sql)
+}
+
+/// [`psql`] in database `db`.
+pub fn psql_in(db: &str, sql: &str) -> String {
     let out = Command::new("psql")
         .args([
             "-h",
@@ -393,7 +398,7 @@ pub fn psql(sql: &str) -> String {
             "-U",
             "postgres",
             "-d",
-            "postgres",
+            db,
             "-At",
             "-v",
             "ON_ERROR_STOP=1",

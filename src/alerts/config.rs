@@ -228,44 +228,18 @@ impl NotifyConfig {
     }
 }
 
-/// Headers that carry credentials: they would sit in plain text in
-/// agent.toml (as the http probe refuses them).
-const SECRET_HEADERS: [&str; 4] = [
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "x-api-key",
-];
-
+/// Headers as the http probe checks them: no credentials (they would sit
+/// in plain text in agent.toml), valid names and values.
 fn headers_ok(headers: &BTreeMap<String, String>, out: &mut Vec<(&'static str, String)>) {
-    for name in headers.keys() {
-        if SECRET_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
-            out.push((
-                "headers",
-                format!("`{name}` carries credentials, which do not belong in agent.toml"),
-            ));
-        } else if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            out.push(("headers", format!("`{name}` is not a header name")));
-        }
+    for problem in crate::probes::http::header_problems(headers) {
+        out.push(("headers", problem));
     }
 }
 
-/// A receiver URL: http or https, a host, no credentials.
+/// A receiver URL: http or https, a host, no credentials (as the http
+/// probe's).
 pub fn http_url(text: &str) -> Result<url::Url, String> {
-    let url = url::Url::parse(text).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("`{text}`: scheme must be http or https"));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("`{text}` has no host"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!(
-            "`{}` holds credentials, which do not belong in agent.toml",
-            url.host_str().unwrap_or_default()
-        ));
-    }
-    Ok(url)
+    crate::probes::http::parse_url(text)
 }
 
 /// An SMTP URL: smtp or smtps, a host, no credentials.

@@ -32,7 +32,12 @@ pub const BODY_LIMIT: usize = 1 << 20;
 
 /// Headers that carry credentials: they would sit in plain text in
 /// agent.toml, so they are refused.
-const SECRET_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
+const SECRET_HEADERS: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+];
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "UPPERCASE")]
