@@ -255,7 +255,7 @@ fn every_table_s_problems_are_reported_at_once_each_at_its_place() {
     assert_eq!(
         lines,
         [
-            "FILE:1:1: unknown field `nope`, expected one of `agent`, `api`, `history`, `host`, `probe`, `maintenance`",
+            "FILE:1:1: unknown field `nope`, expected one of `agent`, `api`, `history`, `host`, `probe`, `maintenance`, `alerts`, `notify`, `alert`",
             "FILE:3:19: invalid type: integer `3`, expected a string",
             "FILE:6:21: invalid type: string \"three\", expected u32",
             "FILE:11:12: invalid type: integer `5`, expected a duration",
@@ -409,7 +409,7 @@ fn check_config_prints_the_history_bound() {
         "{out}"
     );
     // Sizes in IEC units, durations in words.
-    assert!(out.contains("(1.0 GiB) for at most 500 series"), "{out}");
+    assert!(out.contains("(1.1 GiB) for at most 500 series"), "{out}");
     assert!(out.contains("(4.0 GiB) in all, each kept 30d"), "{out}");
     for t in [
         "tier_10s",
@@ -478,13 +478,15 @@ fn the_example_config_documents_every_option() {
         parsed.maintenance.keys().collect::<Vec<_>>(),
         [
             "analyze",
+            "app-logs",
             "audit-log",
             "cache-cleanup",
             "cache-warmup",
             "dump-drill",
             "etc",
             "nightly-dump",
-            "notification-log"
+            "notification-log",
+            "tmp-cleanup"
         ]
     );
 }

@@ -285,13 +285,17 @@ impl TaskConfig {
         self.facts().probe()
     }
 
-    /// The probes that guard a run: `guard`, else the task's own probe,
-    /// else none (the window alone gates the run).
+    /// The probes that guard a run: the task's own probe, if its kind has
+    /// one, plus those `guard` names; none at all leaves the window alone
+    /// to gate the run.
     pub fn guards(&self) -> Vec<String> {
-        match self.common().guard {
-            Some(g) => g.to_vec(),
-            None => self.probe().map(str::to_string).into_iter().collect(),
+        let mut out: Vec<String> = self.probe().map(str::to_string).into_iter().collect();
+        for g in self.common().guard.unwrap_or_default() {
+            if !out.contains(g) {
+                out.push(g.clone());
+            }
         }
+        out
     }
 
     /// Units (rows, tables) per batch the run starts with.
@@ -352,6 +356,27 @@ mod tests {
         // The test-only kind is compiled into unit tests alone.
         known.retain(|k| *k != "scratch");
         assert_eq!(known, TaskConfig::KINDS, "{err}");
+    }
+
+    #[test]
+    fn the_task_s_own_probe_always_guards_and_guard_adds_to_it() {
+        let task = |extra: &str| {
+            toml::from_str::<TaskConfig>(&format!(
+                "kind = \"redis_cleanup\"\nprobe = \"cache\"\nmatch = \"tmp:*\"\n{extra}"
+            ))
+            .unwrap()
+        };
+        assert_eq!(task("").guards(), ["cache"]);
+        assert_eq!(
+            task("guard = [\"api\", \"cache\", \"db\"]").guards(),
+            ["cache", "api", "db"]
+        );
+        assert_eq!(task("guard = []").guards(), ["cache"]);
+        let files = toml::from_str::<TaskConfig>(
+            "kind = \"file_cleanup\"\npaths = [\"/srv/tmp\"]\nolder_than = \"7d\"\n",
+        )
+        .unwrap();
+        assert_eq!(files.guards(), Vec::<String>::new());
     }
 
     #[test]
