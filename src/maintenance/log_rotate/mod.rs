@@ -593,6 +593,13 @@ mod tests {
         assert!(err.contains("keep: must be 1 to 1000"), "{err}");
         assert!(err.contains("copytruncate tells no writer"), "{err}");
         parse("method = \"reopen\"\nreopen_command = [\"systemctl\", \"kill\", \"-s\", \"USR1\", \"nginx\"]\n").unwrap();
+        let err =
+            parse("method = \"reopen\"\npidfile = \"/run/app.pid\"\nreopen_command = [\"true\"]\n")
+                .unwrap_err();
+        assert!(
+            err.contains("give pidfile or reopen_command, not both"),
+            "{err}"
+        );
         parse("method = \"copytruncate\"\ncompress = \"zstd\"\nmax_total = 1000000\nsize = 1000\nage = \"1d\"\n").unwrap();
         let err = parse("method = \"copytruncate\"\npaths = [\"rel/*.log\"]\n").unwrap_err();
         assert!(err.contains("duplicate") || err.contains("paths"), "{err}");
