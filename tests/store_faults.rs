@@ -421,17 +421,27 @@ type SharedLive = std::sync::Arc<std::sync::RwLock<upkeep::live::Live>>;
 
 /// Every value the agent put in its live rings is in history exactly once:
 /// per series, the history count equals the ring's length (the tests run for
-/// less than a ring holds), and no sample was given up.
+/// less than a ring holds), and no sample was given up. Running totals
+/// (unit `total`) are for /metrics alone: history keeps their rates, so
+/// they must have no series there at all.
 fn assert_history_holds_the_rings(dir: &Path, live: &SharedLive, since: Ts) {
-    let (rings, dropped) = {
+    let (rings, totals, dropped) = {
         let live = live.read().unwrap();
+        let is_total = |r: &upkeep::live::SeriesRing| r.unit == upkeep::sample::Unit::Total;
         let mut rings: Vec<(String, usize)> = live
             .rings
             .iter()
+            .filter(|(_, r)| !is_total(r))
             .map(|(k, r)| (k.clone(), r.values.len()))
             .collect();
+        let totals: Vec<String> = live
+            .rings
+            .iter()
+            .filter(|(_, r)| is_total(r))
+            .map(|(k, _)| k.clone())
+            .collect();
         rings.sort();
-        (rings, live.store.dropped_samples)
+        (rings, totals, live.store.dropped_samples)
     };
     assert_eq!(dropped, 0, "samples given up by the recorder");
     assert!(
@@ -439,6 +449,12 @@ fn assert_history_holds_the_rings(dir: &Path, live: &SharedLive, since: Ts) {
         "a ring wrapped: the test ran too long to compare"
     );
     let reader = Reader::open(dir).expect("opening history");
+    for key in &totals {
+        assert!(
+            reader.series_by_key(key).expect("reading series").is_none(),
+            "the running total {key} was written to history"
+        );
+    }
     let now = now_ms();
     let got: Vec<(String, usize)> = rings
         .iter()
