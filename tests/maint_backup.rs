@@ -36,18 +36,7 @@ impl Db {
 
 impl Drop for Db {
     fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-Atc",
-            ])
-            .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0))
-            .output();
+        crate::util::psql_cleanup(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0));
     }
 }
 
@@ -63,18 +52,7 @@ struct Scratch(String);
 impl Drop for Scratch {
     fn drop(&mut self) {
         for name in scratch_dbs(&self.0).split(',').filter(|n| !n.is_empty()) {
-            let _ = Command::new("psql")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "postgres",
-                    "-Atc",
-                ])
-                .arg(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                .output();
+            crate::util::psql_cleanup(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
         }
     }
 }
@@ -681,18 +659,7 @@ struct Role(String);
 
 impl Drop for Role {
     fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-Atc",
-            ])
-            .arg(format!("DROP ROLE IF EXISTS {}", self.0))
-            .output();
+        crate::util::psql_cleanup(&format!("DROP ROLE IF EXISTS {}", self.0));
     }
 }
 

@@ -389,6 +389,24 @@ pub fn psql(sql: &str) -> String {
     psql_in("postgres", sql)
 }
 
+/// Cleanup SQL run from a `Drop`: errors are ignored (a test that
+/// already failed must not panic again while unwinding).
+pub fn psql_cleanup(sql: &str) {
+    let _ = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-q",
+            "-c",
+            sql,
+        ])
+        .output();
+}
+
 /// [`psql`] in database `db`.
 pub fn psql_in(db: &str, sql: &str) -> String {
     let out = Command::new("psql")
@@ -468,18 +486,6 @@ impl Table {
 
 impl Drop for Table {
     fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-q",
-                "-c",
-            ])
-            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
-            .output();
+        psql_cleanup(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
     }
 }
