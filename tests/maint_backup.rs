@@ -686,3 +686,76 @@ fn a_failing_pg_dump_puts_its_stderr_in_the_ledger_and_leaves_no_partial_file() 
     assert!(!data.join("backups/dump/1/dump").exists());
     drop(db);
 }
+
+#[test]
+fn with_keep_1_a_backup_run_leaves_the_dump_a_drill_is_restoring_for_its_next_run() {
+    let db = Db::new(2000);
+    let dir = temp_dir();
+    let drill = unique("drillp").replace('_', "x");
+    let _scratch = Scratch(drill.clone());
+    let cfg = config(
+        dir.path(),
+        &db,
+        "keep = 1",
+        &drill,
+        "checks = [{ sql = \"select pg_sleep(6) is not null\", expect = true }]\n",
+    );
+    let data = dir.path().join("data");
+    let dest = data.join("backups/dump");
+    let out = maint(&cfg, &data, &["run", "dump", "--ignore-window"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (first, meta) = dumps(&dest).pop().unwrap();
+    let first_run = meta["run_id"].as_i64().unwrap();
+    let first_sha = meta["sha256"].as_str().unwrap().to_string();
+
+    // The drill restores the only dump and sits in its slow check.
+    let drilling = spawn_maint(&cfg, &data, &["run", &drill, "--ignore-window"]);
+    wait_scratch(&drill);
+    // Meanwhile a backup run makes a newer dump: with keep = 1 the
+    // drilled one is surplus, and stays.
+    let out = maint(&cfg, &data, &["run", "dump", "--ignore-window"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (status, _, verdict) = last_run(&data, "dump");
+    assert_eq!(status, "succeeded");
+    let detail = verdict["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("0 older dumps pruned (keep 1); 1 kept while a drill restores it"),
+        "{verdict}"
+    );
+    assert_eq!(
+        verdict["figures"]["in_use"],
+        serde_json::json!([first.display().to_string()])
+    );
+    let all = dumps(&dest);
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(all[0].0, first);
+    assert_eq!(sha256_of(&first.join("dump")), first_sha, "untouched");
+
+    let out = drilling.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, error, verdict) = last_run(&data, &drill);
+    assert_eq!(status, "succeeded", "{error}");
+    assert_eq!(verdict["figures"]["backup_run"].as_i64(), Some(first_run));
+    assert_eq!(verdict["figures"]["rows"].as_u64(), Some(2010));
+    assert_eq!(scratch_dbs(&drill), "");
+
+    // The drill let go: the next backup run prunes both older dumps.
+    let out = maint(&cfg, &data, &["run", "dump", "--ignore-window"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all = dumps(&dest);
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_ne!(all[0].0, first);
+    assert!(!first.join("dump").exists() && !first.join("dump.json").exists());
+    let (_, _, verdict) = last_run(&data, "dump");
+    assert!(
+        verdict["detail"]
+            .as_str()
+            .unwrap()
+            .contains("2 older dumps pruned (keep 1)"),
+        "{verdict}"
+    );
+}

@@ -8,7 +8,8 @@
 //! never in argv or the environment of a logged command; a guard turning
 //! unhealthy kills it and removes the partial file); validation hashes the
 //! dump, has `pg_restore --list` read it back, then records it complete
-//! (`dump.json`) and prunes past `keep`. Nothing to roll back: a backup
+//! (`dump.json`) and prunes past `keep` (a dump a drill is restoring
+//! stays for the next run). Nothing to roll back: a backup
 //! changes nothing, and restoring a dump into the live database is a
 //! human decision (README, "Backups and restore drills").
 
@@ -407,7 +408,7 @@ impl Task for PgBackupTask {
         let keep = self.config.keep as usize;
         let dest = st.found.dest.clone();
         let m = meta.clone();
-        let pruned = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<PathBuf>> {
+        let pruned = tokio::task::spawn_blocking(move || -> std::io::Result<dumps::Pruned> {
             dumps::write_meta(&dir, &m)?;
             dumps::prune(&dest, keep)
         })
@@ -420,15 +421,20 @@ impl Task for PgBackupTask {
         Ok(Verdict {
             ok: true,
             detail: format!(
-                "sha256 {sha} reads back; pg_restore --list read {entries} entries; {} older dumps pruned (keep {keep})",
-                pruned.len()
+                "sha256 {sha} reads back; pg_restore --list read {entries} entries; {} older dumps pruned (keep {keep}){}",
+                pruned.removed.len(),
+                match pruned.in_use.len() {
+                    0 => String::new(),
+                    n => format!("; {n} kept while a drill restores it, for the next run to prune"),
+                }
             ),
             figures: json!({
                 "bytes": meta.bytes,
                 "sha256": sha,
                 "toc_entries": entries,
                 "seconds": (meta.finished_ms - meta.started_ms) as f64 / 1000.0,
-                "pruned": pruned,
+                "pruned": pruned.removed,
+                "in_use": pruned.in_use,
             }),
         })
     }
