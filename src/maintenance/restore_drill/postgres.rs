@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::{DrillConfig, DrillResult, check_age};
+use crate::clients::postgres::priority::Priority;
 use crate::clients::postgres::tools::{self, Ended};
 use crate::clients::postgres::{Session, millis, quote};
 use crate::maintenance::backup_files::InUse;
@@ -262,6 +263,7 @@ impl PgTarget {
             &pg_restore,
             &args,
             pass.as_ref().map(|p| p.path()),
+            Priority::SAME,
             &cx.cancel,
         )
         .await
@@ -337,7 +339,7 @@ impl PgTarget {
             )
             .await
             .map_err(|e| TaskError::failed(format!("reading the server's version: {e}")))?;
-        let major = (row.get::<_, i32>(0) / 10_000) as u32;
+        let major = tools::server_major(row.get::<_, i32>(0));
         let configured = self.backup.pg_dump.clone();
         tokio::task::spawn_blocking(move || {
             let dump = tools::find(configured.as_deref(), "pg_dump", major)?;
