@@ -171,7 +171,7 @@ for b in 1 2; do
     report "baseline$b" "baseline$b" "$s0" "$s1"
     p99s+=("$last_p99")
 done
-spread=$(awk -v a="${p99s[0]}" -v b="${p99s[1]}" 'BEGIN { lo = a < b ? a : b; hi = a < b ? b : a; printf "%.0f", lo > 0 ? 100 * (hi - lo) / lo : 999 }')
+spread=$(awk -v a="${p99s[0]}" -v b="${p99s[1]}" 'BEGIN { lo = a < b ? a : b; hi = a < b ? b : a; printf "%.0f", ((lo > 0) ? 100 * (hi - lo) / lo : 999) }')
 if [ "$spread" -gt "$NOISE" ]; then
     echo "noisy: the baselines' p99s (${p99s[0]} and ${p99s[1]} ms) differ by $spread % (> $NOISE %): nothing measured here is comparable; re-run on a quiet machine"
     [ -n "${NOISY_OK:-}" ] || exit 3
@@ -226,7 +226,7 @@ TOML
     run_id=$(jq -r '.tasks[0].details.run_id' "$work/run-$v.json")
     "$BIN" maintenance show "$run_id" --json --config "$work/agent-$v.toml" --data-dir "$work/data" >"$work/show-$v.json"
     eval "$(jq -r '.steps[] | select(.step == "batch") | "d1=\(.ts_ms * 1000); d0=\((.ts_ms - .duration_ms) * 1000)"' "$work/show-$v.json" | tail -1)"
-    bytes=$(jq -r '.steps[] | select(.step == "batch") | .detail' "$work/show-$v.json" | tail -1 | awk '{ print $2, $3 }')
-    report "$v" "$v" "$d0" "$d1" ", dump $(secs $((d1 - d0))) s, $bytes"
+    bytes=$(jq -r .bytes "$work/data/backups/dump/$run_id/dump.json")
+    report "$v" "$v" "$d0" "$d1" ", dump $(secs $((d1 - d0))) s, $((bytes >> 20)) MiB"
 done
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"

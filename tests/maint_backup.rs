@@ -759,3 +759,48 @@ fn with_keep_1_a_backup_run_leaves_the_dump_a_drill_is_restoring_for_its_next_ru
         "{verdict}"
     );
 }
+
+#[test]
+fn a_drill_with_its_own_user_makes_the_scratch_database_as_that_role() {
+    let db = Db::new(300);
+    let dir = temp_dir();
+    let role = Role(unique("upkeep_bd"));
+    psql(&format!("CREATE ROLE {} LOGIN CREATEDB", role.0));
+    let drill = unique("drillu").replace('_', "x");
+    let _scratch = Scratch(drill.clone());
+    let own = format!(
+        "conninfo = \"host=127.0.0.1 port=5432 dbname=postgres\"\nuser = \"{}\"\n\
+         checks = [{{ sql = \"select pg_sleep(2) is not null\", expect = true }}]\n",
+        role.0
+    );
+    let (cfg, data, _) = dumped(dir.path(), &db, &drill, &own);
+    let child = spawn_maint(&cfg, &data, &["run", &drill, "--ignore-window"]);
+    wait_scratch(&drill);
+    let owner = psql(&format!(
+        "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname LIKE 'upkeep\\_drill\\_{drill}\\_%'"
+    ));
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(owner, role.0, "created by the drill's own role");
+    let (status, _, verdict) = last_run(&data, &drill);
+    assert_eq!(status, "succeeded");
+    assert_eq!(verdict["figures"]["rows"].as_u64(), Some(310));
+    assert_eq!(scratch_dbs(&drill), "");
+
+    // Without CREATEDB the drill fails naming the database and the reason.
+    psql(&format!("ALTER ROLE {} NOCREATEDB", role.0));
+    let out = maint(&cfg, &data, &["run", &drill, "--ignore-window"]);
+    assert!(!out.status.success());
+    let (status, error, _) = last_run(&data, &drill);
+    assert_eq!(status, "failed");
+    assert!(
+        error.contains(&format!("creating upkeep_drill_{drill}_"))
+            && error.contains("permission denied to create database"),
+        "{error}"
+    );
+    assert_eq!(scratch_dbs(&drill), "");
+}
