@@ -804,3 +804,33 @@ fn a_drill_with_its_own_user_makes_the_scratch_database_as_that_role() {
     );
     assert_eq!(scratch_dbs(&drill), "");
 }
+
+#[test]
+fn kill_9_mid_drill_then_the_drills_next_run_drops_the_leftover_and_passes() {
+    let db = Db::new(100);
+    let dir = temp_dir();
+    let drill = unique("drilln").replace('_', "x");
+    let _scratch = Scratch(drill.clone());
+    let (cfg, data, _) = dumped(dir.path(), &db, &drill, SLOW_CHECK);
+    let mut child = spawn_maint(&cfg, &data, &["run", &drill, "--ignore-window"]);
+    wait_scratch(&drill);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = scratch_dbs(&drill);
+    assert!(!left.is_empty(), "kill -9 leaves the scratch database");
+    // The next run, without the slow check, finds the leftover first.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(SLOW_CHECK, "");
+    std::fs::write(&cfg, text).unwrap();
+    let out = maint(&cfg, &data, &["run", &drill, "--ignore-window"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("dropped scratch database {left}")),
+        "{}",
+        stderr(&out)
+    );
+    let (status, _, _) = last_run(&data, &drill);
+    assert_eq!(status, "succeeded");
+    assert_eq!(scratch_dbs(&drill), "");
+}
