@@ -834,3 +834,76 @@ fn kill_9_mid_drill_then_the_drills_next_run_drops_the_leftover_and_passes() {
     assert_eq!(status, "succeeded");
     assert_eq!(scratch_dbs(&drill), "");
 }
+
+/// Field `n` (1-based, as proc(5) numbers them, from 3 on) of
+/// `/proc/PID/stat`.
+fn stat_field(pid: u32, n: usize) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces.
+    let rest = &s[s.rfind(')')? + 2..];
+    rest.split(' ').nth(n - 3).map(str::to_string)
+}
+
+/// The pids of the children of process `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| stat_field(*pid, 4) == Some(parent.to_string()))
+        .collect()
+}
+
+#[test]
+fn pg_dump_runs_at_the_configured_niceness_and_io_class() {
+    let db = Db::new(100);
+    let dir = temp_dir();
+    for (settings, nice, io) in [
+        ("", "10", "best-effort: prio 7"),
+        ("nice = 19\nio_class = \"idle\"", "19", "idle"),
+    ] {
+        let cfg = config(dir.path(), &db, settings, "d", "");
+        let data = dir.path().join(format!("data-{nice}"));
+        let lock = TableLock::take(&db.0);
+        let child = spawn_maint(&cfg, &data, &["run", "dump", "--ignore-window"]);
+        // pg_dump has opened its output and waits for the table lock.
+        wait_for("pg_dump to start writing", || {
+            !find(&data.join("backups"), "dump.partial").is_empty()
+        });
+        let pg_dump = children_of(child.id())
+            .into_iter()
+            .find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "pg_dump")
+            })
+            .expect("pg_dump is a child of the run");
+        // Field 19 is the niceness; only ever raised from the run's own
+        // (this test's, unless it runs niced past the setting).
+        let own: i32 = stat_field(std::process::id(), 19).unwrap().parse().unwrap();
+        let want = own.max(nice.parse().unwrap()).to_string();
+        assert_eq!(stat_field(pg_dump, 19), Some(want));
+        let out = Command::new("ionice")
+            .args(["-p", &pg_dump.to_string()])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), io);
+        drop(lock);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let plan: String = history_sql(&data)
+            .query_row(
+                "SELECT plan FROM maintenance_runs WHERE task = 'dump' ORDER BY id DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            plan.contains(&format!("at nice {nice}, I/O ")),
+            "the plan says so: {plan}"
+        );
+    }
+}
