@@ -686,3 +686,224 @@ fn a_failing_pg_dump_puts_its_stderr_in_the_ledger_and_leaves_no_partial_file() 
     assert!(!data.join("backups/dump/1/dump").exists());
     drop(db);
 }
+
+#[test]
+fn with_keep_1_a_backup_run_leaves_the_dump_a_drill_is_restoring_for_its_next_run() {
+    let db = Db::new(2000);
+    let dir = temp_dir();
+    let drill = unique("drillp").replace('_', "x");
+    let _scratch = Scratch(drill.clone());
+    let cfg = config(
+        dir.path(),
+        &db,
+        "keep = 1",
+        &drill,
+        "checks = [{ sql = \"select pg_sleep(6) is not null\", expect = true }]\n",
+    );
+    let data = dir.path().join("data");
+    let dest = data.join("backups/dump");
+    let out = maint(&cfg, &data, &["run", "dump", "--ignore-window"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (first, meta) = dumps(&dest).pop().unwrap();
+    let first_run = meta["run_id"].as_i64().unwrap();
+    let first_sha = meta["sha256"].as_str().unwrap().to_string();
+
+    // The drill restores the only dump and sits in its slow check.
+    let drilling = spawn_maint(&cfg, &data, &["run", &drill, "--ignore-window"]);
+    wait_scratch(&drill);
+    // Meanwhile a backup run makes a newer dump: with keep = 1 the
+    // drilled one is surplus, and stays.
+    let out = maint(&cfg, &data, &["run", "dump", "--ignore-window"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (status, _, verdict) = last_run(&data, "dump");
+    assert_eq!(status, "succeeded");
+    let detail = verdict["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("0 older dumps pruned (keep 1); 1 kept while a drill restores it"),
+        "{verdict}"
+    );
+    assert_eq!(
+        verdict["figures"]["in_use"],
+        serde_json::json!([first.display().to_string()])
+    );
+    let all = dumps(&dest);
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(all[0].0, first);
+    assert_eq!(sha256_of(&first.join("dump")), first_sha, "untouched");
+
+    let out = drilling.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, error, verdict) = last_run(&data, &drill);
+    assert_eq!(status, "succeeded", "{error}");
+    assert_eq!(verdict["figures"]["backup_run"].as_i64(), Some(first_run));
+    assert_eq!(verdict["figures"]["rows"].as_u64(), Some(2010));
+    assert_eq!(scratch_dbs(&drill), "");
+
+    // The drill let go: the next backup run prunes both older dumps.
+    let out = maint(&cfg, &data, &["run", "dump", "--ignore-window"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all = dumps(&dest);
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_ne!(all[0].0, first);
+    assert!(!first.join("dump").exists() && !first.join("dump.json").exists());
+    let (_, _, verdict) = last_run(&data, "dump");
+    assert!(
+        verdict["detail"]
+            .as_str()
+            .unwrap()
+            .contains("2 older dumps pruned (keep 1)"),
+        "{verdict}"
+    );
+}
+
+#[test]
+fn a_drill_with_its_own_user_makes_the_scratch_database_as_that_role() {
+    let db = Db::new(300);
+    let dir = temp_dir();
+    let role = Role(unique("upkeep_bd"));
+    psql(&format!("CREATE ROLE {} LOGIN CREATEDB", role.0));
+    let drill = unique("drillu").replace('_', "x");
+    let _scratch = Scratch(drill.clone());
+    let own = format!(
+        "conninfo = \"host=127.0.0.1 port=5432 dbname=postgres\"\nuser = \"{}\"\n\
+         checks = [{{ sql = \"select pg_sleep(2) is not null\", expect = true }}]\n",
+        role.0
+    );
+    let (cfg, data, _) = dumped(dir.path(), &db, &drill, &own);
+    let child = spawn_maint(&cfg, &data, &["run", &drill, "--ignore-window"]);
+    wait_scratch(&drill);
+    let owner = psql(&format!(
+        "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname LIKE 'upkeep\\_drill\\_{drill}\\_%'"
+    ));
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(owner, role.0, "created by the drill's own role");
+    let (status, _, verdict) = last_run(&data, &drill);
+    assert_eq!(status, "succeeded");
+    assert_eq!(verdict["figures"]["rows"].as_u64(), Some(310));
+    assert_eq!(scratch_dbs(&drill), "");
+
+    // Without CREATEDB the drill fails naming the database and the reason.
+    psql(&format!("ALTER ROLE {} NOCREATEDB", role.0));
+    let out = maint(&cfg, &data, &["run", &drill, "--ignore-window"]);
+    assert!(!out.status.success());
+    let (status, error, _) = last_run(&data, &drill);
+    assert_eq!(status, "failed");
+    assert!(
+        error.contains(&format!("creating upkeep_drill_{drill}_"))
+            && error.contains("permission denied to create database"),
+        "{error}"
+    );
+    assert_eq!(scratch_dbs(&drill), "");
+}
+
+#[test]
+fn kill_9_mid_drill_then_the_drills_next_run_drops_the_leftover_and_passes() {
+    let db = Db::new(100);
+    let dir = temp_dir();
+    let drill = unique("drilln").replace('_', "x");
+    let _scratch = Scratch(drill.clone());
+    let (cfg, data, _) = dumped(dir.path(), &db, &drill, SLOW_CHECK);
+    let mut child = spawn_maint(&cfg, &data, &["run", &drill, "--ignore-window"]);
+    wait_scratch(&drill);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = scratch_dbs(&drill);
+    assert!(!left.is_empty(), "kill -9 leaves the scratch database");
+    // The next run, without the slow check, finds the leftover first.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(SLOW_CHECK, "");
+    std::fs::write(&cfg, text).unwrap();
+    let out = maint(&cfg, &data, &["run", &drill, "--ignore-window"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("dropped scratch database {left}")),
+        "{}",
+        stderr(&out)
+    );
+    let (status, _, _) = last_run(&data, &drill);
+    assert_eq!(status, "succeeded");
+    assert_eq!(scratch_dbs(&drill), "");
+}
+
+/// Field `n` (1-based, as proc(5) numbers them, from 3 on) of
+/// `/proc/PID/stat`.
+fn stat_field(pid: u32, n: usize) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces.
+    let rest = &s[s.rfind(')')? + 2..];
+    rest.split(' ').nth(n - 3).map(str::to_string)
+}
+
+/// The pids of the children of process `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| stat_field(*pid, 4) == Some(parent.to_string()))
+        .collect()
+}
+
+#[test]
+fn pg_dump_runs_at_the_configured_niceness_and_io_class() {
+    let db = Db::new(100);
+    let dir = temp_dir();
+    for (settings, nice, io) in [
+        ("", "10", "best-effort: prio 7"),
+        ("nice = 19\nio_class = \"idle\"", "19", "idle"),
+    ] {
+        let cfg = config(dir.path(), &db, settings, "d", "");
+        let data = dir.path().join(format!("data-{nice}"));
+        let lock = TableLock::take(&db.0);
+        let child = spawn_maint(&cfg, &data, &["run", "dump", "--ignore-window"]);
+        // pg_dump has opened its output and waits for the table lock.
+        wait_for("pg_dump to start writing", || {
+            !find(&data.join("backups"), "dump.partial").is_empty()
+        });
+        let pg_dump = children_of(child.id())
+            .into_iter()
+            .find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "pg_dump")
+            })
+            .expect("pg_dump is a child of the run");
+        // Field 19 is the niceness; only ever raised from the run's own
+        // (this test's, unless it runs niced past the setting).
+        let own: i32 = stat_field(std::process::id(), 19).unwrap().parse().unwrap();
+        let want = own.max(nice.parse().unwrap()).to_string();
+        assert_eq!(stat_field(pg_dump, 19), Some(want));
+        let out = Command::new("ionice")
+            .args(["-p", &pg_dump.to_string()])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), io);
+        drop(lock);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let plan: String = history_sql(&data)
+            .query_row(
+                "SELECT plan FROM maintenance_runs WHERE task = 'dump' ORDER BY id DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            plan.contains(&format!("at nice {nice}, I/O ")),
+            "the plan says so: {plan}"
+        );
+    }
+}

@@ -6,6 +6,7 @@
 //! configured names into checked relations are in `catalog.rs`.
 
 pub mod catalog;
+pub mod priority;
 pub mod tools;
 
 use std::path::Path;

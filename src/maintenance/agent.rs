@@ -211,6 +211,7 @@ impl Maintenance {
                     if !report.pruned.is_empty() || !report.failed.is_empty() {
                         tracing::info!(
                             pruned = report.pruned.len(),
+                            in_use = report.in_use.len(),
                             kept_bytes = report.kept_bytes,
                             "maintenance backups pruned{}",
                             if report.failed.is_empty() {

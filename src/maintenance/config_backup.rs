@@ -401,7 +401,7 @@ impl Task for ConfigBackupTask {
         let store = st.store.clone();
         let keep = self.config.keep as usize;
         let result =
-            tokio::task::spawn_blocking(move || -> Result<(usize, usize, usize), String> {
+            tokio::task::spawn_blocking(move || -> Result<(usize, usize, usize, usize), String> {
                 let m = snapshots::manifest(&store, &id).map_err(|e| e.to_string())?;
                 let mut checked = 0;
                 for h in m.entries.iter().filter_map(|e| e.hash.as_ref()) {
@@ -415,17 +415,23 @@ impl Task for ConfigBackupTask {
                     }
                     checked += 1;
                 }
-                let (manifests, blobs) =
+                let (manifests, blobs, in_use) =
                     snapshots::prune(&store, keep).map_err(|e| e.to_string())?;
-                Ok((checked, manifests, blobs))
+                Ok((checked, manifests, blobs, in_use))
             })
             .await
             .expect("validating blobs panicked");
         Ok(match result {
-            Ok((checked, manifests, blobs)) => Verdict {
+            Ok((checked, manifests, blobs, in_use)) => Verdict {
                 ok: true,
                 detail: format!(
-                    "{checked} blobs read back with their hashes; {manifests} snapshots and {blobs} blobs pruned (keep {keep})"
+                    "{checked} blobs read back with their hashes; {manifests} snapshots and {blobs} blobs pruned (keep {keep}){}",
+                    match in_use {
+                        0 => String::new(),
+                        n => format!(
+                            "; {n} kept while a drill restores it, for the next run to prune"
+                        ),
+                    }
                 ),
                 figures: json!({ "blobs_checked": checked, "changes": st.changes.len(), "unreadable": st.unreadable }),
             },

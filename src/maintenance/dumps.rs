@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::backup_files::{FILE_MODE, create_dir};
+use super::backup_files::{FILE_MODE, InUse, create_dir, hold, try_claim};
 
 /// The completion record of a dump.
 pub const META: &str = "dump.json";
@@ -230,19 +230,70 @@ fn remove_any(p: &Path) -> io::Result<()> {
     }
 }
 
+/// What [`prune`] did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Pruned {
+    /// Run directories whose dump was removed.
+    pub removed: Vec<PathBuf>,
+    /// Past `keep` but in use (a drill restoring it): left for the next
+    /// run's pruning.
+    pub in_use: Vec<PathBuf>,
+}
+
 /// Removes the oldest complete dumps past the newest `keep` (the dump and
 /// its `dump.json`; `dump.json` first, so that a crash in between leaves
-/// an incomplete dump, never a record of a dump that is gone).
-pub fn prune(dest: &Path, keep: usize) -> io::Result<Vec<PathBuf>> {
+/// an incomplete dump, never a record of a dump that is gone). A dump in
+/// use ([`hold`]) stays: with `keep = 1` the dump a drill is restoring is
+/// the one a new dump makes surplus.
+pub fn prune(dest: &Path, keep: usize) -> io::Result<Pruned> {
     let all = complete(dest);
     let extra = all.len().saturating_sub(keep);
-    let mut removed = Vec::new();
+    let mut out = Pruned::default();
     for (dir, meta) in all.into_iter().take(extra) {
-        std::fs::remove_file(dir.join(META))?;
+        let claim = match try_claim(&dir) {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                out.in_use.push(dir);
+                continue;
+            }
+            // Removed meanwhile (another pruning got there first).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        match std::fs::remove_file(dir.join(META)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            r => r?,
+        }
         remove_any(&dir.join(&meta.file))?;
-        removed.push(dir);
+        drop(claim);
+        out.removed.push(dir);
     }
-    Ok(removed)
+    Ok(out)
+}
+
+/// The newest complete dump under `dest`, held in use ([`hold`]) so that
+/// no pruning removes it until the hold is dropped. A dump chosen and then
+/// removed before the hold took (a pruning in between) is passed over for
+/// the newest again.
+pub fn hold_newest(dest: &Path) -> io::Result<Option<(PathBuf, DumpMeta, InUse)>> {
+    loop {
+        let Some((dir, meta)) = newest(dest) else {
+            return Ok(None);
+        };
+        let held = match hold(&dir) {
+            Ok(h) => h,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        // A pruning removes dump.json first, under the exclusive lock: if
+        // it is still there and the same, the dump is whole and now safe.
+        let again: Option<DumpMeta> = std::fs::read(dir.join(META))
+            .ok()
+            .and_then(|t| serde_json::from_slice(&t).ok());
+        if again.as_ref() == Some(&meta) {
+            return Ok(Some((dir, meta, held)));
+        }
+    }
 }
 
 /// Creates `dir` (and its parents) with the backup directory mode.
@@ -314,11 +365,48 @@ mod tests {
         for i in 1..=4 {
             dump(d.path(), i, i * 10, true);
         }
-        let removed = prune(d.path(), 2).unwrap();
-        assert_eq!(removed.len(), 2);
+        let pruned = prune(d.path(), 2).unwrap();
+        assert_eq!(pruned.removed.len(), 2);
+        assert!(pruned.in_use.is_empty());
         let ids: Vec<i64> = complete(d.path()).iter().map(|(_, m)| m.run_id).collect();
         assert_eq!(ids, vec![3, 4]);
         assert!(!run_dir(d.path(), 1).join("dump").exists());
+    }
+
+    #[test]
+    fn a_dump_held_by_a_drill_outlives_prune_and_goes_at_the_next_one() {
+        let d = tempfile::tempdir().unwrap();
+        dump(d.path(), 1, 10, true);
+        let (dir, meta, held) = hold_newest(d.path()).unwrap().unwrap();
+        assert_eq!(meta.run_id, 1);
+        // keep = 1 and a newer dump: run 1 is surplus but in use.
+        dump(d.path(), 2, 20, true);
+        let pruned = prune(d.path(), 1).unwrap();
+        assert_eq!(pruned.removed, Vec::<PathBuf>::new());
+        assert_eq!(pruned.in_use, vec![dir.clone()]);
+        assert!(dir.join("dump").exists() && dir.join(META).exists());
+        drop(held);
+        let pruned = prune(d.path(), 1).unwrap();
+        assert_eq!(pruned.removed, vec![dir.clone()]);
+        assert!(!dir.join("dump").exists());
+        assert_eq!(hold_newest(d.path()).unwrap().unwrap().1.run_id, 2);
+    }
+
+    #[test]
+    fn hold_newest_passes_over_a_dump_pruned_before_the_hold() {
+        let d = tempfile::tempdir().unwrap();
+        let one = dump(d.path(), 1, 10, true);
+        dump(d.path(), 2, 20, true);
+        // A pruning holding run 2 while it removes its record: a drill
+        // choosing now waits for it, then finds the record gone.
+        let claim = try_claim(&run_dir(d.path(), 2)).unwrap().unwrap();
+        let dest = d.path().to_path_buf();
+        let drill = std::thread::spawn(move || hold_newest(&dest).unwrap().map(|h| h.1.run_id));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::fs::remove_file(run_dir(d.path(), 2).join(META)).unwrap();
+        drop(claim);
+        assert_eq!(drill.join().unwrap(), Some(1));
+        assert!(one.join("dump").exists());
     }
 
     #[test]

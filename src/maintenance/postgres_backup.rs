@@ -8,7 +8,8 @@
 //! never in argv or the environment of a logged command; a guard turning
 //! unhealthy kills it and removes the partial file); validation hashes the
 //! dump, has `pg_restore --list` read it back, then records it complete
-//! (`dump.json`) and prunes past `keep`. Nothing to roll back: a backup
+//! (`dump.json`) and prunes past `keep` (a dump a drill is restoring
+//! stays for the next run). Nothing to roll back: a backup
 //! changes nothing, and restoring a dump into the live database is a
 //! human decision (README, "Backups and restore drills").
 
@@ -21,6 +22,7 @@ use super::config::{Probes, TaskKind};
 use super::dumps::{self, DumpMeta, Format};
 use super::{AnyTask, Backup, Batch, Cx, Plan, Task, TaskError, Verdict};
 use crate::clients::postgres::Session;
+use crate::clients::postgres::priority::{IoClass, Priority};
 use crate::clients::postgres::tools::{self, Ended, Found, PassFile};
 use crate::fmt::bytes;
 use crate::probes::ProbeKind;
@@ -49,7 +51,24 @@ crate::task_config! {
         /// `/usr/lib/postgresql/*/bin`, of the server's major version or newer.
         #[serde(default)]
         pub pg_dump: Option<PathBuf>,
+        /// pg_dump's niceness, 0 to 19 (0: the agent's own). Its client-side
+        /// compression competes with the application's backends for CPU.
+        #[serde(default = "default_nice")]
+        pub nice: u8,
+        /// pg_dump's I/O class: `"low"` (best-effort, lowest level),
+        /// `"idle"` (only when the disk is otherwise idle; the dump may wait
+        /// long with its transaction open) or `"normal"` (the agent's).
+        #[serde(default)]
+        pub io_class: IoClass,
+        /// pg_dump's `--compress` level, 0 (none) to 9; unset: pg_dump's
+        /// default (gzip level 6 in custom and directory format).
+        #[serde(default)]
+        pub compress: Option<u8>,
     }
+}
+
+fn default_nice() -> u8 {
+    10
 }
 
 fn one() -> u32 {
@@ -77,6 +96,12 @@ impl TaskKind for PgBackupConfig {
         }
         if self.keep == 0 {
             own.push(("keep", "must be at least 1".into()));
+        }
+        if self.nice > 19 {
+            own.push(("nice", format!("{} is not a niceness: 0 to 19", self.nice)));
+        }
+        if let Some(c) = self.compress.filter(|c| *c > 9) {
+            own.push(("compress", format!("{c} is not a level: 0 (none) to 9")));
         }
         if !(1..=64).contains(&self.jobs) {
             own.push(("jobs", "must be 1 to 64".into()));
@@ -160,12 +185,19 @@ impl PgBackupTask {
             .map_err(|e| TaskError::failed(format!("reading the database's size: {e}")))?;
         let size: i64 = row.get(1);
         let num: i32 = row.get(2);
-        Ok((row.get(0), size.max(0) as u64, (num / 10_000) as u32))
+        Ok((row.get(0), size.max(0) as u64, tools::server_major(num)))
     }
 
     fn passfile(&self, cx: &Cx) -> Result<Option<PassFile>, TaskError> {
         tools::task_passfile(&cx.data_dir, &self.name, self.pg.password_file.as_deref())
             .map_err(TaskError::failed)
+    }
+
+    fn priority(&self) -> Priority {
+        Priority {
+            nice: self.config.nice,
+            io: self.config.io_class,
+        }
     }
 
     fn state(&self) -> Result<&RunState, TaskError> {
@@ -216,10 +248,15 @@ impl Task for PgBackupTask {
         };
         Ok(Plan {
             summary: format!(
-                "dump database {database} ({}) with pg_dump {major} ({}) in {} format into {}; keep {}",
+                "dump database {database} ({}) with pg_dump {major} ({}) in {} format{} at {} into {}; keep {}",
                 bytes(size as f64),
                 path.display(),
                 self.config.format.name(),
+                match self.config.compress {
+                    Some(c) => format!(", compress {c}"),
+                    None => String::new(),
+                },
+                self.priority().words(),
                 dest.display(),
                 self.config.keep
             ),
@@ -291,12 +328,16 @@ impl Task for PgBackupTask {
         if self.config.jobs > 1 {
             args.push(format!("--jobs={}", self.config.jobs));
         }
+        if let Some(c) = self.config.compress {
+            args.push(format!("--compress={c}"));
+        }
         args.push(format!("--dbname={conninfo}"));
         let t = Instant::now();
         let ended = tools::run(
             &found.pg_dump,
             &args,
             pass.as_ref().map(|p| p.path()),
+            self.priority(),
             &cx.cancel,
         )
         .await;
@@ -407,7 +448,7 @@ impl Task for PgBackupTask {
         let keep = self.config.keep as usize;
         let dest = st.found.dest.clone();
         let m = meta.clone();
-        let pruned = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<PathBuf>> {
+        let pruned = tokio::task::spawn_blocking(move || -> std::io::Result<dumps::Pruned> {
             dumps::write_meta(&dir, &m)?;
             dumps::prune(&dest, keep)
         })
@@ -420,15 +461,20 @@ impl Task for PgBackupTask {
         Ok(Verdict {
             ok: true,
             detail: format!(
-                "sha256 {sha} reads back; pg_restore --list read {entries} entries; {} older dumps pruned (keep {keep})",
-                pruned.len()
+                "sha256 {sha} reads back; pg_restore --list read {entries} entries; {} older dumps pruned (keep {keep}){}",
+                pruned.removed.len(),
+                match pruned.in_use.len() {
+                    0 => String::new(),
+                    n => format!("; {n} kept while a drill restores it, for the next run to prune"),
+                }
             ),
             figures: json!({
                 "bytes": meta.bytes,
                 "sha256": sha,
                 "toc_entries": entries,
                 "seconds": (meta.finished_ms - meta.started_ms) as f64 / 1000.0,
-                "pruned": pruned,
+                "pruned": pruned.removed,
+                "in_use": pruned.in_use,
             }),
         })
     }
@@ -493,5 +539,44 @@ fn remove_any(p: &Path) -> std::io::Result<()> {
         std::fs::remove_dir_all(p)
     } else {
         std::fs::remove_file(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn priority_and_compression_are_checked_and_named() {
+        let base = "[probe.db]\nkind = \"postgres\"\nconninfo = \"host=127.0.0.1\"\nuser = \"postgres\"\n\n\
+                    [maintenance.dump]\nkind = \"postgres_backup\"\nprobe = \"db\"\n";
+        let err = crate::config::Config::parse(
+            "t.toml",
+            &format!("{base}nice = 20\ncompress = 10\nio_class = \"idle\"\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("maintenance.dump.nice: 20 is not a niceness: 0 to 19"),
+            "{err}"
+        );
+        assert!(
+            err.contains("maintenance.dump.compress: 10 is not a level: 0 (none) to 9"),
+            "{err}"
+        );
+        let err = crate::config::Config::parse("t.toml", &format!("{base}io_class = \"lowest\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("t.toml:9:12: unknown variant `lowest`"),
+            "{err}"
+        );
+        let c = crate::config::Config::parse("t.toml", base).unwrap();
+        let crate::maintenance::config::TaskConfig::PostgresBackup(b) = &c.maintenance["dump"]
+        else {
+            panic!("not a postgres_backup");
+        };
+        assert_eq!(
+            (b.nice, b.io_class, b.compress),
+            (10, super::IoClass::Low, None)
+        );
     }
 }

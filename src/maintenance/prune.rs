@@ -12,7 +12,8 @@
 //! between leaves a run marked pruned whose files the next pass removes,
 //! never a run whose ledger promises a backup that is gone. A task whose
 //! lock is held (a run or a rollback in progress) is left for the next
-//! pass. `plan` is pure; `prune` reads the disk and the ledger around it.
+//! pass, and so is a backup in use (`backup_files::hold`: a restore drill
+//! reading the dump in it). `plan` is pure; `prune` reads the disk and the ledger around it.
 //! The agent prunes at start, hourly, and after each run it makes. A file
 //! task's quarantine (`DATA_DIR/quarantine/NAME/RUN_ID`) belongs to its
 //! run's backup: counted in its bytes and removed with it (first, so a
@@ -252,6 +253,9 @@ pub struct Report {
     pub pruned: Vec<Pruned>,
     /// Tasks left for the next pass because a run held their lock.
     pub busy: Vec<String>,
+    /// Backups left for the next pass because they were in use (a drill
+    /// restoring them).
+    pub in_use: Vec<PathBuf>,
     /// Backups that could not be removed, with why.
     pub failed: Vec<String>,
     /// Bytes every task's backups take after the pass.
@@ -331,6 +335,18 @@ pub fn prune(data_dir: &Path, section: &MaintenanceSection, now: Ts) -> Result<R
             }
             continue;
         }
+        // A backup in use (a drill restoring the dump in it) waits for a
+        // later pass, like a task whose lock is held.
+        let claim = match super::backup_files::try_claim(&h.path) {
+            Ok(Some(c)) => Some(c),
+            Ok(None) => {
+                if !report.in_use.contains(&h.path) {
+                    report.in_use.push(h.path.clone());
+                }
+                continue;
+            }
+            Err(_) => None,
+        };
         if h.run.is_some() && reason != Reason::Marked {
             l.set_backup_pruned(
                 h.run_id,
@@ -343,6 +359,7 @@ pub fn prune(data_dir: &Path, section: &MaintenanceSection, now: Ts) -> Result<R
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => std::fs::remove_dir_all(&h.path),
         };
+        drop(claim);
         match gone {
             Ok(()) => {
                 removed[i] = true;

@@ -20,7 +20,7 @@ use flate2::write::GzEncoder;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::backup_files::{FILE_MODE, create_dir};
+use super::backup_files::{FILE_MODE, InUse, create_dir, hold, try_claim};
 use super::dumps::hex;
 
 /// What a path is.
@@ -330,10 +330,33 @@ pub fn read_blob(store: &Path, hash: &str) -> io::Result<Vec<u8>> {
     Ok(content)
 }
 
+/// The newest snapshot a run took, its manifest held in use
+/// (`backup_files::hold`) so that no pruning removes it, nor the blobs
+/// it names, until the hold is dropped. One removed between the choice
+/// and the hold is passed over for the newest again.
+pub fn hold_newest(store: &Path) -> io::Result<Option<(Manifest, InUse)>> {
+    loop {
+        let Some(m) = newest(store) else {
+            return Ok(None);
+        };
+        let p = manifest_path(store, &m.id);
+        match hold(&p) {
+            // Pruning removes a manifest under the exclusive lock: still
+            // there once held, it stays.
+            Ok(h) if p.exists() => return Ok(Some((m, h))),
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Removes manifests past the newest `keep` run snapshots (pre-rollback
 /// ones go with the run snapshots older than them), then every blob no
-/// manifest names. Returns (manifests removed, blobs removed).
-pub fn prune(store: &Path, keep: usize) -> io::Result<(usize, usize)> {
+/// manifest names. A manifest in use (a drill restoring it) stays, and
+/// with it its blobs, for the next run's pruning. Returns (manifests
+/// removed, blobs removed, manifests kept in use).
+pub fn prune(store: &Path, keep: usize) -> io::Result<(usize, usize, usize)> {
     let all = manifests(store);
     let runs: Vec<&Manifest> = all.iter().filter(|m| m.id.parse::<i64>().is_ok()).collect();
     let cutoff = runs
@@ -341,10 +364,15 @@ pub fn prune(store: &Path, keep: usize) -> io::Result<(usize, usize)> {
         .checked_sub(keep)
         .filter(|n| *n > 0)
         .map(|n| runs[n - 1].taken_ms);
-    let mut removed = 0;
+    let (mut removed, mut in_use) = (0, 0);
     if let Some(cut) = cutoff {
         for m in all.iter().filter(|m| m.taken_ms <= cut) {
-            std::fs::remove_file(manifest_path(store, &m.id))?;
+            let p = manifest_path(store, &m.id);
+            let Some(_claim) = try_claim(&p)? else {
+                in_use += 1;
+                continue;
+            };
+            std::fs::remove_file(&p)?;
             removed += 1;
         }
     }
@@ -365,7 +393,7 @@ pub fn prune(store: &Path, keep: usize) -> io::Result<(usize, usize)> {
             }
         }
     }
-    Ok((removed, blobs))
+    Ok((removed, blobs, in_use))
 }
 
 /// Added, removed and modified paths from `old` to `new`.
@@ -528,6 +556,47 @@ mod tests {
             .unwrap()
             .count();
         assert_eq!(blobs, 1);
+    }
+
+    #[test]
+    fn a_snapshot_held_by_a_drill_keeps_its_manifest_and_blobs_through_prune() {
+        let d = tempfile::tempdir().unwrap();
+        let store = d.path().join("store");
+        let f = d.path().join("f");
+        let snap = |id: i64, content: &[u8]| {
+            std::fs::write(&f, content).unwrap();
+            let hash = store_file(&store, &f).unwrap();
+            let m = Manifest {
+                id: id.to_string(),
+                taken_ms: id * 1000,
+                entries: vec![Entry {
+                    path: f.clone(),
+                    kind: Kind::File,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    mtime_ns: 1,
+                    size: content.len() as u64,
+                    hash: Some(hash.clone()),
+                    target: None,
+                    not_stored: None,
+                }],
+            };
+            write_manifest(&store, &m).unwrap();
+            hash
+        };
+        let old = snap(1, b"old");
+        let (m, held) = hold_newest(&store).unwrap().unwrap();
+        assert_eq!(m.id, "1");
+        snap(2, b"new");
+        // keep = 1: snapshot 1 is surplus but in use, and so is its blob.
+        assert_eq!(prune(&store, 1).unwrap(), (0, 0, 1));
+        assert_eq!(read_blob(&store, &old).unwrap(), b"old");
+        assert_eq!(manifest(&store, "1").unwrap(), m);
+        drop(held);
+        assert_eq!(prune(&store, 1).unwrap(), (1, 1, 0));
+        assert!(read_blob(&store, &old).is_err());
+        assert_eq!(hold_newest(&store).unwrap().unwrap().0.id, "2");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tokio_postgres::config::Host;
 use tokio_util::sync::CancellationToken;
 
 use super::Settings;
+use super::priority::Priority;
 
 /// Where Debian and Ubuntu install every major version side by side.
 pub const VERSIONED_ROOT: &str = "/usr/lib/postgresql";
@@ -89,6 +90,12 @@ pub fn parse_major(version_line: &str) -> Option<u32> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The major version of a server from its `server_version_num` (150010
+/// is 15.10: 15; 90624 is 9.6.24: 9, as `parse_major` reads "9.6.24").
+pub fn server_major(version_num: i32) -> u32 {
+    (version_num.max(0) / 10_000) as u32
 }
 
 /// Runs `path --version` and reads its major version.
@@ -289,15 +296,17 @@ pub enum Ended {
 
 /// Runs `program args` with `PGPASSFILE` set to `passfile` (and any
 /// `PGPASSWORD` of this process removed), stdin and stdout closed, stderr
-/// kept. Killed (and waited for) as soon as `cancel` fires, and when the
-/// returned future is dropped.
+/// kept, at `priority`. Killed (and waited for) as soon as `cancel` fires,
+/// and when the returned future is dropped.
 pub async fn run(
     program: &Path,
     args: &[String],
     passfile: Option<&Path>,
+    priority: Priority,
     cancel: &CancellationToken,
 ) -> Result<Ended, String> {
     let mut cmd = tokio::process::Command::new(program);
+    priority.apply(&mut cmd);
     cmd.args(args)
         .env_remove("PGPASSWORD")
         .stdin(Stdio::null())
@@ -393,6 +402,62 @@ mod tests {
         assert!(err.contains("major version is 17"), "{err}");
         assert!(err.contains("pg_dump 15 (/usr/bin/pg_dump)"), "{err}");
         assert!(err.contains("looked in PATH (/usr/bin)"), "{err}");
+    }
+
+    #[test]
+    fn server_version_numbers_give_the_majors_pg_dump_prints() {
+        // server_version_num of released servers, beside the version line
+        // the same release's pg_dump prints.
+        for (num, line, major) in [
+            (
+                150010,
+                "pg_dump (PostgreSQL) 15.10 (Debian 15.10-0+deb12u1)",
+                15,
+            ),
+            (170002, "pg_dump (PostgreSQL) 17.2", 17),
+            (
+                160006,
+                "pg_dump (PostgreSQL) 16.6 (Ubuntu 16.6-0ubuntu0.24.04.1)",
+                16,
+            ),
+            (100023, "pg_dump (PostgreSQL) 10.23", 10),
+            (90624, "pg_dump (PostgreSQL) 9.6.24", 9),
+        ] {
+            assert_eq!(server_major(num), major, "{num}");
+            assert_eq!(parse_major(line), Some(major), "{line}");
+        }
+    }
+
+    #[test]
+    fn the_installed_pg_dump_refuses_a_server_newer_than_it() {
+        // The real pg_dump of this host (PostgreSQL's client programs are a
+        // test requirement); the server is one two majors newer than the
+        // newest found, as its server_version_num would say.
+        let any = find(None, "pg_dump", 0).expect("pg_dump installed");
+        let found_all = candidates(
+            std::env::var_os("PATH").as_deref(),
+            &[PathBuf::from(VERSIONED_ROOT)],
+            "pg_dump",
+        );
+        let top = found_all
+            .iter()
+            .filter_map(|p| major_of(p).ok())
+            .max()
+            .unwrap();
+        assert!(top >= any.major);
+        let server = server_major(((top + 2) * 10_000 + 2) as i32);
+        let err = find(None, "pg_dump", server).unwrap_err();
+        assert!(
+            err.contains(&format!("the server's major version is {server}")),
+            "{err}"
+        );
+        assert!(err.contains(&format!("pg_dump {top} (")), "{err}");
+        assert!(
+            err.contains(&format!("install the PostgreSQL {server} client programs")),
+            "{err}"
+        );
+        // The same server as the newest pg_dump is served by it.
+        assert_eq!(find(None, "pg_dump", top).unwrap().major, top);
     }
 
     #[test]

@@ -289,6 +289,32 @@ fn a_task_whose_lock_is_held_is_left_for_the_next_pass() {
 }
 
 #[test]
+fn a_backup_in_use_is_neither_marked_nor_removed_until_let_go() {
+    let data = tempfile::tempdir().unwrap();
+    let l = Ledger::open(data.path()).unwrap();
+    let old = make_run(&l, data.path(), "dump", 90, RunStatus::Succeeded, 10);
+    let _newer = make_run(&l, data.path(), "dump", 80, RunStatus::Succeeded, 10);
+    let dir = data.path().join("backups/dump").join(old.to_string());
+    let drill = crate::maintenance::backup_files::hold(&dir).unwrap();
+    let report = prune(data.path(), &MaintenanceSection::default(), NOW).unwrap();
+    assert!(report.pruned.is_empty(), "{report:?}");
+    assert_eq!(report.in_use, std::slice::from_ref(&dir));
+    assert!(dir.exists());
+    assert_eq!(
+        ledger::run_only(l.conn(), old)
+            .unwrap()
+            .unwrap()
+            .backup_pruned_ms,
+        None
+    );
+    drop(drill);
+    let report = prune(data.path(), &MaintenanceSection::default(), NOW).unwrap();
+    assert_eq!(report.pruned.len(), 1);
+    assert_eq!(report.pruned[0].run_id, old);
+    assert!(!dir.exists());
+}
+
+#[test]
 fn the_budget_is_checked_and_located_in_config() {
     let s = section("");
     assert_eq!(s.keep_backups, Duration::from_secs(30 * 86_400));

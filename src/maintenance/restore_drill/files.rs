@@ -1,4 +1,6 @@
-//! The drill of a `config_backup`: the newest snapshot restored into a
+//! The drill of a `config_backup`: the newest snapshot (its manifest held
+//! in use from the plan to the drill's end, so that pruning leaves it and
+//! its blobs) restored into a
 //! temporary directory under the data dir (`DATA_DIR/drills/NAME-RUN`),
 //! every restored file hashed again against the manifest, and the
 //! directory removed whatever happened. The RPO is the time since a run
@@ -9,12 +11,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{DrillResult, check_age};
+use crate::maintenance::backup_files::InUse;
 use crate::maintenance::snapshots::{self, Kind, Manifest};
 use crate::maintenance::{Cx, Plan, TaskError};
 use crate::sample::now_ms;
 
 pub struct FilesTarget {
     backup_name: String,
+    /// The snapshot the plan chose, held in use until the drill ends so
+    /// that a config_backup run pruning past `keep` leaves it and its blobs.
+    held: Option<(String, InUse)>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -28,18 +34,23 @@ impl FilesTarget {
     pub fn new(backup_name: &str) -> FilesTarget {
         FilesTarget {
             backup_name: backup_name.to_string(),
+            held: None,
         }
     }
 
     pub fn plan(&mut self, cx: &Cx, max_age: Option<Duration>) -> Result<Plan, TaskError> {
         let store = snapshots::store_dir(&cx.data_dir, &self.backup_name);
-        let newest = snapshots::newest(&store).ok_or_else(|| {
-            TaskError::failed(format!(
-                "no snapshot of `{}` in {} yet",
-                self.backup_name,
-                store.display()
-            ))
-        })?;
+        self.held = None;
+        let (newest, held) = snapshots::hold_newest(&store)
+            .map_err(|e| TaskError::failed(format!("{}: {e}", store.display())))?
+            .ok_or_else(|| {
+                TaskError::failed(format!(
+                    "no snapshot of `{}` in {} yet",
+                    self.backup_name,
+                    store.display()
+                ))
+            })?;
+        self.held = Some((newest.id.clone(), held));
         let current_ms = snapshots::checked_ms(&store)
             .unwrap_or(newest.taken_ms)
             .max(newest.taken_ms);
@@ -67,6 +78,16 @@ impl FilesTarget {
     pub async fn drill(&mut self, cx: &Cx, plan: &Plan) -> Result<DrillResult, TaskError> {
         let chosen: Chosen = serde_json::from_value(plan.details.clone())
             .map_err(|e| TaskError::failed(format!("the plan's details: {e}")))?;
+        // Let go when the drill ends, whichever way.
+        let _held = match self.held.take() {
+            Some((id, h)) if id == chosen.snapshot => h,
+            _ => {
+                return Err(TaskError::failed(format!(
+                    "snapshot {} is not held in use by this drill's plan; not restored",
+                    chosen.snapshot
+                )));
+            }
+        };
         let scratch = cx
             .data_dir
             .join("drills")

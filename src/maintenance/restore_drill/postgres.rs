@@ -1,4 +1,6 @@
-//! The drill of a `postgres_backup`: the newest complete dump's sha256
+//! The drill of a `postgres_backup`: the newest complete dump, held in
+//! use from the plan to the drill's end (`backup_files::hold`: a backup
+//! run pruning past `keep` leaves it for its next run), its sha256
 //! checked against its `dump.json` (a mismatch fails before anything is
 //! restored), a scratch database `upkeep_drill_TASK_RUN` created on the
 //! backup's server (or the drill's own `conninfo`/`user`), `pg_restore
@@ -14,8 +16,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::{DrillConfig, DrillResult, check_age};
+use crate::clients::postgres::priority::Priority;
 use crate::clients::postgres::tools::{self, Ended};
 use crate::clients::postgres::{Session, millis, quote};
+use crate::maintenance::backup_files::InUse;
 use crate::maintenance::config::TaskConfig;
 use crate::maintenance::dumps::{self, DumpMeta};
 use crate::maintenance::postgres_backup::PgBackupConfig;
@@ -39,6 +43,9 @@ pub struct PgTarget {
     /// Where the scratch database is made: the live server, or the
     /// drill's own conninfo / user.
     admin: PostgresConfig,
+    /// The dump the plan chose, held in use from the plan to the drill's
+    /// end so that no pruning removes it while it is read.
+    held: Option<(PathBuf, InUse)>,
 }
 
 /// What the plan chose.
@@ -95,15 +102,20 @@ impl PgTarget {
             backup: backup.clone(),
             live: live.clone(),
             admin: admin_settings(config, live),
+            held: None,
         }
     }
 
     pub async fn plan(&mut self, cx: &Cx, max_age: Option<Duration>) -> Result<Plan, TaskError> {
         let dest = dumps::dest(self.backup.dest.as_deref(), &cx.data_dir, &self.backup_name);
         let d = dest.clone();
-        let (dir, meta) = tokio::task::spawn_blocking(move || dumps::newest(&d))
+        // Held until the drill ends: a backup run pruning past `keep`
+        // meanwhile leaves this dump alone.
+        self.held = None;
+        let (dir, meta, held) = tokio::task::spawn_blocking(move || dumps::hold_newest(&d))
             .await
             .expect("listing dumps panicked")
+            .map_err(|e| TaskError::failed(format!("{}: {e}", dest.display())))?
             .ok_or_else(|| {
                 TaskError::failed(format!(
                     "no complete backup of `{}` in {} yet",
@@ -111,6 +123,7 @@ impl PgTarget {
                     dest.display()
                 ))
             })?;
+        self.held = Some((dir.clone(), held));
         let age = Duration::from_millis((now_ms() - meta.finished_ms).max(0) as u64);
         check_age(age, max_age).map_err(TaskError::failed)?;
         let chosen = Chosen {
@@ -158,6 +171,20 @@ impl PgTarget {
     pub async fn drill(&mut self, cx: &Cx, plan: &Plan) -> Result<DrillResult, TaskError> {
         let chosen: Chosen = serde_json::from_value(plan.details.clone())
             .map_err(|e| TaskError::failed(format!("the plan's details: {e}")))?;
+        let held = self.held.take();
+        if held.as_ref().is_none_or(|(dir, _)| *dir != chosen.dir) {
+            return Err(TaskError::failed(format!(
+                "the dump of run {} is not held in use by this drill's plan; not restored",
+                chosen.meta.run_id
+            )));
+        }
+        let out = self.drill_held(cx, &chosen).await;
+        drop(held);
+        out
+    }
+
+    async fn drill_held(&mut self, cx: &Cx, chosen: &Chosen) -> Result<DrillResult, TaskError> {
+        let chosen = chosen.clone();
         let file = chosen.dir.join(&chosen.meta.file);
         let f = file.clone();
         let sha = tokio::task::spawn_blocking(move || dumps::sha256(&f))
@@ -236,6 +263,7 @@ impl PgTarget {
             &pg_restore,
             &args,
             pass.as_ref().map(|p| p.path()),
+            Priority::SAME,
             &cx.cancel,
         )
         .await
@@ -311,7 +339,7 @@ impl PgTarget {
             )
             .await
             .map_err(|e| TaskError::failed(format!("reading the server's version: {e}")))?;
-        let major = (row.get::<_, i32>(0) / 10_000) as u32;
+        let major = tools::server_major(row.get::<_, i32>(0));
         let configured = self.backup.pg_dump.clone();
         tokio::task::spawn_blocking(move || {
             let dump = tools::find(configured.as_deref(), "pg_dump", major)?;
