@@ -1,16 +1,21 @@
 //! `kind = "redis_cleanup"`: removes the keys of one Redis database that
 //! match a `SCAN MATCH` glob and the optional filters (type, no expiry,
 //! idle time, size), a batch at a time, so that the application does not
-//! feel it. The plan is a paced SCAN pass that fingerprints each matching
-//! key's value (`scripts::PLAN`) and samples sizes; a batch finds planned
-//! keys with SCAN, dumps those whose value is still the planned one
-//! (`scripts::DUMP`), writes each `DUMP` with its expiry to the backup
-//! file and fsyncs it (`dump_file`), and only then unlinks, in one Lua
-//! script, the keys whose value is still the dumped one
-//! (`scripts::REMOVE`): a key the application rewrote or that vanished on
-//! the way is skipped and counted, never guessed. Rollback (`restore.rs`)
-//! `RESTORE`s every removed key with the time it had left to live.
-//! Plan and validation are in `check.rs`, a batch in `batch.rs`; this file
+//! feel it. The plan is a paced SCAN pass that filters the matching keys,
+//! reads each one's `MEMORY USAGE` and fingerprints its value (the hash of
+//! its `DUMP`, taken on the client). A batch `WATCH`es its planned keys,
+//! dumps them in pipelines, leaves out those whose value is no longer the
+//! planned one, writes each `DUMP` with its expiry to the backup file and
+//! fsyncs it (`dump_file`), and only then removes the rest in
+//! `MULTI`/`UNLINK`/`EXEC`, which the server refuses as a whole if any
+//! watched key was written since the `WATCH`; the batch is then done again.
+//! A key the application rewrote or that vanished on the way is skipped and
+//! counted, never guessed. No Lua: the server serialises each value once per
+//! pass, hashes nothing, and serves the application between the pipelined
+//! commands; the only atomic step is one short `UNLINK`.
+//! Rollback (`restore.rs`) `RESTORE`s every removed key with the time it
+//! had left to live. Plan and validation are in `check.rs`, a batch in
+//! `batch.rs`, the commands and their answers in `wire.rs`; this file
 //! holds the config, the run's state and the `Task` impl. Connections come
 //! from `crate::clients::redis` through the redis probe.
 
@@ -18,7 +23,7 @@ mod batch;
 mod check;
 mod dump_file;
 mod restore;
-mod scripts;
+mod wire;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -88,14 +93,15 @@ fn yes() -> bool {
 pub const MAX_BATCH: u64 = 10_000;
 /// The types `types` may name (`TYPE`'s answers).
 pub const TYPES: &[&str] = &["string", "list", "set", "zset", "hash", "stream"];
-/// Dump bytes one call of the dump script gathers before it stops (one
-/// larger value is taken alone): what a batch holds in memory at most,
-/// beside that one value.
+/// Bytes of values one pipeline of dumps asks for at most (by the sizes the
+/// plan read; one larger value is asked alone): what a plan page or a
+/// batch holds in memory at most, beside that one value.
 pub const DUMP_CAP: u64 = 8 << 20;
+/// Times a batch is done again after its `EXEC` was refused (a watched key
+/// written meanwhile) before its keys are left alone as busy.
+const MAX_ATTEMPTS: u32 = 5;
 /// Bound on every command's answer (a 100 MB `DUMP` included).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Keys whose size the plan samples at least (then one page in ten).
-const SAMPLE_KEYS: u64 = 1000;
 
 impl TaskKind for CleanupConfig {
     fn probe(&self) -> Option<&str> {
@@ -203,14 +209,27 @@ struct Counts {
     changed: u64,
     /// Used since the plan (no longer idle long enough).
     used: u64,
-    /// Given or cleared an expiry between dump and removal.
-    ttl_changed: u64,
+    /// Written by the application while their batch was done again and
+    /// again ([`MAX_ATTEMPTS`] refused `EXEC`s): left alone.
+    busy: u64,
+    /// Batches done again because a watched key was written meanwhile.
+    retries: u64,
 }
 
-/// A run in progress: the planned keys (by hash of the name: 24 bytes a key
+/// A planned key: the fingerprint of its value (0 when the plan took none),
+/// its size as the plan read it (`MEMORY USAGE`, or the dump's length if
+/// larger), and where it stands.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    fp: u64,
+    size: u64,
+    state: State,
+}
+
+/// A run in progress: the planned keys (by hash of the name: 32 bytes a key
 /// whatever its length) with the fingerprint of their value, and the SCAN.
 struct Run {
-    planned: HashMap<u64, (u64, State)>,
+    planned: HashMap<u64, Entry>,
     fingerprints: bool,
     cursor: u64,
     scan_done: bool,
@@ -307,6 +326,24 @@ impl CleanupTask {
         }
     }
 
+    /// Runs a pipeline; its answers in order. A failure as in `query`.
+    async fn pipe(
+        &mut self,
+        what: &str,
+        pipe: &::redis::Pipeline,
+    ) -> Result<Vec<Value>, TaskError> {
+        let mut c = self.conn().await?;
+        match pipe.query_async::<Vec<Value>>(&mut c).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                    self.conn = None;
+                }
+                Err(TaskError::failed(format!("{}: {what}: {e}", self.server())))
+            }
+        }
+    }
+
     async fn info(&mut self) -> Result<crate::probes::redis::Info, TaskError> {
         let text: String = self.query("INFO", &::redis::cmd("INFO")).await?;
         Ok(parse_info(&text))
@@ -350,18 +387,6 @@ impl CleanupTask {
             });
         }
         Ok(())
-    }
-
-    fn eval(script: &str, keys: &[Vec<u8>], args: &[String]) -> ::redis::Cmd {
-        let mut cmd = ::redis::cmd("EVAL");
-        cmd.arg(script).arg(keys.len());
-        for k in keys {
-            cmd.arg(k.as_slice());
-        }
-        for a in args {
-            cmd.arg(a.as_str());
-        }
-        cmd
     }
 
     async fn scan_page(
@@ -423,14 +448,6 @@ pub fn redis_figures(info: &crate::probes::redis::Info, db: u32) -> serde_json::
         "keys": keys,
         "db": db,
     })
-}
-
-/// A 16-hex-digit fingerprint as the scripts return it.
-fn hex_fp(v: &Value) -> Option<u64> {
-    match v {
-        Value::BulkString(b) => u64::from_str_radix(std::str::from_utf8(b).ok()?, 16).ok(),
-        _ => None,
-    }
 }
 
 impl Task for CleanupTask {
