@@ -1011,3 +1011,92 @@ async fn filters_pick_by_type_expiry_size_and_idle_time_and_a_big_plan_needs_bac
     assert_eq!(count_prefix(&mut c, &format!("{p}:s:")).await, 2);
     remove_prefix(&mut c, &p).await;
 }
+
+/// `POST …/rollback?force=true` replaces a key written again since the
+/// run, as `rollback --force` does; without it the key is left alone; a
+/// `force` that is neither true nor false is refused by name.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_rollback_takes_force_as_the_cli_does() {
+    use crate::maint_runner::{api_with_token, post, wait_status};
+    let p = unique("upkeep_rf");
+    let mut c = admin(SHARED).await;
+    for i in 0..20 {
+        let _: () = q(
+            &mut c,
+            redis::cmd("SET")
+                .arg(format!("{p}:tmp:{i}"))
+                .arg(format!("v{i}")),
+        )
+        .await;
+    }
+    let dir = crate::util::temp_dir();
+    let port = crate::util::free_port();
+    let api = api_with_token(dir.path(), port);
+    let config = crate::util::write_file(
+        dir.path(),
+        "agent.toml",
+        &format!(
+            "{api}\n[probe.cache]\nkind = \"redis\"\nurl = \"{SHARED}\"\n\n[maintenance.cache-cleanup]\nkind = \"redis_cleanup\"\nprobe = \"cache\"\nmatch = \"{p}:tmp:*\"\n"
+        ),
+    );
+    let data = dir.path().join("data");
+    let agent = crate::util::Agent::start(Some(&config), &data, port);
+    let run = || {
+        let r = post(port, "/api/v1/maintenance/cache-cleanup/run");
+        assert_eq!(r.code, 202, "{}", r.body);
+        let run = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["run_id"]
+            .as_i64()
+            .unwrap();
+        wait_status(port, run, "succeeded");
+        run
+    };
+    let key = format!("{p}:tmp:0");
+    let get = |c: &mut MultiplexedConnection| {
+        let mut c = c.clone();
+        let key = key.clone();
+        async move { q::<Option<String>>(&mut c, redis::cmd("GET").arg(&key)).await }
+    };
+
+    let first = run();
+    assert_eq!(count_prefix(&mut c, &format!("{p}:tmp:")).await, 0);
+    let _: () = q(&mut c, redis::cmd("SET").arg(&key).arg("app")).await;
+    let bad = post(
+        port,
+        &format!("/api/v1/maintenance/runs/{first}/rollback?force=yes"),
+    );
+    assert_eq!(bad.code, 400, "{}", bad.body);
+    assert!(
+        bad.body.contains("`force`") && bad.body.contains("`yes`"),
+        "{}",
+        bad.body
+    );
+    let r = post(
+        port,
+        &format!("/api/v1/maintenance/runs/{first}/rollback?force=true"),
+    );
+    assert_eq!(r.code, 202, "{}", r.body);
+    wait_status(port, first, "rolled_back");
+    assert_eq!(
+        get(&mut c).await.as_deref(),
+        Some("v0"),
+        "force replaced the key written since"
+    );
+    assert_eq!(count_prefix(&mut c, &format!("{p}:tmp:")).await, 20);
+
+    let second = run();
+    let _: () = q(&mut c, redis::cmd("SET").arg(&key).arg("app")).await;
+    let r = post(port, &format!("/api/v1/maintenance/runs/{second}/rollback"));
+    assert_eq!(r.code, 202, "{}", r.body);
+    let v = wait_status(port, second, "rolled_back");
+    assert_eq!(
+        get(&mut c).await.as_deref(),
+        Some("app"),
+        "without force the key is left alone: {v}"
+    );
+    assert_eq!(count_prefix(&mut c, &format!("{p}:tmp:")).await, 20);
+
+    agent.signal(libc::SIGTERM);
+    let (code, _, err) = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{err}");
+    remove_prefix(&mut c, &p).await;
+}
