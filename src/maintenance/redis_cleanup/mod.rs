@@ -258,6 +258,11 @@ pub struct CleanupTask {
     redis: RedisConfig,
     /// Dropped after any failed command: the next step reconnects.
     conn: Option<MultiplexedConnection>,
+    /// One connection per `WATCH` group of a batch past the first
+    /// (`batch::WATCH_GROUP`): a client's watched keys are checked one by
+    /// one against each new one, so a batch watches in small groups, each
+    /// on its own connection. Dropped with `conn`.
+    watchers: Vec<MultiplexedConnection>,
     run: Option<Run>,
     /// Rollback replaces keys that exist again.
     force: bool,
@@ -270,6 +275,7 @@ impl CleanupTask {
             config: config.clone(),
             redis: redis.clone(),
             conn: None,
+            watchers: Vec::new(),
             run: None,
             force: false,
         }
@@ -320,6 +326,7 @@ impl CleanupTask {
             Err(e) => {
                 if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
                     self.conn = None;
+                    self.watchers.clear();
                 }
                 Err(TaskError::failed(format!("{}: {what}: {e}", self.server())))
             }
@@ -332,12 +339,44 @@ impl CleanupTask {
         what: &str,
         pipe: &::redis::Pipeline,
     ) -> Result<Vec<Value>, TaskError> {
+        self.pipe_on(0, what, pipe).await
+    }
+
+    /// Connection `i`: 0 is `conn`, the others are `watchers`, opened as
+    /// needed.
+    async fn conn_at(&mut self, i: usize) -> Result<MultiplexedConnection, TaskError> {
         let mut c = self.conn().await?;
+        while self.watchers.len() < i {
+            c = self
+                .redis
+                .connection()
+                .connect(RESPONSE_TIMEOUT)
+                .await
+                .map_err(|e| TaskError::failed(format!("{}: {e}", self.server())))?;
+            self.watchers.push(c.clone());
+        }
+        Ok(if i == 0 {
+            c
+        } else {
+            self.watchers[i - 1].clone()
+        })
+    }
+
+    /// Runs a pipeline on connection `i` (`conn_at`). A failure drops
+    /// every connection (and so every watch) and names the server.
+    async fn pipe_on(
+        &mut self,
+        i: usize,
+        what: &str,
+        pipe: &::redis::Pipeline,
+    ) -> Result<Vec<Value>, TaskError> {
+        let mut c = self.conn_at(i).await?;
         match pipe.query_async::<Vec<Value>>(&mut c).await {
             Ok(v) => Ok(v),
             Err(e) => {
                 if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
                     self.conn = None;
+                    self.watchers.clear();
                 }
                 Err(TaskError::failed(format!("{}: {what}: {e}", self.server())))
             }
