@@ -18,6 +18,9 @@
 #   upkeep        `upkeep maintenance run` (redis_cleanup, default batch_size
 #                 and pause, guarded by the redis probe), backup on
 #   upkeep-nobak  the same with backup = false
+#   upkeep-old    with OLD_BIN set: the same as upkeep with that binary (an
+#                 earlier build), run right after upkeep so that the two
+#                 compare on the same machine at nearly the same time
 #
 # Printed per phase: p50/p99/p999/max of the application's ops during the
 # removal (ms), the removal's keys/s (keys over the removal's wall time;
@@ -30,8 +33,12 @@
 #
 # Environment: REMOVE (1000000), KEEP (200000), RATE (2000), D (10 s of
 # baseline), BIN (target/release/upkeep), BATCH and PAUSE (upkeep's
-# batch_size and pause; default: the kind's defaults, 500 and "10ms"). Needs redis-server, redis-cli,
-# python3, xargs.
+# batch_size and pause; default: the kind's defaults, 500 and "10ms"),
+# OLD_BIN (unset: no upkeep-old phase), PHASES (the phases to run, default
+# all). Needs redis-server, redis-cli, python3, xargs, sqlite3.
+#
+#   OLD_BIN=/path/to/older/upkeep PHASES="baseline upkeep upkeep-old" \
+#       benches/redis-cleanup-impact.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,19 +47,24 @@ KEEP=${KEEP:-200000}
 RATE=${RATE:-2000}
 D=${D:-10}
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/upkeep}
+OLD_BIN=${OLD_BIN:-}
+PHASES=${PHASES:-baseline keys+del scan+del scan+unlink upkeep upkeep-nobak upkeep-old}
 BATCH=${BATCH:-500}
 PAUSE=${PAUSE:-10ms}
 
-for tool in redis-server redis-cli python3 xargs; do
+for tool in redis-server redis-cli python3 xargs sqlite3; do
     command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
 done
 [ -x "$BIN" ] || { echo "missing $BIN: cargo build --release" >&2; exit 1; }
+[ -z "$OLD_BIN" ] || [ -x "$OLD_BIN" ] || { echo "missing OLD_BIN $OLD_BIN" >&2; exit 1; }
 
 WORK=$(mktemp -d -t upkeep-redis-bench.XXXXXX)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    --slowlog-log-slower-than 1000 --slowlog-max-len 100000 \
     --dir "$WORK" --daemonize no >"$WORK/redis.log" 2>&1 &
 REDIS_PID=$!
+# The slow log keeps every command of 1 ms or more.
 cleanup() {
     kill "$REDIS_PID" 2>/dev/null || true
     wait "$REDIS_PID" 2>/dev/null || true
@@ -150,6 +162,8 @@ printf '%-13s %8s %8s %8s %8s %7s %9s %12s %12s  %s\n' phase p50_ms p99_ms p999_
 phase() {
     local name=$1; shift
     load
+    "${CLI[@]}" CONFIG RESETSTAT >/dev/null
+    "${CLI[@]}" SLOWLOG RESET >/dev/null
     local before; before=$(used_memory)
     rm -f "$WORK/stop"
     python3 "$WORK/app.py" "$PORT" "$RATE" "$KEEP" "$WORK/$name.lat" "$WORK/stop" &
@@ -171,23 +185,54 @@ phase() {
     if [ -f "$WORK/$name.batches" ]; then note="batches alone: $(cat "$WORK/$name.batches") keys/s"; fi
     [ "$left" != 0 ] && [ "$name" != baseline ] && note="$note; $left tmp: keys LEFT"
     printf '%-13s %8s %8s %8s %8s %7s %9s %12s %12s  %s\n' "$name" "$p50" "$p99" "$p999" "$max" "$ops" "$rate" "$before" "$after" "$note"
+    server_time "$name" >>"$WORK/server-time"
 }
 
-upkeep_run() { # task: runs it, and writes the batches' own keys/s
-    local task=$1
+# Where the server's time went in a phase: the commands that took the most
+# (INFO commandstats: calls, total ms, usec per call), and the commands
+# the slow log caught at 1 ms or more (each one held every client).
+server_time() {
+    local name=$1
+    "${CLI[@]}" INFO commandstats | tr -d '\r' | python3 -c '
+import sys
+name = sys.argv[1]
+rows = []
+for line in sys.stdin:
+    if not line.startswith("cmdstat_"): continue
+    cmd, rest = line[8:].strip().split(":", 1)
+    f = dict(kv.split("=") for kv in rest.split(","))
+    rows.append((int(f["usec"]), cmd, int(f["calls"]), float(f["usec_per_call"])))
+rows.sort(reverse=True)
+top = ", ".join("%s %d calls %.0f ms %.2f us/call" % (c, n, u / 1000, per) for u, c, n, per in rows[:5])
+print("%-13s server: %s" % (name, top))
+' "$name"
+    printf '%-13s slowlog: %s commands of 1 ms or more, the longest %s us\n' "$name" \
+        "$("${CLI[@]}" SLOWLOG LEN)" "$(slow_max)"
+}
+
+slow_max() { # the longest command in the slow log, in microseconds
+    "${CLI[@]}" --json SLOWLOG GET 100000 2>/dev/null \
+        | python3 -c 'import json,sys; v=json.load(sys.stdin); print(max((e[2] for e in v), default=0))'
+}
+
+upkeep_run() { # binary task phase: runs it, and writes the batches' own keys/s
+    local bin=$1 task=$2 name=$3
     local data="$WORK/data-$task"
-    UPKEEP_LOG=warn "$BIN" maintenance run "$task" -c "$WORK/agent.toml" --data-dir "$data" --ignore-window >"$WORK/$task.json"
+    UPKEEP_LOG=warn "$bin" maintenance run "$task" -c "$WORK/agent.toml" --data-dir "$data" --ignore-window >"$WORK/$task.json"
     local id; id=$(python3 -c "import json; print(json.load(open('$WORK/$task.json'))['tasks'][0]['details']['run_id'])")
     sqlite3 -readonly "$data/history.db" \
         "SELECT sum(rows), (max(ts_ms) - min(ts_ms - coalesce(duration_ms,0))) FROM maintenance_steps WHERE run_id = $id AND step = 'batch'" \
-        2>/dev/null | awk -F'|' '$2>0 {printf "%d", $1 * 1000 / $2}' >"$WORK/$2.batches" || true
+        2>/dev/null | awk -F'|' '$2>0 {printf "%d", $1 * 1000 / $2}' >"$WORK/$name.batches" || true
     rm -rf "$data"
 }
 
-phase baseline sleep "$D"
-phase keys+del bash -c "${CLI[*]} --raw KEYS 'tmp:*' | xargs -n1000 ${CLI[*]} DEL >/dev/null"
-phase scan+del bash -c "${CLI[*]} --scan --pattern 'tmp:*' | xargs -n1000 ${CLI[*]} DEL >/dev/null"
-phase scan+unlink bash -c "${CLI[*]} --scan --pattern 'tmp:*' | xargs -n1000 ${CLI[*]} UNLINK >/dev/null"
-phase upkeep upkeep_run cleanup upkeep
-phase upkeep-nobak upkeep_run cleanup-nobak upkeep-nobak
+want() { [[ " $PHASES " == *" $1 "* ]]; }
+want baseline && phase baseline sleep "$D"
+want keys+del && phase keys+del bash -c "${CLI[*]} --raw KEYS 'tmp:*' | xargs -n1000 ${CLI[*]} DEL >/dev/null"
+want scan+del && phase scan+del bash -c "${CLI[*]} --scan --pattern 'tmp:*' | xargs -n1000 ${CLI[*]} DEL >/dev/null"
+want scan+unlink && phase scan+unlink bash -c "${CLI[*]} --scan --pattern 'tmp:*' | xargs -n1000 ${CLI[*]} UNLINK >/dev/null"
+want upkeep && phase upkeep upkeep_run "$BIN" cleanup upkeep
+[ -n "$OLD_BIN" ] && want upkeep-old && phase upkeep-old upkeep_run "$OLD_BIN" cleanup upkeep-old
+want upkeep-nobak && phase upkeep-nobak upkeep_run "$BIN" cleanup-nobak upkeep-nobak
+cat "$WORK/server-time"
 echo "REMOVE=$REMOVE KEEP=$KEEP RATE=$RATE BATCH=$BATCH PAUSE=$PAUSE; machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1011,3 +1011,178 @@ async fn filters_pick_by_type_expiry_size_and_idle_time_and_a_big_plan_needs_bac
     assert_eq!(count_prefix(&mut c, &format!("{p}:s:")).await, 2);
     remove_prefix(&mut c, &p).await;
 }
+
+/// `POST …/rollback?force=true` replaces a key written again since the
+/// run, as `rollback --force` does; without it the key is left alone; a
+/// `force` that is neither true nor false is refused by name.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_rollback_takes_force_as_the_cli_does() {
+    use crate::maint_runner::{api_with_token, post, wait_status};
+    let p = unique("upkeep_rf");
+    let mut c = admin(SHARED).await;
+    for i in 0..20 {
+        let _: () = q(
+            &mut c,
+            redis::cmd("SET")
+                .arg(format!("{p}:tmp:{i}"))
+                .arg(format!("v{i}")),
+        )
+        .await;
+    }
+    let dir = crate::util::temp_dir();
+    let port = crate::util::free_port();
+    let api = api_with_token(dir.path(), port);
+    let config = crate::util::write_file(
+        dir.path(),
+        "agent.toml",
+        &format!(
+            "{api}\n[probe.cache]\nkind = \"redis\"\nurl = \"{SHARED}\"\n\n[maintenance.cache-cleanup]\nkind = \"redis_cleanup\"\nprobe = \"cache\"\nmatch = \"{p}:tmp:*\"\n"
+        ),
+    );
+    let data = dir.path().join("data");
+    let agent = crate::util::Agent::start(Some(&config), &data, port);
+    let run = || {
+        let r = post(port, "/api/v1/maintenance/cache-cleanup/run");
+        assert_eq!(r.code, 202, "{}", r.body);
+        let run = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["run_id"]
+            .as_i64()
+            .unwrap();
+        wait_status(port, run, "succeeded");
+        run
+    };
+    let key = format!("{p}:tmp:0");
+    let get = |c: &mut MultiplexedConnection| {
+        let mut c = c.clone();
+        let key = key.clone();
+        async move { q::<Option<String>>(&mut c, redis::cmd("GET").arg(&key)).await }
+    };
+
+    let first = run();
+    assert_eq!(count_prefix(&mut c, &format!("{p}:tmp:")).await, 0);
+    let _: () = q(&mut c, redis::cmd("SET").arg(&key).arg("app")).await;
+    let bad = post(
+        port,
+        &format!("/api/v1/maintenance/runs/{first}/rollback?force=yes"),
+    );
+    assert_eq!(bad.code, 400, "{}", bad.body);
+    assert!(
+        bad.body.contains("`force`") && bad.body.contains("`yes`"),
+        "{}",
+        bad.body
+    );
+    let r = post(
+        port,
+        &format!("/api/v1/maintenance/runs/{first}/rollback?force=true"),
+    );
+    assert_eq!(r.code, 202, "{}", r.body);
+    wait_status(port, first, "rolled_back");
+    assert_eq!(
+        get(&mut c).await.as_deref(),
+        Some("v0"),
+        "force replaced the key written since"
+    );
+    assert_eq!(count_prefix(&mut c, &format!("{p}:tmp:")).await, 20);
+
+    let second = run();
+    let _: () = q(&mut c, redis::cmd("SET").arg(&key).arg("app")).await;
+    let r = post(port, &format!("/api/v1/maintenance/runs/{second}/rollback"));
+    assert_eq!(r.code, 202, "{}", r.body);
+    let v = wait_status(port, second, "rolled_back");
+    assert_eq!(
+        get(&mut c).await.as_deref(),
+        Some("app"),
+        "without force the key is left alone: {v}"
+    );
+    assert_eq!(count_prefix(&mut c, &format!("{p}:tmp:")).await, 20);
+
+    agent.signal(libc::SIGTERM);
+    let (code, _, err) = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{err}");
+    remove_prefix(&mut c, &p).await;
+}
+
+/// A key the application keeps writing (with the same value, so that its
+/// fingerprint still matches the plan's) makes every `EXEC` of its batch
+/// fail: the batch is done again, then its key is left alone as busy,
+/// with nothing of it marked removed in the backup; a quiet key beside it
+/// goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_written_between_watch_and_exec_is_retried_then_left_as_busy() {
+    let p = unique("upkeep_rw");
+    let mut c = admin(SHARED).await;
+    let (hot, quiet) = (format!("{p}:tmp:hot"), format!("{p}:tmp:quiet"));
+    for k in [&hot, &quiet] {
+        let _: () = q(&mut c, redis::cmd("SET").arg(k).arg("same")).await;
+    }
+    let dir = crate::util::temp_dir();
+    let cx = cx(dir.path());
+    let config = cleanup_config(&format!("match = \"{p}:tmp:*\"\nbatch_size = 1"));
+    let mut task = CleanupTask::new("cache-cleanup", &config, &redis_config(SHARED, ""));
+    let plan = task.plan(&cx).await.unwrap();
+    assert_eq!(plan.rows, 2, "{}", plan.summary);
+    task.backup(&cx, &plan).await.unwrap();
+
+    // Two writers, each sending SETs of the same value back to back: the
+    // server runs some between any two commands of the batch.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for _ in 0..2 {
+        let mut w = admin(SHARED).await;
+        let (stop, hot) = (stop.clone(), hot.clone());
+        writers.push(tokio::spawn(async move {
+            let mut sets = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut pipe = redis::pipe();
+                for _ in 0..50 {
+                    pipe.cmd("SET").arg(&hot).arg("same").ignore();
+                }
+                let _: () = pipe.query_async(&mut w).await.unwrap();
+                sets += 50;
+            }
+            sets
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let removed = run_batches(&mut task, &cx, &plan, 1).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        assert!(w.await.unwrap() > 0);
+    }
+    assert_eq!(removed, 1);
+    let v = task.validate(&cx, &plan).await.unwrap();
+    assert!(v.ok, "{}", v.detail);
+    let counts = &v.figures["counts"];
+    assert_eq!(
+        (
+            counts["busy"].as_u64(),
+            counts["retries"].as_u64(),
+            counts["removed"].as_u64()
+        ),
+        (Some(1), Some(5), Some(1)),
+        "{v:?}"
+    );
+    assert_eq!(v.figures["backup_removed"].as_u64(), Some(1), "{v:?}");
+    let left: Vec<String> = snapshot(&mut c, &format!("{p}:tmp:"))
+        .await
+        .into_keys()
+        .collect();
+    assert_eq!(left, vec![hot.clone()]);
+
+    let state = task.backup_state().unwrap();
+    let back = task.rollback(&cx, &state).await.unwrap();
+    assert_eq!(
+        back.figures["restored"].as_u64(),
+        Some(1),
+        "{}",
+        back.detail
+    );
+    assert_eq!(
+        back.figures["exist_again"].as_u64(),
+        Some(0),
+        "{}",
+        back.detail
+    );
+    let v: String = q(&mut c, redis::cmd("GET").arg(&quiet)).await;
+    assert_eq!(v, "same");
+    remove_prefix(&mut c, &p).await;
+}

@@ -34,7 +34,7 @@ fn config(dir: &Path, table: &str, guard_addr: &str, extra: &str, api: &str) -> 
 
 /// The `[api]` table of an agent on `port` whose mutating routes take the
 /// token `m41nt-t0ken` (from a 0600 file in `dir`).
-fn api_with_token(dir: &Path, port: u16) -> String {
+pub(crate) fn api_with_token(dir: &Path, port: u16) -> String {
     let token = write_file(dir, "token", "m41nt-t0ken\n");
     std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     format!(
@@ -332,7 +332,7 @@ fn a_guard_turning_unhealthy_stops_the_run_between_batches() {
 }
 
 /// POST over the socket with the test token.
-fn post(port: u16, path: &str) -> crate::util::Answer {
+pub(crate) fn post(port: u16, path: &str) -> crate::util::Answer {
     request(
         port,
         &format!(
@@ -342,7 +342,7 @@ fn post(port: u16, path: &str) -> crate::util::Answer {
     .expect("the agent answers")
 }
 
-fn wait_status(port: u16, run: i64, want: &str) -> Value {
+pub(crate) fn wait_status(port: u16, run: i64, want: &str) -> Value {
     let end = Instant::now() + Duration::from_secs(60);
     loop {
         let (code, body) = get(port, &format!("/api/v1/maintenance/runs/{run}")).unwrap();

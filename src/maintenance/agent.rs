@@ -331,11 +331,13 @@ impl Maintenance {
     }
 
     /// Starts the rollback of run `run_id` in the background, once the
-    /// ledger says there is something to roll back.
+    /// ledger says there is something to roll back; `force` as in
+    /// `Runner::rollback_forced`.
     pub async fn start_rollback(
         self: &Arc<Self>,
         run_id: i64,
         trigger: Trigger,
+        force: bool,
     ) -> Result<(), RunError> {
         let dir = self.data_dir.clone();
         let row = tokio::task::spawn_blocking(move || -> Result<_, RunError> {
@@ -377,7 +379,7 @@ impl Maintenance {
         }
         let runner = self.runner();
         self.runs.spawn(async move {
-            match runner.rollback(run_id, trigger).await {
+            match runner.rollback_forced(run_id, trigger, force).await {
                 Ok(f) => tracing::info!(run_id, status = %f.status, "maintenance rollback ended"),
                 Err(e) => tracing::warn!(run_id, "maintenance rollback failed: {e}"),
             }

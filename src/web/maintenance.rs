@@ -2,8 +2,9 @@
 //! next start, window, auto choice, last run), `GET
 //! /api/v1/maintenance/runs[/ID]` (the ledger), and, with the bearer token,
 //! `POST /api/v1/maintenance/NAME/run` and `POST
-//! /api/v1/maintenance/runs/ID/rollback` (both start in the background and
-//! answer 202 with the run's id).
+//! /api/v1/maintenance/runs/ID/rollback[?force=true]` (both start in the
+//! background and answer 202 with the run's id; `force` as the CLI's
+//! `rollback --force`: what was written since the run is replaced).
 
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -160,11 +161,14 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
     let s = state;
     let rollback = warp::path!("api" / "v1" / "maintenance" / "runs" / String / "rollback")
         .and(warp::post())
-        .and(super::params(&[]))
+        .and(super::params(&["force"]))
         .and(warp::header::optional::<String>("authorization"))
         .and(super::body())
         .then(
-            move |id: String, _, auth: Option<String>, _body: bytes::Bytes| {
+            move |id: String,
+                  params: std::collections::BTreeMap<String, String>,
+                  auth: Option<String>,
+                  _body: bytes::Bytes| {
                 let s = s.clone();
                 async move {
                     if let Err(e) = s.authorized(auth.as_deref()) {
@@ -174,10 +178,14 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
                         Ok(id) => id,
                         Err(e) => return e.into_response(),
                     };
+                    let force = match force_param(params.get("force").map(String::as_str)) {
+                        Ok(f) => f,
+                        Err(e) => return e.into_response(),
+                    };
                     let Some(m) = s.maintenance.clone() else {
                         return unavailable().into_response();
                     };
-                    match m.start_rollback(id, Trigger::Api).await {
+                    match m.start_rollback(id, Trigger::Api, force).await {
                         Ok(()) => accepted(id, "rollback started"),
                         Err(e) => run_error(e).into_response(),
                     }
@@ -193,6 +201,18 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .or(rollback)
         .unify()
         .boxed()
+}
+
+/// `force=true|false` (absent: false); any other value is refused by name.
+fn force_param(v: Option<&str>) -> Result<bool, ApiError> {
+    match v.map(str::trim) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "`force`: `{}` is not true or false",
+            other.chars().take(64).collect::<String>()
+        ))),
+    }
 }
 
 fn accepted(id: i64, what: &str) -> Response {

@@ -1,16 +1,15 @@
 //! The plan and the validation of a `redis_cleanup` run, the two full
 //! SCAN passes around the batches: `plan_with` refuses what cannot be
 //! done (cluster mode, an idle filter under an LFU policy, a backup over
-//! budget), counts and fingerprints the matching keys and samples their
-//! size; `validate_with` looks for planned keys left and checks the backup
+//! budget), filters the matching keys, reads their size and fingerprints
+//! their values, a SCAN page at a time in pipelines (`wire`); `validate_with` looks for planned keys left and checks the backup
 //! file against the keys removed.
 
 use std::collections::{HashMap, VecDeque};
 
-use ::redis::Value;
 use serde_json::json;
 
-use super::{CleanupTask, Counts, Run, SAMPLE_KEYS, State, dump_file, hex_fp, key_hash, scripts};
+use super::{CleanupTask, Counts, Entry, Run, State, dump_file, key_hash, wire};
 use crate::fmt::{bytes, count};
 use crate::maintenance::{Plan, TaskError, Verdict};
 
@@ -20,40 +19,43 @@ impl CleanupTask {
         self.refuse_lfu().await?;
         let c = self.config.clone();
         let fingerprints = c.idle_longer_than.is_none();
-        let filter_args = |sample: bool| {
-            vec![
-                c.types.join(","),
-                if c.without_ttl { "1" } else { "0" }.to_string(),
-                c.idle_longer_than
-                    .map(|d| d.as_secs() as i64)
-                    .unwrap_or(-1)
-                    .to_string(),
-                c.larger_than.map(|b| b as i64).unwrap_or(-1).to_string(),
-                if fingerprints { "1" } else { "0" }.to_string(),
-                if sample { "1" } else { "0" }.to_string(),
-            ]
+        let filters = wire::Filters {
+            types: c.types.clone(),
+            without_ttl: c.without_ttl,
+            idle: c.idle_longer_than.map(|d| d.as_secs()),
+            larger_than: c.larger_than,
         };
         let mut planned = HashMap::new();
-        let (mut cursor, mut page_no) = (0u64, 0u64);
+        let mut cursor = 0u64;
         let (mut sampled, mut sampled_bytes) = (0u64, 0u64);
         loop {
             let (next, keys) = self.scan_page(cursor, c.batch_size).await?;
-            if !keys.is_empty() {
-                let sample = sampled < SAMPLE_KEYS || page_no.is_multiple_of(10);
-                page_no += 1;
-                let cmd = Self::eval(scripts::PLAN, &keys, &filter_args(sample));
-                let out: Vec<Value> = self.query("plan script", &cmd).await?;
-                for (k, v) in keys.iter().zip(out) {
-                    if let Value::Array(parts) = v {
-                        let fp = parts.first().and_then(hex_fp).unwrap_or(0);
-                        if let Some(Value::Int(mem)) = parts.get(1)
-                            && *mem >= 0
-                        {
-                            sampled += 1;
-                            sampled_bytes += *mem as u64;
-                        }
-                        planned.insert(key_hash(k), (fp, State::Planned));
+            let mut passing: Vec<(Vec<u8>, u64)> = Vec::new();
+            for part in keys.chunks(wire::PIPE_KEYS) {
+                let answers = self
+                    .pipe("plan filters", &wire::filter_pipe(&filters, part))
+                    .await?;
+                let verdicts = wire::filter_answers(&filters, part.len(), &answers)
+                    .map_err(|e| TaskError::failed(format!("{}: {e}", self.server())))?;
+                for (k, v) in part.iter().zip(verdicts) {
+                    if let wire::Verdict::In(mem) = v {
+                        sampled += 1;
+                        sampled_bytes += mem;
+                        passing.push((k.clone(), mem));
                     }
+                }
+            }
+            if fingerprints {
+                self.fingerprint_page(&passing, &mut planned).await?;
+            } else {
+                // A DUMP would reset the idle times the filter reads.
+                for (k, mem) in &passing {
+                    let entry = Entry {
+                        fp: 0,
+                        size: *mem,
+                        state: State::Planned,
+                    };
+                    planned.insert(key_hash(k), entry);
                 }
             }
             cursor = next;
@@ -94,7 +96,7 @@ impl CleanupTask {
             )
         } else {
             format!(
-                "remove {} keys matching `{}`{filters} of {server}, about {} (estimated from the MEMORY USAGE of {} sampled keys), with UNLINK in about {} batches of {}, {saved}",
+                "remove {} keys matching `{}`{filters} of {server}, about {} (the MEMORY USAGE of each of {} keys, sampled within aggregates), with UNLINK in about {} batches of {}, {saved}",
                 count(keys),
                 c.pattern,
                 bytes(estimate as f64),
@@ -135,6 +137,36 @@ impl CleanupTask {
         })
     }
 
+    /// Dumps the keys of a page that passed the filters, in pipelines of at
+    /// most [`super::DUMP_CAP`] bytes, and plans each with the fingerprint
+    /// of its value. A key gone since the filters is not planned.
+    async fn fingerprint_page(
+        &mut self,
+        passing: &[(Vec<u8>, u64)],
+        planned: &mut HashMap<u64, Entry>,
+    ) -> Result<(), TaskError> {
+        let sizes: Vec<u64> = passing.iter().map(|(_, m)| *m).collect();
+        for r in wire::chunks(&sizes) {
+            let part: Vec<Vec<u8>> = passing[r.clone()].iter().map(|(k, _)| k.clone()).collect();
+            let answers = self
+                .pipe("plan dumps", &wire::dump_pipe(&part, false))
+                .await?;
+            let dumped = wire::dump_answers(part.len(), None, &answers)
+                .map_err(|e| TaskError::failed(format!("{}: {e}", self.server())))?;
+            for ((k, mem), d) in passing[r].iter().zip(dumped) {
+                if let wire::Dumped::Value { dump, .. } = d {
+                    let entry = Entry {
+                        fp: wire::fingerprint(dump),
+                        size: (*mem).max(dump.len() as u64),
+                        state: State::Planned,
+                    };
+                    planned.insert(key_hash(k), entry);
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(super) async fn validate_with(&mut self) -> Result<Verdict, TaskError> {
         let mut cursor = 0u64;
         let (mut left, mut again) = (0u64, 0u64);
@@ -142,7 +174,7 @@ impl CleanupTask {
             let (next, keys) = self.scan_page(cursor, self.config.batch_size).await?;
             let run = self.run.as_ref().expect("a run");
             for k in &keys {
-                match run.planned.get(&key_hash(k)).map(|e| e.1) {
+                match run.planned.get(&key_hash(k)).map(|e| e.state) {
                     Some(State::Planned | State::Queued | State::Unseen) => left += 1,
                     Some(State::Removed) => again += 1,
                     _ => {}
@@ -169,7 +201,7 @@ impl CleanupTask {
         };
         let backup_ok = saved.is_none_or(|s| s == counts.removed);
         let ok = left == 0 && backup_ok;
-        let skipped = counts.changed + counts.vanished + counts.used + counts.ttl_changed;
+        let skipped = counts.changed + counts.vanished + counts.used + counts.busy;
         let mut detail = format!(
             "{} keys removed, {} skipped (changed, vanished or used since the plan); {left} planned keys left",
             count(counts.removed),

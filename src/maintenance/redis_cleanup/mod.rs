@@ -1,16 +1,21 @@
 //! `kind = "redis_cleanup"`: removes the keys of one Redis database that
 //! match a `SCAN MATCH` glob and the optional filters (type, no expiry,
 //! idle time, size), a batch at a time, so that the application does not
-//! feel it. The plan is a paced SCAN pass that fingerprints each matching
-//! key's value (`scripts::PLAN`) and samples sizes; a batch finds planned
-//! keys with SCAN, dumps those whose value is still the planned one
-//! (`scripts::DUMP`), writes each `DUMP` with its expiry to the backup
-//! file and fsyncs it (`dump_file`), and only then unlinks, in one Lua
-//! script, the keys whose value is still the dumped one
-//! (`scripts::REMOVE`): a key the application rewrote or that vanished on
-//! the way is skipped and counted, never guessed. Rollback (`restore.rs`)
-//! `RESTORE`s every removed key with the time it had left to live.
-//! Plan and validation are in `check.rs`, a batch in `batch.rs`; this file
+//! feel it. The plan is a paced SCAN pass that filters the matching keys,
+//! reads each one's `MEMORY USAGE` and fingerprints its value (the hash of
+//! its `DUMP`, taken on the client). A batch `WATCH`es its planned keys,
+//! dumps them in pipelines, leaves out those whose value is no longer the
+//! planned one, writes each `DUMP` with its expiry to the backup file and
+//! fsyncs it (`dump_file`), and only then removes the rest in
+//! `MULTI`/`UNLINK`/`EXEC`, which the server refuses as a whole if any
+//! watched key was written since the `WATCH`; the batch is then done again.
+//! A key the application rewrote or that vanished on the way is skipped and
+//! counted, never guessed. No Lua: the server serialises each value once per
+//! pass, hashes nothing, and serves the application between the pipelined
+//! commands; the only atomic step is one short `UNLINK`.
+//! Rollback (`restore.rs`) `RESTORE`s every removed key with the time it
+//! had left to live. Plan and validation are in `check.rs`, a batch in
+//! `batch.rs`, the commands and their answers in `wire.rs`; this file
 //! holds the config, the run's state and the `Task` impl. Connections come
 //! from `crate::clients::redis` through the redis probe.
 
@@ -18,7 +23,7 @@ mod batch;
 mod check;
 mod dump_file;
 mod restore;
-mod scripts;
+mod wire;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -88,14 +93,15 @@ fn yes() -> bool {
 pub const MAX_BATCH: u64 = 10_000;
 /// The types `types` may name (`TYPE`'s answers).
 pub const TYPES: &[&str] = &["string", "list", "set", "zset", "hash", "stream"];
-/// Dump bytes one call of the dump script gathers before it stops (one
-/// larger value is taken alone): what a batch holds in memory at most,
-/// beside that one value.
+/// Bytes of values one pipeline of dumps asks for at most (by the sizes the
+/// plan read; one larger value is asked alone): what a plan page or a
+/// batch holds in memory at most, beside that one value.
 pub const DUMP_CAP: u64 = 8 << 20;
+/// Times a batch is done again after its `EXEC` was refused (a watched key
+/// written meanwhile) before its keys are left alone as busy.
+const MAX_ATTEMPTS: u32 = 5;
 /// Bound on every command's answer (a 100 MB `DUMP` included).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Keys whose size the plan samples at least (then one page in ten).
-const SAMPLE_KEYS: u64 = 1000;
 
 impl TaskKind for CleanupConfig {
     fn probe(&self) -> Option<&str> {
@@ -203,14 +209,27 @@ struct Counts {
     changed: u64,
     /// Used since the plan (no longer idle long enough).
     used: u64,
-    /// Given or cleared an expiry between dump and removal.
-    ttl_changed: u64,
+    /// Written by the application while their batch was done again and
+    /// again ([`MAX_ATTEMPTS`] refused `EXEC`s): left alone.
+    busy: u64,
+    /// Batches done again because a watched key was written meanwhile.
+    retries: u64,
 }
 
-/// A run in progress: the planned keys (by hash of the name: 24 bytes a key
+/// A planned key: the fingerprint of its value (0 when the plan took none),
+/// its size as the plan read it (`MEMORY USAGE`, or the dump's length if
+/// larger), and where it stands.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    fp: u64,
+    size: u64,
+    state: State,
+}
+
+/// A run in progress: the planned keys (by hash of the name: 32 bytes a key
 /// whatever its length) with the fingerprint of their value, and the SCAN.
 struct Run {
-    planned: HashMap<u64, (u64, State)>,
+    planned: HashMap<u64, Entry>,
     fingerprints: bool,
     cursor: u64,
     scan_done: bool,
@@ -239,6 +258,11 @@ pub struct CleanupTask {
     redis: RedisConfig,
     /// Dropped after any failed command: the next step reconnects.
     conn: Option<MultiplexedConnection>,
+    /// One connection per `WATCH` group of a batch past the first
+    /// (`batch::WATCH_GROUP`): a client's watched keys are checked one by
+    /// one against each new one, so a batch watches in small groups, each
+    /// on its own connection. Dropped with `conn`.
+    watchers: Vec<MultiplexedConnection>,
     run: Option<Run>,
     /// Rollback replaces keys that exist again.
     force: bool,
@@ -251,6 +275,7 @@ impl CleanupTask {
             config: config.clone(),
             redis: redis.clone(),
             conn: None,
+            watchers: Vec::new(),
             run: None,
             force: false,
         }
@@ -301,6 +326,57 @@ impl CleanupTask {
             Err(e) => {
                 if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
                     self.conn = None;
+                    self.watchers.clear();
+                }
+                Err(TaskError::failed(format!("{}: {what}: {e}", self.server())))
+            }
+        }
+    }
+
+    /// Runs a pipeline; its answers in order. A failure as in `query`.
+    async fn pipe(
+        &mut self,
+        what: &str,
+        pipe: &::redis::Pipeline,
+    ) -> Result<Vec<Value>, TaskError> {
+        self.pipe_on(0, what, pipe).await
+    }
+
+    /// Connection `i`: 0 is `conn`, the others are `watchers`, opened as
+    /// needed.
+    async fn conn_at(&mut self, i: usize) -> Result<MultiplexedConnection, TaskError> {
+        let mut c = self.conn().await?;
+        while self.watchers.len() < i {
+            c = self
+                .redis
+                .connection()
+                .connect(RESPONSE_TIMEOUT)
+                .await
+                .map_err(|e| TaskError::failed(format!("{}: {e}", self.server())))?;
+            self.watchers.push(c.clone());
+        }
+        Ok(if i == 0 {
+            c
+        } else {
+            self.watchers[i - 1].clone()
+        })
+    }
+
+    /// Runs a pipeline on connection `i` (`conn_at`). A failure drops
+    /// every connection (and so every watch) and names the server.
+    async fn pipe_on(
+        &mut self,
+        i: usize,
+        what: &str,
+        pipe: &::redis::Pipeline,
+    ) -> Result<Vec<Value>, TaskError> {
+        let mut c = self.conn_at(i).await?;
+        match pipe.query_async::<Vec<Value>>(&mut c).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                    self.conn = None;
+                    self.watchers.clear();
                 }
                 Err(TaskError::failed(format!("{}: {what}: {e}", self.server())))
             }
@@ -350,18 +426,6 @@ impl CleanupTask {
             });
         }
         Ok(())
-    }
-
-    fn eval(script: &str, keys: &[Vec<u8>], args: &[String]) -> ::redis::Cmd {
-        let mut cmd = ::redis::cmd("EVAL");
-        cmd.arg(script).arg(keys.len());
-        for k in keys {
-            cmd.arg(k.as_slice());
-        }
-        for a in args {
-            cmd.arg(a.as_str());
-        }
-        cmd
     }
 
     async fn scan_page(
@@ -423,14 +487,6 @@ pub fn redis_figures(info: &crate::probes::redis::Info, db: u32) -> serde_json::
         "keys": keys,
         "db": db,
     })
-}
-
-/// A 16-hex-digit fingerprint as the scripts return it.
-fn hex_fp(v: &Value) -> Option<u64> {
-    match v {
-        Value::BulkString(b) => u64::from_str_radix(std::str::from_utf8(b).ok()?, 16).ok(),
-        _ => None,
-    }
 }
 
 impl Task for CleanupTask {

@@ -3,7 +3,10 @@
 //! its `cap` most counted paths (a path seen rarely may be dropped and its
 //! count start again: the counts are a lower bound, exact for paths that
 //! stay among the most requested). Used by the `cache_warmup` task's
-//! `from_access_log`; the pure line reader `get_path` is tested here.
+//! `from_access_log` over the probe's files when the warm-up plans, not
+//! kept by the running probe: the files cover the whole window whatever
+//! the agent's uptime, and the map lives only for the plan. The pure line
+//! reader `get_path` is tested here.
 
 use std::collections::HashMap;
 use std::io::BufRead;
