@@ -149,6 +149,8 @@ ledger_enum! {
         Note = "note",
         /// The run's backup was removed by the backup budget.
         Prune = "prune",
+        /// Pacing changed the batch size and pause, with the reason.
+        Pacing = "pacing",
     }
 }
 
