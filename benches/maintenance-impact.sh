@@ -276,7 +276,7 @@ one_run() {
     report baseline "baseline-$r" "$a0" "$a1"
     base_tps=$last_tps
     base_p99=$last_p99
-    spread=$(awk -v a="$p99a" -v b="$p99b" 'BEGIN { lo = a < b ? a : b; hi = a < b ? b : a; printf "%.0f", lo > 0 ? 100 * (hi - lo) / lo : 999 }')
+    spread=$(awk -v a="$p99a" -v b="$p99b" 'BEGIN { lo = a < b ? a : b; hi = a < b ? b : a; printf "%.0f", (lo > 0 ? 100 * (hi - lo) / lo : 999) }')
     if [ "$spread" -gt 30 ]; then
         echo "noisy: baselines differ by ${spread}% in p99 ($p99a vs $p99b ms); this run is not judged"
         judged=noisy
@@ -345,9 +345,9 @@ for i, s in enumerate(changes):
             print(f"#     ... {len(changes) - 15} more ...")
         continue
     print(f"#     {s['detail']}")
-for s in pacing:
-    if s not in changes:
-        print(f"#   pacing summary: {s['detail']}")
+for s in steps:
+    if s["step"] == "summary":
+        print(f"#   summary: {s['detail']}")
 for s in steps:
     if s["step"] in ("pause", "abort", "error", "note"):
         print(f"#   {s['step']}: {s['detail']}")

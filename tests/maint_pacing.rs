@@ -362,3 +362,97 @@ fn batch_target_and_max_duty_out_of_range_are_refused_naming_the_field() {
         assert_eq!(o.status.code(), Some(0), "{line}: {}", stderr(&o));
     }
 }
+
+/// The probe's write check and wait counts, on the real server: the table
+/// exists only with the option, stays empty, and a session blocked on a
+/// row lock is counted as waiting on a `Lock`.
+#[tokio::test]
+async fn the_write_check_times_a_flushed_commit_and_waiting_sessions_are_counted() {
+    use upkeep::probes::Probe;
+    use upkeep::probes::postgres::{PostgresConfig, PostgresProbe};
+
+    let db = Db::new(10);
+    let probe = |extra: &str| {
+        let c: PostgresConfig = toml::from_str(&format!(
+            "conninfo = \"host=127.0.0.1 port=5432 dbname={}\"\nuser = \"postgres\"\n{extra}",
+            db.0
+        ))
+        .unwrap();
+        PostgresProbe::new(&c, Duration::from_secs(5))
+    };
+    let table = || {
+        psql_in(
+            &db.0,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'upkeep_write_check'",
+        )
+    };
+    let value = |rs: &[upkeep::sample::Reading], m: &str, label: Option<&str>| {
+        rs.iter()
+            .find(|r| r.metric == m && label.is_none_or(|l| r.labels.iter().any(|(_, v)| v == l)))
+            .map(|r| r.value)
+    };
+
+    let mut plain = probe("");
+    let rs = plain.sample().await.unwrap();
+    assert_eq!(
+        value(&rs, "commit_seconds", None),
+        None,
+        "no write check unless asked"
+    );
+    assert_eq!(table(), "0", "no table unless asked");
+    for wait in ["Lock", "LWLock", "IO"] {
+        assert!(
+            value(&rs, "backends_waiting", Some(wait)).is_some(),
+            "{wait}: {rs:?}"
+        );
+    }
+
+    let mut writing = probe("write_check = true");
+    for _ in 0..3 {
+        let rs = writing.sample().await.unwrap();
+        let commit = value(&rs, "commit_seconds", None).expect("commit_seconds");
+        assert!(commit > 0.0 && commit < 5.0, "{commit}");
+    }
+    assert_eq!(table(), "1");
+    assert_eq!(
+        psql_in(&db.0, "SELECT count(*) FROM upkeep_write_check"),
+        "0"
+    );
+
+    // One session holds a row lock, another waits for it.
+    let connect = || async {
+        let (c, conn) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port=5432 user=postgres dbname={}", db.0),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        c
+    };
+    let holder = connect().await;
+    holder
+        .batch_execute("BEGIN; UPDATE hot SET n = n + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    let waiter = connect().await;
+    let blocked = tokio::spawn(async move {
+        waiter
+            .batch_execute("UPDATE hot SET n = n + 1 WHERE id = 1")
+            .await
+    });
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rs = plain.sample().await.unwrap();
+        if value(&rs, "backends_waiting", Some("Lock")).unwrap_or(0.0) >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the blocked session was never counted: {rs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    holder.batch_execute("COMMIT").await.unwrap();
+    blocked.await.unwrap().unwrap();
+}

@@ -30,8 +30,7 @@ pub const MAX_STEPS: i64 = 500;
 /// the end.
 const CLOSING_STEPS: i64 = 8;
 /// Places before those kept for pacing steps, so that a long run's last
-/// pacing change and its pacing summary are itemized after its batches
-/// no longer are.
+/// pacing changes are itemized after its batches no longer are.
 const PACING_STEPS: i64 = 2;
 /// Longest detail text of a step, and error text of a run, in bytes.
 pub const MAX_DETAIL_BYTES: usize = 256;
@@ -155,6 +154,9 @@ ledger_enum! {
         Prune = "prune",
         /// Pacing changed the batch size and pause, with the reason.
         Pacing = "pacing",
+        /// What the batches came to: pacing changes, the last size and
+        /// pause, the backends seen waiting.
+        Summary = "summary",
     }
 }
 
@@ -171,7 +173,7 @@ impl Step {
     fn closing(self) -> bool {
         matches!(
             self,
-            Step::Validate | Step::Rollback | Step::End | Step::Error | Step::Prune
+            Step::Validate | Step::Rollback | Step::End | Step::Error | Step::Prune | Step::Summary
         )
     }
 }

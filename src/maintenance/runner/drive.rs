@@ -316,6 +316,10 @@ impl Drive<'_> {
         // over the run.
         let (mut waits, mut run_waits) = (Waits::new(), Waits::new());
         let (mut backs, mut recovers) = (0u32, 0u32);
+        // The guard's check is part of the pause: checked right after a
+        // batch, the signal also sees what the batch left behind (WAL
+        // being written out), and the duty budget counts the check.
+        let mut paused_from: Option<Instant> = None;
         loop {
             if let Some(why) = self.stop_reason(window_close) {
                 return Err(Stop::aborted(why));
@@ -358,6 +362,13 @@ impl Drive<'_> {
                 }
                 GuardState::Healthy { signal: None } => {}
             }
+            if let Some(from) = paused_from.take() {
+                self.sleep(pacing.pause.saturating_sub(from.elapsed()))
+                    .await;
+                if let Some(why) = self.stop_reason(window_close) {
+                    return Err(Stop::aborted(why));
+                }
+            }
             batch_no += 1;
             let (done, units, took) = self
                 .batch(task, plan, batch_no, &pacing, guard, &mut waits)
@@ -376,11 +387,11 @@ impl Drive<'_> {
                     waits_text(&run_waits)
                 );
                 self.book
-                    .step(self.run_id, Step::Pacing, None, None, summary)
+                    .step(self.run_id, Step::Summary, None, None, summary)
                     .await?;
                 return Ok(());
             }
-            self.sleep(pacing.pause).await;
+            paused_from = Some(Instant::now());
         }
     }
 
