@@ -172,3 +172,65 @@ impl Guard {
         (worst, signals)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::Unit;
+
+    fn secs(m: &str, v: f64) -> Reading {
+        Reading::new(m, v, Unit::Seconds)
+    }
+
+    #[test]
+    fn the_signal_is_the_kind_s_pacing_reading_else_its_latency_else_the_check() {
+        let took = Duration::from_millis(7);
+        let pg = [secs("query_seconds", 0.001), secs("commit_seconds", 0.004)];
+        assert_eq!(
+            signal_of("postgres", &pg, took),
+            ("commit_seconds".into(), Duration::from_millis(4))
+        );
+        assert_eq!(
+            signal_of("postgres", &pg[..1], took),
+            ("query_seconds".into(), Duration::from_millis(1))
+        );
+        let log = [
+            secs("latency_p50_seconds", 0.01),
+            secs("latency_p99_seconds", 0.2),
+        ];
+        assert_eq!(
+            signal_of("access_log", &log, took),
+            ("latency_p99_seconds".into(), Duration::from_millis(200))
+        );
+        let http = [secs("response_seconds", 0.03)];
+        assert_eq!(
+            signal_of("http", &http, took),
+            ("response_seconds".into(), Duration::from_millis(30))
+        );
+        assert_eq!(signal_of("host", &[], took), ("check".into(), took));
+        // A labelled reading of the same name is not the signal.
+        let labelled = [secs("commit_seconds", 0.5).with_label("db", "x")];
+        assert_eq!(
+            signal_of("postgres", &labelled, took),
+            ("check".into(), took)
+        );
+    }
+
+    #[test]
+    fn waits_add_up_by_wait_event_type() {
+        let mut w = Waits::new();
+        let tick = |lock: f64, io: f64| {
+            vec![
+                Reading::new("backends_waiting", lock, Unit::Count).with_label("wait", "Lock"),
+                Reading::new("backends_waiting", io, Unit::Count).with_label("wait", "IO"),
+                Reading::new("connections", 9.0, Unit::Count).with_label("state", "active"),
+            ]
+        };
+        add_waits(&mut w, &tick(2.0, 0.0));
+        add_waits(&mut w, &tick(1.0, 3.0));
+        assert_eq!(
+            w.into_iter().collect::<Vec<_>>(),
+            [("IO".to_string(), 3), ("Lock".to_string(), 3)]
+        );
+    }
+}
