@@ -380,9 +380,9 @@ impl Drive<'_> {
             if done {
                 let summary = format!(
                     "{batch_no} batches; {backs} back-offs, {recovers} recoveries; \
-                     at the end size {}, pause {:?}, share {:.3}; over the run {}",
+                     at the end size {}, pause {:.1}ms, share {:.3}; over the run {}",
                     pacing.size,
-                    pacing.pause,
+                    pacing.pause.as_secs_f64() * 1000.0,
                     pacing.share(),
                     waits_text(&run_waits)
                 );
