@@ -12,6 +12,7 @@ mod maint_backup;
 mod maint_config_backup;
 mod maint_files;
 mod maint_logs;
+mod maint_pacing;
 mod maint_postgres;
 mod maint_redis;
 mod maint_runner;

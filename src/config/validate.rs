@@ -288,6 +288,9 @@ impl Config {
                     bad(&["maintenance", n, "after"], msg);
                 }
             }
+            for (field, msg) in m.common().validate_pacing() {
+                bad(&["maintenance", n, field], msg);
+            }
             for (field, msg) in crate::maintenance::schedule::validate(&m.common()) {
                 bad(&["maintenance", n, field], msg);
             }

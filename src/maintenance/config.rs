@@ -49,6 +49,14 @@ macro_rules! task_config {
             /// Bytes this task's backups may take; unset: `[maintenance] max_backup_bytes`.
             #[serde(default)]
             pub max_backup_bytes: Option<u64>,
+            /// How long one batch should take; the batch size follows the
+            /// measured units per millisecond. 1ms to 1s.
+            #[serde(default, with = "humantime_serde")]
+            pub batch_target: Option<std::time::Duration>,
+            /// The most of wall time batches may take (0 < x <= 1); the
+            /// pause follows from it.
+            #[serde(default)]
+            pub max_duty: Option<f64>,
             $($(#[$fm])* pub $f: $t,)*
         }
         impl $name {
@@ -63,6 +71,8 @@ macro_rules! task_config {
                     timeout: self.timeout,
                     keep_backups: self.keep_backups,
                     max_backup_bytes: self.max_backup_bytes,
+                    batch_target: self.batch_target,
+                    max_duty: self.max_duty,
                 }
             }
         }
@@ -81,10 +91,50 @@ pub struct TaskCommon<'a> {
     pub timeout: Option<Duration>,
     pub keep_backups: Option<Duration>,
     pub max_backup_bytes: Option<u64>,
+    pub batch_target: Option<Duration>,
+    pub max_duty: Option<f64>,
 }
 
 /// Default longest run.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Default `batch_target`: short enough that an application transaction
+/// caught behind a batch waits a few milliseconds at most.
+pub const DEFAULT_BATCH_TARGET: Duration = Duration::from_millis(5);
+/// Default `max_duty`: batches take at most a fifth of wall time.
+pub const DEFAULT_MAX_DUTY: f64 = 0.2;
+/// The range of `batch_target`: under 1ms a batch is mostly its fixed
+/// costs; over 1s it is the long transaction batching exists to avoid.
+pub const BATCH_TARGET_RANGE: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_secs(1));
+
+impl TaskCommon<'_> {
+    /// Problems of `batch_target` and `max_duty`, as (field, message).
+    pub fn validate_pacing(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let (lo, hi) = BATCH_TARGET_RANGE;
+        if let Some(t) = self.batch_target
+            && !(lo..=hi).contains(&t)
+        {
+            out.push((
+                "batch_target",
+                format!(
+                    "{} is out of range: must be from 1ms to 1s",
+                    humantime::format_duration(t)
+                ),
+            ));
+        }
+        if let Some(d) = self.max_duty
+            && !(d > 0.0 && d <= 1.0)
+        {
+            out.push((
+                "max_duty",
+                format!("{d} is out of range: must be greater than 0 and at most 1"),
+            ));
+        }
+        out
+    }
+}
 
 /// The probe configs a task may refer to, by name.
 pub type Probes = BTreeMap<String, ProbeConfig>;
@@ -306,6 +356,18 @@ impl TaskConfig {
     /// Pause between batches the run starts with.
     pub fn pause(&self) -> Duration {
         self.facts().pause()
+    }
+
+    /// What the run's pacing starts from: the kind's batch size (the
+    /// most) and pause (the least), the task's target and duty budget.
+    pub fn pacing(&self) -> crate::maintenance::runner::pacing::Settings {
+        let c = self.common();
+        crate::maintenance::runner::pacing::Settings {
+            max_size: self.batch_size(),
+            min_pause: self.pause(),
+            batch_target: c.batch_target.unwrap_or(DEFAULT_BATCH_TARGET),
+            max_duty: c.max_duty.unwrap_or(DEFAULT_MAX_DUTY),
+        }
     }
 
     /// The `disk_pressure` trigger: ratio and watched directories.

@@ -41,10 +41,12 @@ crate::task_config! {
         /// Rows older than this (before now − older_than) are deleted.
         #[serde(with = "humantime_serde")]
         pub older_than: Duration,
-        /// Rows per batch (each batch one transaction).
+        /// The most rows per batch (each batch one transaction); pacing
+        /// sizes batches under it.
         #[serde(default = "default_batch_size")]
         pub batch_size: u64,
-        /// Pause between batches.
+        /// The shortest pause between batches; pacing derives the pause
+        /// from `max_duty`.
         #[serde(default = "default_pause", with = "humantime_serde")]
         pub pause: Duration,
         /// Archive into this table (`name`, in the table's schema, or
@@ -68,8 +70,9 @@ crate::task_config! {
 fn default_batch_size() -> u64 {
     5000
 }
+/// None: the pause follows from `max_duty`.
 fn default_pause() -> Duration {
-    Duration::from_millis(50)
+    Duration::ZERO
 }
 fn default_lock_timeout() -> Duration {
     Duration::from_secs(2)
@@ -563,7 +566,7 @@ mod tests {
     fn defaults_are_valid() {
         let c = config("");
         assert_eq!(c.batch_size, 5000);
-        assert_eq!(c.pause, Duration::from_millis(50));
+        assert_eq!(c.pause, Duration::ZERO, "the pause follows from max_duty");
         assert_eq!(c.lock_timeout, Duration::from_secs(2));
         assert_eq!(c.statement_timeout, Duration::from_secs(30));
         assert_eq!(c.archive_table, None);

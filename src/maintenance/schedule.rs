@@ -471,6 +471,8 @@ mod tests {
             timeout: None,
             keep_backups: None,
             max_backup_bytes: None,
+            batch_target: None,
+            max_duty: None,
         }
     }
 

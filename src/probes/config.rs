@@ -142,6 +142,11 @@ pub trait KindFacts {
     /// seconds. `None`: the kind has no such reading, and the check's own
     /// duration stands in for it.
     const LATENCY: Option<&'static str>;
+    /// The unlabelled readings (seconds) that maintenance pacing compares
+    /// with their pre-run baseline, the first present wins: what the
+    /// application's own requests wait for. Empty: `LATENCY`, else the
+    /// check's duration.
+    const PACING: &'static [&'static str] = &[];
 }
 
 /// A kind configured under `[probe.NAME]`: its defaults and how it is
@@ -206,6 +211,14 @@ macro_rules! probe_kinds {
                 match self {
                     $(ProbeKind::$bv => <$bty as KindFacts>::LATENCY,)*
                     $(ProbeKind::$cv => <$cty as KindFacts>::LATENCY,)*
+                }
+            }
+
+            /// See `KindFacts::PACING`.
+            pub const fn pacing_metrics(self) -> &'static [&'static str] {
+                match self {
+                    $(ProbeKind::$bv => <$bty as KindFacts>::PACING,)*
+                    $(ProbeKind::$cv => <$cty as KindFacts>::PACING,)*
                 }
             }
 

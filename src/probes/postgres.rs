@@ -45,6 +45,12 @@ probe_config! {
         /// Server-side limit of every statement; unset: the probe's timeout.
         #[serde(default, with = "humantime_serde")]
         pub statement_timeout: Option<Duration>,
+        /// Also time a commit that waits for a WAL flush, as the
+        /// application's writes do (`commit_seconds`): a one-row insert and
+        /// delete on `upkeep_write_check`, a table of one column the probe
+        /// creates in the database when this is on (and only then).
+        #[serde(default)]
+        pub write_check: bool,
     }
 }
 
@@ -119,6 +125,25 @@ const ACTIVITY_SQL: &str = "SELECT coalesce(state, 'unknown'), count(*), \
     extract(epoch FROM now() - min(xact_start) FILTER (WHERE pid <> pg_backend_pid()))::float8 \
     FROM pg_stat_activity WHERE backend_type = 'client backend' GROUP BY 1";
 
+/// Other client backends that wait, by wait event type: what limits the
+/// application when maintenance runs (a lock, a buffer or WAL lock, I/O).
+/// The probe's own session is left out.
+const WAITS_SQL: &str = "SELECT count(*) FILTER (WHERE wait_event_type = 'Lock'), \
+    count(*) FILTER (WHERE wait_event_type = 'LWLock'), \
+    count(*) FILTER (WHERE wait_event_type = 'IO') \
+    FROM pg_stat_activity WHERE backend_type = 'client backend' AND state = 'active' \
+    AND pid <> pg_backend_pid()";
+
+/// The write check's table. A transaction that only takes an xid
+/// (`txid_current()`) writes no WAL before its commit record, and
+/// PostgreSQL commits such a transaction asynchronously, without a flush
+/// (`RecordTransactionCommit`: `wrote_xlog` is false). A row inserted and
+/// deleted is WAL, so the commit waits for the flush as an application's
+/// write does; the table stays empty.
+const WRITE_TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS upkeep_write_check (at timestamptz)";
+const WRITE_SQL: &str = "BEGIN; INSERT INTO upkeep_write_check VALUES (now()); \
+    DELETE FROM upkeep_write_check; COMMIT";
+
 /// Names resolve through the session's search_path; a name that does not
 /// resolve to a table yields a row of NULLs.
 const TABLES_SQL: &str = "SELECT s.n_dead_tup, s.n_live_tup, \
@@ -134,6 +159,7 @@ struct Session {
     stats: Statement,
     activity: Statement,
     tables: Statement,
+    waits: Statement,
 }
 
 pub struct PostgresProbe {
@@ -145,6 +171,7 @@ pub struct PostgresProbe {
     connect_timeout: Duration,
     statement_timeout: Duration,
     tables: Vec<String>,
+    write_check: bool,
     /// Taken out for the duration of a tick and put back only when it
     /// succeeds: a failed or abandoned tick leaves no half-used session.
     session: Option<Session>,
@@ -177,6 +204,7 @@ impl PostgresProbe {
             connect_timeout: config.connect_timeout,
             statement_timeout: config.statement_timeout.unwrap_or(timeout),
             tables: config.tables.clone(),
+            write_check: config.write_check,
             session: None,
             prev: None,
             missing: HashSet::new(),
@@ -190,20 +218,27 @@ impl PostgresProbe {
         let limit = self.statement_timeout;
         let set = format!("SET statement_timeout = {}", limit.as_millis().max(1));
         timed(limit, client.simple_query(&set)).await?;
-        let (stats, activity, tables) = timed(limit, async {
+        let (stats, activity, tables, waits) = timed(limit, async {
             tokio::try_join!(
                 client.prepare(STATS_SQL),
                 client.prepare(ACTIVITY_SQL),
-                client.prepare(TABLES_SQL)
+                client.prepare(TABLES_SQL),
+                client.prepare(WAITS_SQL)
             )
         })
         .await?;
+        if self.write_check {
+            timed(limit, client.simple_query(WRITE_TABLE_SQL))
+                .await
+                .map_err(|e| format!("write_check: creating upkeep_write_check: {e}"))?;
+        }
         Ok(Session {
             client,
             _task: task,
             stats,
             activity,
             tables,
+            waits,
         })
     }
 
@@ -223,17 +258,29 @@ impl PostgresProbe {
         timed(limit, session.client.simple_query("SELECT 1")).await?;
         out.push(seconds("query_seconds", started.elapsed().as_secs_f64()));
 
+        if self.write_check {
+            let started = Instant::now();
+            timed(limit, session.client.simple_query(WRITE_SQL))
+                .await
+                .map_err(|e| format!("write_check: {e}"))?;
+            out.push(seconds("commit_seconds", started.elapsed().as_secs_f64()));
+        }
+
         let c = &session.client;
         let names: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&self.tables];
-        let (stats, activity, tables) = timed(limit, async {
+        let (stats, activity, tables, waits) = timed(limit, async {
             // Sent together: one round trip.
             tokio::try_join!(
                 c.query_one(&session.stats, &[]),
                 c.query(&session.activity, &[]),
-                c.query(&session.tables, &names)
+                c.query(&session.tables, &names),
+                c.query_one(&session.waits, &[])
             )
         })
         .await?;
+        for (i, wait) in ["Lock", "LWLock", "IO"].iter().enumerate() {
+            out.push(count("backends_waiting", col(&waits, i)?).with_label("wait", wait));
+        }
         let cur = Counters {
             at: Instant::now(),
             commits: col(&stats, 2)?,
@@ -284,6 +331,9 @@ impl PostgresProbe {
 impl KindFacts for PostgresConfig {
     const HEADLINE: &'static str = "query_seconds";
     const LATENCY: Option<&'static str> = Some("query_seconds");
+    /// With `write_check`, the commit that waits for a WAL flush, as the
+    /// application's writes do; else the read.
+    const PACING: &'static [&'static str] = &["commit_seconds", "query_seconds"];
 }
 
 impl ConfiguredKind for PostgresConfig {

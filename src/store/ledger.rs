@@ -29,6 +29,9 @@ pub const MAX_STEPS: i64 = 500;
 /// Places at the end of a run's steps kept for validation, rollback and
 /// the end.
 const CLOSING_STEPS: i64 = 8;
+/// Places before those kept for pacing steps, so that a long run's last
+/// pacing changes are itemized after its batches no longer are.
+const PACING_STEPS: i64 = 2;
 /// Longest detail text of a step, and error text of a run, in bytes.
 pub const MAX_DETAIL_BYTES: usize = 256;
 /// Longest JSON document kept in a run's column, in bytes.
@@ -149,6 +152,11 @@ ledger_enum! {
         Note = "note",
         /// The run's backup was removed by the backup budget.
         Prune = "prune",
+        /// Pacing changed the batch size and pause, with the reason.
+        Pacing = "pacing",
+        /// What the batches came to: pacing changes, the last size and
+        /// pause, the backends seen waiting.
+        Summary = "summary",
     }
 }
 
@@ -165,7 +173,7 @@ impl Step {
     fn closing(self) -> bool {
         matches!(
             self,
-            Step::Validate | Step::Rollback | Step::End | Step::Error | Step::Prune
+            Step::Validate | Step::Rollback | Step::End | Step::Error | Step::Prune | Step::Summary
         )
     }
 }
@@ -337,19 +345,24 @@ impl Ledger {
         if n >= MAX_STEPS {
             return Ok(());
         }
-        // The last few places are kept for the steps that end a run.
-        if n >= MAX_STEPS - CLOSING_STEPS && !step.closing() {
+        // The last few places are kept for the steps that end a run, and
+        // a couple before them for pacing.
+        let room = match step {
+            s if s.closing() => MAX_STEPS,
+            Step::Pacing => MAX_STEPS - CLOSING_STEPS,
+            _ => MAX_STEPS - CLOSING_STEPS - PACING_STEPS,
+        };
+        if n >= room {
             let note = "further steps not itemized (the ledger keeps at most 500 per run)";
-            let last: Option<String> = self
+            let noted: bool = self
                 .conn
                 .query_row(
-                    "SELECT detail FROM maintenance_steps WHERE run_id = ?1 ORDER BY id DESC LIMIT 1",
-                    [run_id],
+                    "SELECT EXISTS (SELECT 1 FROM maintenance_steps WHERE run_id = ?1 AND detail = ?2)",
+                    rusqlite::params![run_id, note],
                     |r| r.get(0),
                 )
-                .optional()
                 .map_err(self.err())?;
-            if last.as_deref() != Some(note) {
+            if !noted && n < MAX_STEPS - CLOSING_STEPS {
                 self.insert_step(run_id, ts, Step::Note, None, None, note)?;
             }
             return Ok(());

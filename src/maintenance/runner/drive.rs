@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::guard::{Guard, GuardState};
-use super::pacing::Pacing;
+use super::guard::{Guard, GuardState, Waits};
+use super::pacing::{Direction, Pacing};
 use super::{Book, DISK_MARGIN_BYTES, GUARD_RECHECK, Request, Runner, free_bytes, run_file};
 use crate::maintenance::ledger::{Doc, RunStatus, Step};
 use crate::maintenance::schedule::{AutoChoice, Schedule};
@@ -301,6 +301,8 @@ impl Drive<'_> {
     }
 
     /// Batches until the task says it is done, checking between batches.
+    /// Each healthy check feeds pacing; each change it makes is a
+    /// `pacing` step saying why.
     async fn batches(
         &self,
         task: &mut AnyTask,
@@ -308,13 +310,21 @@ impl Drive<'_> {
         guard: &mut Guard,
         window_close: Option<DateTime<Utc>>,
     ) -> Result<(), Stop> {
-        let mut pacing = Pacing::new(self.tc.batch_size(), self.tc.pause());
+        let mut pacing = Pacing::new(self.tc.pacing());
         let mut batch_no = 0u64;
+        // Backends the guard saw waiting since the last batch step, and
+        // over the run.
+        let (mut waits, mut run_waits) = (Waits::new(), Waits::new());
+        let (mut backs, mut recovers) = (0u32, 0u32);
+        // The guard's check is part of the pause: checked right after a
+        // batch, the signal also sees what the batch left behind (WAL
+        // being written out), and the duty budget counts the check.
+        let mut paused_from: Option<Instant> = None;
         loop {
             if let Some(why) = self.stop_reason(window_close) {
                 return Err(Stop::aborted(why));
             }
-            match guard.check().await.0 {
+            match guard.check(&mut waits).await.0 {
                 GuardState::Unhealthy(why) => {
                     return Err(Stop::aborted(format!("guarded probe unhealthy: {why}")));
                 }
@@ -331,18 +341,62 @@ impl Drive<'_> {
                     self.sleep(GUARD_RECHECK).await;
                     continue;
                 }
-                GuardState::Healthy { slowest_ratio } => pacing.observe(slowest_ratio),
+                GuardState::Healthy {
+                    signal: Some(signal),
+                } => {
+                    if let Some(change) = pacing.observe(signal) {
+                        match change.direction {
+                            Direction::BackOff => backs += 1,
+                            Direction::Recover => recovers += 1,
+                        }
+                        self.book
+                            .step(
+                                self.run_id,
+                                Step::Pacing,
+                                None,
+                                None,
+                                format!("{change}; {}", waits_text(&waits)),
+                            )
+                            .await?;
+                    }
+                }
+                GuardState::Healthy { signal: None } => {}
+            }
+            if let Some(from) = paused_from.take() {
+                self.sleep(pacing.pause.saturating_sub(from.elapsed()))
+                    .await;
+                if let Some(why) = self.stop_reason(window_close) {
+                    return Err(Stop::aborted(why));
+                }
             }
             batch_no += 1;
-            let done = self.batch(task, plan, batch_no, &pacing, guard).await?;
+            let (done, units, took) = self
+                .batch(task, plan, batch_no, &pacing, guard, &mut waits)
+                .await?;
+            pacing.batch_done(units, took);
+            for (k, n) in std::mem::take(&mut waits) {
+                *run_waits.entry(k).or_default() += n;
+            }
             if done {
+                let summary = format!(
+                    "{batch_no} batches; {backs} back-offs, {recovers} recoveries; \
+                     at the end size {}, pause {:.1}ms, share {:.3}; over the run {}",
+                    pacing.size,
+                    pacing.pause.as_secs_f64() * 1000.0,
+                    pacing.share(),
+                    waits_text(&run_waits)
+                );
+                self.book
+                    .step(self.run_id, Step::Summary, None, None, summary)
+                    .await?;
                 return Ok(());
             }
-            self.sleep(pacing.pause).await;
+            paused_from = Some(Instant::now());
         }
     }
 
-    /// One batch, counted and recorded; whether the task is done. While
+    /// One batch, counted and recorded; whether the task is done, how
+    /// many units it did and how long it took. While
     /// it runs, the guarded probes are watched: an unhealthy one (or the
     /// agent stopping) cancels `Cx::cancel`, which a kind with one long
     /// batch (a dump, a restore) obeys at once; its error then ends the
@@ -354,7 +408,8 @@ impl Drive<'_> {
         batch_no: u64,
         pacing: &Pacing,
         guard: &mut Guard,
-    ) -> Result<bool, Stop> {
+        waits: &mut Waits,
+    ) -> Result<(bool, u64, Duration), Stop> {
         let t = Instant::now();
         let left = self.deadline.saturating_duration_since(t);
         let size = pacing.size;
@@ -366,7 +421,7 @@ impl Drive<'_> {
         let mut cancelled_why: Option<String> = None;
         let result = {
             let work = tokio::time::timeout(left, task.apply_batch_boxed(&cx, plan, size));
-            let watch = watch_guard(guard, &cancel);
+            let watch = watch_guard(guard, &cancel, waits);
             tokio::pin!(work, watch);
             loop {
                 tokio::select! {
@@ -401,6 +456,7 @@ impl Drive<'_> {
                 ));
             }
         };
+        let took = t.elapsed();
         let (run_id, rows) = (self.run_id, b.rows);
         self.book.with(move |l| l.add_batch(run_id, rows)).await?;
         self.book
@@ -408,17 +464,20 @@ impl Drive<'_> {
                 run_id,
                 Step::Batch,
                 Some(b.rows),
-                Some(t.elapsed()),
+                Some(took),
                 format!(
-                    "batch {batch_no} (size {size}, pause {:?}): {}",
-                    pacing.pause, b.detail
+                    "batch {batch_no} (size {size}, pause {:?}, share {:.3}; {}): {}",
+                    pacing.pause,
+                    pacing.share(),
+                    waits_text(waits),
+                    b.detail
                 ),
             )
             .await?;
         if batch_no.is_multiple_of(SAVE_EVERY) {
             self.save_backup(task.backup_state_dyn()).await?;
         }
-        Ok(b.done)
+        Ok((b.done, b.rows, took))
     }
 
     /// Checks the result; rolls back when it is not what the plan said.
@@ -544,16 +603,26 @@ impl Drive<'_> {
 /// Waits while the batch runs (the first check after `GUARD_RECHECK`, so
 /// a short batch never sees one); returns why the batch must be cancelled:
 /// a guarded probe unhealthy, or the process stopping.
-async fn watch_guard(guard: &mut Guard, cancel: &CancellationToken) -> String {
+async fn watch_guard(guard: &mut Guard, cancel: &CancellationToken, waits: &mut Waits) -> String {
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return "the agent is stopping".to_string(),
             _ = tokio::time::sleep(GUARD_RECHECK) => {}
         }
-        if let GuardState::Unhealthy(why) = guard.check().await.0 {
+        if let GuardState::Unhealthy(why) = guard.check(waits).await.0 {
             return format!("guarded probe unhealthy: {why}");
         }
     }
+}
+
+/// `waits Lock 2, LWLock 0, IO 5`: the backends the guard saw waiting,
+/// by wait event type, over the checks since the last batch.
+fn waits_text(waits: &Waits) -> String {
+    if waits.is_empty() {
+        return "no waits seen".to_string();
+    }
+    let parts: Vec<String> = waits.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    format!("waits {}", parts.join(", "))
 }
 
 fn to_value<T: serde::Serialize>(v: &T) -> Value {

@@ -27,7 +27,7 @@ use super::{AnyTask, Backup, Cx, Plan, TaskConfig};
 use crate::config::Config;
 use crate::sample::now_ms;
 use crate::store::StoreError;
-pub use pacing::{MAX_PAUSE, MIN_BATCH};
+pub use pacing::{MAX_PAUSE, MIN_SHARE};
 
 /// How often a degraded guard is checked again while a run pauses.
 pub const GUARD_RECHECK: Duration = Duration::from_secs(2);

@@ -263,6 +263,8 @@ impl KindFacts for AccessLogConfig {
     const HEADLINE: &'static str = "requests_per_second";
     /// The median request latency the log reports.
     const LATENCY: Option<&'static str> = Some("latency_p50_seconds");
+    /// The tail the application's users feel, not its median.
+    const PACING: &'static [&'static str] = &["latency_p99_seconds", "latency_p95_seconds"];
 }
 
 impl ConfiguredKind for AccessLogConfig {

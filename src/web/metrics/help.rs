@@ -86,6 +86,12 @@ pub fn probe_help(kind: &str, metric: &str) -> Option<&'static str> {
             "Size of the database on disk (pg_database_size), in bytes."
         }
         ("postgres", "query_seconds") => "Time the probe's statistics queries took, in seconds.",
+        ("postgres", "commit_seconds") => {
+            "Time a one-row write took to commit, WAL flush included (write_check), in seconds."
+        }
+        ("postgres", "backends_waiting") => {
+            "Other active client sessions waiting, by wait event type (Lock, LWLock, IO)."
+        }
         ("postgres", "connections") => "Sessions of the server in each state (pg_stat_activity).",
         ("postgres", "connections_max") => "The server's max_connections.",
         ("postgres", "connections_used_ratio") => {
@@ -239,6 +245,8 @@ mod tests {
             &[
                 "connect_seconds",
                 "query_seconds",
+                "commit_seconds",
+                "backends_waiting",
                 "connections",
                 "commits_total",
                 "table_dead_tuples",
