@@ -257,7 +257,7 @@ fn a_guard_turning_unhealthy_stops_the_run_between_batches() {
         dir.path(),
         &t.name(),
         &addr,
-        "batch_size = 500\npause = \"300ms\"",
+        "batch_size = 500\npause = \"300ms\"\nbatch_target = \"1s\"",
         "",
     );
     let data = dir.path().join("data");
@@ -367,7 +367,7 @@ fn the_agent_and_the_cli_never_run_one_task_at_once_and_the_api_runs_and_rolls_b
         dir.path(),
         &t.name(),
         &guard.local_addr().unwrap().to_string(),
-        "batch_size = 1000\npause = \"100ms\"",
+        "batch_size = 1000\npause = \"100ms\"\nbatch_target = \"1s\"",
         &api,
     );
     let data = dir.path().join("data");
@@ -456,12 +456,14 @@ fn status_changes_during_a_run_are_marked_with_the_run() {
         api_with_token(dir.path(), port),
         flip.local_addr().unwrap()
     );
-    // About 9k old rows at 500 a batch, 400 ms apart: several seconds.
+    // About 9k old rows at 500 a batch, 400 ms apart: several seconds
+    // (a batch_target of 1s keeps every batch at batch_size, so the run's
+    // length follows from its batch count, not from pacing on time).
     let cfg = config(
         dir.path(),
         &t.name(),
         &guard.local_addr().unwrap().to_string(),
-        "batch_size = 500\npause = \"400ms\"",
+        "batch_size = 500\npause = \"400ms\"\nbatch_target = \"1s\"",
         &api,
     );
     let data = dir.path().join("data");
@@ -603,7 +605,7 @@ fn sigterm_stops_a_run_at_a_safe_point_and_the_agent_exits_cleanly() {
         dir.path(),
         &t.name(),
         &guard.local_addr().unwrap().to_string(),
-        "batch_size = 500\npause = \"500ms\"",
+        "batch_size = 500\npause = \"500ms\"\nbatch_target = \"1s\"",
         &api,
     );
     let data = dir.path().join("data");
