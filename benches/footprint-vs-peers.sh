@@ -9,7 +9,7 @@
 # over the window and the medians of RSS, PSS and private dirty memory
 # (/proc/PID/smaps_rollup), then upkeep's ratios to each peer.
 #
-#   benches/footprint-vs-peers.sh                        # 15 s warm-up, 60 s each
+#   benches/footprint-vs-peers.sh                        # 70 s warm-up, 60 s each
 #   DURATION=30 WARMUP=10 benches/footprint-vs-peers.sh  # a quick run
 #   BIN=path/to/upkeep benches/footprint-vs-peers.sh     # another build of the agent
 #
@@ -24,7 +24,8 @@ cd "$(dirname "$0")/.."
 . benches/common/proc.sh
 
 DURATION=${DURATION:-60}
-WARMUP=${WARMUP:-15}
+# Past upkeep's settling (60 s after start; src/cli/footprint.rs), for each.
+WARMUP=${WARMUP:-70}
 SAMPLE_EVERY=${SAMPLE_EVERY:-2}
 TARGET=x86_64-unknown-linux-gnu
 

@@ -12,8 +12,8 @@
 # The agent measured is the packaged one: the static binary that
 # packaging/build.sh builds (built here), or BIN.
 #
-#   benches/footprint.sh                       # 10 s warm-up, 120 s window
-#   DURATION=30 WARMUP=5 benches/footprint.sh  # a quick run
+#   benches/footprint.sh                       # 70 s warm-up, 120 s window
+#   DURATION=30 WARMUP=5 benches/footprint.sh  # a quick run (before settling)
 #   SAMPLE_EVERY=2 benches/footprint.sh        # RSS sampled every 2 s (default 5)
 #   PREFILL=1 benches/footprint.sh             # steady state: history at full retention
 #   INTERVAL=10s CONFIG_APPEND=probes.toml benches/footprint.sh  # other probes too
@@ -27,7 +27,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-120}
-WARMUP=${WARMUP:-10}
+# Past the agent's settling (60 s after start; src/cli/footprint.rs).
+WARMUP=${WARMUP:-70}
 SAMPLE_EVERY=${SAMPLE_EVERY:-5}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 TARGET=x86_64-unknown-linux-gnu
