@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Footprint of the agent with all six probe kinds at a 10 s interval: tcp and
-# postgres against the local PostgreSQL, redis against the local Redis, http
-# against a local HTTP server, a worker (the Redis server process), and an
-# access log that a writer appends 20 lines a second to.
+# Footprint of the agent with one probe of every kind, one task of every
+# kind and one alert rule of every kind, configured but idle between runs:
+# the six service kinds at a 10 s interval (tcp and postgres against the
+# local PostgreSQL, redis against the local Redis, http against a local HTTP
+# server, a worker (the Redis server process), and an access log that a
+# writer appends 20 lines a second to), the three security kinds at their
+# own default intervals, every maintenance kind on a schedule that does not
+# come during the run (01:00 on 1 January), and the alert rules with a
+# webhook and a command notifier. The code of a kind the agent is not
+# running must not make it heavier: compare with benches/footprint.sh.
 # Needs PostgreSQL (user postgres, trust) on 127.0.0.1:5432 and Redis on
 # 127.0.0.1:6379. Prints what benches/footprint.sh prints.
 #
@@ -63,6 +69,105 @@ name = "redis-server"
 [probe.web]
 kind = "access_log"
 paths = ["$log"]
+
+[probe.updates]
+kind = "security_updates"
+
+[probe.access]
+kind = "access_review"
+
+[probe.baseline]
+kind = "compliance"
+
+[maintenance.audit-log]
+kind = "postgres_retention"
+probe = "database"
+table = "upkeep_footprint_audit"
+timestamp_column = "created_at"
+older_than = "365d"
+schedule = "0 1 1 1 *"
+
+[maintenance.analyze]
+kind = "postgres_analyze"
+probe = "database"
+schedule = "0 1 1 1 *"
+
+[maintenance.tmp-cleanup]
+kind = "file_cleanup"
+paths = ["$work/tmp"]
+older_than = "7d"
+schedule = "0 1 1 1 *"
+
+[maintenance.app-logs]
+kind = "log_rotate"
+paths = ["$work/logs/*.log"]
+method = "copytruncate"
+schedule = "0 1 1 1 *"
+
+[maintenance.cache-cleanup]
+kind = "redis_cleanup"
+probe = "cache"
+match = "upkeep-footprint:*"
+schedule = "0 1 1 1 *"
+
+[maintenance.cache-warmup]
+kind = "cache_warmup"
+probe = "cache"
+urls = ["http://127.0.0.1:$port/health"]
+after = "cache-cleanup"
+
+[maintenance.etc]
+kind = "config_backup"
+paths = ["$work/etc"]
+schedule = "0 1 1 1 *"
+
+[maintenance.nightly-dump]
+kind = "postgres_backup"
+probe = "database"
+dest = "$work/dumps"
+schedule = "0 1 1 1 *"
+
+[maintenance.dump-drill]
+kind = "restore_drill"
+backup = "nightly-dump"
+schedule = "0 1 1 1 *"
+
+[notify.ops]
+kind = "webhook"
+url = "http://127.0.0.1:$port/hook"
+
+[notify.pager]
+kind = "command"
+command = ["/bin/true"]
+
+[alert.service-down]
+when = "probe"
+notify = ["ops"]
+
+[alert.load-high]
+when = "threshold"
+series = "host.load1"
+above = 1000.0
+notify = ["ops"]
+
+[alert.disk-filling]
+when = "forecast"
+series = 'host.disk_used_ratio{mount="/"}'
+reaches = 1.0
+within = "7d"
+notify = ["pager"]
+
+[alert.maintenance-broken]
+when = "maintenance"
+on = ["failed", "aborted"]
+notify = ["ops"]
+
+[alert.agent]
+when = "agent"
+notify = ["pager"]
 TOML
+mkdir -p "$work/tmp" "$work/logs" "$work/etc" "$work/dumps"
+echo "setting = 1" >"$work/etc/app.conf"
+: >"$work/logs/app.log"
 
 INTERVAL=10s CONFIG_APPEND="$work/probes.toml" benches/footprint.sh

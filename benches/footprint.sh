@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
 # Footprint of the agent: the default host probes at a 1 s interval, the API
 # on a free loopback port, a fresh data dir. After a warm-up, samples CPU time
-# (utime + stime from /proc/PID/stat) and VmRSS (/proc/PID/status) for the
-# measuring window, prints CPU % of one core over the window and RSS median
-# and max, then stops the agent with SIGTERM and checks that it exits 0.
-# Targets: at most 0.25 % of one core and 10 MiB.
+# (utime + stime from /proc/PID/stat) and RSS, PSS and private dirty memory
+# (/proc/PID/smaps_rollup) for the measuring window, prints CPU % of one core
+# over the window and the memory medians (RSS max too), then stops the agent
+# with SIGTERM and checks that it exits 0. PSS counts a page shared with
+# other processes in part, private dirty is what only the agent holds: what
+# the agent really costs a host. Targets: at most 0.10 % of one core and
+# monit's RSS (benches/footprint-vs-peers.sh measures both side by side).
 #
-#   benches/footprint.sh                       # 10 s warm-up, 120 s window
-#   DURATION=30 WARMUP=5 benches/footprint.sh  # a quick run
+# The agent measured is the packaged one: the static binary that
+# packaging/build.sh builds (built here), or BIN.
+#
+#   benches/footprint.sh                       # 70 s warm-up, 120 s window
+#   DURATION=30 WARMUP=5 benches/footprint.sh  # a quick run (before settling)
 #   SAMPLE_EVERY=2 benches/footprint.sh        # RSS sampled every 2 s (default 5)
 #   PREFILL=1 benches/footprint.sh             # steady state: history at full retention
 #   INTERVAL=10s CONFIG_APPEND=probes.toml benches/footprint.sh  # other probes too
+#   BIN=target/release/upkeep benches/footprint.sh  # another build (not rebuilt)
 #
 # PREFILL=1 runs the agent for a few seconds so that it registers its series,
 # fills every tier of its history to full capacity (`cargo bench --bench query
@@ -20,12 +27,18 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-120}
-WARMUP=${WARMUP:-10}
+# Past the agent's settling (60 s after start; src/cli/footprint.rs).
+WARMUP=${WARMUP:-70}
 SAMPLE_EVERY=${SAMPLE_EVERY:-5}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-BIN=$TARGET_DIR/release/upkeep
+TARGET=x86_64-unknown-linux-gnu
+# shellcheck source=common/proc.sh
+. benches/common/proc.sh
 
-cargo build --release --quiet
+if [ -z "${BIN:-}" ]; then
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet --target "$TARGET"
+    BIN=$TARGET_DIR/$TARGET/release/upkeep
+fi
 
 work=$(mktemp -d)
 pid=
@@ -59,18 +72,6 @@ fi
 pid=$!
 hz=$(getconf CLK_TCK)
 
-# utime + stime in clock ticks. The command name in field 2 may hold spaces:
-# count fields after its closing parenthesis.
-cpu_ticks() {
-    local stat
-    stat=$(cat "/proc/$pid/stat")
-    stat=${stat##*) }
-    # After the name: state is field 3, so utime (14) and stime (15) are the
-    # 12th and 13th words here.
-    awk '{ print $12 + $13 }' <<<"$stat"
-}
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status"; }
-
 sleep "$WARMUP"
 if ! kill -0 "$pid" 2>/dev/null; then
     echo "the agent exited during the warm-up:" >&2
@@ -78,11 +79,16 @@ if ! kill -0 "$pid" 2>/dev/null; then
     exit 1
 fi
 t0=$(date +%s%N)
-c0=$(cpu_ticks)
-rss=()
+c0=$(proc_cpu_ticks "$pid")
+rss=() pss=() dirty=()
 end=$((t0 + DURATION * 1000000000))
+sample() {
+    local r p d
+    read -r r p d <<<"$(proc_mem "$pid")"
+    rss+=("$r") pss+=("$p") dirty+=("$d")
+}
 while :; do
-    rss+=("$(rss_kib)")
+    sample
     now=$(date +%s%N)
     [ "$now" -ge "$end" ] && break
     left=$(((end - now) / 1000000))
@@ -90,9 +96,11 @@ while :; do
     [ "$left" -lt "$step" ] && step=$left
     sleep "$(awk -v ms="$step" 'BEGIN { printf "%.3f", ms / 1000 }')"
 done
-c1=$(cpu_ticks)
+c1=$(proc_cpu_ticks "$pid")
 t1=$(date +%s%N)
-rss+=("$(rss_kib)")
+sample
+fds=$(proc_fds "$pid")
+threads=$(awk '/^Threads:/ { print $2 }' "/proc/$pid/status")
 
 series=$("$BIN" series --data-dir "$work/data" 2>/dev/null | wc -l || echo "?")
 kill -TERM "$pid"
@@ -105,15 +113,16 @@ pid=
 elapsed_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
 cpu_s=$(awk -v t=$((c1 - c0)) -v hz="$hz" 'BEGIN { printf "%.2f", t / hz }')
 cpu_pct=$(awk -v t=$((c1 - c0)) -v hz="$hz" -v s="$elapsed_s" 'BEGIN { printf "%.3f", 100 * t / hz / s }')
-sorted=$(printf '%s\n' "${rss[@]}" | sort -n)
-rss_med=$(echo "$sorted" | awk '{ a[NR] = $1 } END {
-    m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; printf "%.2f", m / 1024 }')
-rss_max=$(echo "$sorted" | tail -1 | awk '{ printf "%.2f", $1 / 1024 }')
+rss_med=$(mib "$(printf '%s\n' "${rss[@]}" | median)")
+rss_max=$(mib "$(printf '%s\n' "${rss[@]}" | sort -n | tail -1)")
+pss_med=$(mib "$(printf '%s\n' "${pss[@]}" | median)")
+dirty_med=$(mib "$(printf '%s\n' "${dirty[@]}" | median)")
 db_mib=$(awk -v b="$(stat -c %s "$work/data/history.db" 2>/dev/null || echo 0)" 'BEGIN { printf "%.1f", b / 1048576 }')
 
-echo "footprint: probes at ${INTERVAL:-1s}$([ -n "${CONFIG_APPEND:-}" ] && echo " (host and $(grep -c "^kind" "$CONFIG_APPEND") configured)" || echo " (host)")$([ "${PREFILL:-0}" = 1 ] && echo ", history prefilled to full retention"), $series series, ${WARMUP} s warm-up, window ${elapsed_s} s, ${#rss[@]} RSS samples, history file ${db_mib} MiB"
-echo "cpu: ${cpu_s} s of CPU = ${cpu_pct} % of one core (CLK_TCK $hz); target 0.25 %: $(awk -v p="$cpu_pct" 'BEGIN { printf "%.2f", p / 0.25 }')x"
-echo "rss: median ${rss_med} MiB, max ${rss_max} MiB; target 10 MiB: $(awk -v r="$rss_med" 'BEGIN { printf "%.2f", r / 10 }')x"
+configured() { grep -c "^\[$1\." "$CONFIG_APPEND" || true; }
+echo "footprint: $BIN ($(stat -c %s "$BIN") bytes), probes at ${INTERVAL:-1s}$([ -n "${CONFIG_APPEND:-}" ] && echo " (host and $(configured probe) probes, $(configured maintenance) tasks, $(configured alert) alert rules configured)" || echo " (host)")$([ "${PREFILL:-0}" = 1 ] && echo ", history prefilled to full retention"), $series series, ${WARMUP} s warm-up, window ${elapsed_s} s, ${#rss[@]} RSS samples, history file ${db_mib} MiB"
+echo "cpu: ${cpu_s} s of CPU = ${cpu_pct} % of one core (CLK_TCK $hz); target 0.10 %: $(awk -v p="$cpu_pct" 'BEGIN { printf "%.2f", p / 0.10 }')x; load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "memory (medians): rss ${rss_med} MiB (max ${rss_max}), pss ${pss_med} MiB, private dirty ${dirty_med} MiB; ${threads} threads, ${fds} fds"
 if [ "$code" -ne 0 ]; then
     echo "SIGTERM: the agent exited with $code (expected 0); its log:" >&2
     tail -20 "$work/agent.log" >&2

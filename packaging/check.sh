@@ -111,8 +111,8 @@ check "exposure ${exposure:-unknown} <= $MAX_EXPOSURE" \
 
 step "deb: contents and lintian"
 dpkg-deb -c "$deb" | awk '{ print $1, $2, $6 }'
-check "the .deb depends on passwd only (the binary is static)" \
-    [ "$(dpkg-deb -f "$deb" Depends)" = passwd ]
+check "the .deb depends on passwd and tzdata only (the binary is static)" \
+    [ "$(dpkg-deb -f "$deb" Depends)" = "passwd, tzdata" ]
 check "the config is a conffile" \
     sh -c "dpkg-deb --ctrl-tarfile '$deb' | tar -xO ./conffiles | grep -qx /etc/upkeep/agent.toml"
 lintian_rc=0

@@ -409,7 +409,7 @@ fn check_config_prints_the_history_bound() {
         "{out}"
     );
     // Sizes in IEC units, durations in words.
-    assert!(out.contains("(1.1 GiB) for at most 500 series"), "{out}");
+    assert!(out.contains("(830 MiB) for at most 500 series"), "{out}");
     assert!(out.contains("(4.0 GiB) in all, each kept 30d"), "{out}");
     for t in [
         "tier_10s",

@@ -1002,3 +1002,80 @@ fn the_maintenance_ledger_stays_within_its_part_of_the_bound() {
     eprintln!("ledger at its limits: {used} bytes in use; bound {bound}");
     assert!(used <= bound, "{used} > {bound}");
 }
+
+#[test]
+fn events_are_bounded_by_bytes_as_well_as_rows() {
+    let dir = temp_dir();
+    let mut history = roomy();
+    history.max_events = 100_000;
+    history.max_event_bytes = 64 * 1024;
+    assert_valid_history(&history);
+    let bound = tiers::size_bound(&history);
+    let mut now = T0;
+    let mut writer = temp_writer(dir.path(), &history, now);
+    let event = |now: Ts, i: usize| Event {
+        ts_ms: now,
+        probe: Some("svc0".into()),
+        kind: "status".into(),
+        from_status: Some("healthy".into()),
+        to_status: Some("unhealthy".into()),
+        // Longer than the cap: stored cut to 512 bytes.
+        message: format!("{i:06} {}", "e".repeat(600)),
+    };
+    // Far more rows than max_events would ever trim: bytes bind.
+    let mut written = 0;
+    for _ in 0..400 {
+        now += SEC;
+        let batch: Vec<Event> = (written..written + 5).map(|i| event(now, i)).collect();
+        written += batch.len();
+        writer.write(&[], &batch, now).expect("writing events");
+    }
+    // A burst of ten times the budget in one batch.
+    now += SEC;
+    let burst: Vec<Event> = (written..written + 1_300).map(|i| event(now, i)).collect();
+    written += burst.len();
+    writer.write(&[], &burst, now).expect("writing a burst");
+    drop(writer);
+
+    let conn = history_sql(dir.path());
+    let (rows, stored_bytes, total, newest, longest): (i64, i64, i64, String, i64) = conn
+        .query_row(
+            "SELECT count(*),
+                    sum(96 + 2 * length(probe) + length(kind) + length(from_status) + length(to_status) + length(message)),
+                    (SELECT total FROM event_bytes),
+                    (SELECT message FROM events ORDER BY id DESC LIMIT 1),
+                    max(length(message))
+             FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .expect("reading events");
+    assert_eq!(longest, 512, "messages are cut to 512 bytes");
+    assert_eq!(stored_bytes, total, "the counter is the rows' bytes");
+    assert!(
+        total as u64 <= history.max_event_bytes,
+        "events take {total} bytes, over max_event_bytes {}",
+        history.max_event_bytes
+    );
+    let one = 96 + 2 * 4 + 6 + 7 + 9 + 512;
+    assert!(
+        total as u64 > history.max_event_bytes - one,
+        "the budget is used, not emptied: {total} bytes in {rows} rows"
+    );
+    assert!(
+        newest.starts_with(&format!("{:06}", written - 1)),
+        "the newest event is kept: {newest:.20}"
+    );
+    let table: i64 = conn
+        .query_row(
+            "SELECT sum(pgsize) FROM dbstat WHERE name IN ('events', 'events_by_probe')",
+            [],
+            |r| r.get(0),
+        )
+        .expect("dbstat");
+    assert!(
+        table as u64 <= bound.events,
+        "the events' pages ({table} bytes) stay within their share of the bound ({} bytes)",
+        bound.events
+    );
+}

@@ -21,6 +21,7 @@ pub mod access;
 mod alerts;
 mod backup;
 mod check_config;
+mod footprint;
 mod generate;
 pub mod maintenance;
 pub mod nagios;

@@ -36,6 +36,9 @@ pub(super) fn run(listen: Option<String>, at: Where) -> Result<(), CliError> {
     check_token_file(&config, source.as_deref())?;
     // Held until `run` returns; the kernel drops it if the process dies.
     let _agent_lock = lock_data_dir(&data_dir)?;
+    super::footprint::at_start();
+    // Two workers, not one per core: the agent's work is small, but one
+    // slow task must not hold up the probes.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -54,6 +57,7 @@ pub(super) fn run(listen: Option<String>, at: Where) -> Result<(), CliError> {
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let mut api_reloads = app.take_reload_requests();
+        tokio::spawn(super::footprint::settled());
         loop {
             tokio::select! {
                 _ = term.recv() => break,

@@ -15,6 +15,10 @@ type Bad<'a> = dyn FnMut(&[&str], String) + 'a;
 /// Each API connection may hold a few descriptors; more than this many
 /// connections is a typo, not a plan.
 const MAX_API_CONNECTIONS: usize = 65_536;
+/// `history.max_event_bytes`: room for a few hundred of the largest events
+/// at least, and no more than a bound anyone would mean.
+const MIN_EVENT_BYTES: u64 = 64 * 1024;
+const MAX_EVENT_BYTES: u64 = 1024 * 1024 * 1024;
 
 impl Config {
     /// Every problem of the config, each with the key path it is about.
@@ -112,6 +116,16 @@ impl Config {
         }
         if self.history.max_series == 0 {
             bad(&["history", "max_series"], "must be at least 1".into());
+        }
+        let event_bytes = MIN_EVENT_BYTES..=MAX_EVENT_BYTES;
+        if !event_bytes.contains(&self.history.max_event_bytes) {
+            bad(
+                &["history", "max_event_bytes"],
+                format!(
+                    "{} is out of range: must be between {} (64 KiB) and {} (1 GiB)",
+                    self.history.max_event_bytes, MIN_EVENT_BYTES, MAX_EVENT_BYTES
+                ),
+            );
         }
         if self.history.min_interval < Duration::from_millis(100) {
             bad(
@@ -506,6 +520,23 @@ mod tests {
             let err = Config::parse("a.toml", &text(v)).unwrap_err().to_string();
             assert!(
                 err.contains("history.checkpoint_interval") && err.contains("between 1s and 1h"),
+                "{v}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn max_event_bytes_outside_64_kib_to_1_gib_is_refused_naming_the_field_and_value() {
+        let text = |v: u64| format!("[history]\nmax_event_bytes = {v}\n");
+        for v in [65_536, 16_777_216, 1_073_741_824] {
+            let ok = Config::parse("a.toml", &text(v));
+            assert!(ok.is_ok(), "{v}: {ok:?}");
+        }
+        for v in [0, 65_535, 1_073_741_825] {
+            let err = Config::parse("a.toml", &text(v)).unwrap_err().to_string();
+            assert!(
+                err.contains("history.max_event_bytes")
+                    && err.contains(&format!("{v} is out of range")),
                 "{v}: {err}"
             );
         }

@@ -35,6 +35,7 @@ pub mod schedule;
 mod scratch;
 pub mod snapshots;
 pub mod view;
+pub mod zone;
 
 use std::future::Future;
 use std::path::PathBuf;

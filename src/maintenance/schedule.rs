@@ -30,11 +30,11 @@ pub const AUTO_LOOKBACK_DAYS: i64 = 28;
 const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 /// The clock of a schedule: the host's local time, UTC, or an IANA zone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Zone {
     Local,
     Utc,
-    Named(chrono_tz::Tz),
+    Named(super::zone::HostZone),
 }
 
 /// A daily window in minutes of the day, `[start, end)`; `end < start`
@@ -164,13 +164,13 @@ impl Schedule {
         let zone = match c.timezone {
             None | Some("local") => Zone::Local,
             Some("UTC") | Some("utc") => Zone::Utc,
-            Some(z) => match z.parse::<chrono_tz::Tz>() {
+            Some(z) => match super::zone::HostZone::named(z) {
                 Ok(tz) => Zone::Named(tz),
-                Err(_) => {
+                Err(why) => {
                     bad.push((
                         "timezone",
                         format!(
-                            "`{z}` is not \"local\", \"UTC\" or an IANA time zone such as \"Europe/Berlin\""
+                            "`{z}` {why}: give \"local\", \"UTC\" or an IANA time zone such as \"Europe/Berlin\""
                         ),
                     ));
                     Zone::Local
@@ -219,7 +219,7 @@ impl Schedule {
     }
 
     fn to_zone(&self, t: DateTime<Utc>) -> (NaiveDate, u32, u32) {
-        match self.zone {
+        match &self.zone {
             Zone::Utc => (
                 t.date_naive(),
                 t.hour() * 60 + t.minute(),
@@ -234,7 +234,7 @@ impl Schedule {
                 )
             }
             Zone::Named(tz) => {
-                let l = t.with_timezone(&tz);
+                let l = t.with_timezone(tz);
                 (
                     l.date_naive(),
                     l.hour() * 60 + l.minute(),
@@ -251,21 +251,21 @@ impl Schedule {
                 .ok()
                 .map(|t| t.with_timezone(&Utc))
         }
-        match self.zone {
+        match &self.zone {
             Zone::Utc => on(c, after, &Utc),
             Zone::Local => on(c, after, &Local),
-            Zone::Named(tz) => on(c, after, &tz),
+            Zone::Named(tz) => on(c, after, tz),
         }
     }
 
     fn at(&self, date: NaiveDate, minute: u32) -> Option<DateTime<Utc>> {
         let naive = date.and_hms_opt(minute / 60, minute % 60, 0)?;
-        match self.zone {
+        match &self.zone {
             Zone::Utc => Some(Utc.from_utc_datetime(&naive)),
             // A time skipped by a DST change has no instant: the window opens
             // at the next one that exists.
             Zone::Local => earliest(&Local, naive),
-            Zone::Named(tz) => earliest(&tz, naive),
+            Zone::Named(tz) => earliest(tz, naive),
         }
     }
 
@@ -340,7 +340,7 @@ impl Schedule {
 
     /// One line for people: "cron `0 3 * * *` inside 02:00-05:00 mon,tue (local)".
     pub fn describe(&self, auto: Option<&AutoChoice>) -> String {
-        let zone = match self.zone {
+        let zone = match &self.zone {
             Zone::Local => "local time".to_string(),
             Zone::Utc => "UTC".to_string(),
             Zone::Named(tz) => tz.name().to_string(),

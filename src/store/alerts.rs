@@ -317,7 +317,7 @@ impl AlertStore {
                         e.kind,
                         e.from_status,
                         e.to_status,
-                        e.message
+                        super::events::stored_message(&e.message)
                     ],
                 )
                 .map_err(self.err())?;

@@ -26,6 +26,10 @@ pub struct HistoryConfig {
     pub max_series: u32,
     /// Status-transition events kept, newest first.
     pub max_events: u32,
+    /// Bytes the kept events may take (`store::events::row_bytes`: their
+    /// text plus a fixed cost per row); the oldest go past it, as past
+    /// `max_events`.
+    pub max_event_bytes: u64,
     /// Agent runs remembered (each start of the agent is one).
     pub max_runs: u32,
     /// Shortest probe interval the size bound assumes; shorter intervals are
@@ -55,6 +59,7 @@ impl Default for HistoryConfig {
             ],
             max_series: 500,
             max_events: 100_000,
+            max_event_bytes: 16 * 1024 * 1024,
             max_runs: 10_000,
             min_interval: Duration::from_secs(1),
             checkpoint_interval: Duration::from_secs(60),

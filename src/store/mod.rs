@@ -10,7 +10,8 @@
 //! - `tier_<step>s`: one table per tier, a row per series and chunk of
 //!   buckets (`chunk.rs`);
 //! - `journal`: samples not yet consolidated into the first tier;
-//! - `events`: status transitions and agent/history events;
+//! - `events`: status transitions and agent/history events, their bytes
+//!   counted in `event_bytes` (`events.rs`);
 //! - `agent_runs`: when the agent was running, so downtime reads as no data;
 //! - `maintenance_runs`, `maintenance_steps`: the maintenance ledger
 //!   (`ledger.rs`);
@@ -22,6 +23,7 @@
 pub mod alerts;
 pub mod chunk;
 pub mod config;
+pub mod events;
 pub mod ledger;
 pub mod reader;
 pub mod salvage;
@@ -41,7 +43,7 @@ pub use writer::Writer;
 pub const FILE_NAME: &str = "history.db";
 
 /// Current schema version (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 /// Oldest schema the read-only reader still reads: version 3 lacks only
 /// the ledger's `outcome` and `backup_pruned_ms` columns, read as NULL;
 /// versions 3 and 4 lack the alerts' tables, read as empty.
@@ -396,6 +398,7 @@ ALTER TABLE maintenance_runs ADD COLUMN backup_pruned_ms INTEGER;
 "#,
     ),
     Migration::Sql(alerts::MIGRATION_SQL),
+    Migration::Sql(events::MIGRATION_SQL),
 ];
 
 /// Moves a corrupt history file (and its WAL and shared-memory files) aside

@@ -160,8 +160,6 @@ pub const CHUNK_ROW_BYTES: u64 = PAGE_SIZE + FILL_FACTOR * (32 + 16 + 16);
 pub const PAGE_SIZE: u64 = 4096;
 /// Longest series key accepted (longer keys are refused at registration).
 pub const MAX_KEY_BYTES: u64 = 256;
-/// Longest event message stored (longer ones are cut).
-pub const MAX_MESSAGE_BYTES: u64 = 512;
 /// Retention runs on a tier no more often than this (see
 /// `Tier::trim_every_ms`): each run costs a seek per series, whether it
 /// deletes anything or not.
@@ -209,7 +207,10 @@ impl SizeBound {
     /// most `max_outbox` waiting notifications each.
     pub fn with_alerts(mut self, notifiers: usize, max_outbox: usize) -> SizeBound {
         let pages = |bytes: u64| (bytes * FILL_FACTOR).div_ceil(PAGE_SIZE) * PAGE_SIZE;
-        let alerts = pages(super::alerts::bound_bytes(notifiers, max_outbox));
+        // The engine's events (a notification given up) are trimmed by the
+        // writer's next batch: at most every waiting notification's between two.
+        let given_up = (notifiers * max_outbox) as u64 * super::events::MAX_ROW_BYTES;
+        let alerts = pages(super::alerts::bound_bytes(notifiers, max_outbox) + given_up);
         self.total = self.total - self.alerts + alerts;
         self.alerts = alerts;
         self
@@ -258,8 +259,11 @@ pub fn size_bound(history: &HistoryConfig) -> SizeBound {
     let journal = pages(stamps * series_n * (12 + 32));
     // Key text twice (table and unique index), plus probe, metric, labels.
     let series = pages(series_n * (MAX_KEY_BYTES * 4 + 64));
-    // A batch inserts up to max_events before trimming to max_events.
-    let events = pages(2 * history.max_events as u64 * (MAX_MESSAGE_BYTES + 3 * 64 + 64));
+    // A batch makes room before it inserts (`store::events::trim`), so the
+    // events' bytes never pass the smaller of their two bounds.
+    let events = pages(
+        (history.max_events as u64 * super::events::MAX_ROW_BYTES).min(history.max_event_bytes),
+    );
     let runs = pages(history.max_runs as u64 * 160);
     let maintenance = pages(super::ledger::bound_bytes());
     // Schema, meta, tiers list, and one root page per table and index.

@@ -29,7 +29,8 @@ use rusqlite::{Connection, params};
 use crate::sample::{SeriesKey, Ts, Unit};
 use crate::store::chunk::ChunkSql;
 use crate::store::config::HistoryConfig;
-use crate::store::tiers::{self, Agg, MAX_KEY_BYTES, MAX_MESSAGE_BYTES, Tier};
+use crate::store::events;
+use crate::store::tiers::{self, Agg, MAX_KEY_BYTES, Tier};
 use crate::store::{BUSY_TIMEOUT, Event, FILE_NAME, StoreError, WAL_LIMIT_BYTES, sql_err};
 use recovery::{open_or_salvage, quick_check};
 
@@ -82,6 +83,7 @@ pub struct Writer {
     tiers: Vec<Tier>,
     max_series: usize,
     max_events: i64,
+    max_event_bytes: u64,
     max_runs: i64,
     series: HashMap<String, i64>,
     /// Page cache size set on the connection, KiB.
@@ -135,6 +137,7 @@ impl Writer {
             tiers,
             max_series: history.max_series as usize,
             max_events: history.max_events as i64,
+            max_event_bytes: history.max_event_bytes,
             max_runs: history.max_runs as i64,
             series: HashMap::new(),
             cache_kib: 0,
@@ -318,6 +321,23 @@ impl Writer {
             stats.rows_flushed = self.flush(now)?;
             self.trim(now)?;
         }
+        // The newest events that fit both bounds; room is made for them
+        // first, so that the pages the oldest free are reused and the
+        // table never passes its bound. Every batch checks the bytes: the
+        // alerts' events come from another connection.
+        let (first, bytes) =
+            events::newest_that_fit(events, self.max_events as u64, self.max_event_bytes);
+        let fresh = &events[first..];
+        if !fresh.is_empty()
+            || events::total_bytes(&self.conn).map_err(&err)? > self.max_event_bytes
+        {
+            events::trim(
+                &self.conn,
+                self.max_events as u64 - fresh.len() as u64,
+                self.max_event_bytes - bytes,
+            )
+            .map_err(&err)?;
+        }
         let mut st = self
             .conn
             .prepare_cached(
@@ -328,11 +348,7 @@ impl Writer {
                    (SELECT max(id) FROM maintenance_runs WHERE status = 'running' AND dry_run = 0) END)",
             )
             .map_err(&err)?;
-        // Events beyond the cap would be trimmed at once: only the newest are
-        // inserted, so the file never holds more than twice the cap.
-        let keep = events.len().saturating_sub(self.max_events as usize);
-        for e in &events[keep..] {
-            let message = truncate(&e.message, MAX_MESSAGE_BYTES as usize);
+        for e in fresh {
             st.execute(params![
                 e.ts_ms,
                 self.run_id,
@@ -340,19 +356,11 @@ impl Writer {
                 e.kind,
                 e.from_status,
                 e.to_status,
-                message
+                events::stored_message(&e.message)
             ])
             .map_err(&err)?;
         }
         drop(st);
-        if !events.is_empty() {
-            // Trimmed in the same transaction: a burst never outgrows the bound.
-            self.conn
-                .prepare_cached("DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?1")
-                .map_err(&err)?
-                .execute([self.max_events])
-                .map_err(&err)?;
-        }
         if self.run_id != 0 {
             self.conn
                 .prepare_cached(
@@ -463,15 +471,4 @@ pub(crate) fn decode(data: &[u8]) -> impl Iterator<Item = (i64, f64)> + '_ {
         let value = f64::from_le_bytes(c[4..].try_into().expect("8 bytes"));
         (series, value)
     })
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

@@ -43,12 +43,12 @@ impl Writer {
                 .map_err(&err)?;
             }
             if k == 0 {
-                self.conn
-                    .execute(
-                        "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?1",
-                        [self.max_events],
-                    )
-                    .map_err(&err)?;
+                crate::store::events::trim(
+                    &self.conn,
+                    self.max_events as u64,
+                    self.max_event_bytes,
+                )
+                .map_err(&err)?;
                 self.conn
                     .execute(
                         "DELETE FROM agent_runs WHERE id <= (SELECT max(id) FROM agent_runs) - ?1",

@@ -1,0 +1,117 @@
+//! What `upkeep run` does about its own resident memory, measured with
+//! `benches/footprint.sh` (README, Performance, has the figures of each
+//! step). Called by `run` only: the other commands are short-lived.
+//!
+//! - `at_start`: one malloc arena instead of one per thread (glibc's
+//!   default, up to 8 per core): the threads of the runtime, the blocking
+//!   pool, the recorder and the alerts engine each kept freed memory in an
+//!   arena of their own; and `MADV_RANDOM` on the binary's own file
+//!   mappings, so that a page faulted back in after `settled` does not
+//!   read ahead its neighbours.
+//! - `settled`: once every probe has ticked, the binary's clean file pages
+//!   (code and read-only data) are handed back with `MADV_PAGEOUT`: those
+//!   touched only at start (config parsing, clap, migrations, the first
+//!   tick of each kind) stay out, those the agent uses fault back in. It
+//!   changes no contents and frees nothing the agent wrote.
+
+use std::time::Duration;
+
+/// How long after start the start-up pages are handed back: every probe
+/// has ticked by then at the default intervals, and the API has answered
+/// systemd's and the first scrapes.
+pub(super) const SETTLE: Duration = Duration::from_secs(60);
+
+pub(super) fn at_start() {
+    // SAFETY: mallopt before any thread is started; a failure leaves
+    // glibc's default.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+    advise_own_image(libc::MADV_RANDOM);
+}
+
+pub(super) async fn settled() {
+    tokio::time::sleep(SETTLE).await;
+    let paged = advise_own_image(libc::MADV_PAGEOUT);
+    tracing::debug!(
+        "start-up pages handed back: {} KiB of the binary's mappings",
+        paged / 1024
+    );
+}
+
+/// Gives `advice` for the executable's own clean file mappings (its code
+/// and read-only data, as `/proc/self/maps` lists them); returns how many
+/// bytes they span. A kernel without the advice ignores it.
+fn advise_own_image(advice: libc::c_int) -> usize {
+    let (Ok(exe), Ok(maps)) = (
+        std::fs::read_link("/proc/self/exe"),
+        std::fs::read_to_string("/proc/self/maps"),
+    ) else {
+        return 0;
+    };
+    let mut spanned = 0;
+    for (start, len) in own_clean_mappings(&maps, &exe.to_string_lossy()) {
+        // SAFETY: advice on whole pages of a mapping this process has; it
+        // changes no contents.
+        if unsafe { libc::madvise(start as *mut libc::c_void, len, advice) } == 0 {
+            spanned += len;
+        }
+    }
+    spanned
+}
+
+/// The start and length of each read-only (`r-xp`, `r--p`) mapping of
+/// `exe` in a `/proc/PID/maps` text.
+fn own_clean_mappings(maps: &str, exe: &str) -> Vec<(usize, usize)> {
+    maps.lines()
+        .filter_map(|line| {
+            let mut f = line.split_ascii_whitespace();
+            let (range, perms) = (f.next()?, f.next()?);
+            let path = f.nth(3)?;
+            if path != exe || !(perms == "r-xp" || perms == "r--p") {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            let a = usize::from_str_radix(a, 16).ok()?;
+            let b = usize::from_str_radix(b, 16).ok()?;
+            (b > a).then_some((a, b - a))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_binarys_read_only_mappings_are_advised() {
+        let maps = "\
+55d0a0000000-55d0a0200000 r--p 00000000 08:01 1234 /usr/bin/upkeep
+55d0a0200000-55d0a0a00000 r-xp 00200000 08:01 1234 /usr/bin/upkeep
+55d0a0a00000-55d0a0b00000 r--p 00a00000 08:01 1234 /usr/bin/upkeep
+55d0a0b00000-55d0a0b10000 rw-p 00b00000 08:01 1234 /usr/bin/upkeep
+55d0a1000000-55d0a1100000 rw-p 00000000 00:00 0 [heap]
+7f0000000000-7f0000010000 r-xp 00000000 08:01 99 /usr/bin/upkeep-old
+7f0000100000-7f0000200000 r--p 00000000 08:01 77 /usr/lib/locale/C.utf8/LC_CTYPE
+";
+        assert_eq!(
+            own_clean_mappings(maps, "/usr/bin/upkeep"),
+            vec![
+                (0x55d0a0000000, 0x200000),
+                (0x55d0a0200000, 0x800000),
+                (0x55d0a0a00000, 0x100000)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_running_binarys_code_is_found_and_advised() {
+        // This test binary's own code: at least one executable mapping.
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let found = own_clean_mappings(&maps, &exe.to_string_lossy());
+        assert!(!found.is_empty(), "no mapping of {exe:?} in\n{maps}");
+        assert!(advise_own_image(libc::MADV_RANDOM) > 0);
+    }
+}
