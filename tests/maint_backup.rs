@@ -361,7 +361,7 @@ impl Drop for TableLock {
 fn a_guard_turning_unhealthy_kills_the_dump_and_removes_the_partial_file() {
     let db = Db::new(100);
     let dir = temp_dir();
-    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let guard = crate::util::Gate::new();
     let cfg = config(dir.path(), &db, "guard = [\"app\"]", "d", "");
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str(&format!(

@@ -67,7 +67,7 @@ fn ledger_status(data: &Path, run: i64) -> String {
 fn plan_dry_run_run_show_and_rollback_from_the_cli() {
     let t = Table::new("upkeep_mr", 20_000, 180); // 20k rows over 41.6 days
     let dir = temp_dir();
-    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let guard = crate::util::Gate::new();
     let cfg = config(
         dir.path(),
         &t.name(),
@@ -165,7 +165,7 @@ fn backups_are_0750_and_0640_under_a_permissive_umask() {
 
     let t = Table::new("upkeep_bm", 2_000, 3600); // 2k rows over 83 days
     let dir = temp_dir();
-    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let guard = crate::util::Gate::new();
     let cfg = config(
         dir.path(),
         &t.name(),
@@ -214,7 +214,7 @@ fn backups_are_0750_and_0640_under_a_permissive_umask() {
 fn a_closed_window_refuses_the_run_unless_told_to_ignore_it() {
     let t = Table::new("upkeep_mr", 2_000, 3_600);
     let dir = temp_dir();
-    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let guard = crate::util::Gate::new();
     // A one-minute window twelve hours from now (UTC).
     let now = chrono::Utc::now();
     let open = now + chrono::Duration::hours(12);
@@ -251,7 +251,7 @@ fn a_closed_window_refuses_the_run_unless_told_to_ignore_it() {
 fn a_guard_turning_unhealthy_stops_the_run_between_batches() {
     let t = Table::new("upkeep_mr", 40_000, 120); // 40k rows over 55 days: ~18k old
     let dir = temp_dir();
-    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let guard = crate::util::Gate::new();
     let addr = guard.local_addr().unwrap().to_string();
     let cfg = config(
         dir.path(),
@@ -360,7 +360,7 @@ pub(crate) fn wait_status(port: u16, run: i64, want: &str) -> Value {
 fn the_agent_and_the_cli_never_run_one_task_at_once_and_the_api_runs_and_rolls_back() {
     let t = Table::new("upkeep_mr", 30_000, 120);
     let dir = temp_dir();
-    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let guard = crate::util::Gate::new();
     let port = free_port();
     let api = api_with_token(dir.path(), port);
     let cfg = config(
@@ -448,7 +448,7 @@ fn the_agent_and_the_cli_never_run_one_task_at_once_and_the_api_runs_and_rolls_b
 fn status_changes_during_a_run_are_marked_with_the_run() {
     let t = Table::new("upkeep_mr", 30_000, 120);
     let dir = temp_dir();
-    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let guard = crate::util::Gate::new();
     let flip = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = free_port();
     let api = format!(
@@ -545,7 +545,7 @@ fn an_auto_window_picks_the_quietest_hour_and_shows_the_figures() {
     let day = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
         [q.weekday().num_days_from_monday() as usize];
 
-    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let guard = crate::util::Gate::new();
     let port = free_port();
     let cfg = config(
         dir.path(),
@@ -598,7 +598,7 @@ fn an_auto_window_picks_the_quietest_hour_and_shows_the_figures() {
 fn sigterm_stops_a_run_at_a_safe_point_and_the_agent_exits_cleanly() {
     let t = Table::new("upkeep_mr", 40_000, 120);
     let dir = temp_dir();
-    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let guard = crate::util::Gate::new();
     let port = free_port();
     let api = api_with_token(dir.path(), port);
     let cfg = config(
@@ -653,7 +653,7 @@ fn sigterm_stops_a_run_at_a_safe_point_and_the_agent_exits_cleanly() {
 fn the_agent_runs_both_kinds_on_their_schedule() {
     let t = Table::new("upkeep_mr", 5_000, 900);
     let dir = temp_dir();
-    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let guard = crate::util::Gate::new();
     let port = free_port();
     let api = format!("[api]\nlisten = \"127.0.0.1:{port}\"\n");
     let extra = format!(
@@ -721,7 +721,7 @@ fn the_agent_runs_both_kinds_on_their_schedule() {
 fn the_agent_prunes_old_backups_but_keeps_the_newest_success() {
     let t = Table::new("upkeep_mp", 4_000, 1_200); // 4k rows over 55 days
     let dir = temp_dir();
-    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let guard = crate::util::Gate::new();
     let cfg = config(
         dir.path(),
         &t.name(),
@@ -822,7 +822,7 @@ fn batches_recorded(data: &Path, run: i64) -> i64 {
 fn a_run_the_agent_was_killed_in_reads_interrupted_after_a_restart_and_rolls_back() {
     let t = Table::new("upkeep_mk", 40_000, 120); // ~18k rows past 30 days
     let dir = temp_dir();
-    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let guard = crate::util::Gate::new();
     let port = free_port();
     let api = api_with_token(dir.path(), port);
     // Small batches with a pause: the run lasts far longer than the test
@@ -895,7 +895,7 @@ fn a_run_the_agent_was_killed_in_reads_interrupted_after_a_restart_and_rolls_bac
 fn a_cli_rollback_of_a_killed_cli_run_leaves_the_row_with_an_end() {
     let t = Table::new("upkeep_mk", 40_000, 120);
     let dir = temp_dir();
-    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let guard = crate::util::Gate::new();
     let cfg = config(
         dir.path(),
         &t.name(),
@@ -974,7 +974,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn a_run_rolls_back_from_its_backup_dir_alone_when_the_history_file_is_gone() {
     let t = Table::new("upkeep_fb", 6_000, 900); // 6k rows over 62.5 days
     let dir = temp_dir();
-    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let guard = crate::util::Gate::new();
     let cfg = config(
         dir.path(),
         &t.name(),

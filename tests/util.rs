@@ -489,3 +489,55 @@ impl Drop for Table {
         psql_cleanup(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
     }
 }
+
+/// A TCP service for a `tcp` guard probe: it accepts every connection and
+/// closes it, as a real service does, so that a run checking its guard
+/// before each of hundreds of batches never fills the listen backlog.
+/// Dropping it closes the port: the probe then fails.
+pub struct Gate {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Gate {
+    pub fn new() -> Gate {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the gate");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => drop(conn),
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Gate {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        Ok(self.addr)
+    }
+}
+
+impl Default for Gate {
+    fn default() -> Gate {
+        Gate::new()
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
