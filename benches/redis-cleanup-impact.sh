@@ -34,6 +34,8 @@
 # Environment: REMOVE (1000000), KEEP (200000), RATE (2000), D (10 s of
 # baseline), BIN (target/release/upkeep), BATCH and PAUSE (upkeep's
 # batch_size and pause; default: the kind's defaults, 500 and "10ms"),
+# DUTY and TARGET (upkeep's max_duty and batch_target; default: pacing's
+# defaults, 0.2 and "5ms"),
 # OLD_BIN (unset: no upkeep-old phase), PHASES (the phases to run, default
 # all). Needs redis-server, redis-cli, python3, xargs, sqlite3.
 #
@@ -51,6 +53,8 @@ OLD_BIN=${OLD_BIN:-}
 PHASES=${PHASES:-baseline keys+del scan+del scan+unlink upkeep upkeep-nobak upkeep-old}
 BATCH=${BATCH:-500}
 PAUSE=${PAUSE:-10ms}
+DUTY=${DUTY:-0.2}
+TARGET=${TARGET:-5ms}
 
 for tool in redis-server redis-cli python3 xargs sqlite3; do
     command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
@@ -147,6 +151,8 @@ probe = "cache"
 match = "tmp:*"
 batch_size = $BATCH
 pause = "$PAUSE"
+max_duty = $DUTY
+batch_target = "$TARGET"
 
 [maintenance.cleanup-nobak]
 kind = "redis_cleanup"
@@ -154,6 +160,8 @@ probe = "cache"
 match = "tmp:*"
 batch_size = $BATCH
 pause = "$PAUSE"
+max_duty = $DUTY
+batch_target = "$TARGET"
 backup = false
 EOF
 
@@ -235,4 +243,4 @@ want upkeep && phase upkeep upkeep_run "$BIN" cleanup upkeep
 [ -n "$OLD_BIN" ] && want upkeep-old && phase upkeep-old upkeep_run "$OLD_BIN" cleanup upkeep-old
 want upkeep-nobak && phase upkeep-nobak upkeep_run "$BIN" cleanup-nobak upkeep-nobak
 cat "$WORK/server-time"
-echo "REMOVE=$REMOVE KEEP=$KEEP RATE=$RATE BATCH=$BATCH PAUSE=$PAUSE; machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "REMOVE=$REMOVE KEEP=$KEEP RATE=$RATE BATCH=$BATCH PAUSE=$PAUSE DUTY=$DUTY TARGET=$TARGET; machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
