@@ -6,8 +6,8 @@
 # server, a worker (the Redis server process), and an access log that a
 # writer appends 20 lines a second to), the three security kinds at their
 # own default intervals, every maintenance kind on a schedule that does not
-# come during the run (01:00 on 1 January), and the alert rules with a
-# webhook and a command notifier. The code of a kind the agent is not
+# come during the run (01:00 on 1 January), and one alert rule of every kind
+# with one notifier of every kind (webhook, alertmanager, command, email). The code of a kind the agent is not
 # running must not make it heavier: compare with benches/footprint.sh.
 # Needs PostgreSQL (user postgres, trust) on 127.0.0.1:5432 and Redis on
 # 127.0.0.1:6379. Prints what benches/footprint.sh prints.
@@ -140,6 +140,16 @@ url = "http://127.0.0.1:$port/hook"
 kind = "command"
 command = ["/bin/true"]
 
+[notify.am]
+kind = "alertmanager"
+url = "http://127.0.0.1:$port"
+
+[notify.mail]
+kind = "email"
+smtp = "smtp://127.0.0.1:$port"
+from = "upkeep@localhost"
+to = ["ops@localhost"]
+
 [alert.service-down]
 when = "probe"
 notify = ["ops"]
@@ -160,11 +170,11 @@ notify = ["pager"]
 [alert.maintenance-broken]
 when = "maintenance"
 on = ["failed", "aborted"]
-notify = ["ops"]
+notify = ["am"]
 
 [alert.agent]
 when = "agent"
-notify = ["pager"]
+notify = ["pager", "mail"]
 TOML
 mkdir -p "$work/tmp" "$work/logs" "$work/etc" "$work/dumps"
 echo "setting = 1" >"$work/etc/app.conf"

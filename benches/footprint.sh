@@ -18,6 +18,7 @@
 #   PREFILL=1 benches/footprint.sh             # steady state: history at full retention
 #   INTERVAL=10s CONFIG_APPEND=probes.toml benches/footprint.sh  # other probes too
 #   BIN=target/release/upkeep benches/footprint.sh  # another build (not rebuilt)
+#   SMAPS=1 benches/footprint.sh               # where the memory is, at the end
 #
 # PREFILL=1 runs the agent for a few seconds so that it registers its series,
 # fills every tier of its history to full capacity (`cargo bench --bench query
@@ -102,6 +103,10 @@ sample
 fds=$(proc_fds "$pid")
 threads=$(awk '/^Threads:/ { print $2 }' "/proc/$pid/status")
 
+if [ "${SMAPS:-0}" = 1 ]; then
+    echo "memory by mapping at the end of the window (/proc/PID/smaps):"
+    proc_smaps_summary "$pid"
+fi
 series=$("$BIN" series --data-dir "$work/data" 2>/dev/null | wc -l || echo "?")
 kill -TERM "$pid"
 set +e

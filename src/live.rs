@@ -5,15 +5,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use circular_buffer::HeapCircularBuffer;
 use serde::Serialize;
 
 use crate::sample::{SeriesKey, Status, Ts, Unit};
 
+mod ring;
+pub use ring::Ring;
+
 /// Recent values kept in memory per series: an hour at a 5 s interval.
 pub const RING_LEN: usize = 720;
-
-pub type Ring = HeapCircularBuffer<(Ts, f64)>;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ProbeState {
@@ -133,7 +133,7 @@ impl Live {
             .or_insert_with(|| SeriesRing {
                 key: key.clone(),
                 unit,
-                values: Ring::with_capacity(RING_LEN),
+                values: Ring::new(RING_LEN),
             });
         ring.values.push_back((ts, value));
     }
@@ -155,7 +155,7 @@ impl Live {
                 r.values
                     .back()
                     .filter(|(ts, _)| Some(*ts) == tick)
-                    .map(|&(_, v)| (&r.key, v))
+                    .map(|(_, v)| (&r.key, v))
             })
             .collect();
         out.sort_by(|a, b| a.0.cmp(b.0));
@@ -171,7 +171,7 @@ impl Live {
             .values
             .back()
             .filter(|(ts, _)| Some(*ts) == tick)
-            .map(|&(_, v)| v)
+            .map(|(_, v)| v)
     }
 
     /// Values of one series (no labels) since `since`, oldest first.
@@ -179,13 +179,7 @@ impl Live {
         let key = SeriesKey::new(probe, metric, &[]).to_string();
         self.rings
             .get(&key)
-            .map(|r| {
-                r.values
-                    .iter()
-                    .filter(|(ts, _)| *ts >= since)
-                    .copied()
-                    .collect()
-            })
+            .map(|r| r.values.iter().filter(|(ts, _)| *ts >= since).collect())
             .unwrap_or_default()
     }
 
@@ -193,7 +187,7 @@ impl Live {
     pub fn recent(&self, key: &str) -> Vec<(Ts, f64)> {
         self.rings
             .get(key)
-            .map(|r| r.values.iter().copied().collect())
+            .map(|r| r.values.iter().collect())
             .unwrap_or_default()
     }
 }

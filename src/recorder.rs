@@ -117,16 +117,16 @@ impl Recorder {
 
     /// Consumes outcomes until every sender is gone, then writes what is left
     /// and marks the run as cleanly stopped.
-    pub fn run(mut self, rx: Receiver<Outcome>, control: Receiver<Control>) {
+    pub fn run(mut self, rx: Receiver<Box<Outcome>>, control: Receiver<Control>) {
         loop {
             self.heartbeat.fetch_add(1, Ordering::Relaxed);
             let mut batch = Vec::new();
             let closed = match rx.recv_timeout(Duration::from_secs(1)) {
                 Ok(o) => {
-                    batch.push(o);
+                    batch.push(*o);
                     while batch.len() < MAX_BATCH {
                         match rx.try_recv() {
-                            Ok(o) => batch.push(o),
+                            Ok(o) => batch.push(*o),
                             Err(_) => break,
                         }
                     }

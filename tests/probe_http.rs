@@ -249,7 +249,7 @@ pub(crate) async fn run_for(probes: Vec<(ProbeSpec, AnyProbe)>, for_: Duration) 
         let mut out = Vec::new();
         while let Some(left) = end.checked_duration_since(Instant::now()) {
             if let Ok(o) = rx.recv_timeout(left) {
-                out.push(o);
+                out.push(*o);
             }
         }
         out

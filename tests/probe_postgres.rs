@@ -522,7 +522,7 @@ pub(crate) async fn failing_beside_a_healthy_probe<P: Probe>(
         let end = Instant::now() + Duration::from_millis(6 * interval_ms);
         let mut out = Vec::new();
         while let Some(left) = end.checked_duration_since(Instant::now()) {
-            out.extend(rx.recv_timeout(left).ok());
+            out.extend(rx.recv_timeout(left).ok().map(|o| *o));
         }
         out
     })

@@ -225,7 +225,7 @@ async fn a_busy_worker_reads_about_one_core() {
 /// Outcomes of the runner until one satisfies `done` (that one included),
 /// failing the test after `within`.
 fn until(
-    rx: &Receiver<Outcome>,
+    rx: &Receiver<Box<Outcome>>,
     within: Duration,
     done: impl Fn(&Outcome) -> bool,
 ) -> Vec<Outcome> {
@@ -234,7 +234,7 @@ fn until(
     while let Some(left) = end.checked_duration_since(Instant::now()) {
         if let Ok(o) = rx.recv_timeout(left) {
             let stop = done(&o);
-            seen.push(o);
+            seen.push(*o);
             if stop {
                 return seen;
             }

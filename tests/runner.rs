@@ -55,12 +55,12 @@ fn spec(name: &str, interval_ms: u64, timeout_ms: u64) -> ProbeSpec {
     }
 }
 
-fn collect(rx: &Receiver<Outcome>, for_: Duration) -> Vec<Outcome> {
+fn collect(rx: &Receiver<Box<Outcome>>, for_: Duration) -> Vec<Outcome> {
     let end = Instant::now() + for_;
     let mut out = Vec::new();
     while let Some(left) = end.checked_duration_since(Instant::now()) {
         if let Ok(o) = rx.recv_timeout(left) {
-            out.push(o);
+            out.push(*o);
         }
     }
     out
@@ -262,7 +262,7 @@ fn http_server() -> String {
 /// after `since` (ms): a tick already under way when the descriptors were
 /// taken or given back says nothing either way.
 async fn first_since(
-    rx: &Receiver<Outcome>,
+    rx: &Receiver<Box<Outcome>>,
     names: &[&str],
     since: i64,
 ) -> std::collections::BTreeMap<String, Outcome> {
@@ -279,7 +279,7 @@ async fn first_since(
         );
         match rx.try_recv() {
             Ok(o) if o.ts >= since && names.contains(&o.probe.as_str()) => {
-                got.entry(o.probe.clone()).or_insert(o);
+                got.entry(o.probe.clone()).or_insert(*o);
             }
             Ok(_) => {}
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,

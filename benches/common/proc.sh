@@ -60,3 +60,32 @@ proc_measure() {
         -v d="$(printf '%s\n' "${dirty[@]}" | median)" \
         'BEGIN { printf "%.3f %d %d %d\n", 100 * t / hz / (ns / 1e9), r, p, d }'
 }
+
+# proc_smaps_summary PID: where the process's memory is, from
+# /proc/PID/smaps, one line per kind of mapping (the binary's code, its
+# read-only data, its writable data, the heap, other anonymous memory,
+# thread stacks, other files) with Rss, Private_Dirty and Anonymous in KiB,
+# largest Rss first.
+proc_smaps_summary() {
+    local exe
+    exe=$(readlink "/proc/$1/exe")
+    awk -v exe="$exe" '
+        /^[0-9a-f]+-[0-9a-f]+ / {
+            perms = $2; path = $6
+            if (path == exe) name = "binary:" perms
+            else if (path == "[heap]") name = "[heap]"
+            else if (path ~ /^\[stack/) name = "[stack]"
+            else if (path ~ /^\[/) name = path
+            else if (path == "") name = "anonymous:" perms
+            else name = "file:" perms
+            n[name]++
+            next
+        }
+        /^Rss:/ { rss[name] += $2 }
+        /^Private_Dirty:/ { dirty[name] += $2 }
+        /^Anonymous:/ { anon[name] += $2 }
+        END {
+            printf "%-20s %5s %9s %9s %9s\n", "mapping", "count", "Rss KiB", "dirty KiB", "anon KiB"
+            for (k in n) printf "%-20s %5d %9d %9d %9d\n", k, n[k], rss[k], dirty[k], anon[k] | "sort -k3,3 -n -r"
+        }' "/proc/$1/smaps"
+}

@@ -52,7 +52,7 @@ pub struct RunnerStats {
 pub async fn run<P: Probe>(
     spec: ProbeSpec,
     mut probe: P,
-    out: SyncSender<Outcome>,
+    out: SyncSender<Box<Outcome>>,
     stats: Arc<RunnerStats>,
     shutdown: CancellationToken,
 ) {
@@ -132,7 +132,7 @@ pub async fn run<P: Probe>(
             error,
             events,
         };
-        match out.try_send(outcome) {
+        match out.try_send(Box::new(outcome)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 stats.dropped_outcomes.fetch_add(1, Ordering::Relaxed);

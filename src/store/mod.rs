@@ -153,7 +153,22 @@ pub(crate) fn open_rw(path: &Path) -> Result<Connection, StoreError> {
         .map_err(&err)?;
     conn.pragma_update(None, "foreign_keys", "OFF")
         .map_err(&err)?;
+    set_conn_cache(&conn).map_err(&err)?;
     Ok(conn)
+}
+
+/// The page cache of every connection to the history file but the
+/// recorder's writer (which sizes its own to the series it stores), in KiB.
+/// SQLite's default is 2 MiB per connection, filled as pages are read and
+/// kept until the connection closes: the long-lived ones (the alerts') can
+/// grow with the file up to that, and each API request's reader can take
+/// as much again from the heap. A reader scans its rows once, so a small
+/// cache costs it no reads; the file's pages stay in the kernel's page
+/// cache.
+pub const CONN_CACHE_KIB: i64 = 256;
+
+fn set_conn_cache(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "cache_size", -CONN_CACHE_KIB)
 }
 
 /// How long a statement waits for a lock another connection holds.
@@ -192,6 +207,7 @@ pub(crate) fn open_ro(path: &Path) -> Result<Connection, StoreError> {
     )
     .map_err(&err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
+    set_conn_cache(&conn).map_err(&err)?;
     Ok(conn)
 }
 
@@ -462,6 +478,42 @@ mod tests {
     const MIN: Ts = 60_000;
     /// A minute boundary.
     const NOW: Ts = 1_700_000_040_000;
+
+    fn cache_kib(conn: &Connection) -> i64 {
+        -conn
+            .pragma_query_value(None, "cache_size", |r| r.get::<_, i64>(0))
+            .unwrap()
+    }
+
+    /// Every connection to the history file but the recorder's writer has
+    /// the small page cache: the long-lived ones (alerts, ledger) and the
+    /// readers opened per request alike.
+    #[test]
+    fn every_connection_but_the_writers_has_the_small_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let run = RunInfo {
+            version: "test".into(),
+            hostname: "test".into(),
+            pid: 1,
+        };
+        let (w, _) = Writer::open(dir.path(), &HistoryConfig::default(), NOW, &run).unwrap();
+        // The writer sizes its own: 512 KiB for a writer with no series yet.
+        assert_eq!(w.cache_kib(), 512);
+        assert_eq!(cache_kib(&open_rw(&path).unwrap()), CONN_CACHE_KIB);
+        assert_eq!(cache_kib(&open_ro(&path).unwrap()), CONN_CACHE_KIB);
+        let reader = Reader::open(dir.path()).unwrap();
+        assert_eq!(cache_kib(reader.conn()), CONN_CACHE_KIB);
+        let ledger = ledger::Ledger::open(dir.path()).unwrap();
+        assert_eq!(cache_kib(ledger.conn()), CONN_CACHE_KIB);
+        let ledger = ledger::Ledger::open_ro(dir.path()).unwrap();
+        assert_eq!(cache_kib(ledger.conn()), CONN_CACHE_KIB);
+        let alerts = alerts::AlertStore::open(dir.path()).unwrap();
+        assert_eq!(cache_kib(alerts.conn()), CONN_CACHE_KIB);
+        // SQLite's own default is larger: the setting is what made it so.
+        let plain = Connection::open(&path).unwrap();
+        assert!(cache_kib(&plain) > CONN_CACHE_KIB, "{}", cache_kib(&plain));
+    }
 
     /// The values of the row-per-bucket tier table of a version 2 file.
     fn v2_row(series: i64, i: i64) -> (Ts, f64, f64, f64, i64, f64, Ts) {

@@ -114,6 +114,11 @@ impl Reader {
         sql_err(&self.path)
     }
 
+    #[cfg(test)]
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     pub fn series(&self) -> Result<Vec<SeriesInfo>, StoreError> {
         let mut st = self
             .conn

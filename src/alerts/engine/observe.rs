@@ -96,7 +96,7 @@ impl Engine {
             return Vec::new();
         };
         let live = self.live.read().expect("live lock");
-        let Some(&(_, v)) = live
+        let Some((_, v)) = live
             .rings
             .get(&key.to_string())
             .and_then(|ring| ring.values.back())

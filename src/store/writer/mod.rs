@@ -194,6 +194,15 @@ impl Writer {
         }
     }
 
+    /// The page cache size in force on the connection, KiB.
+    #[cfg(test)]
+    pub(crate) fn cache_kib(&self) -> i64 {
+        -self
+            .conn
+            .pragma_query_value(None, "cache_size", |r| r.get::<_, i64>(0))
+            .unwrap()
+    }
+
     /// Marks the current run as cleanly stopped.
     pub fn end_run(&mut self, now: Ts) -> Result<(), StoreError> {
         let ev = Event::agent(now, "agent", "agent stopped");
