@@ -11,10 +11,16 @@
 //!   mappings, so that a page faulted back in after `settled` does not
 //!   read ahead its neighbours.
 //! - `settled`: once every probe has ticked, the binary's clean file pages
-//!   (code and read-only data) are handed back with `MADV_PAGEOUT`: those
+//!   (code and read-only data) are unmapped with `MADV_DONTNEED`: those
 //!   touched only at start (config parsing, clap, migrations, the first
-//!   tick of each kind) stay out, those the agent uses fault back in. It
-//!   changes no contents and frees nothing the agent wrote. From then on,
+//!   tick of each kind) stay out, those the agent uses fault back in from
+//!   the page cache. Only read-only mappings holding no page of their own
+//!   are advised: for those the advice changes no contents (a mapping that
+//!   start-up relocated, RELRO, holds private copies and is left alone).
+//!   `MADV_PAGEOUT` would also evict the pages from the page cache, but the
+//!   kernel does it only for a file the process owns or may write: the
+//!   service runs as `upkeep` and the binary belongs to root, so it did
+//!   nothing there (it did in a bench run as root). From then on,
 //!   once a minute, `malloc_trim` hands back the whole free pages inside
 //!   the heap: freed blocks between live ones (an API request's SQLite
 //!   pages, a rendered page, a query's rows) that the trim threshold, which
@@ -54,10 +60,10 @@ pub(super) fn at_start() {
 
 pub(super) async fn settled() {
     tokio::time::sleep(SETTLE).await;
-    let paged = advise_own_image(libc::MADV_PAGEOUT);
+    let unmapped = unmap_clean_image();
     tracing::debug!(
         "start-up pages handed back: {} KiB of the binary's mappings",
-        paged / 1024
+        unmapped / 1024
     );
     #[cfg(target_env = "gnu")]
     loop {
@@ -89,6 +95,67 @@ fn advise_own_image(advice: libc::c_int) -> usize {
         }
     }
     spanned
+}
+
+/// `MADV_DONTNEED` on the executable's read-only mappings that hold no
+/// private (anonymous) page, as `/proc/self/smaps` lists them; returns how
+/// many bytes they span. Their pages are then the file's, unchanged, and
+/// fault back in from it.
+fn unmap_clean_image() -> usize {
+    let (Ok(exe), Ok(smaps)) = (
+        std::fs::read_link("/proc/self/exe"),
+        std::fs::read_to_string("/proc/self/smaps"),
+    ) else {
+        return 0;
+    };
+    let mut spanned = 0;
+    for (start, len) in unshared_clean_mappings(&smaps, &exe.to_string_lossy()) {
+        // SAFETY: a read-only private mapping of the executable with no
+        // anonymous page: every page is the file's own, so dropping them
+        // loses nothing, and the next access reads the same bytes back.
+        if unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) } == 0 {
+            spanned += len;
+        }
+    }
+    // Unmapped, the pages are still in the page cache, and a fault maps
+    // the cached pages around it too (fault-around, 64 KiB): without this
+    // the agent's resident code grew back to nearly all of it within a
+    // minute. Dropping the file's cached pages that no process maps (any
+    // reader may ask) leaves the agent only the pages it faults in.
+    if spanned > 0
+        && let Ok(file) = std::fs::File::open(&exe)
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: advice on an open descriptor; it changes no contents.
+        unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+        }
+    }
+    spanned
+}
+
+/// The read-only mappings of `exe` in a `/proc/PID/smaps` text whose
+/// `Anonymous:` is 0 kB: none of their pages was ever written.
+fn unshared_clean_mappings(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
+    let mut found = Vec::new();
+    let mut current: Option<(usize, usize)> = None;
+    for line in smaps.lines() {
+        if let Some(rest) = line.strip_prefix("Anonymous:") {
+            let kb = rest.trim().trim_end_matches("kB").trim();
+            if let Some(m) = current.take()
+                && kb == "0"
+            {
+                found.push(m);
+            }
+        } else if line
+            .split_ascii_whitespace()
+            .next()
+            .is_some_and(|w| w.contains('-') && !w.ends_with(':'))
+        {
+            current = own_clean_mappings(line, exe).into_iter().next();
+        }
+    }
+    found
 }
 
 /// The start and length of each read-only (`r-xp`, `r--p`) mapping of
@@ -156,6 +223,54 @@ mod tests {
         }
         let small = std::hint::black_box(vec![1u8; 64 * 1024]);
         assert!(!mapped(&small), "a 64 KiB block came from mmap");
+    }
+
+    #[test]
+    fn only_read_only_mappings_without_private_pages_are_unmapped() {
+        let smaps = "\
+55d0a0000000-55d0a0200000 r--p 00000000 08:01 1234 /usr/bin/upkeep
+Size:               2048 kB
+Rss:                 300 kB
+Anonymous:             0 kB
+VmFlags: rd mr mw me
+55d0a0200000-55d0a0a00000 r-xp 00200000 08:01 1234 /usr/bin/upkeep
+Size:               8192 kB
+Anonymous:             0 kB
+55d0a0a00000-55d0a0b00000 r--p 00a00000 08:01 1234 /usr/bin/upkeep
+Size:               1024 kB
+Anonymous:           512 kB
+55d0a0b00000-55d0a0b10000 rw-p 00b00000 08:01 1234 /usr/bin/upkeep
+Anonymous:             0 kB
+55d0a1000000-55d0a1100000 rw-p 00000000 00:00 0 [heap]
+Anonymous:          1024 kB
+7f0000000000-7f0000010000 r-xp 00000000 08:01 99 /usr/bin/upkeep-old
+Anonymous:             0 kB
+";
+        // The relocated read-only mapping (RELRO: 512 kB of private
+        // copies) would lose its relocations, the writable one its data.
+        assert_eq!(
+            unshared_clean_mappings(smaps, "/usr/bin/upkeep"),
+            vec![(0x55d0a0000000, 0x200000), (0x55d0a0200000, 0x800000)]
+        );
+    }
+
+    /// Run on this test binary itself: its relocated data must survive, so
+    /// the code still runs and reads the same statics afterwards.
+    #[test]
+    fn unmapping_the_running_binarys_clean_pages_loses_nothing() {
+        static TABLE: [&str; 3] = ["one", "two", "three"];
+        let before: Vec<String> = TABLE.iter().map(|s| s.to_string()).collect();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let found = unshared_clean_mappings(&smaps, &exe.to_string_lossy());
+        assert!(!found.is_empty(), "no clean mapping of {exe:?}");
+        assert!(unmap_clean_image() > 0);
+        let after: Vec<String> = std::hint::black_box(&TABLE)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(before, after);
+        assert_eq!(format!("{:?}", std::hint::black_box(3u8)), "3");
     }
 
     #[test]
