@@ -413,7 +413,11 @@ async fn the_plan_counts_old_rows_exactly_in_many_short_chunks() {
     let admin = pg().await;
     let schema = Schema::new(&admin).await;
     for with_key in [true, false] {
-        let table = format!("{}.gaps_{}", schema.0, if with_key { "key" } else { "ctid" });
+        let table = format!(
+            "{}.gaps_{}",
+            schema.0,
+            if with_key { "key" } else { "ctid" }
+        );
         let key = if with_key { "PRIMARY KEY" } else { "" };
         admin
             .batch_execute(&format!(
@@ -451,7 +455,11 @@ async fn the_plan_counts_old_rows_exactly_in_many_short_chunks() {
         let (n, first, last): (i64, i64, i64) = (whole.get(0), whole.get(1), whole.get(2));
         assert!(n > 10_000, "{n} old rows");
         assert_eq!(plan.rows, n as u64, "{table}: {}", plan.summary);
-        assert_eq!(plan.details["range"], serde_json::json!([first, last]), "{table}");
+        assert_eq!(
+            plan.details["range"],
+            serde_json::json!([first, last]),
+            "{table}"
+        );
         assert!(plan.bytes > 0);
         let chunks: u64 = plan
             .summary

@@ -187,7 +187,9 @@ impl RetentionTask {
     fn pace(&self) -> scan::Pace {
         let c = self.config.common();
         scan::Pace {
-            target: c.batch_target.unwrap_or(super::config::DEFAULT_BATCH_TARGET),
+            target: c
+                .batch_target
+                .unwrap_or(super::config::DEFAULT_BATCH_TARGET),
             duty: c.max_duty.unwrap_or(super::config::DEFAULT_MAX_DUTY),
         }
     }
@@ -281,9 +283,10 @@ impl RetentionTask {
         };
         let older_than = human_span(self.config.older_than);
         let counted = format!(
-            "counted exactly in {} chunks by {by}, {:.0}ms of queries",
+            "counted exactly in {} chunks by {by}, {:.0}ms of queries (longest {:.1}ms)",
             tally.chunks,
-            tally.busy.as_secs_f64() * 1000.0
+            tally.busy.as_secs_f64() * 1000.0,
+            tally.longest.as_secs_f64() * 1000.0
         );
         let summary = if rows == 0 {
             format!(
@@ -382,8 +385,14 @@ impl RetentionTask {
             pace,
         )
         .await
-        .map_err(|e| fail("counting the rows left", e))?
-        .rows;
+        .map_err(|e| fail("counting the rows left", e))?;
+        let recounted = format!(
+            "recounted in {} chunks, {:.0}ms of queries (longest {:.1}ms)",
+            remaining.chunks,
+            remaining.busy.as_secs_f64() * 1000.0,
+            remaining.longest.as_secs_f64() * 1000.0
+        );
+        let remaining = remaining.rows;
         let (in_archive, uncommitted, incomplete) = match &run.target.archive {
             Some(a) => {
                 let n = s
@@ -435,12 +444,12 @@ impl RetentionTask {
         let detail = if problems.is_empty() {
             format!(
                 "no row of {table} older than {} is left in {processed}; {} rows deleted, all of \
-                 them archived",
+                 them archived; {recounted}",
                 run.plan.cutoff,
                 count(run.deleted)
             )
         } else {
-            format!("{table}: {}", problems.join("; "))
+            format!("{table}: {}; {recounted}", problems.join("; "))
         };
         Ok(Verdict {
             ok: problems.is_empty(),
@@ -480,10 +489,18 @@ impl RetentionTask {
         });
         if let Some(run) = &self.run {
             let (lo, hi, est) = scan::table_range(s, &target).await.map_err(fail)?;
-            let old = scan::tally(s, &target, &run.plan.cutoff, (lo, hi), est, false, self.pace())
-                .await
-                .map_err(fail)?
-                .rows;
+            let old = scan::tally(
+                s,
+                &target,
+                &run.plan.cutoff,
+                (lo, hi),
+                est,
+                false,
+                self.pace(),
+            )
+            .await
+            .map_err(fail)?
+            .rows;
             out["cutoff"] = json!(run.plan.cutoff);
             out["rows_older_than_cutoff"] = json!(old);
         }

@@ -2,7 +2,8 @@
 //! (with the rows' size and first and last position), the validation's
 //! recount of the processed range and the figures' count after a run walk
 //! the key (or ctid) range in chunks, each one statement sized from the
-//! measured positions per millisecond to take about `batch_target`, with a
+//! measured positions per millisecond to take about `batch_target` (at
+//! most [`MAX_CHUNK`]), with a
 //! pause after it that keeps the walk to `max_duty` of wall time, as the
 //! batches are. One statement over a 4M-row table held a core for a second
 //! or more, unpaced, before the first batch and again after the last;
@@ -34,8 +35,15 @@ pub(super) struct Tally {
     pub chunks: u64,
     /// Time spent in the chunks' statements, pauses left out.
     pub busy: Duration,
+    /// The longest chunk's statement.
+    pub longest: Duration,
 }
 
+/// The longest a chunk aims at, whatever `batch_target`: a read has no
+/// commit or archive fsync to spread over its rows, so short chunks cost
+/// little more (a round trip and a plan each), and an application
+/// transaction caught behind one waits less.
+const MAX_CHUNK: Duration = Duration::from_millis(2);
 /// Rows a first chunk aims at, before any chunk has been timed.
 const FIRST_CHUNK_ROWS: f64 = 1000.0;
 /// A chunk's width grows at most this many times over the last one's: a
@@ -59,18 +67,18 @@ pub(super) async fn table_range(s: &Session, t: &Target) -> Result<(i64, i64, u6
                  (SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = $1::oid)"
             .to_string(),
     };
-    let row = s
-        .timed(s.client.query_one(&sql, &[&t.table.oid]))
-        .await?;
+    let row = s.timed(s.client.query_one(&sql, &[&t.table.oid])).await?;
     let est = row.get::<_, Option<i64>>(2).unwrap_or(0).max(0) as u64;
-    Ok(match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
-        (Some(a), Some(b)) if b >= a => match &t.key {
-            Some(_) => (a, b.saturating_add(1), est),
-            // Pages 0..=b: every item of the last page included.
-            None => (0, (b + 1) << TID_SHIFT, est),
+    Ok(
+        match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
+            (Some(a), Some(b)) if b >= a => match &t.key {
+                Some(_) => (a, b.saturating_add(1), est),
+                // Pages 0..=b: every item of the last page included.
+                None => (0, (b + 1) << TID_SHIFT, est),
+            },
+            _ => (0, 0, est),
         },
-        _ => (0, 0, est),
-    })
+    )
 }
 
 /// Counts the rows older than `cutoff` in `[lo, hi)`, a chunk at a time;
@@ -102,7 +110,7 @@ pub(super) async fn tally(
         (1u64 << TID_SHIFT) as f64
     };
     let span = (hi as i128 - lo as i128) as f64;
-    let target_ms = pace.target.as_secs_f64() * 1000.0;
+    let target_ms = pace.target.min(MAX_CHUNK).as_secs_f64() * 1000.0;
     let duty = pace.duty.clamp(0.01, 1.0);
     let mut width = (span * FIRST_CHUNK_ROWS / est_rows.max(1) as f64).max(min_width);
     // Positions per millisecond, smoothed as pacing smooths its rate.
@@ -131,6 +139,7 @@ pub(super) async fn tally(
         }
         out.chunks += 1;
         out.busy += took;
+        out.longest = out.longest.max(took);
         let took_ms = took.as_secs_f64() * 1000.0;
         let r = (end as i128 - at as i128) as f64 / took_ms.max(0.01);
         let smoothed = rate.map_or(r, |old| (old + r) / 2.0);
