@@ -468,7 +468,7 @@ fn guard_checks_are_bounded_by_time_not_by_the_number_of_batches() {
     let db = Db::new(30_000);
     let gate = crate::util::Gate::new();
     let dir = temp_dir();
-    let every_ms = 100;
+    let every_ms = 500;
     let cfg = write_file(
         dir.path(),
         "agent.toml",
