@@ -45,6 +45,9 @@
 # capacity measured first), RUNS (1), SCALE (10), CLIENTS (8),
 # THREADS (2), WARMUP (5 s of workload before a window), KEEP (a directory
 # to copy the pgbench logs, the run document and the ledger steps into).
+# The task's pacing, each unset to keep the task's default: DUTY
+# (max_duty), TARGET (batch_target, e.g. 5ms), GUARD_EVERY (guard_every,
+# e.g. 250ms), BATCH (batch_size), PAUSE (pause).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -248,6 +251,15 @@ timestamp_column = "created_at"
 older_than = "365d"
 guard = ["bench"]
 TOML
+pacing=
+for opt in "max_duty=${DUTY:-}" "batch_target=${TARGET:+\"$TARGET\"}" \
+    "guard_every=${GUARD_EVERY:+\"$GUARD_EVERY\"}" "batch_size=${BATCH:-}" "pause=${PAUSE:+\"$PAUSE\"}"; do
+    if [ -n "${opt#*=}" ]; then
+        echo "${opt%%=*} = ${opt#*=}" >>"$work/agent.toml"
+        pacing="$pacing ${opt%%=*} = ${opt#*=};"
+    fi
+done
+echo "task pacing:${pacing:- the defaults of the task}"
 upkeep() { "$BIN" "$@" --config "$work/agent.toml" --data-dir "$work/data"; }
 "$BIN" check-config "$work/agent.toml" >/dev/null 2>"$work/check.err" || { cat "$work/check.err" >&2; exit 1; }
 old_now() { sql -Atc "SELECT count(*) FROM audit_log WHERE created_at < now() - make_interval(secs => 365 * 86400.0)"; }
@@ -371,6 +383,8 @@ PY
         up_tps=$(ratio "$last_tps" "$base_tps")
     fi
     report "upkeep (whole run)" "upkeep-$r" "$b0" "$b1"
+    local whole_p99
+    whole_p99=$(ratio "$last_p99" "$base_p99")
 
     # --- c. seed ---------------------------------------------------------------
     restore="nothing to restore"
@@ -402,7 +416,7 @@ PY
     report "seed (DELETE+VACUUM)" "seed-$r" "$c0" "$c2"
     local seed_p99
     seed_p99=$(ratio "$last_p99" "$base_p99")
-    echo "$r $judged $up_p99 $up_tps $rate_batches $seed_p99" >>"$work/runs"
+    echo "$r $judged $up_p99 $up_tps $rate_batches $seed_p99 $whole_p99" >>"$work/runs"
 
     # The next run starts from the same table: the old half back.
     if [ "$r" -lt "$RUNS" ]; then
@@ -420,9 +434,9 @@ echo "runs (p99 and tps as ratios to the run's own baseline; rows/s over the bat
 python3 - "$work/runs" <<'PY'
 import math, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-print(f"  {'run':>3}  {'judged':>6}  {'upkeep p99':>10}  {'upkeep tps':>10}  {'rows/s':>8}  {'seed p99':>8}")
+print(f"  {'run':>3}  {'judged':>6}  {'upkeep p99':>10}  {'upkeep tps':>10}  {'rows/s':>8}  {'seed p99':>8}  {'whole-run p99':>13}")
 for r in rows:
-    print(f"  {r[0]:>3}  {r[1]:>6}  {r[2]:>10}  {r[3]:>10}  {r[4]:>8}  {r[5]:>8}")
+    print(f"  {r[0]:>3}  {r[1]:>6}  {r[2]:>10}  {r[3]:>10}  {r[4]:>8}  {r[5]:>8}  {r[6]:>13}")
 judged = [r for r in rows if r[1] == "judged"]
 if not judged:
     print("  no run judged: every run's baseline halves differed by more than 30 % (noisy machine)")
@@ -430,7 +444,7 @@ if not judged:
 def col(i):
     v = sorted(float(r[i]) for r in judged if r[i] not in ("nan", "-"))
     return v
-for name, i in (("upkeep p99 ratio", 2), ("upkeep tps ratio", 3), ("rows/s", 4), ("seed p99 ratio", 5)):
+for name, i in (("upkeep p99 ratio", 2), ("upkeep tps ratio", 3), ("rows/s", 4), ("seed p99 ratio", 5), ("whole-run p99 ratio", 6)):
     v = col(i)
     if not v:
         continue

@@ -312,7 +312,7 @@ fn a_competing_write_load_shrinks_batches_and_lengthens_pauses_and_its_end_lets_
 }
 
 #[test]
-fn batch_target_and_max_duty_out_of_range_are_refused_naming_the_field() {
+fn batch_target_max_duty_and_guard_every_out_of_range_are_refused_naming_the_field() {
     let dir = temp_dir();
     for (line, field, value) in [
         ("batch_target = \"500us\"", "batch_target", "500us"),
@@ -320,6 +320,8 @@ fn batch_target_and_max_duty_out_of_range_are_refused_naming_the_field() {
         ("max_duty = 0", "max_duty", "0"),
         ("max_duty = 1.5", "max_duty", "1.5"),
         ("max_duty = -0.2", "max_duty", "-0.2"),
+        ("guard_every = \"5ms\"", "guard_every", "5ms"),
+        ("guard_every = \"2m\"", "guard_every", "2m"),
     ] {
         let cfg = write_file(
             dir.path(),
@@ -337,17 +339,17 @@ fn batch_target_and_max_duty_out_of_range_are_refused_naming_the_field() {
             err.contains(&format!("maintenance.tmp.{field}: {value} is out of range")),
             "{line}: {err}"
         );
-        let range = if field == "max_duty" {
-            "greater than 0 and at most 1"
-        } else {
-            "from 1ms to 1s"
+        let range = match field {
+            "max_duty" => "greater than 0 and at most 1",
+            "guard_every" => "from 10ms to 1m",
+            _ => "from 1ms to 1s",
         };
         assert!(err.contains(range), "{line}: {err}");
     }
     // The edges are in range.
     for line in [
-        "batch_target = \"1ms\"\nmax_duty = 1.0",
-        "batch_target = \"1s\"\nmax_duty = 0.01",
+        "batch_target = \"1ms\"\nmax_duty = 1.0\nguard_every = \"10ms\"",
+        "batch_target = \"1s\"\nmax_duty = 0.01\nguard_every = \"1m\"",
     ] {
         let cfg = write_file(
             dir.path(),
@@ -455,4 +457,87 @@ async fn the_write_check_times_a_flushed_commit_and_waiting_sessions_are_counted
     }
     holder.batch_execute("COMMIT").await.unwrap();
     blocked.await.unwrap().unwrap();
+}
+
+/// The guard is checked on a timer, not before every batch: a run of
+/// hundreds of short batches guarded by a real TCP service connects to it
+/// about once per `guard_every`, and the ledger's summary counts the
+/// same checks the service saw.
+#[test]
+fn guard_checks_are_bounded_by_time_not_by_the_number_of_batches() {
+    let db = Db::new(30_000);
+    let gate = crate::util::Gate::new();
+    let dir = temp_dir();
+    let every_ms = 500;
+    let cfg = write_file(
+        dir.path(),
+        "agent.toml",
+        &format!(
+            "[probe.db]\nkind = \"postgres\"\nconninfo = \"host=127.0.0.1 port=5432 dbname={}\"\n\
+             user = \"postgres\"\n\n\
+             [probe.gate]\nkind = \"tcp\"\naddress = \"{}\"\n\n\
+             [maintenance.trim]\nkind = \"postgres_retention\"\nprobe = \"db\"\ntable = \"events\"\n\
+             timestamp_column = \"created_at\"\nolder_than = \"30d\"\nbatch_size = 100\n\
+             batch_target = \"1s\"\nmax_duty = 0.5\nguard = [\"gate\"]\n\
+             guard_every = \"{every_ms}ms\"\ntimeout = \"10m\"\n",
+            db.0,
+            gate.local_addr().unwrap()
+        ),
+    );
+    let data = dir.path().join("data");
+    let o = upkeep(&[
+        "maintenance",
+        "run",
+        "trim",
+        "--ignore-window",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let conn = history_sql(&data);
+    let times: Vec<(String, i64)> = conn
+        .prepare("SELECT step, ts_ms FROM maintenance_steps ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    // Every batch, itemized in the steps or not.
+    let batches: u64 = conn
+        .query_row("SELECT batches FROM maintenance_runs", [], |r| r.get(0))
+        .unwrap();
+    let first = times.iter().find(|(s, _)| s == "batch").unwrap().1;
+    let (summary, end): (String, i64) = conn
+        .query_row(
+            "SELECT detail, ts_ms FROM maintenance_steps WHERE step = 'summary'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let checks: u64 = summary
+        .split(" guard checks")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the summary counts the guard checks: {summary}"));
+    assert!(batches >= 300, "{batches} batches: {summary}");
+    // The gate's own count: three checks open the run, the rest are the
+    // timer's (a batch shorter than the 2s re-check adds none).
+    let seen = gate.accepted();
+    assert!(
+        seen >= checks + 3 && seen <= checks + 3 + 2,
+        "the gate saw {seen} connections, the summary {checks} checks + 3 at the start: {summary}"
+    );
+    // One check before the first batch, then at most one per guard_every.
+    let span_ms = (end - first).max(0) as u64;
+    assert!(
+        checks <= 2 + span_ms / every_ms,
+        "{checks} checks in {span_ms} ms of batches, every {every_ms} ms at most: {summary}"
+    );
+    assert!(
+        checks * 4 < batches,
+        "{checks} checks for {batches} batches: not one per batch"
+    );
 }

@@ -404,6 +404,74 @@ async fn a_dry_run_changes_nothing() {
     assert!(!cx.backup_dir.exists(), "a dry run writes no archive");
 }
 
+/// The plan counts in chunks, each a short statement, and still exactly:
+/// keys with gaps (negative ones, a jump of 10^12) and a table without a
+/// key (by ctid pages) both give the count, size order and first and last
+/// position that one statement over the table gives.
+#[tokio::test]
+async fn the_plan_counts_old_rows_exactly_in_many_short_chunks() {
+    let admin = pg().await;
+    let schema = Schema::new(&admin).await;
+    for with_key in [true, false] {
+        let table = format!(
+            "{}.gaps_{}",
+            schema.0,
+            if with_key { "key" } else { "ctid" }
+        );
+        let key = if with_key { "PRIMARY KEY" } else { "" };
+        admin
+            .batch_execute(&format!(
+                "CREATE TABLE {table} (id bigint {key}, created_at timestamptz NOT NULL, body text);
+                 SELECT setseed(0.17);
+                 INSERT INTO {table}
+                 SELECT CASE WHEN i <= 20000 THEN i * 7 - 50000 ELSE 1000000000000 + i END,
+                        now() - random() * interval '730 days', md5(i::text)
+                 FROM generate_series(1, 40000) AS i;
+                 ANALYZE {table};"
+            ))
+            .await
+            .unwrap();
+        let name = unique("chunks");
+        let config = retention_config(&table, "batch_target = \"1ms\"\nmax_duty = 0.5");
+        let mut task = RetentionTask::new(&name, &config, &pg_config());
+        let dir = tempfile::tempdir().unwrap();
+        let plan = task.plan(&cx(&name, dir.path())).await.unwrap();
+        let cut = cutoff(&plan);
+        let position = if with_key {
+            "t.id"
+        } else {
+            "(((t.ctid::text::point)[0])::int8 << 16) + ((t.ctid::text::point)[1])::int8"
+        };
+        let whole = admin
+            .query_one(
+                &format!(
+                    "SELECT count(*), min({position}), max({position}) FROM {table} t \
+                     WHERE created_at < $1::text::timestamptz"
+                ),
+                &[&cut],
+            )
+            .await
+            .unwrap();
+        let (n, first, last): (i64, i64, i64) = (whole.get(0), whole.get(1), whole.get(2));
+        assert!(n > 10_000, "{n} old rows");
+        assert_eq!(plan.rows, n as u64, "{table}: {}", plan.summary);
+        assert_eq!(
+            plan.details["range"],
+            serde_json::json!([first, last]),
+            "{table}"
+        );
+        assert!(plan.bytes > 0);
+        let chunks: u64 = plan
+            .summary
+            .split("counted exactly in ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("the plan says how it counted: {}", plan.summary));
+        assert!(chunks > 5, "{table}: {chunks} chunks: {}", plan.summary);
+    }
+}
+
 /// Every row of `original` is in `table` or in `archived` (JSON texts).
 async fn lost_rows(admin: &Client, original: &str, table: &str, archived: &[String]) -> i64 {
     admin

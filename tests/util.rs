@@ -496,6 +496,8 @@ impl Drop for Table {
 /// Dropping it closes the port: the probe then fails.
 pub struct Gate {
     addr: std::net::SocketAddr,
+    /// Connections accepted: one per check of a `tcp` probe on it.
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -507,16 +509,22 @@ impl Gate {
         let addr = listener.local_addr().unwrap();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = accepted.clone();
         let thread = std::thread::spawn(move || {
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((conn, _)) => drop(conn),
+                    Ok((conn, _)) => {
+                        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        drop(conn)
+                    }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
             }
         });
         Gate {
             addr,
+            accepted,
             stop,
             thread: Some(thread),
         }
@@ -524,6 +532,11 @@ impl Gate {
 
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         Ok(self.addr)
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

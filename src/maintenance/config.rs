@@ -57,6 +57,12 @@ macro_rules! task_config {
             /// pause follows from it.
             #[serde(default)]
             pub max_duty: Option<f64>,
+            /// How often the guarded probes are checked between batches
+            /// (each check costs the server a query, or a flushed commit
+            /// with `write_check`); between checks batches go on at the
+            /// pacing in force. 10ms to 1m.
+            #[serde(default, with = "humantime_serde")]
+            pub guard_every: Option<std::time::Duration>,
             $($(#[$fm])* pub $f: $t,)*
         }
         impl $name {
@@ -73,6 +79,7 @@ macro_rules! task_config {
                     max_backup_bytes: self.max_backup_bytes,
                     batch_target: self.batch_target,
                     max_duty: self.max_duty,
+                    guard_every: self.guard_every,
                 }
             }
         }
@@ -93,6 +100,7 @@ pub struct TaskCommon<'a> {
     pub max_backup_bytes: Option<u64>,
     pub batch_target: Option<Duration>,
     pub max_duty: Option<f64>,
+    pub guard_every: Option<Duration>,
 }
 
 /// Default longest run.
@@ -103,6 +111,15 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_BATCH_TARGET: Duration = Duration::from_millis(5);
 /// Default `max_duty`: batches take at most a fifth of wall time.
 pub const DEFAULT_MAX_DUTY: f64 = 0.2;
+/// Default `guard_every`: four checks a second. Checked before every
+/// batch, a retention run's write checks (a flushed commit each, and a
+/// read of `pg_stat_activity`) came tens of times a second and competed
+/// with the application's commits; a quarter of a second still sees a
+/// slowdown within a second (`pacing::MIN_TICKS` ticks).
+pub const DEFAULT_GUARD_EVERY: Duration = Duration::from_millis(250);
+/// The range of `guard_every`.
+pub const GUARD_EVERY_RANGE: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(60));
 /// The range of `batch_target`: under 1ms a batch is mostly its fixed
 /// costs; over 1s it is the long transaction batching exists to avoid.
 pub const BATCH_TARGET_RANGE: (Duration, Duration) =
@@ -120,6 +137,18 @@ impl TaskCommon<'_> {
                 "batch_target",
                 format!(
                     "{} is out of range: must be from 1ms to 1s",
+                    humantime::format_duration(t)
+                ),
+            ));
+        }
+        let (lo, hi) = GUARD_EVERY_RANGE;
+        if let Some(t) = self.guard_every
+            && !(lo..=hi).contains(&t)
+        {
+            out.push((
+                "guard_every",
+                format!(
+                    "{} is out of range: must be from 10ms to 1m",
                     humantime::format_duration(t)
                 ),
             ));
@@ -377,6 +406,11 @@ impl TaskConfig {
 
     pub fn timeout(&self) -> Duration {
         self.common().timeout.unwrap_or(DEFAULT_TIMEOUT)
+    }
+
+    /// How often the guarded probes are checked between batches.
+    pub fn guard_every(&self) -> Duration {
+        self.common().guard_every.unwrap_or(DEFAULT_GUARD_EVERY)
     }
 
     /// The task after whose successful run this one starts.

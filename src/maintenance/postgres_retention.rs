@@ -14,6 +14,7 @@
 mod archive;
 mod restore;
 mod run;
+mod scan;
 mod target;
 
 use std::time::Duration;
@@ -182,6 +183,17 @@ impl RetentionTask {
         }
     }
 
+    /// The pacing of the task's counts: its `batch_target` and `max_duty`.
+    fn pace(&self) -> scan::Pace {
+        let c = self.config.common();
+        scan::Pace {
+            target: c
+                .batch_target
+                .unwrap_or(super::config::DEFAULT_BATCH_TARGET),
+            duty: c.max_duty.unwrap_or(super::config::DEFAULT_MAX_DUTY),
+        }
+    }
+
     /// The open session, or a new one with the task's timeouts.
     async fn take_session(&mut self) -> Result<Session, TaskError> {
         if let Some(s) = self.session.take()
@@ -247,13 +259,15 @@ impl RetentionTask {
             .await
             .map_err(|e| fail("computing the cutoff", e))?
             .get(0);
-        let row = s
-            .timed(s.client.query_one(&target.plan_sql(), &[&cutoff]))
+        let counting = async {
+            let (lo, hi, est) = scan::table_range(s, &target).await?;
+            scan::tally(s, &target, &cutoff, (lo, hi), est, true, self.pace()).await
+        };
+        let tally = counting
             .await
             .map_err(|e| fail("counting the rows older than the cutoff", e))?;
-        let rows = row.get::<_, i64>(0) as u64;
-        let size = row.get::<_, i64>(1) as u64;
-        let range = match (row.get::<_, Option<i64>>(2), row.get::<_, Option<i64>>(3)) {
+        let (rows, size) = (tally.rows, tally.bytes);
+        let range = match (tally.first, tally.last) {
             (Some(a), Some(b)) => Some([a, b]),
             _ => None,
         };
@@ -268,15 +282,23 @@ impl RetentionTask {
             None => "archived to a gzip file".into(),
         };
         let older_than = human_span(self.config.older_than);
+        let counted = format!(
+            "counted exactly in {} chunks by {by}, {:.0}ms of queries (longest {:.1}ms)",
+            tally.chunks,
+            tally.busy.as_secs_f64() * 1000.0,
+            tally.longest.as_secs_f64() * 1000.0
+        );
         let summary = if rows == 0 {
             format!(
-                "nothing to delete: no row of {table} has {} before {cutoff} (older than {older_than})",
+                "nothing to delete: no row of {table} has {} before {cutoff} (older than \
+                 {older_than}); {counted}",
                 target.ts
             )
         } else {
             format!(
                 "delete {} rows (about {}) of {table} with {} before {cutoff} (older than \
-                 {older_than}), in about {batches} batches of {batch_size} by {by}, {to}",
+                 {older_than}), in about {batches} batches of {batch_size} by {by}, {to}; \
+                 {counted}",
                 count(rows),
                 bytes(size as f64),
                 target.ts
@@ -346,20 +368,31 @@ impl RetentionTask {
     }
 
     async fn validate_with(&mut self, s: &Session) -> Result<Verdict, TaskError> {
+        let pace = self.pace();
         let Some(run) = self.run.as_mut() else {
             return Err(TaskError::failed("validate before plan"));
         };
         run.resolve_pending(s).await?;
         let table = run.table();
         let fail = |what: &str, e: String| TaskError::failed(format!("{table}: {what}: {e}"));
-        let remaining = s
-            .timed(s.client.query_one(
-                &run.target.remaining_sql(),
-                &[&run.first, &run.next, &run.plan.cutoff],
-            ))
-            .await
-            .map_err(|e| fail("counting the rows left", e))?
-            .get::<_, i64>(0) as u64;
+        let remaining = scan::tally(
+            s,
+            &run.target,
+            &run.plan.cutoff,
+            (run.first, run.next),
+            run.deleted,
+            false,
+            pace,
+        )
+        .await
+        .map_err(|e| fail("counting the rows left", e))?;
+        let recounted = format!(
+            "recounted in {} chunks, {:.0}ms of queries (longest {:.1}ms)",
+            remaining.chunks,
+            remaining.busy.as_secs_f64() * 1000.0,
+            remaining.longest.as_secs_f64() * 1000.0
+        );
+        let remaining = remaining.rows;
         let (in_archive, uncommitted, incomplete) = match &run.target.archive {
             Some(a) => {
                 let n = s
@@ -411,12 +444,12 @@ impl RetentionTask {
         let detail = if problems.is_empty() {
             format!(
                 "no row of {table} older than {} is left in {processed}; {} rows deleted, all of \
-                 them archived",
+                 them archived; {recounted}",
                 run.plan.cutoff,
                 count(run.deleted)
             )
         } else {
-            format!("{table}: {}", problems.join("; "))
+            format!("{table}: {}; {recounted}", problems.join("; "))
         };
         Ok(Verdict {
             ok: problems.is_empty(),
@@ -455,18 +488,19 @@ impl RetentionTask {
             "dead_tuples": row.get::<_, Option<i64>>(2),
         });
         if let Some(run) = &self.run {
-            let old = s
-                .timed(s.client.query_one(
-                    &format!(
-                        "SELECT count(*) FROM {} t WHERE {}",
-                        target.table.sql(),
-                        target.older(1)
-                    ),
-                    &[&run.plan.cutoff],
-                ))
-                .await
-                .map_err(fail)?
-                .get::<_, i64>(0);
+            let (lo, hi, est) = scan::table_range(s, &target).await.map_err(fail)?;
+            let old = scan::tally(
+                s,
+                &target,
+                &run.plan.cutoff,
+                (lo, hi),
+                est,
+                false,
+                self.pace(),
+            )
+            .await
+            .map_err(fail)?
+            .rows;
             out["cutoff"] = json!(run.plan.cutoff);
             out["rows_older_than_cutoff"] = json!(old);
         }

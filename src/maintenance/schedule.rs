@@ -473,6 +473,7 @@ mod tests {
             max_backup_bytes: None,
             batch_target: None,
             max_duty: None,
+            guard_every: None,
         }
     }
 

@@ -153,15 +153,16 @@ impl Target {
         }
     }
 
-    /// Count, size and first and last position of the rows older than the
-    /// cutoff `$1`.
+    /// Count, size and first and last position of the rows of the range
+    /// `[$1, $2)` older than the cutoff `$3`: one chunk of the plan's count.
     pub fn plan_sql(&self) -> String {
         let position = self.position();
         format!(
             "SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0)::int8, \
-             min({position}), max({position}) FROM {} t WHERE {}",
+             min({position}), max({position}) FROM {} t WHERE {} AND {}",
             self.table.sql(),
-            self.older(1)
+            self.in_range(),
+            self.older(3)
         )
     }
 

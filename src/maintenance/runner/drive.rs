@@ -320,11 +320,25 @@ impl Drive<'_> {
         // batch, the signal also sees what the batch left behind (WAL
         // being written out), and the duty budget counts the check.
         let mut paused_from: Option<Instant> = None;
+        // Checks are on a timer, not per batch: a check costs the server
+        // what an application transaction costs (a flushed commit with
+        // `write_check`), and short batches come tens of times a second.
+        let every = self.tc.guard_every();
+        let mut checked: Option<Instant> = None;
+        let mut checks = 0u64;
         loop {
             if let Some(why) = self.stop_reason(window_close) {
                 return Err(Stop::aborted(why));
             }
-            match guard.check(&mut waits).await.0 {
+            let due = checked.is_none_or(|t| t.elapsed() >= every);
+            let state = if due {
+                checked = Some(Instant::now());
+                checks += 1;
+                guard.check(&mut waits).await.0
+            } else {
+                GuardState::Healthy { signal: None }
+            };
+            match state {
                 GuardState::Unhealthy(why) => {
                     return Err(Stop::aborted(format!("guarded probe unhealthy: {why}")));
                 }
@@ -379,8 +393,10 @@ impl Drive<'_> {
             }
             if done {
                 let summary = format!(
-                    "{batch_no} batches; {backs} back-offs, {recovers} recoveries; \
+                    "{batch_no} batches; {checks} guard checks (every {}ms at most); \
+                     {backs} back-offs, {recovers} recoveries; \
                      at the end size {}, pause {:.1}ms, share {:.3}; over the run {}",
+                    every.as_millis(),
                     pacing.size,
                     pacing.pause.as_secs_f64() * 1000.0,
                     pacing.share(),
