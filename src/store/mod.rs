@@ -515,6 +515,59 @@ mod tests {
         assert!(cache_kib(&plain) > CONN_CACHE_KIB, "{}", cache_kib(&plain));
     }
 
+    /// The writer's page cache is emptied by the first commit after its
+    /// interval, and a commit before that keeps it: between the two it
+    /// holds what the writes since touched, not the whole file.
+    #[test]
+    fn the_writers_page_cache_is_emptied_once_an_interval() {
+        use crate::sample::{SeriesKey, Unit};
+        use crate::store::writer::Sample;
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunInfo {
+            version: "test".into(),
+            hostname: "test".into(),
+            pid: 1,
+        };
+        let (mut w, _) = Writer::open(dir.path(), &HistoryConfig::default(), NOW, &run).unwrap();
+        let ids: Vec<i64> = (0..200)
+            .map(|i| {
+                let key = SeriesKey::new("p", "m", &[("n", &i.to_string())]);
+                w.series_id(&key, Unit::Count, NOW).unwrap().unwrap()
+            })
+            .collect();
+        // Ten minutes at 10 s: tier rows flushed for every series.
+        let tick = |w: &mut Writer, ts: Ts| {
+            let samples: Vec<Sample> = ids
+                .iter()
+                .map(|&series| Sample {
+                    series,
+                    ts,
+                    value: (ts / 1000 % 97) as f64,
+                })
+                .collect();
+            w.write(&samples, &[], ts).unwrap();
+        };
+        for i in 0..60 {
+            tick(&mut w, NOW + i * 10_000);
+        }
+        let full = w.cache_used_bytes();
+        assert!(full > 256 * 1024, "the cache held only {full} bytes");
+        // Not yet due: the next commit keeps what the cache holds.
+        tick(&mut w, NOW + 60 * 10_000);
+        assert!(w.cache_used_bytes() >= full, "emptied before its time");
+        w.shrink_due();
+        tick(&mut w, NOW + 61 * 10_000);
+        let after = w.cache_used_bytes();
+        assert!(
+            after < full / 4,
+            "the cache held {after} bytes after emptying, {full} before"
+        );
+        // Still a working writer: the next ticks read their pages back.
+        for i in 62..70 {
+            tick(&mut w, NOW + i * 10_000);
+        }
+    }
+
     /// The values of the row-per-bucket tier table of a version 2 file.
     fn v2_row(series: i64, i: i64) -> (Ts, f64, f64, f64, i64, f64, Ts) {
         let bucket = NOW - 200 * MIN + i * MIN;

@@ -106,7 +106,19 @@ pub struct Writer {
     /// The inode of the write-ahead log this connection writes, to notice
     /// the log removed (or replaced by a reader's fresh one) under it.
     wal_ino: Option<u64>,
+    /// When the page cache was last emptied ([`SHRINK_EVERY`]).
+    last_shrink: Instant,
 }
+
+/// How often the writer's page cache is emptied after a commit. The cache
+/// is sized for what a flush touches, but between flushes it also keeps
+/// what retention and the late samples touched, and it fills up to its
+/// size as the file grows: in an hour's soak the agent's memory grew with
+/// the file. Emptied once a minute, it holds what one minute's writes
+/// touch, whatever the file's size; the pages come back from the
+/// operating system's cache (a few hundred reads a minute). Wall time, not
+/// batches: a bench writing thousands of batches a second keeps its cache.
+const SHRINK_EVERY: Duration = Duration::from_secs(60);
 
 impl Writer {
     /// Opens (creating if needed) the history file in `dir`, salvaging a
@@ -152,6 +164,7 @@ impl Writer {
             last_checkpoint: Instant::now(),
             truncate_due: false,
             wal_ino: None,
+            last_shrink: Instant::now(),
         };
         events.extend(w.sync_tiers(now)?);
         w.load_series()?;
@@ -192,6 +205,43 @@ impl Writer {
         if kib != self.cache_kib && self.conn.pragma_update(None, "cache_size", -kib).is_ok() {
             self.cache_kib = kib;
         }
+    }
+
+    /// Empties the page cache at most every [`SHRINK_EVERY`]. Only memory
+    /// depends on it: a failure is left for the next time.
+    fn shrink_on_schedule(&mut self) {
+        if self.last_shrink.elapsed() >= SHRINK_EVERY {
+            self.shrink_cache();
+        }
+    }
+
+    fn shrink_cache(&mut self) {
+        let _ = self.conn.execute_batch("PRAGMA shrink_memory");
+        self.last_shrink = Instant::now();
+    }
+
+    /// Bytes of page cache the connection holds now.
+    #[cfg(test)]
+    pub(crate) fn cache_used_bytes(&self) -> i64 {
+        let (mut cur, mut hi) = (0, 0);
+        // SAFETY: a status read on this open connection's handle.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_db_status(
+                self.conn.handle(),
+                rusqlite::ffi::SQLITE_DBSTATUS_CACHE_USED,
+                &mut cur,
+                &mut hi,
+                0,
+            )
+        };
+        assert_eq!(rc, 0, "sqlite3_db_status");
+        cur.into()
+    }
+
+    /// Makes the next commit empty the page cache.
+    #[cfg(test)]
+    pub(crate) fn shrink_due(&mut self) {
+        self.last_shrink = Instant::now() - SHRINK_EVERY;
     }
 
     /// The page cache size in force on the connection, KiB.
@@ -266,6 +316,7 @@ impl Writer {
             Ok(stats) => match self.conn.execute_batch("COMMIT") {
                 Ok(()) => {
                     self.checkpoint_on_budget();
+                    self.shrink_on_schedule();
                     Ok(stats)
                 }
                 Err(e) => Err(self.fail(e)),
