@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::util::{Agent, free_port, get, stdout, temp_dir, upkeep, write_file};
+use crate::util::{Agent, HeldPort, free_port, get, stdout, temp_dir, upkeep, write_file};
 
 /// How the test receiver answers.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -40,6 +40,7 @@ pub struct Received {
 /// `start` opens the same port again.
 pub struct Receiver {
     pub port: u16,
+    held: HeldPort,
     pub got: Arc<Mutex<Vec<Received>>>,
     /// Requests answered other than 2xx.
     pub refused: Arc<Mutex<u32>>,
@@ -49,8 +50,10 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn new() -> Receiver {
+        let held = HeldPort::new();
         let mut r = Receiver {
-            port: free_port(),
+            port: held.port,
+            held,
             got: Arc::default(),
             refused: Arc::default(),
             mode: Arc::new(AtomicU8::new(Mode::Ok as u8)),
@@ -65,7 +68,7 @@ impl Receiver {
     }
 
     pub fn start(&mut self) {
-        let listener = TcpListener::bind(("127.0.0.1", self.port)).expect("receiver port");
+        let listener = self.held.listen();
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let (s, got, refused, mode) = (
@@ -185,14 +188,16 @@ fn serve(mut conn: TcpStream, got: &Mutex<Vec<Received>>, refused: &Mutex<u32>, 
 /// A TCP port the `tcp` probe watches: open = healthy, closed = unhealthy.
 pub struct Target {
     pub port: u16,
+    held: HeldPort,
     listener: Option<TcpListener>,
 }
 
 impl Target {
     pub fn new() -> Target {
-        let port = free_port();
+        let held = HeldPort::new();
         let mut t = Target {
-            port,
+            port: held.port,
+            held,
             listener: None,
         };
         t.up();
@@ -202,7 +207,7 @@ impl Target {
     pub fn up(&mut self) {
         if self.listener.is_none() {
             // The backlog answers connects without an accept loop.
-            self.listener = Some(TcpListener::bind(("127.0.0.1", self.port)).expect("target port"));
+            self.listener = Some(self.held.listen());
         }
     }
 

@@ -226,6 +226,47 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A port kept for one test while its listener comes and goes: a socket
+/// stays bound to it, not listening, so a connect is refused while the
+/// listener is down and nothing else on the machine takes the port (an
+/// outgoing connection's ephemeral port once did, between a `down` and
+/// an `up`).
+pub struct HeldPort {
+    pub port: u16,
+    _hold: socket2::Socket,
+}
+
+impl HeldPort {
+    pub fn new() -> HeldPort {
+        let hold = reusable_socket();
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        hold.bind(&any.into()).expect("binding a port to hold");
+        let port = hold
+            .local_addr()
+            .unwrap()
+            .as_socket()
+            .expect("an inet address")
+            .port();
+        HeldPort { port, _hold: hold }
+    }
+
+    /// A listener on the held port.
+    pub fn listen(&self) -> TcpListener {
+        let s = reusable_socket();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], self.port).into();
+        s.bind(&addr.into()).expect("binding the held port");
+        s.listen(128).expect("listening on the held port");
+        s.into()
+    }
+}
+
+fn reusable_socket() -> socket2::Socket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.set_reuse_port(true).unwrap();
+    s
+}
+
 pub struct Agent {
     pub child: Child,
     pub port: u16,
