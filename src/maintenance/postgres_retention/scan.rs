@@ -44,6 +44,17 @@ pub(super) struct Tally {
 /// little more (a round trip and a plan each), and an application
 /// transaction caught behind one waits less.
 const MAX_CHUNK: Duration = Duration::from_millis(2);
+/// The fewest keys a chunk covers (a ctid chunk: this many pages' worth
+/// of items is [`MIN_PAGES`]). Without a floor the width followed the
+/// measured positions per millisecond down to a single key: a chunk's
+/// round trip and plan alone took longer than [`MAX_CHUNK`] on a server
+/// at work, so every chunk looked slow, and a validation walked 2M
+/// deleted keys one at a time (more than 20 minutes where the batches had
+/// taken 100 s). A chunk of this many keys costs little more than its
+/// round trip.
+const MIN_KEYS: f64 = 256.0;
+/// The fewest pages a ctid chunk covers.
+const MIN_PAGES: u64 = 4;
 /// Rows a first chunk aims at, before any chunk has been timed.
 const FIRST_CHUNK_ROWS: f64 = 1000.0;
 /// A chunk's width grows at most this many times over the last one's: a
@@ -103,12 +114,15 @@ pub(super) async fn tally(
     if hi <= lo {
         return Ok(out);
     }
-    // A ctid chunk is at least one page: less reads the same page again.
+    // A ctid chunk is whole pages: less reads the same page again.
     let min_width: f64 = if t.key.is_some() {
-        1.0
+        MIN_KEYS
     } else {
-        (1u64 << TID_SHIFT) as f64
+        (MIN_PAGES << TID_SHIFT) as f64
     };
+    // One statement for the walk: a statement per chunk cost three round
+    // trips (prepare, execute, close) and a plan each time.
+    let stmt = s.timed(s.client.prepare(&sql)).await?;
     let span = (hi as i128 - lo as i128) as f64;
     let target_ms = pace.target.min(MAX_CHUNK).as_secs_f64() * 1000.0;
     let duty = pace.duty.clamp(0.01, 1.0);
@@ -124,7 +138,7 @@ pub(super) async fn tally(
         };
         let started = Instant::now();
         let row = s
-            .timed(s.client.query_one(&sql, &[&at, &end, &cutoff]))
+            .timed(s.client.query_one(&stmt, &[&at, &end, &cutoff]))
             .await?;
         let took = started.elapsed();
         out.rows += row.get::<_, i64>(0) as u64;
@@ -144,11 +158,48 @@ pub(super) async fn tally(
         let r = (end as i128 - at as i128) as f64 / took_ms.max(0.01);
         let smoothed = rate.map_or(r, |old| (old + r) / 2.0);
         rate = Some(smoothed);
-        width = (smoothed * target_ms).clamp(min_width, width * MAX_GROWTH);
+        width = next_width(width, smoothed, target_ms, min_width);
         at = end;
         if at < hi {
             tokio::time::sleep(took.mul_f64(1.0 / duty - 1.0)).await;
         }
     }
     Ok(out)
+}
+
+/// The next chunk's width: the positions per millisecond times the target,
+/// at most [`MAX_GROWTH`] times the last width, never under `floor`.
+fn next_width(last: f64, rate: f64, target_ms: f64, floor: f64) -> f64 {
+    (rate * target_ms).min(last * MAX_GROWTH).max(floor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chunks whose round trip alone takes longer than the target: the
+    /// rate measured from them shrinks the width at every chunk, and it
+    /// stops at the floor instead of walking a key at a time.
+    #[test]
+    fn a_slow_round_trip_does_not_shrink_chunks_below_the_floor() {
+        let target_ms = MAX_CHUNK.as_secs_f64() * 1000.0;
+        let took_ms = |width: f64| 3.0 + width * 0.0005;
+        let (mut width, mut rate, mut at, mut chunks) = (1000.0, None::<f64>, 0.0, 0u64);
+        while at < 2_000_000.0 {
+            at += width;
+            chunks += 1;
+            let r = width / took_ms(width);
+            let smoothed = rate.map_or(r, |old| (old + r) / 2.0);
+            rate = Some(smoothed);
+            width = next_width(width, smoothed, target_ms, MIN_KEYS);
+            assert!(width >= MIN_KEYS, "width {width} after {chunks} chunks");
+        }
+        assert!(
+            chunks <= (2_000_000.0 / MIN_KEYS) as u64 + 1,
+            "{chunks} chunks"
+        );
+        // Cheap chunks grow the width, at most doubling per chunk.
+        assert_eq!(next_width(1000.0, 10_000.0, target_ms, MIN_KEYS), 2000.0);
+        assert_eq!(next_width(1000.0, 400.0, target_ms, MIN_KEYS), 800.0);
+    }
 }
