@@ -80,21 +80,34 @@ pub(super) async fn settled() {
 /// and read-only data, as `/proc/self/maps` lists them); returns how many
 /// bytes they span. A kernel without the advice ignores it.
 fn advise_own_image(advice: libc::c_int) -> usize {
-    let (Ok(exe), Ok(maps)) = (
-        std::fs::read_link("/proc/self/exe"),
-        std::fs::read_to_string("/proc/self/maps"),
-    ) else {
+    let Some((exe, maps)) = own_image("maps") else {
         return 0;
     };
-    let mut spanned = 0;
-    for (start, len) in own_clean_mappings(&maps, &exe.to_string_lossy()) {
-        // SAFETY: advice on whole pages of a mapping this process has; it
-        // changes no contents.
-        if unsafe { libc::madvise(start as *mut libc::c_void, len, advice) } == 0 {
-            spanned += len;
-        }
-    }
-    spanned
+    advise(own_clean_mappings(&maps, &exe.to_string_lossy()), advice)
+}
+
+/// The executable's path and the text of `/proc/self/FILE`.
+fn own_image(file: &str) -> Option<(std::path::PathBuf, String)> {
+    Some((
+        std::fs::read_link("/proc/self/exe").ok()?,
+        std::fs::read_to_string(format!("/proc/self/{file}")).ok()?,
+    ))
+}
+
+/// Gives `advice` for each range; returns how many bytes the kernel took
+/// it for.
+fn advise(ranges: Vec<(usize, usize)>, advice: libc::c_int) -> usize {
+    ranges
+        .into_iter()
+        .filter(|&(start, len)| {
+            // SAFETY: whole pages of the executable's read-only mappings,
+            // with advice that changes none of their contents: the callers
+            // give MADV_DONTNEED only for mappings with no private page,
+            // whose pages read back the same from the file.
+            unsafe { libc::madvise(start as *mut libc::c_void, len, advice) == 0 }
+        })
+        .map(|(_, len)| len)
+        .sum()
 }
 
 /// `MADV_DONTNEED` on the executable's read-only mappings that hold no
@@ -102,21 +115,13 @@ fn advise_own_image(advice: libc::c_int) -> usize {
 /// many bytes they span. Their pages are then the file's, unchanged, and
 /// fault back in from it.
 fn unmap_clean_image() -> usize {
-    let (Ok(exe), Ok(smaps)) = (
-        std::fs::read_link("/proc/self/exe"),
-        std::fs::read_to_string("/proc/self/smaps"),
-    ) else {
+    let Some((exe, smaps)) = own_image("smaps") else {
         return 0;
     };
-    let mut spanned = 0;
-    for (start, len) in unshared_clean_mappings(&smaps, &exe.to_string_lossy()) {
-        // SAFETY: a read-only private mapping of the executable with no
-        // anonymous page: every page is the file's own, so dropping them
-        // loses nothing, and the next access reads the same bytes back.
-        if unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) } == 0 {
-            spanned += len;
-        }
-    }
+    let spanned = advise(
+        unshared_clean_mappings(&smaps, &exe.to_string_lossy()),
+        libc::MADV_DONTNEED,
+    );
     // Unmapped, the pages are still in the page cache, and a fault maps
     // the cached pages around it too (fault-around, 64 KiB): without this
     // the agent's resident code grew back to nearly all of it within a
