@@ -126,32 +126,36 @@ pub const BATCH_TARGET_RANGE: (Duration, Duration) =
     (Duration::from_millis(1), Duration::from_secs(1));
 
 impl TaskCommon<'_> {
-    /// Problems of `batch_target` and `max_duty`, as (field, message).
+    /// Problems of `batch_target`, `guard_every` and `max_duty`, as (field,
+    /// message).
     pub fn validate_pacing(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        let (lo, hi) = BATCH_TARGET_RANGE;
-        if let Some(t) = self.batch_target
-            && !(lo..=hi).contains(&t)
-        {
-            out.push((
+        let checks = [
+            (
                 "batch_target",
-                format!(
-                    "{} is out of range: must be from 1ms to 1s",
-                    humantime::format_duration(t)
-                ),
-            ));
-        }
-        let (lo, hi) = GUARD_EVERY_RANGE;
-        if let Some(t) = self.guard_every
-            && !(lo..=hi).contains(&t)
-        {
-            out.push((
+                self.batch_target,
+                BATCH_TARGET_RANGE,
+                "1ms to 1s",
+            ),
+            (
                 "guard_every",
-                format!(
-                    "{} is out of range: must be from 10ms to 1m",
-                    humantime::format_duration(t)
-                ),
-            ));
+                self.guard_every,
+                GUARD_EVERY_RANGE,
+                "10ms to 1m",
+            ),
+        ];
+        for (field, value, (lo, hi), bounds) in checks {
+            if let Some(t) = value
+                && !(lo..=hi).contains(&t)
+            {
+                out.push((
+                    field,
+                    format!(
+                        "{} is out of range: must be from {bounds}",
+                        humantime::format_duration(t)
+                    ),
+                ));
+            }
         }
         if let Some(d) = self.max_duty
             && !(d > 0.0 && d <= 1.0)
