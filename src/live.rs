@@ -127,14 +127,11 @@ pub struct Live {
 
 impl Live {
     pub fn push(&mut self, key: &SeriesKey, unit: Unit, ts: Ts, value: f64) {
-        let ring = self
-            .rings
-            .entry(key.to_string())
-            .or_insert_with(|| SeriesRing {
-                key: key.clone(),
-                unit,
-                values: Ring::new(RING_LEN),
-            });
+        let ring = self.rings.entry(key.text()).or_insert_with(|| SeriesRing {
+            key: key.clone(),
+            unit,
+            values: Ring::new(RING_LEN),
+        });
         ring.values.push_back((ts, value));
     }
 

@@ -26,6 +26,12 @@ use crate::store::ledger::{self, RunRow, RunStatus};
 pub const TICK: Duration = Duration::from_millis(250);
 /// How often the ledger is read for maintenance rules and annotations.
 const LEDGER_EVERY_MS: Ts = 2_000;
+/// How often silences and the outbox's backlog are read from the history
+/// file (reading them at every tick was most of an idle agent's CPU). A
+/// silence added or expired over the API is read at the next tick, one
+/// written by the CLI within this; the engine reads the backlog again after
+/// each commit of its own.
+pub const READ_EVERY_MS: Ts = 2_000;
 /// Alertmanager forgets an alert not resent within its resolve_timeout
 /// (5 minutes by default): firing alerts are resent this often.
 const AM_REFRESH_MS: Ts = 60_000;
@@ -42,6 +48,11 @@ pub struct Engine {
     started_ms: Ts,
     forecasts: HashMap<String, (Ts, Vec<Observed>)>,
     runs: (Ts, Vec<RunRow>),
+    /// Silences not yet ended, and when they were read.
+    silences: (Ts, Vec<crate::store::alerts::Silence>),
+    /// The outbox's backlog per notifier, and when it was read (`None`:
+    /// read at the next tick).
+    pending: (Option<Ts>, BTreeMap<String, u64>),
     /// Samples dropped so far, and when the count last grew.
     dropped: (u64, Option<Ts>),
     am_refreshed: HashMap<String, Ts>,
@@ -88,6 +99,8 @@ impl Engine {
             started_ms: now,
             forecasts: HashMap::new(),
             runs: (0, Vec::new()),
+            silences: (0, Vec::new()),
+            pending: (None, BTreeMap::new()),
             dropped: (0, None),
             am_refreshed: HashMap::new(),
             failing: false,
@@ -102,7 +115,14 @@ impl Engine {
 
     /// One evaluation of every rule; writes the changes.
     pub fn tick(&mut self, now: Ts) {
-        let silences = self.store.silences(now).unwrap_or_default();
+        let poked = self
+            .shared
+            .silences_changed
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
+        if poked || now - self.silences.0 >= READ_EVERY_MS || now < self.silences.0 {
+            self.silences = (now, self.store.silences(now).unwrap_or_default());
+        }
+        let silences = self.silences.1.clone();
         if now - self.runs.0 >= LEDGER_EVERY_MS {
             let runs = ledger::runs(self.store.conn(), None, 200).unwrap_or_default();
             self.runs = (now, runs);
@@ -215,6 +235,9 @@ impl Engine {
                     }
                 }
                 if notified {
+                    // The backlog grew: shown at this tick, not within
+                    // READ_EVERY_MS.
+                    self.pending.0 = None;
                     self.wake.notify_waiters();
                 }
             }
@@ -393,7 +416,15 @@ impl Engine {
     }
 
     /// The view the API, the page and `/metrics` read.
-    fn publish(&self, silences: &[crate::store::alerts::Silence], now: Ts) {
+    fn publish(&mut self, silences: &[crate::store::alerts::Silence], now: Ts) {
+        if self
+            .pending
+            .0
+            .is_none_or(|at| now - at >= READ_EVERY_MS || now < at)
+        {
+            self.pending = (Some(now), self.store.pending().unwrap_or_default());
+        }
+        let pending = self.pending.1.clone();
         let mut alerts: Vec<AlertView> = self
             .alerts
             .values()
@@ -409,7 +440,6 @@ impl Engine {
             })
             .collect();
         alerts.sort_by_key(AlertView::order_key);
-        let pending = self.store.pending().unwrap_or_default();
         let mut view = self.shared.view.write().expect("alerts view lock");
         view.alerts = alerts;
         view.silences = silences.to_vec();

@@ -255,12 +255,13 @@ impl AlertStore {
 
     /// Rows waiting per notifier.
     pub fn pending(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        outbox_pending(&self.conn).map_err(self.err())
+        // The file was brought up to date at open: the tables are there.
+        read_outbox_pending(&self.conn).map_err(self.err())
     }
 
     /// Silences not yet ended at `now`.
     pub fn silences(&self, now: Ts) -> Result<Vec<Silence>, StoreError> {
-        silences(&self.conn, now).map_err(self.err())
+        read_silences(&self.conn, now).map_err(self.err())
     }
 
     /// Adds a silence; returns its id. The oldest silences beyond
@@ -357,8 +358,7 @@ fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
 /// Whether the file has the alert tables (schema 5 or later): the
 /// read-only reader reads older files, which have none.
 fn has_alert_tables(conn: &Connection) -> rusqlite::Result<bool> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    Ok(version >= 5)
+    Ok(super::user_version(conn)? >= 5)
 }
 
 /// Every tracked alert (none in a file older than schema 5).
@@ -383,6 +383,10 @@ pub fn silences(conn: &Connection, now: Ts) -> rusqlite::Result<Vec<Silence>> {
     if !has_alert_tables(conn)? {
         return Ok(Vec::new());
     }
+    read_silences(conn, now)
+}
+
+fn read_silences(conn: &Connection, now: Ts) -> rusqlite::Result<Vec<Silence>> {
     conn.prepare_cached(
         "SELECT id, matchers, starts_ms, ends_ms, comment, created_by, created_ms
          FROM silences WHERE ends_ms > ?1 ORDER BY id DESC",
@@ -407,6 +411,10 @@ pub fn outbox_pending(conn: &Connection) -> rusqlite::Result<BTreeMap<String, u6
     if !has_alert_tables(conn)? {
         return Ok(BTreeMap::new());
     }
+    read_outbox_pending(conn)
+}
+
+fn read_outbox_pending(conn: &Connection) -> rusqlite::Result<BTreeMap<String, u64>> {
     conn.prepare_cached("SELECT notifier, count(*) FROM outbox GROUP BY notifier")?
         .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
         .collect()

@@ -211,6 +211,14 @@ pub(crate) fn open_ro(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// The file's schema version, through a cached statement: the alert engine
+/// and the ledger reads ask it several times a second, and `PRAGMA` parsed
+/// afresh each time was most of their cost.
+pub(crate) fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("PRAGMA user_version")?
+        .query_row([], |r| r.get(0))
+}
+
 /// Brings the schema to `SCHEMA_VERSION`, one migration per version, each in
 /// its own transaction. Returns whether the tier tables were converted (the
 /// caller compacts the file then).

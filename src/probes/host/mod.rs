@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use sysinfo::{DiskRefreshKind, Disks, Networks, System};
+use sysinfo::{DiskRefreshKind, Disks, System};
 
 mod config;
+mod procfs;
 
 pub use config::{HostConfig, Levels, thresholds};
 
@@ -151,11 +152,14 @@ impl Probe for HostProbe {
     }
 }
 
-/// The long-lived sysinfo handles and what rates need from the last tick.
+/// The long-lived sysinfo handles and `/proc` readers, and what rates need
+/// from the last tick.
 struct State {
     system: System,
     disks: Disks,
-    networks: Networks,
+    /// Whether the mount list must be re-read this tick.
+    mounts: procfs::MountWatch,
+    proc: procfs::Reader,
     /// CPU usage is a difference of two reads spaced apart: when the first was.
     cpu_first_read: Option<Instant>,
     /// Per interface: the `NET_RATES` counters at `net_at`.
@@ -168,7 +172,8 @@ impl State {
         State {
             system: System::new(),
             disks: Disks::new(),
-            networks: Networks::new(),
+            mounts: procfs::MountWatch::new(),
+            proc: procfs::Reader::default(),
             cpu_first_read: None,
             net_prev: HashMap::new(),
             net_at: None,
@@ -217,30 +222,35 @@ impl State {
 
     fn memory(&mut self, out: &mut Vec<Reading>) {
         // Reads /proc/meminfo once, RAM and swap together.
-        self.system.refresh_memory();
-        let (total, available) = (self.system.total_memory(), self.system.available_memory());
-        if total > 0 {
-            let used = total.saturating_sub(available);
-            out.push(bytes("memory_total_bytes", total));
+        let Some(m) = self.proc.meminfo() else {
+            return;
+        };
+        if m.total > 0 {
+            let used = m.total.saturating_sub(m.available);
+            out.push(bytes("memory_total_bytes", m.total));
             out.push(bytes("memory_used_bytes", used));
-            out.push(bytes("memory_available_bytes", available));
+            out.push(bytes("memory_available_bytes", m.available));
             out.extend(
-                ratio(used, total).map(|r| Reading::new("memory_used_ratio", r, Unit::Ratio)),
+                ratio(used, m.total).map(|r| Reading::new("memory_used_ratio", r, Unit::Ratio)),
             );
         }
-        let total = self.system.total_swap();
-        let used = total.saturating_sub(self.system.free_swap());
-        out.push(bytes("swap_total_bytes", total));
+        let used = m.swap_total.saturating_sub(m.swap_free);
+        out.push(bytes("swap_total_bytes", m.swap_total));
         out.push(bytes("swap_used_bytes", used));
-        out.extend(ratio(used, total).map(|r| Reading::new("swap_used_ratio", r, Unit::Ratio)));
+        out.extend(
+            ratio(used, m.swap_total).map(|r| Reading::new("swap_used_ratio", r, Unit::Ratio)),
+        );
     }
 
     fn filesystems(&mut self, wanted: &[String], out: &mut Vec<Reading>) {
-        // Re-reads the mount list only: space and inodes come from one statvfs
-        // of ours per watched mount, so sysinfo's statvfs, disk-kind lookup in
-        // /sys and /proc/diskstats read are all skipped.
-        self.disks
-            .refresh_specifics(true, DiskRefreshKind::nothing());
+        // Re-reads the mount list only when the kernel says it changed, and
+        // then only the list: space and inodes come from one statvfs of ours
+        // per watched mount, so sysinfo's statvfs, disk-kind lookup in /sys
+        // and /proc/diskstats read are all skipped.
+        if self.mounts.changed() {
+            self.disks
+                .refresh_specifics(true, DiskRefreshKind::nothing());
+        }
         let mut seen = HashSet::new();
         for disk in self.disks.list() {
             let mount = disk.mount_point().to_string_lossy();
@@ -261,37 +271,31 @@ impl State {
     }
 
     fn network(&mut self, selection: &Selection, out: &mut Vec<Reading>) {
-        // Re-reads the interface list and each one's counters in /sys.
-        self.networks.refresh(true);
+        // One read of /proc/net/dev: every interface's counters.
+        let devs = self.proc.net_dev();
         let now = Instant::now();
         let secs = self
             .net_at
             .replace(now)
             .map(|at| now.duration_since(at).as_secs_f64());
         let mut current = HashMap::new();
-        for (name, data) in self.networks.list() {
-            if !selection.watches_interface(name) {
+        for procfs::NetDev { name, counters } in devs {
+            if !selection.watches_interface(&name) {
                 continue;
             }
-            let counters = [
-                data.total_received(),
-                data.total_transmitted(),
-                data.total_packets_received(),
-                data.total_packets_transmitted(),
-                data.total_errors_on_received(),
-                data.total_errors_on_transmitted(),
-            ];
             for (metric, v) in NET_TOTALS.iter().zip(counters) {
-                out.push(Reading::new(metric, v as f64, Unit::Total).with_label("interface", name));
+                out.push(
+                    Reading::new(metric, v as f64, Unit::Total).with_label("interface", &name),
+                );
             }
-            if let (Some(secs), Some(prev)) = (secs, self.net_prev.get(name)) {
+            if let (Some(secs), Some(prev)) = (secs, self.net_prev.get(&name)) {
                 for (i, (metric, unit)) in NET_RATES.iter().enumerate() {
                     if let Some(v) = rate(prev[i], counters[i], secs) {
-                        out.push(Reading::new(metric, v, *unit).with_label("interface", name));
+                        out.push(Reading::new(metric, v, *unit).with_label("interface", &name));
                     }
                 }
             }
-            current.insert(name.clone(), counters);
+            current.insert(name, counters);
         }
         self.net_prev = current;
     }
