@@ -26,11 +26,12 @@ use crate::store::ledger::{self, RunRow, RunStatus};
 pub const TICK: Duration = Duration::from_millis(250);
 /// How often the ledger is read for maintenance rules and annotations.
 const LEDGER_EVERY_MS: Ts = 2_000;
-/// How often silences and the outbox's backlog are read from the history
-/// file (reading them at every tick was most of an idle agent's CPU). A
-/// silence added or expired over the API is read at the next tick, one
-/// written by the CLI within this; the engine reads the backlog again after
-/// each commit of its own.
+/// Silences and the outbox's backlog are read again when another
+/// connection committed to the history file since the last tick (SQLite's
+/// `data_version`: a silence added by the CLI or the API is always seen at
+/// the next tick, before any notification), after the engine's own commit,
+/// and at least this often. Reading them at every tick, with the schema
+/// version parsed afresh, was a third of an idle agent's CPU.
 pub const READ_EVERY_MS: Ts = 2_000;
 /// Alertmanager forgets an alert not resent within its resolve_timeout
 /// (5 minutes by default): firing alerts are resent this often.
@@ -53,6 +54,8 @@ pub struct Engine {
     /// The outbox's backlog per notifier, and when it was read (`None`:
     /// read at the next tick).
     pending: (Option<Ts>, BTreeMap<String, u64>),
+    /// The history file's `data_version` at the last tick.
+    data_version: Option<i64>,
     /// Samples dropped so far, and when the count last grew.
     dropped: (u64, Option<Ts>),
     am_refreshed: HashMap<String, Ts>,
@@ -101,6 +104,7 @@ impl Engine {
             runs: (0, Vec::new()),
             silences: (0, Vec::new()),
             pending: (None, BTreeMap::new()),
+            data_version: None,
             dropped: (0, None),
             am_refreshed: HashMap::new(),
             failing: false,
@@ -115,11 +119,13 @@ impl Engine {
 
     /// One evaluation of every rule; writes the changes.
     pub fn tick(&mut self, now: Ts) {
-        let poked = self
-            .shared
-            .silences_changed
-            .swap(false, std::sync::atomic::Ordering::Relaxed);
-        if poked || now - self.silences.0 >= READ_EVERY_MS || now < self.silences.0 {
+        let version = self.store.data_version().ok();
+        let changed = version.is_none() || version != self.data_version;
+        self.data_version = version;
+        if changed {
+            self.pending.0 = None;
+        }
+        if changed || now - self.silences.0 >= READ_EVERY_MS || now < self.silences.0 {
             self.silences = (now, self.store.silences(now).unwrap_or_default());
         }
         let silences = self.silences.1.clone();

@@ -122,9 +122,6 @@ pub struct AlertsShared {
     pub notifiers: RwLock<Vec<String>>,
     /// Where silences added over the API are written.
     pub data_dir: PathBuf,
-    /// Set when the API added or expired a silence: the engine reads them
-    /// again at its next tick instead of within [`engine::READ_EVERY_MS`].
-    pub silences_changed: std::sync::atomic::AtomicBool,
 }
 
 enum Control {

@@ -253,6 +253,16 @@ impl AlertStore {
         Ok(gone)
     }
 
+    /// SQLite's `data_version` of this connection: it changes whenever
+    /// another connection (the history writer, the API, the CLI, a sender)
+    /// committed to the file since the last ask.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        self.conn
+            .prepare_cached("PRAGMA data_version")
+            .and_then(|mut st| st.query_row([], |r| r.get(0)))
+            .map_err(self.err())
+    }
+
     /// Rows waiting per notifier.
     pub fn pending(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         // The file was brought up to date at open: the tables are there.

@@ -159,7 +159,6 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
                             .map_err(ApiError::bad_request)?;
                     let store = AlertStore::open(&a.data_dir).map_err(store_error)?;
                     let id = store.add_silence(&silence).map_err(store_error)?;
-                    a.silences_changed.store(true, std::sync::atomic::Ordering::Relaxed);
                     Ok(serde_json::json!({
                         "id": id,
                         "ends_at": rfc3339(silence.ends_ms),
@@ -198,8 +197,6 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
                                 })?;
                             let store = AlertStore::open(&a.data_dir).map_err(store_error)?;
                             if store.expire_silence(id, now_ms()).map_err(store_error)? {
-                                a.silences_changed
-                                    .store(true, std::sync::atomic::Ordering::Relaxed);
                                 Ok(serde_json::json!({ "id": id, "status": "expired" }))
                             } else {
                                 Err(ApiError::not_found(format!("no active silence {id}")))

@@ -304,3 +304,33 @@ fn a_reload_keeps_the_state_of_an_unchanged_rule() {
     assert_eq!(sent[0].1.rule, "down");
     assert_eq!(sent[0].1.starts_at_ms, T0 + 60_000);
 }
+
+#[test]
+fn a_silence_written_by_another_connection_holds_from_the_next_tick() {
+    let mut r = rig("[alert.down]\nwhen = \"probe\"\nnotify = [\"ops\"]\n");
+    r.probe(Status::Healthy);
+    r.engine.tick(T0);
+    // As the CLI does: its own connection, 100 ms later, well within the
+    // engine's periodic re-read.
+    let cli = AlertStore::open(&r.data).unwrap();
+    let matchers = ["probe=db".to_string()];
+    let silence = crate::alerts::silence::build(
+        &matchers,
+        std::time::Duration::from_secs(3600),
+        "move",
+        "cli",
+        T0 + 100,
+    )
+    .unwrap();
+    cli.add_silence(&silence).unwrap();
+    r.probe(Status::Unhealthy);
+    r.engine.tick(T0 + 250);
+    assert!(
+        r.sent().is_empty(),
+        "a silenced alert notified: {:?}",
+        r.states()
+    );
+    let view = r.engine.shared.view.read().unwrap();
+    assert_eq!(view.silences.len(), 1);
+    assert!(view.alerts.iter().all(|a| a.silenced), "{:?}", view.alerts);
+}
