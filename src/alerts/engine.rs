@@ -32,7 +32,7 @@ const LEDGER_EVERY_MS: Ts = 2_000;
 /// the next tick, before any notification), after the engine's own commit,
 /// and at least this often. Reading them at every tick, with the schema
 /// version parsed afresh, was a third of an idle agent's CPU.
-pub const READ_EVERY_MS: Ts = 2_000;
+const READ_EVERY_MS: Ts = 2_000;
 /// Alertmanager forgets an alert not resent within its resolve_timeout
 /// (5 minutes by default): firing alerts are resent this often.
 const AM_REFRESH_MS: Ts = 60_000;
