@@ -316,9 +316,10 @@ impl Drive<'_> {
         // over the run.
         let (mut waits, mut run_waits) = (Waits::new(), Waits::new());
         let (mut backs, mut recovers) = (0u32, 0u32);
-        // The guard's check is part of the pause: checked right after a
-        // batch, the signal also sees what the batch left behind (WAL
-        // being written out), and the duty budget counts the check.
+        // The guard's check and the batch's ledger writes are part of the
+        // pause: checked right after a batch, the signal also sees what the
+        // batch left behind (WAL being written out), and the duty budget
+        // counts the check.
         let mut paused_from: Option<Instant> = None;
         // Checks are on a timer, not per batch: a check costs the server
         // what an application transaction costs (a flushed commit with
@@ -384,6 +385,7 @@ impl Drive<'_> {
                 }
             }
             batch_no += 1;
+            let started = Instant::now();
             let (done, units, took) = self
                 .batch(task, plan, batch_no, &pacing, guard, &mut waits)
                 .await?;
@@ -395,11 +397,14 @@ impl Drive<'_> {
                 let summary = format!(
                     "{batch_no} batches; {checks} guard checks (every {}ms at most); \
                      {backs} back-offs, {recovers} recoveries; \
-                     at the end size {}, pause {:.1}ms, share {:.3}; over the run {}",
+                     at the end size {}, pause {:.1}ms, share {:.3}, a batch {}; over the run {}",
                     every.as_millis(),
                     pacing.size,
                     pacing.pause.as_secs_f64() * 1000.0,
                     pacing.share(),
+                    pacing
+                        .cost()
+                        .map_or("not measured".to_string(), |c| c.to_string()),
                     waits_text(&run_waits)
                 );
                 self.book
@@ -407,7 +412,9 @@ impl Drive<'_> {
                     .await?;
                 return Ok(());
             }
-            paused_from = Some(Instant::now());
+            // The pause runs from the end of the batch's work: the ledger
+            // writes after it are the agent's, not the server's, time.
+            paused_from = Some(started + took);
         }
     }
 

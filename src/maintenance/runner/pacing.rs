@@ -1,7 +1,13 @@
-//! Pacing on time, not on units: the batch size follows the measured
-//! units per millisecond so that a batch takes about `batch_target`, and
-//! the pause follows the last batch's duration so that batches take at
-//! most `max_duty` of wall time. Both are scaled by a share that the guard
+//! Pacing on time, not on units: the batch size follows a measured cost
+//! model of a batch, a fixed part (round trips, the archive's fsync, the
+//! commit's WAL flush) plus a part per unit, so that a batch takes about
+//! `batch_target`; and the pause follows the last batch's duration so that
+//! batches take at most `max_duty` of wall time. Where the fixed part is
+//! most of the target, the size is the one at which it is half of the
+//! batch: sized on units per millisecond alone, such batches shrink to the
+//! smallest and the rate collapses while each still pays the fixed part.
+//! Sizes alternate [`DITHER`] above and below the wanted size so the two
+//! parts stay apart in the fit. Both are scaled by a share that the guard
 //! drives with AIMD: when the p90 of the guard's recent signal ratios
 //! (signal over its pre-run baseline) passes [`BACK_OFF_RATIO`], the share
 //! halves; once it is back under [`RECOVER_RATIO`], the share grows by
@@ -31,6 +37,17 @@ pub const MIN_TICKS: usize = 3;
 /// backed pacing off about once a second in a bench run while the
 /// application's p99 stayed under its baseline).
 const BASELINE_FLOOR: Duration = Duration::from_millis(1);
+/// Batches the cost model is fitted over.
+pub const FIT_WINDOW: usize = 8;
+/// How far sizes alternate around the wanted size (a fifth above, a fifth
+/// below), so that batches of different sizes tell the fixed part from the
+/// part per unit.
+pub const DITHER: f64 = 0.2;
+/// The most a batch grows over the largest of the fit's window.
+pub const GROWTH: f64 = 2.0;
+/// The least spread of sizes (smallest over largest at most this) the fit
+/// needs to tell the two parts apart; with less, the fixed part is kept.
+const FIT_SPREAD: f64 = 0.85;
 
 /// What a task's pacing is made of.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -126,10 +143,76 @@ pub struct Pacing {
     pub size: u64,
     pub pause: Duration,
     share: f64,
-    /// Units per millisecond, smoothed over batches; none before the first.
-    rate: Option<f64>,
+    /// The last batches' units and milliseconds, oldest first.
+    batches: VecDeque<(f64, f64)>,
+    /// The cost model fitted to them; none before the first batch.
+    cost: Option<Cost>,
+    /// Batches done: odd ones are sized above the wanted size, even below.
+    done: u64,
     last_took: Duration,
     window: VecDeque<Signal>,
+}
+
+/// What a batch costs: `fixed_ms + per_unit_ms × units` milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cost {
+    pub fixed_ms: f64,
+    pub per_unit_ms: f64,
+}
+
+impl Cost {
+    /// Fitted to `(units, ms)` of batches by least squares when their
+    /// sizes differ enough, the fixed part within [0, the quickest batch];
+    /// otherwise the fixed part is `prior`'s (none: 0) and the part per
+    /// unit what is left of the mean.
+    fn fit(batches: &VecDeque<(f64, f64)>, prior: Option<Cost>) -> Option<Cost> {
+        let k = batches.len() as f64;
+        let (lo, hi) = batches
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(lo, hi), &(n, _)| {
+                (lo.min(n), hi.max(n))
+            });
+        if batches.is_empty() || hi <= 0.0 {
+            return None;
+        }
+        let mean_n = batches.iter().map(|b| b.0).sum::<f64>() / k;
+        let mean_t = batches.iter().map(|b| b.1).sum::<f64>() / k;
+        let quickest = batches.iter().map(|b| b.1).fold(f64::MAX, f64::min);
+        let fixed = if batches.len() >= 2 && lo / hi <= FIT_SPREAD {
+            let var: f64 = batches.iter().map(|b| (b.0 - mean_n).powi(2)).sum();
+            let cov: f64 = batches
+                .iter()
+                .map(|b| (b.0 - mean_n) * (b.1 - mean_t))
+                .sum();
+            let slope = cov / var;
+            if slope > 0.0 {
+                mean_t - slope * mean_n
+            } else {
+                // Noise hid the growth with size: nothing learnt.
+                prior.map_or(0.0, |c| c.fixed_ms)
+            }
+        } else {
+            prior.map_or(0.0, |c| c.fixed_ms)
+        };
+        // Never all of the quickest batch: some of it was the units.
+        let fixed_ms = fixed.clamp(0.0, quickest * 0.9);
+        let per_unit_ms = ((mean_t - fixed_ms) / mean_n).max(1e-6);
+        Some(Cost {
+            fixed_ms,
+            per_unit_ms,
+        })
+    }
+}
+
+impl std::fmt::Display for Cost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.2}ms fixed + {:.2}us per unit",
+            self.fixed_ms,
+            self.per_unit_ms * 1000.0
+        )
+    }
 }
 
 impl Pacing {
@@ -143,7 +226,9 @@ impl Pacing {
             pause: settings.min_pause,
             settings,
             share: 1.0,
-            rate: None,
+            batches: VecDeque::new(),
+            cost: None,
+            done: 0,
             last_took: Duration::ZERO,
             window: VecDeque::new(),
         }
@@ -154,15 +239,23 @@ impl Pacing {
         self.share
     }
 
-    /// One batch did `units` in `took`: the rate, then size and pause,
-    /// follow.
+    /// The cost model as fitted so far.
+    pub fn cost(&self) -> Option<Cost> {
+        self.cost
+    }
+
+    /// One batch did `units` in `took`: the cost model, then size and
+    /// pause, follow.
     pub fn batch_done(&mut self, units: u64, took: Duration) {
         let took_ms = took.as_secs_f64() * 1000.0;
         if units > 0 && took_ms > 0.0 {
-            let r = units as f64 / took_ms;
-            // Half the old, half the new: one odd batch moves it halfway.
-            self.rate = Some(self.rate.map_or(r, |old| (old + r) / 2.0));
+            self.batches.push_back((units as f64, took_ms));
+            while self.batches.len() > FIT_WINDOW {
+                self.batches.pop_front();
+            }
+            self.cost = Cost::fit(&self.batches, self.cost);
         }
+        self.done += 1;
         self.last_took = took;
         self.resize();
     }
@@ -199,13 +292,26 @@ impl Pacing {
         })
     }
 
-    /// Size from the rate and the target, pause from the last batch's
-    /// duration and the duty budget, both at the current share.
+    /// Size from the cost model and the target, pause from the last
+    /// batch's duration and the duty budget, both at the current share.
+    /// The size is what fills the target after the fixed part, and at
+    /// least what makes the fixed part half of the batch (both scaled by
+    /// the share), a fifth above or below by turns.
     fn resize(&mut self) {
         let s = &self.settings;
-        if let Some(rate) = self.rate {
+        if let Some(c) = self.cost {
             let target_ms = s.batch_target.as_secs_f64() * 1000.0 * self.share;
-            let want = (rate * target_ms).round() as u64;
+            let variable_ms = (target_ms - c.fixed_ms).max(c.fixed_ms * self.share);
+            let turn = if self.done % 2 == 1 {
+                1.0 + DITHER
+            } else {
+                1.0 - DITHER
+            };
+            let want = (variable_ms / c.per_unit_ms * turn).round() as u64;
+            // A fit that noise made too hopeful costs one batch at most
+            // twice the largest measured, never a jump to `batch_size`.
+            let largest = self.batches.iter().map(|b| b.0).fold(0.0, f64::max);
+            let want = want.min((largest * GROWTH).ceil() as u64);
             self.size = want.clamp(s.min_size(), s.max_size.max(1));
         }
         let duty = (s.max_duty * self.share).clamp(f64::MIN_POSITIVE, 1.0);
@@ -256,24 +362,68 @@ mod tests {
     }
 
     #[test]
-    fn the_size_follows_the_rate_to_hit_the_target_and_the_pause_the_duty() {
+    fn the_size_follows_the_cost_to_hit_the_target_and_the_pause_the_duty() {
         let mut p = Pacing::new(settings());
         assert_eq!(p.size, 625, "an eighth of the most before any batch");
-        // 625 rows in 25 ms: 25 rows/ms, so 5 ms is 125 rows.
+        // 625 rows in 25 ms, nothing yet to tell a fixed part: 25 rows/ms,
+        // so 5 ms is 125 rows, a fifth above on the first turn.
         p.batch_done(625, Duration::from_millis(25));
-        assert_eq!(p.size, 125);
+        assert_eq!(p.size, 150);
         // 25 ms of work at 20 % duty: 100 ms of pause.
         assert_ms(p.pause, 100.0);
-        // The rate is smoothed: 125 rows in 2.5 ms is 50/ms, the mean 37.5/ms.
-        p.batch_done(125, Duration::from_micros(2500));
-        assert_eq!(p.size, 188);
-        assert_ms(p.pause, 10.0);
+        // 150 rows in 7 ms: the line through the two batches is 1.316 ms
+        // fixed and 0.0379 ms a row; the 3.684 ms left of the target hold
+        // 97 rows, a fifth below on this turn.
+        p.batch_done(150, Duration::from_millis(7));
+        let c = p.cost().unwrap();
+        assert!((c.fixed_ms - 1.3158).abs() < 1e-3, "{c}");
+        assert!((c.per_unit_ms - 0.037895).abs() < 1e-5, "{c}");
+        assert_eq!(p.size, 78);
+        assert_ms(p.pause, 28.0);
+    }
+
+    /// Batches of a fixed 5 ms (an fsync, a flushed commit) and 5 us a
+    /// row, against a 5 ms target: on rows per ms alone every batch would
+    /// shrink to the smallest (50 rows in 5.25 ms, under 10 rows/ms).
+    #[test]
+    fn a_fixed_cost_as_long_as_the_target_is_amortized_not_chased() {
+        let mut p = Pacing::new(settings());
+        let took = |n: u64| Duration::from_secs_f64((5.0 + 0.005 * n as f64) / 1000.0);
+        let mut sizes = vec![];
+        for _ in 0..40 {
+            let n = p.size;
+            sizes.push(n);
+            p.batch_done(n, took(n));
+        }
+        let c = p.cost().unwrap();
+        assert!((c.fixed_ms - 5.0).abs() < 0.05, "{c}");
+        assert!((c.per_unit_ms - 0.005).abs() < 1e-4, "{c}");
+        // The fixed part is half of each batch: 1000 rows in 10 ms, by
+        // turns a fifth above and below.
+        let last: Vec<u64> = sizes[30..].to_vec();
+        for n in &last {
+            assert!([800, 1200].contains(n), "{sizes:?}");
+        }
+        let rate = last.iter().sum::<u64>() as f64
+            / last.iter().map(|&n| 5.0 + 0.005 * n as f64).sum::<f64>();
+        assert!(rate > 90.0, "{rate} rows per ms of batch");
+        // Backing off halves what is over the fixed part, down to smaller
+        // batches than the amortized ones.
+        for _ in 0..3 {
+            p.observe(tick(3.0));
+        }
+        assert_eq!(p.share(), 0.5);
+        p.batch_done(p.size, took(p.size));
+        assert!(p.size <= 600, "{}", p.size);
     }
 
     #[test]
     fn the_size_stays_within_the_kind_s_bounds() {
         let mut p = Pacing::new(settings());
         p.batch_done(625, Duration::from_micros(10));
+        assert_eq!(p.size, 1250, "at most twice the largest batch measured");
+        p.batch_done(1250, Duration::from_micros(20));
+        p.batch_done(2500, Duration::from_micros(40));
         assert_eq!(p.size, 5000, "never more than batch_size");
         for _ in 0..40 {
             p.batch_done(1, Duration::from_secs(10));
@@ -323,7 +473,7 @@ mod tests {
         assert!(c.pause.1 > c.pause.0, "{c}");
         assert_eq!(c.share, (1.0, 0.5));
         let text = c.to_string();
-        assert!(text.contains("back off: size 625 → 313"), "{text}");
+        assert!(text.contains("back off: size 750 → 375"), "{text}");
         assert!(
             text.contains("db commit_seconds 3.0ms (baseline 1.0ms)"),
             "{text}"
