@@ -50,7 +50,8 @@ macro_rules! task_config {
             #[serde(default)]
             pub max_backup_bytes: Option<u64>,
             /// How long one batch should take; the batch size follows the
-            /// measured units per millisecond. 1ms to 1s.
+            /// measured cost of a batch (a fixed part plus a part per
+            /// unit). 1ms to 1s.
             #[serde(default, with = "humantime_serde")]
             pub batch_target: Option<std::time::Duration>,
             /// The most of wall time batches may take (0 < x <= 1); the

@@ -127,7 +127,7 @@ pub(super) async fn tally(
     let target_ms = pace.target.min(MAX_CHUNK).as_secs_f64() * 1000.0;
     let duty = pace.duty.clamp(0.01, 1.0);
     let mut width = (span * FIRST_CHUNK_ROWS / est_rows.max(1) as f64).max(min_width);
-    // Positions per millisecond, smoothed as pacing smooths its rate.
+    // Positions per millisecond, smoothed: half the old, half the new.
     let mut rate: Option<f64> = None;
     let mut at = lo;
     while at < hi {
