@@ -164,7 +164,8 @@ pub struct Cost {
 
 impl Cost {
     /// Fitted to `(units, ms)` of batches by least squares when their
-    /// sizes differ enough, the fixed part within [0, the quickest batch];
+    /// sizes differ enough, the fixed part between 0 and nine tenths of
+    /// the quickest batch;
     /// otherwise the fixed part is `prior`'s (none: 0) and the part per
     /// unit what is left of the mean.
     fn fit(batches: &VecDeque<(f64, f64)>, prior: Option<Cost>) -> Option<Cost> {
