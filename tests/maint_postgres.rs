@@ -368,6 +368,58 @@ async fn retention_without_a_key_goes_by_ctid_pages_and_rolls_back_exactly() {
     retention_round_trip(false).await;
 }
 
+/// A maintenance session prepares a statement once and runs it again by
+/// name (a batch's DELETE is one round trip, not two), and plans each run
+/// for its own parameters, as a statement sent as text is.
+#[tokio::test]
+async fn a_session_prepares_a_statement_once_and_plans_each_run_for_its_parameters() {
+    use upkeep::clients::postgres::{Session, Settings};
+    let settings = Settings {
+        conninfo: SERVER,
+        user: "postgres",
+        password_file: None,
+        dbname: None,
+        connect_timeout: Duration::from_secs(5),
+    };
+    let mut s = Session::open(&settings, "prepared-test", &[], Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at 127.0.0.1:5432: {e}"));
+    let sql = "SELECT $1::int8 * 2";
+    let other_sql = "SELECT $1::int8 * 3";
+    for n in [1i64, 21] {
+        let statement = s.prepared(sql).await.unwrap();
+        let row = s.client.query_one(&statement, &[&n]).await.unwrap();
+        assert_eq!(row.get::<_, i64>(0), n * 2);
+        let other = s.prepared(other_sql).await.unwrap();
+        let row = s.client.query_one(&other, &[&n]).await.unwrap();
+        assert_eq!(row.get::<_, i64>(0), n * 3);
+    }
+    let held: Vec<(String, i64)> = s
+        .client
+        .query(
+            "SELECT statement, count(*) FROM pg_prepared_statements \
+             WHERE statement = ANY($1) GROUP BY 1 ORDER BY 1",
+            &[&vec![sql, other_sql]],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        held,
+        [(sql.to_string(), 1), (other_sql.to_string(), 1)],
+        "each statement prepared once on the server, however often it ran"
+    );
+    let mode: String = s
+        .client
+        .query_one("SELECT current_setting('plan_cache_mode')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mode, "force_custom_plan");
+}
+
 #[tokio::test]
 async fn a_dry_run_changes_nothing() {
     let admin = pg().await;
@@ -633,7 +685,7 @@ async fn a_batch_killed_before_its_commit_is_in_both_places_and_never_put_back_t
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 // Idle after its last statement before COMMIT: writing.
                 let writing = "state = 'idle in transaction' \
-                               AND query LIKE 'SELECT pg_current_xact_id()%'";
+                               AND query LIKE 'SELECT pg_current_xact_id%'";
                 if terminate(&admin, &application, writing).await {
                     return true;
                 }

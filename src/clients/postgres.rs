@@ -9,11 +9,12 @@ pub mod catalog;
 pub mod priority;
 pub mod tools;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
 use tokio_postgres::config::{Host, SslMode};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::Failure;
@@ -189,13 +190,18 @@ pub struct Session {
     /// Client-side limit of one statement: the server's `statement_timeout`
     /// plus a margin, for a server that stopped answering altogether.
     pub limit: Duration,
+    /// Statements prepared on this connection, by their SQL text.
+    statements: HashMap<String, Statement>,
 }
 
 impl Session {
     /// Connects as `upkeep maintenance TASK` and applies `settings`
     /// (`SET name = value`; names and values are the task's own, never
     /// config text). Every session writes times in UTC and floats exactly,
-    /// so that a row's JSON is the same whichever session reads it.
+    /// so that a row's JSON is the same whichever session reads it, and
+    /// plans each execution of a [prepared](Session::prepared) statement
+    /// for its own parameters, as an unprepared one is: a generic plan
+    /// cannot see a batch's range or cutoff.
     pub async fn open(
         pg: &Settings<'_>,
         task: &str,
@@ -210,10 +216,12 @@ impl Session {
             client,
             _conn: conn,
             limit,
+            statements: HashMap::new(),
         };
         let set: String = [
             ("TimeZone", "'UTC'".to_string()),
             ("extra_float_digits", "3".into()),
+            ("plan_cache_mode", "force_custom_plan".into()),
         ]
         .iter()
         .chain(settings)
@@ -228,6 +236,18 @@ impl Session {
 
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
+    }
+
+    /// `sql` prepared on this connection, once: a statement run again and
+    /// again (a task's batches) then costs one round trip, not two (a text
+    /// query is parsed and described before it is bound and run).
+    pub async fn prepared(&mut self, sql: &str) -> Result<Statement, String> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = timed(self.limit, self.client.prepare(sql)).await?;
+        self.statements.insert(sql.to_string(), statement.clone());
+        Ok(statement)
     }
 
     /// Runs one statement within the client-side limit.

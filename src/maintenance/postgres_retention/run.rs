@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use tokio_postgres::types::ToSql;
 
 use super::archive::{ArchiveReader, ArchiveWriter, MemberHeader};
 use super::target::{self, Target};
@@ -15,6 +16,11 @@ use crate::fmt::{bytes, count};
 
 /// `Backup::details` format of a gzip archive file.
 pub(super) const FORMAT_FILE: &str = "jsonl.gz";
+/// The transaction id of a batch's DELETE, run after it in the same
+/// transaction: none when the DELETE removed nothing (no id is taken for
+/// an empty batch).
+const XID_SQL: &str = "SELECT pg_current_xact_id_if_assigned()::text";
+
 /// `Backup::details` format of an archive table.
 pub(super) const FORMAT_TABLE: &str = "table";
 
@@ -215,13 +221,18 @@ impl Run {
                 .saturating_add(self.width << target::TID_SHIFT)
                 .min(self.last + 1),
         };
+        let finding = |e: String| fail(format!("finding the end of batch {}: {e}", self.batch + 1));
+        let statement = s
+            .prepared(&self.target.boundary_sql())
+            .await
+            .map_err(finding)?;
         let boundary = s
             .timed(s.client.query_opt(
-                &self.target.boundary_sql(),
+                &statement,
                 &[&lo, &(window_end - 1), &self.plan.cutoff, &(size as i64)],
             ))
             .await
-            .map_err(|e| fail(format!("finding the end of batch {}: {e}", self.batch + 1)))?
+            .map_err(finding)?
             .map(|r| r.get::<_, i64>(0));
         let hi = boundary.unwrap_or(window_end);
         self.batch += 1;
@@ -229,14 +240,19 @@ impl Run {
         let range = self.range_text(lo, hi);
         let (rows, archived) = match self.target.archive.clone() {
             Some(a) => {
-                let sql = self.target.move_sql(&a);
+                let moving =
+                    |e: String| fail(format!("batch {n} ({range}): {e}; nothing was deleted"));
+                let statement = s
+                    .prepared(&self.target.move_sql(&a))
+                    .await
+                    .map_err(moving)?;
                 let row = s
                     .timed(
                         s.client
-                            .query_one(&sql, &[&lo, &hi, &self.plan.cutoff, &self.run_id]),
+                            .query_one(&statement, &[&lo, &hi, &self.plan.cutoff, &self.run_id]),
                     )
                     .await
-                    .map_err(|e| fail(format!("batch {n} ({range}): {e}; nothing was deleted")))?;
+                    .map_err(moving)?;
                 let rows = row.get::<_, i64>(0) as u64;
                 self.archived += rows;
                 self.archive_bytes += row.get::<_, i64>(1) as u64;
@@ -286,6 +302,10 @@ impl Run {
 
     /// DELETE … RETURNING in a transaction, the rows written to the archive
     /// and fsynced, then COMMIT: a batch whose commit fails is in both.
+    /// The DELETE and the query of its transaction id are prepared once
+    /// and sent together: a batch waits on four round trips (its end, BEGIN,
+    /// these two, COMMIT), each of which, on a busy server, waits for the
+    /// backend to be scheduled.
     async fn delete_archived(
         &mut self,
         s: &mut Session,
@@ -294,25 +314,30 @@ impl Run {
         hi: i64,
     ) -> Result<u64, String> {
         let limit = s.limit;
-        let delete = self.target.delete_sql();
+        let prepared = async {
+            let delete = s.prepared(&self.target.delete_sql()).await?;
+            let xid = s.prepared(XID_SQL).await?;
+            Ok::<_, String>((delete, xid))
+        };
+        let (delete, xid) = prepared
+            .await
+            .map_err(|e| format!("{e}; nothing was deleted"))?;
         let tx = timed(limit, s.client.transaction())
             .await
             .map_err(|e| format!("{e}; nothing was deleted"))?;
         let written = async {
-            let rows: Vec<String> = timed(limit, tx.query(&delete, &[&lo, &hi, &self.plan.cutoff]))
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
+            let params: [&(dyn ToSql + Sync); 3] = [&lo, &hi, &self.plan.cutoff];
+            let (rows, xid) = tokio::try_join!(
+                timed(limit, tx.query(&delete, &params)),
+                timed(limit, tx.query_one(&xid, &[])),
+            )?;
+            let rows: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
             if rows.is_empty() {
                 return Ok(None);
             }
-            let xid: String = timed(
-                limit,
-                tx.query_one("SELECT pg_current_xact_id()::text", &[]),
-            )
-            .await?
-            .get(0);
+            let xid: String = xid
+                .get::<_, Option<String>>(0)
+                .ok_or("the DELETE removed rows but its transaction has no id")?;
             let header = MemberHeader {
                 batch: n,
                 xid,
