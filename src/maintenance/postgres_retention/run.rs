@@ -16,13 +16,13 @@ use crate::fmt::{bytes, count};
 
 /// `Backup::details` format of a gzip archive file.
 pub(super) const FORMAT_FILE: &str = "jsonl.gz";
+/// `Backup::details` format of an archive table.
+pub(super) const FORMAT_TABLE: &str = "table";
+
 /// The transaction id of a batch's DELETE, run after it in the same
 /// transaction: none when the DELETE removed nothing (no id is taken for
 /// an empty batch).
 const XID_SQL: &str = "SELECT pg_current_xact_id_if_assigned()::text";
-
-/// `Backup::details` format of an archive table.
-pub(super) const FORMAT_TABLE: &str = "table";
 
 /// What a plan found, kept in `Plan::details`: all that the batches need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
