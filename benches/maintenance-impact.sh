@@ -14,7 +14,9 @@
 #   upkeep    the workload while `upkeep maintenance run` deletes the old half
 #             (default pacing: batch_target, max_duty; guarded by the
 #             postgres probe with write_check); its pacing changes and the
-#             backends it saw waiting (Lock, LWLock, IO) are printed
+#             backends it saw waiting (Lock, LWLock, IO) are printed, and
+#             where in the run's steps the slow transactions (over twice
+#             the baseline's p99) fell
 #   seed      the old rows restored (`upkeep maintenance rollback`), then the
 #             workload while one DELETE ... WHERE created_at < cutoff and a
 #             VACUUM run, as the original service's cron job did
@@ -223,6 +225,67 @@ report() {
     fi
 }
 
+# slow_steps NAME START_US END_US BASE_P99_MS SHOW_JSON BATCH_START_US
+# BATCH_END_US: where the slow transactions of NAME's window fell: each one
+# that took more than twice the baseline's p99 is put down to the ledger
+# step its span overlapped most, else to "the batch window" (pauses, guard
+# checks, and the batches past the ledger's itemized ones), "before the
+# first step" (start-up, connections), "after validation" (the closing
+# count of the old rows left, the run's last work) or "between steps";
+# then the five slowest.
+slow_steps() {
+    python3 - "$work/log-$1" "$2" "$3" "$4" "$5" "$6" "$7" <<'PY'
+import glob, json, sys
+prefix, start, end, base, show = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+bstart, bend = int(sys.argv[6]), int(sys.argv[7])
+limit = 2 * base
+steps = []
+for s in json.load(open(show))["steps"]:
+    d = s.get("duration_ms") or 0
+    if d > 0:
+        steps.append((s["step"], (s["ts_ms"] - d) * 1000, s["ts_ms"] * 1000))
+first = min((a for _, a, _ in steps), default=end)
+last = max((b for _, _, b in steps), default=start)
+def where(a, b):
+    best, most = None, 0
+    for name, sa, sb in steps:
+        o = min(b, sb) - max(a, sa)
+        if o > most:
+            best, most = name, o
+    if best:
+        return best
+    if bstart < b and a < bend:
+        return "the batch window"
+    if b <= first:
+        return "before the first step"
+    if a >= last:
+        return "after validation"
+    return "between steps"
+slow, total = [], 0
+for path in glob.glob(prefix + ".*"):
+    with open(path) as f:
+        for line in f:
+            p = line.split()
+            if len(p) < 6 or not p[2].isdigit():
+                continue
+            t = int(p[4]) * 1_000_000 + int(p[5])
+            if not start <= t < end:
+                continue
+            total += 1
+            lat = int(p[2])
+            if lat / 1000 > limit:
+                slow.append((lat, t - lat, t))
+counts = {}
+for lat, a, b in slow:
+    k = where(a, b)
+    counts[k] = counts.get(k, 0) + 1
+print(f"  slow transactions (over {limit:.1f} ms, 2x the baseline p99): {len(slow)} of {total}: "
+      + (", ".join(f"{k} {n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"))
+for lat, a, b in sorted(slow, reverse=True)[:5]:
+    print(f"    {lat / 1000:7.1f} ms, ending {(b - start) / 1e6:6.2f} s into the run: {where(a, b)}")
+PY
+}
+
 # --- capacity ----------------------------------------------------------------
 sql -c CHECKPOINT
 pgbench -n -c "$CLIENTS" -j "$THREADS" -T "$CAPACITY_SECONDS" \
@@ -383,6 +446,7 @@ PY
         up_tps=$(ratio "$last_tps" "$base_tps")
     fi
     report "upkeep (whole run)" "upkeep-$r" "$b0" "$b1"
+    slow_steps "upkeep-$r" "$b0" "$b1" "$base_p99" "$work/show-$r.json" "$batch_start_us" "$batch_end_us"
     local whole_p99
     whole_p99=$(ratio "$last_p99" "$base_p99")
 

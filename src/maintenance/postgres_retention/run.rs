@@ -87,6 +87,9 @@ pub(super) struct Run {
     /// rows are in the archive and, unless it committed, in the table.
     pub(super) pending: Option<MemberHeader>,
     pub(super) done: bool,
+    /// Validation's recount of old rows left in `[first, next)`: the
+    /// figures after the run take it rather than walk the range again.
+    pub(super) recounted: Option<u64>,
 }
 
 impl Run {
@@ -114,6 +117,7 @@ impl Run {
             writer: None,
             location: None,
             pending: None,
+            recounted: None,
         }
     }
 

@@ -92,6 +92,39 @@ pub(super) async fn table_range(s: &Session, t: &Target) -> Result<(i64, i64, u6
     )
 }
 
+/// [`table_range`] after a run that emptied `[first, next)` of its old
+/// rows: the key's smallest value under `first` and largest from `next`
+/// on, two index probes that stop at the processed range, which the range
+/// then covers. A plain `min()` walks every entry the run deleted and no
+/// vacuum has removed yet, visiting each row's page, in one unpaced
+/// statement (12,800 buffers dirtied for 1M deleted rows of a
+/// 2M-row table). Without a key, the same as [`table_range`] (the pages,
+/// no probe).
+pub(super) async fn table_range_around(
+    s: &Session,
+    t: &Target,
+    (first, next): (i64, i64),
+) -> Result<(i64, i64, u64), String> {
+    let Some(k) = &t.key else {
+        return table_range(s, t).await;
+    };
+    let sql = format!(
+        "SELECT (SELECT min(t.{k})::int8 FROM {tab} t WHERE t.{k} < $2::int8), \
+         (SELECT max(t.{k})::int8 FROM {tab} t WHERE t.{k} >= $3::int8), \
+         (SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = $1::oid)",
+        tab = t.table.sql(),
+        k = crate::clients::postgres::quote(k)
+    );
+    let row = s
+        .timed(s.client.query_one(&sql, &[&t.table.oid, &first, &next]))
+        .await?;
+    let est = row.get::<_, Option<i64>>(2).unwrap_or(0).max(0) as u64;
+    let (below, above) = (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1));
+    let lo = below.map_or(first, |b| b.min(first));
+    let hi = above.map_or(next, |a| a.saturating_add(1).max(next));
+    Ok((lo, hi.max(lo), est))
+}
+
 /// Counts the rows older than `cutoff` in `[lo, hi)`, a chunk at a time;
 /// with `sizes`, also their size and first and last position. `est_rows`:
 /// about how many rows (old or not) the range holds, for the first
